@@ -1,0 +1,136 @@
+"""The ChatTTS code-stage sampling chain, vectorised over rows that each carry their own parameters and seed.
+
+Per step and row (upstream's order): logits / temperature (per codebook) -> repetition penalty over the row's
+last 16 generated codes (alpha = penalty ** count; multiply negative logits, divide positive ones) -> top-p
+(keep >= 3) -> top-k (keep >= 3) -> EOS masked before min_new_tokens -> softmax -> a categorical draw.
+
+The draw is an exponential race driven by a counter-based hash of (row seed, step, codebook, code): the same row
+gets the same codes whatever else shares its batch, on any device, with no generator state and no host sync.
+At temperature -> 0 every probability but the argmax underflows to zero, so the draw is the argmax, exactly as
+upstream's multinomial.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PENALTY_WINDOW = 16
+MIN_TOKENS_TO_KEEP = 3
+_MASK32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Code-stage sampling parameters of one row (upstream defaults)."""
+
+    temperature: float | tuple[float, ...] = 0.3
+    top_p: float = 0.7
+    top_k: int = 20
+    repetition_penalty: float = 1.05
+    min_new_tokens: int = 0
+    max_new_tokens: int = 2048
+    seed: int = 0
+
+    def validate(self, num_vq: int) -> None:
+        temps = self.temperature if isinstance(self.temperature, tuple) else (self.temperature,)
+        if isinstance(self.temperature, tuple) and len(temps) != num_vq:
+            raise ValueError(f"temperature needs 1 or {num_vq} values (one per codebook), got {len(temps)}")
+        if any(not (t > 0) or t != t for t in temps):
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+
+    def temperatures(self, num_vq: int) -> tuple[float, ...]:
+        if isinstance(self.temperature, tuple):
+            return self.temperature
+        return (float(self.temperature),) * num_vq
+
+
+@dataclass
+class SamplingBatch:
+    """Per-row parameters as device tensors."""
+
+    temperature: torch.Tensor  # [B, V] float32
+    top_p: torch.Tensor  # [B] float32
+    top_k: torch.Tensor  # [B] int64 (already clamped to [3, C])
+    penalty: torch.Tensor  # [B] float32
+    min_new_tokens: torch.Tensor  # [B] int64
+    seed_lo: torch.Tensor  # [B] int64, low 32 bits
+    seed_hi: torch.Tensor  # [B] int64, high 32 bits
+
+    @classmethod
+    def build(cls, params: list[SamplingParams], num_vq: int, num_codes: int, device: torch.device) -> SamplingBatch:
+        top_k = [num_codes if p.top_k == 0 else min(max(p.top_k, MIN_TOKENS_TO_KEEP), num_codes) for p in params]
+        return cls(
+            temperature=torch.tensor([p.temperatures(num_vq) for p in params], dtype=torch.float32, device=device),
+            top_p=torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
+            top_k=torch.tensor(top_k, dtype=torch.int64, device=device),
+            penalty=torch.tensor([p.repetition_penalty for p in params], dtype=torch.float32, device=device),
+            min_new_tokens=torch.tensor([p.min_new_tokens for p in params], dtype=torch.int64, device=device),
+            seed_lo=torch.tensor([p.seed & _MASK32 for p in params], dtype=torch.int64, device=device),
+            seed_hi=torch.tensor([(p.seed >> 32) & _MASK32 for p in params], dtype=torch.int64, device=device),
+        )
+
+
+def penalty_counts(recent: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """recent [B, W, V] codes (-1 = empty) -> counts [B, V, C] of each code in the window."""
+    batch, _, num_vq = recent.shape
+    counts = torch.zeros(batch, num_vq, num_codes + 1, dtype=torch.float32, device=recent.device)
+    counts.scatter_add_(2, (recent + 1).transpose(1, 2), torch.ones_like(recent, dtype=torch.float32).transpose(1, 2))
+    return counts[..., 1:]
+
+
+def process_logits(
+    logits: torch.Tensor, counts: torch.Tensor, steps: torch.Tensor, params: SamplingBatch, eos: int
+) -> torch.Tensor:
+    """logits [B, V, C] float32 -> filtered scores (-inf where excluded), upstream's order."""
+    scores = logits / params.temperature.unsqueeze(-1)
+    alpha = torch.pow(params.penalty.view(-1, 1, 1), counts)
+    scores = torch.where(scores < 0, scores * alpha, scores / alpha)
+    # top-p, as transformers' TopPLogitsWarper: drop the low tail whose total mass is <= 1 - top_p.
+    sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = cumulative <= (1 - params.top_p).view(-1, 1, 1)
+    drop_sorted[..., -MIN_TOKENS_TO_KEEP:] = False
+    scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    # top-k, as TopKLogitsWarper: drop everything below the k-th largest score.
+    descending = torch.sort(scores, dim=-1, descending=True).values
+    kth = descending.gather(-1, (params.top_k - 1).view(-1, 1, 1).expand(-1, scores.shape[1], 1))
+    scores = scores.masked_fill(scores < kth, float("-inf"))
+    before_min = (steps < params.min_new_tokens).view(-1, 1)
+    scores[..., eos] = torch.where(before_min, float("-inf"), scores[..., eos])
+    return scores
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """PCG-style 32-bit permutation on int64 tensors holding 32-bit values (no overflow)."""
+    state = (x * 747796405 + 2891336453) & _MASK32
+    word = (((state >> ((state >> 28) + 4)) ^ state) * 277803737) & _MASK32
+    return ((word >> 22) ^ word) & _MASK32
+
+
+def row_uniforms(params: SamplingBatch, steps: torch.Tensor, num_vq: int, num_codes: int) -> torch.Tensor:
+    """Uniforms in (0, 1) [B, V, C], a pure function of (seed, step, codebook, code) per row."""
+    key = _mix(_mix(params.seed_lo ^ _mix(params.seed_hi)) ^ (steps & _MASK32))  # [B]
+    lanes = torch.arange(num_vq * num_codes, device=steps.device, dtype=torch.int64).view(1, num_vq, num_codes)
+    bits = _mix(_mix(key.view(-1, 1, 1) ^ lanes) + lanes)
+    return (bits.double() + 0.5) / 2**32
+
+
+def sample(scores: torch.Tensor, params: SamplingBatch, steps: torch.Tensor) -> torch.Tensor:
+    """scores [B, V, C] -> codes [B, V]: the argmax of p / Exp(1), i.e. a categorical draw from softmax(scores)."""
+    probs = scores.softmax(dim=-1).double()
+    exponential = -torch.log(row_uniforms(params, steps, scores.shape[1], scores.shape[2]))
+    return (probs / exponential).argmax(dim=-1)

@@ -1,0 +1,139 @@
+"""Text front end: upstream-compatible cleaning, prompt decoration, and splitting long text into segments.
+
+Cleaning matches upstream ChatTTS with no external normaliser registered and homophone replacement off:
+- with normalisation on, text detected as Chinese (more CJK characters than English words) has half-width
+  punctuation mapped to full width;
+- if any character outside letters, CJK, `，。、,.` and space is present (ignoring `[tags]`), a fixed map
+  simplifies punctuation (`：`->`，`, `!`->`.`, ...) and then every remaining such character outside tags
+  is deleted. Digits and `?` are deleted: spell numbers out before synthesis.
+Lower-casing happens in the tokenizer (BERT normaliser). Control tags such as `[uv_break]`, `[laugh]`,
+`[lbreak]` pass through untouched.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+_REJECT = re.compile(r"[^\u4e00-\u9fffA-Za-z，。、,\. ]")
+_TAG = re.compile(r"\[[\w_]+\]")
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+_ENGLISH_WORD = re.compile(r"\b[A-Za-z]+\b")
+
+_SIMPLIFY = str.maketrans(
+    {
+        "：": "，", "；": "，", "！": "。", "（": "，", "）": "，", "【": "，", "】": "，", "『": "，", "』": "，",
+        "「": "，", "」": "，", "《": "，", "》": "，", "－": "，", ":": ",", ";": ",", "!": ".", "(": ",", ")": ",",
+        ">": ",", "<": ",", "-": ",",
+    }
+)  # fmt: skip
+_HALF_TO_FULL = str.maketrans(
+    {
+        "!": "！", '"': "“", "'": "‘", "#": "＃", "$": "＄", "%": "％", "&": "＆", "(": "（", ")": "）", ",": "，",
+        "-": "－", "*": "＊", "+": "＋", ".": "。", "/": "／", ":": "：", ";": "；", "<": "＜", "=": "＝", ">": "＞",
+        "?": "？", "@": "＠", "\\": "＼", "^": "＾", "`": "｀", "{": "｛", "|": "｜", "}": "｝", "~": "～",
+    }
+)  # fmt: skip
+
+
+def detect_language(text: str) -> str:
+    return "zh" if len(_CJK.findall(text)) > len(_ENGLISH_WORD.findall(text)) else "en"
+
+
+def _split_tags(text: str) -> tuple[list[str], list[str]]:
+    """Upstream's bracket scanner: text outside `[...]` and the bracketed tags, in order.
+
+    An unclosed `[` swallows the rest of the text, as upstream does.
+    """
+    texts: list[str] = []
+    tags: list[str] = []
+    current_text, current_tag = "", ""
+    for ch in text:
+        if ch == "[":
+            texts.append(current_text)
+            current_text, current_tag = "", ch
+        elif current_tag:
+            current_tag += ch
+        else:
+            current_text += ch
+        if ch == "]":
+            tags.append(current_tag)
+            current_tag = ""
+    if current_text:
+        texts.append(current_text)
+    return texts, tags
+
+
+def _outside_tags(text: str, fn: Callable[[str], str]) -> str:
+    texts, tags = _split_tags(text)
+    texts = [fn(t) for t in texts]
+    if not tags:
+        return texts[0] if texts else ""
+    out = []
+    for piece in texts:
+        out.append(piece + (tags.pop(0) if tags else ""))
+    return "".join(out)
+
+
+def clean_text(text: str, normalize: bool = True) -> str:
+    """The text upstream would feed to its tokenizer (see module docstring)."""
+    if normalize and detect_language(text) == "zh":
+        text = text.translate(_HALF_TO_FULL)
+    if _REJECT.search(_TAG.sub("", text)):
+        text = text.translate(_SIMPLIFY)
+        text = _outside_tags(text, lambda piece: _REJECT.sub("", piece))
+    return text
+
+
+def decorate(text: str, prompt: str = "[speed_5]", has_speaker: bool = False, transcript: str = "") -> str:
+    """The code-stage prompt: `[Stts][spk_emb|empty_spk]{transcript}{prompt}{text}[Ptts]`."""
+    for tag in ("[Stts]", "[spk_emb]", "[empty_spk]"):
+        text = text.replace(tag, "")
+    speaker_tag = "[spk_emb]" if has_speaker else "[empty_spk]"
+    return f"[Stts]{speaker_tag}{transcript}{prompt}{text.strip()}[Ptts]"
+
+
+_SENTENCE_END = re.compile(r"(?<=[。！？!?；;…\n])|(?<=\.)(?=\s)")
+_CLAUSE_END = re.compile(r"(?<=[，,、：:])")
+
+
+def split_segments(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> list[str]:
+    """Split `text` into segments of at most `max_tokens` tokens, at sentence ends where possible.
+
+    Sentences are packed greedily; a sentence that alone is too long is cut at clause punctuation, then at spaces,
+    then every `max_tokens` characters as a last resort. Text that fits stays one segment, unchanged.
+    """
+    if count_tokens(text) <= max_tokens:
+        return [text]
+    pieces: list[str] = []
+    for sentence in _split_keep(text, _SENTENCE_END):
+        pieces.extend(_fit(sentence, max_tokens, count_tokens))
+    segments: list[str] = []
+    current = ""
+    for piece in pieces:
+        candidate = current + piece
+        if current and count_tokens(candidate) > max_tokens:
+            segments.append(current.strip())
+            current = piece
+        else:
+            current = candidate
+    if current.strip():
+        segments.append(current.strip())
+    return [s for s in segments if s]
+
+
+def _split_keep(text: str, pattern: re.Pattern[str]) -> list[str]:
+    return [p for p in pattern.split(text) if p]
+
+
+def _fit(piece: str, max_tokens: int, count_tokens: Callable[[str], int]) -> list[str]:
+    if count_tokens(piece) <= max_tokens:
+        return [piece]
+    for pattern in (_CLAUSE_END, re.compile(r"(?<=\s)")):
+        parts = _split_keep(piece, pattern)
+        if len(parts) > 1:
+            out: list[str] = []
+            for part in parts:
+                out.extend(_fit(part, max_tokens, count_tokens))
+            return out
+    return [piece[i : i + max_tokens] for i in range(0, len(piece), max_tokens)]
