@@ -113,6 +113,15 @@ _TENSOR_FILES = (
 )
 
 
+_FILE_OF_PREFIX = {
+    "gpt": "gpt/model.safetensors",
+    "embed": "Embed.safetensors",
+    "decoder": "Decoder.safetensors",
+    "dvae": "DVAE.safetensors",
+    "vocos": "Vocos.safetensors",
+}
+
+
 def _fold_heads(tensors: dict[str, torch.Tensor], num_vq: int, file: str) -> dict[str, torch.Tensor]:
     """Weight-normed heads (g = original0 [out, 1], v = original1 [out, in]) -> plain weights; code heads merged."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
@@ -439,8 +448,11 @@ def load_model(
     found = map_state_dict(asset, config)
     missing = sorted(set(expected) - set(found))
     if missing:
-        by_file = _describe(missing)
-        raise CheckpointError(f"{asset}: checkpoint lacks {len(missing)} tensors the model needs: {by_file}")
+        files = sorted({_FILE_OF_PREFIX[key.split(".", 1)[0]] for key in missing})
+        raise CheckpointError(
+            f"{asset}: {', '.join(files)} lack{'s' if len(files) == 1 else ''} {len(missing)} tensors the "
+            f"{config.name!r} model needs: {_describe(missing)} (model parameter names)"
+        )
     unknown = sorted(set(found) - set(expected))
     if unknown:
         names = [f"{found[k][1]}:{found[k][0]}" for k in unknown[:8]]  # type: ignore[index]

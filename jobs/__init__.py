@@ -1,0 +1,1 @@
+"""Entry points: the `raytts` command line and example inputs."""

@@ -1,0 +1,302 @@
+"""One synthesis replica: a loaded model + tokenizer on one device, turning requests into audio.
+
+This is the object a Ray actor (offline) or a Serve replica (online) holds exactly one of, and what
+`raytts synth` drives in-process. It owns request validation (every problem becomes that row's `error`, never
+an exception that takes the batch down), segmenting long text, batching segments, and joining segment audio
+back per row. Generation itself is `actors.engine`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_model, read_model_config, resolve
+from .engine.generate import CodePrompt, decode_waveforms, generate
+from .engine.sampling import SamplingParams
+from .model.config import SAMPLE_RATE
+from .speaker import SpeakerError, decode_prompt, normalized_speaker, parse_speaker
+from .text import clean_text, decorate, split_segments
+from .tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,199}$")
+_SEGMENT_SEED_STEP = 0x9E3779B97F4A7C15
+
+
+class RequestError(ValueError):
+    """A request that cannot be synthesised; the message names the problem and the fix."""
+
+
+def validate_id(value: object) -> str:
+    """Row ids become file names downstream: 1-200 chars of [A-Za-z0-9._-], not starting with '.', '-' or '_'."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise RequestError(f"id must be a string or an integer, got {type(value).__name__} {value!r:.40}")
+    text = str(value)
+    if not _ID_PATTERN.match(text) or ".." in text:
+        raise RequestError(
+            f"id {text!r:.60} is not a safe file name: use 1-200 characters of letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit and without '..'"
+        )
+    return text
+
+
+@dataclass
+class SynthesisRequest:
+    id: str
+    text: str
+    speaker: str | None = None  # "seed:N" or an upstream speaker string
+    reference_codes: torch.Tensor | None = None  # [num_vq, P] prompt codes (from reference audio)
+    reference_text: str = ""  # transcript of the reference audio
+    params: SamplingParams = field(default_factory=SamplingParams)
+    normalize: bool = True
+    prompt: str = "[speed_5]"  # control tags placed before the text, e.g. "[speed_3][oral_2]"
+
+
+@dataclass
+class SynthesisResult:
+    id: str
+    text: str
+    audio: np.ndarray | None = None  # float32 mono at `sample_rate`
+    codes: np.ndarray | None = None  # [T, num_vq] int16, segments concatenated
+    sample_rate: int = SAMPLE_RATE
+    segments: int = 0
+    truncated_segments: int = 0  # segments that hit max_new_tokens before EOS
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _Segment:
+    request: int
+    index: int
+    prompt: CodePrompt
+    params: SamplingParams
+
+
+@dataclass
+class ReplicaStats:
+    requests: int = 0
+    failed: int = 0
+    segments: int = 0
+    frames: int = 0
+    batches: int = 0
+    generate_s: float = 0.0
+    decode_s: float = 0.0
+
+
+class Synthesizer:
+    """A frozen model replica with its tokenizer. Not thread-safe: one caller at a time."""
+
+    def __init__(
+        self,
+        model: str | Path | None = "tiny",
+        device: str = "auto",
+        dtype: str | None = None,
+        decoder: str = "hidden",
+        max_batch_size: int = 16,
+        max_segment_tokens: int = 120,
+        max_chars: int = 10_000,
+        max_reference_seconds: float = 20.0,
+        fsq_variant: str = "classic",
+        verify: str = "auto",
+        cache_dir: Path | None = None,
+    ) -> None:
+        if decoder not in ("hidden", "dvae"):
+            raise ValueError(f"decoder must be 'hidden' or 'dvae', got {decoder!r}")
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.device = _pick_device(device)
+        self.dtype = _pick_dtype(dtype, self.device)
+        checkpoint = resolve(model, cache_dir=cache_dir, verify=verify)
+        self.checkpoint = checkpoint
+        self.config = read_model_config(checkpoint.asset)
+        self.model = load_model(checkpoint.asset, self.config, self.device, self.dtype, fsq_variant)
+        self.tokenizer = TextTokenizer(checkpoint.asset / "tokenizer", self.config.gpt.num_text_tokens)
+        self.use_decoder = decoder == "hidden"
+        self.max_batch_size = max_batch_size
+        self.max_segment_tokens = max_segment_tokens
+        self.max_chars = max_chars
+        self.max_reference_seconds = max_reference_seconds
+        self.check_every = 1 if self.device.type == "cpu" else 8
+        self.stats = ReplicaStats()
+        log.info(
+            "replica ready: model %s (%s) on %s/%s, decoder=%s",
+            checkpoint.source,
+            self.config.name,
+            self.device,
+            str(self.dtype).removeprefix("torch."),
+            decoder,
+        )
+
+    # ---------------------------------------------------------------------------------------------- requests
+
+    @torch.inference_mode()
+    def encode_reference(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
+        """Reference speech (any rate, mono or [samples, channels]) -> DVAE prompt codes [num_vq, P]."""
+        wave = np.asarray(audio, dtype=np.float32)
+        if wave.ndim == 2:
+            wave = wave.mean(axis=1)
+        if wave.ndim != 1:
+            raise RequestError(f"reference audio must be mono or [samples, channels], got shape {wave.shape}")
+        if sample_rate <= 0:
+            raise RequestError(f"reference audio sample rate must be positive, got {sample_rate}")
+        if wave.size == 0:
+            raise RequestError("reference audio is empty (0 samples)")
+        if not np.isfinite(wave).all():
+            raise RequestError("reference audio contains NaN or infinite samples")
+        seconds = wave.size / sample_rate
+        if seconds > self.max_reference_seconds:
+            raise RequestError(
+                f"reference audio is {seconds:.1f} s; the limit is {self.max_reference_seconds:.0f} s: trim it to one "
+                f"clean utterance"
+            )
+        if sample_rate != SAMPLE_RATE:
+            import soxr
+
+            wave = soxr.resample(wave, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+        if wave.size < 4 * 256:
+            raise RequestError(f"reference audio is too short ({seconds * 1000:.0f} ms); give at least 0.1 s")
+        return self.model.dvae.encode(torch.from_numpy(wave).to(self.device)).cpu()
+
+    def _segments(self, row: int, request: SynthesisRequest) -> list[_Segment]:
+        if not isinstance(request.text, str):
+            raise RequestError(f"text must be a string, got {type(request.text).__name__}")
+        if not request.text.strip():
+            raise RequestError("text is empty")
+        if len(request.text) > self.max_chars:
+            raise RequestError(
+                f"text has {len(request.text)} characters; the limit is {self.max_chars}: split it into several rows"
+            )
+        request.params.validate(self.config.gpt.num_vq)
+        if not re.fullmatch(r"(\[[\w]+\])*", request.prompt or ""):
+            raise RequestError(f"prompt must be a run of control tags such as [speed_5], got {request.prompt!r:.60}")
+        hidden = self.config.gpt.hidden_size
+        speaker = parse_speaker(request.speaker, hidden)
+        speaker = None if speaker is None else normalized_speaker(speaker)
+        transcript = clean_text(request.reference_text, request.normalize) if request.reference_text else ""
+        reference = request.reference_codes
+        if reference is not None and (reference.ndim != 2 or reference.shape[0] != self.config.gpt.num_vq):
+            raise RequestError(f"reference codes must be [{self.config.gpt.num_vq}, T], got {tuple(reference.shape)}")
+        text = clean_text(request.text, request.normalize)
+        if not re.sub(r"\[[\w_]+\]", "", text).strip(" ，。、,."):
+            raise RequestError(
+                f"text {request.text[:40]!r} has nothing speakable after cleaning (digits and most symbols are "
+                f"removed): spell numbers out"
+            )
+        overhead = self.tokenizer.count(decorate("", request.prompt, speaker is not None, transcript))
+        budget = self.max_segment_tokens
+        pieces = split_segments(text, budget, self.tokenizer.count)
+        segments = []
+        for index, piece in enumerate(pieces):
+            ids = self.tokenizer.encode(decorate(piece, request.prompt, speaker is not None, transcript))
+            seed = request.params.seed if index == 0 else (request.params.seed ^ (index * _SEGMENT_SEED_STEP)) % 2**63
+            prompt = CodePrompt(ids, speaker, reference)
+            limit = self.config.gpt.max_position_embeddings
+            if prompt.length + request.params.max_new_tokens > limit:
+                raise RequestError(
+                    f"prompt of {prompt.length} tokens ({overhead} of prompt decoration and reference codes) + "
+                    f"max_new_tokens {request.params.max_new_tokens} exceeds the model's {limit} positions"
+                )
+            segments.append(_Segment(row, index, prompt, replace(request.params, seed=seed)))
+        return segments
+
+    # ---------------------------------------------------------------------------------------------- synthesis
+
+    def synthesize(self, requests: list[SynthesisRequest]) -> list[SynthesisResult]:
+        """Synthesise every request; failures come back as results with `error` set, in input order."""
+        results = [SynthesisResult(id=r.id, text=r.text if isinstance(r.text, str) else "") for r in requests]
+        segments: list[_Segment] = []
+        for row, request in enumerate(requests):
+            try:
+                segments.extend(self._segments(row, request))
+            except (RequestError, SpeakerError, ValueError) as err:
+                results[row].error = str(err)
+        per_row: dict[int, dict[int, tuple[np.ndarray, np.ndarray, bool]]] = {}
+        # Similar lengths share a batch: less padding in prefill and decode.
+        segments.sort(key=lambda s: (s.prompt.length, s.params.max_new_tokens))
+        for start in range(0, len(segments), self.max_batch_size):
+            batch = segments[start : start + self.max_batch_size]
+            for segment, (audio, codes, finished) in zip(batch, self._run_batch(batch), strict=True):
+                per_row.setdefault(segment.request, {})[segment.index] = (audio, codes, finished)
+        for row, parts in per_row.items():
+            result = results[row]
+            ordered = [parts[i] for i in sorted(parts)]
+            result.segments = len(ordered)
+            result.truncated_segments = sum(1 for _, _, finished in ordered if not finished)
+            if any(codes.shape[0] == 0 for _, codes, _ in ordered):
+                result.error = (
+                    "the model ended a segment before producing any audio (EOS at the first step); "
+                    "retry with another seed or set min_new_tokens >= 1"
+                )
+                continue
+            result.audio = np.concatenate([audio for audio, _, _ in ordered])
+            result.codes = np.concatenate([codes for _, codes, _ in ordered]).astype(np.int16)
+        self.stats.requests += len(requests)
+        self.stats.failed += sum(1 for r in results if r.error)
+        return results
+
+    def _run_batch(self, batch: list[_Segment]) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+        started = time.perf_counter()
+        generated = generate(
+            self.model,
+            [s.prompt for s in batch],
+            [s.params for s in batch],
+            self.tokenizer.spk_emb_id,
+            check_every=self.check_every,
+        )
+        middle = time.perf_counter()
+        rows = [g.hidden if self.use_decoder else g.codes for g in generated]
+        waves = decode_waveforms(self.model, rows, self.use_decoder)
+        # One device-to-host copy for the batch's audio and one for its codes.
+        lengths = [int(w.shape[0]) for w in waves]
+        audio_host = torch.cat(waves).float().cpu().numpy() if waves else np.zeros(0, np.float32)
+        codes_host = torch.cat([g.codes for g in generated]).cpu().numpy()
+        self.stats.batches += 1
+        self.stats.segments += len(batch)
+        self.stats.frames += int(codes_host.shape[0])
+        self.stats.generate_s += middle - started
+        self.stats.decode_s += time.perf_counter() - middle
+        out = []
+        audio_at = codes_at = 0
+        for g, n in zip(generated, lengths, strict=True):
+            t = int(g.codes.shape[0])
+            out.append((audio_host[audio_at : audio_at + n], codes_host[codes_at : codes_at + t], g.finished))
+            audio_at += n
+            codes_at += t
+        return out
+
+
+def reference_codes_from_prompt(text: str, num_vq: int = 4) -> torch.Tensor:
+    """An upstream reference prompt string (`spk_smp`) -> codes, raising RequestError on a bad string."""
+    try:
+        return decode_prompt(text, num_vq)
+    except SpeakerError as err:
+        raise RequestError(str(err)) from None
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was requested but torch sees no CUDA device; use --device cpu")
+    return torch.device(device)
+
+
+def _pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in table:
+        raise ValueError(f"dtype must be one of {sorted(table)}, got {dtype!r}")
+    return table[dtype]

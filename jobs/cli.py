@@ -1,0 +1,127 @@
+"""The `raytts` command line: thin entry points over actors/ and pipeline/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from actors.checkpoint import CheckpointError
+
+
+def _synth_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="synthesise a JSONL file in-process (no Ray) to Parquet",
+        description="Each input line is {'id': str, 'text': str} with optional speaker, seed, sampling overrides, "
+        "reference_audio (+ reference_text) or reference_codes. Writes OUTPUT/part-00000.parquet and "
+        "OUTPUT/_report.json. Exit status 1 when any row failed.",
+    )
+    p.add_argument("--model", default=None, help="checkpoint folder, s3://... URI, hf://2Noise/ChatTTS[@rev], or tiny")
+    p.add_argument("--input", required=True, type=Path, help="JSONL file of rows")
+    p.add_argument("--output", required=True, type=Path, help="output folder (part-00000.parquet is overwritten)")
+    p.add_argument("--speaker", default=None, help="default speaker: 'seed:N' or an upstream speaker string")
+    p.add_argument("--temperature", type=float, default=0.3)
+    p.add_argument("--top-p", type=float, default=0.7)
+    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--repetition-penalty", type=float, default=1.05)
+    p.add_argument("--max-new-tokens", type=int, default=2048, help="GPT steps per segment (46.875 per second)")
+    p.add_argument("--min-new-tokens", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed for rows without their own")
+    p.add_argument("--save-codes", action="store_true", help="also store the [T, 4] audio codes")
+    p.add_argument("--no-normalize", action="store_true", help="skip language-aware punctuation mapping")
+    p.add_argument("--decoder", choices=("hidden", "dvae"), default="hidden")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
+    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--max-segment-tokens", type=int, default=120, help="longer text is split at sentence ends")
+    p.add_argument("--fsq", choices=("classic", "symmetric"), default="classic", help="DVAE quantiser numerics")
+    p.add_argument("--verify", choices=("auto", "always", "never"), default="auto", help="sha256 of official files")
+    p.add_argument("--audio-format", choices=("flac", "wav", "ogg"), default="flac")
+
+
+def _checkpoint_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "make-checkpoint",
+        help="write a random checkpoint in the exact 2Noise/ChatTTS layout",
+        description="Writes DIR/asset/... with random weights (for tests and smoke runs: it speaks noise).",
+    )
+    p.add_argument("dir", type=Path)
+    p.add_argument("--preset", choices=("tiny", "full"), default="tiny")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="raytts", description="ChatTTS-compatible speech synthesis at scale")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _synth_parser(sub)
+    _checkpoint_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "make-checkpoint":
+            from actors.make_checkpoint import write_checkpoint
+
+            asset = write_checkpoint(args.dir, args.preset, args.seed)
+            print(f"wrote random {args.preset} checkpoint (seed {args.seed}) to {asset}")
+            return 0
+        if args.command == "synth":
+            return _synth(args)
+    except (CheckpointError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        print(f"raytts {args.command}: {err}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from jobs.synth import SynthOptions, run_synth
+
+    if not args.input.is_file():
+        print(f"raytts synth: input {args.input} is not a file (expected JSONL rows)", file=sys.stderr)
+        return 2
+    options = SynthOptions(
+        model=args.model,
+        input=args.input,
+        output=args.output,
+        speaker=args.speaker,
+        seed=args.seed,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        save_codes=args.save_codes,
+        normalize=not args.no_normalize,
+        decoder=args.decoder,
+        device=args.device,
+        dtype=args.dtype,
+        max_batch_size=args.max_batch_size,
+        max_segment_tokens=args.max_segment_tokens,
+        fsq=args.fsq,
+        verify=args.verify,
+        audio_format=args.audio_format,
+    )
+    try:
+        status, report = run_synth(options)
+    except ValueError as err:
+        print(f"raytts synth: {err}", file=sys.stderr)
+        return 2
+    summary = report.to_dict()
+    failures = summary.pop("failures")
+    print(json.dumps(summary, indent=2))
+    for failure in failures[:20]:
+        print(f"FAILED {failure['id']}: {failure['error']}", file=sys.stderr)
+    if len(failures) > 20:
+        print(f"... and {len(failures) - 20} more failures (see {args.output / '_report.json'})", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Input rows: reading text shards line by line and turning raw rows into synthesis requests.
+
+Nothing here raises for a bad row: a row that cannot be read or validated becomes an `InputRow` whose `error`
+names the source line and the reason, and flows to the output like any other row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from actors.engine.sampling import SamplingParams
+from actors.replica import RequestError, SynthesisRequest, validate_id
+
+log = logging.getLogger(__name__)
+
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "min_new_tokens")
+KNOWN_FIELDS = {
+    "id",
+    "text",
+    "speaker",
+    "seed",
+    "prompt",
+    "reference_audio",
+    "reference_text",
+    "reference_codes",
+    *SAMPLING_FIELDS,
+}
+
+
+@dataclass
+class InputRow:
+    source: str  # "file:line"
+    id: str | None
+    fields: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def read_jsonl(path: str | Path, display_name: str | None = None) -> Iterator[InputRow]:
+    """Rows of a JSONL file; blank lines are skipped, every other line yields exactly one row."""
+    name = display_name or str(path)
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            yield parse_json_line(raw, f"{name}:{number}")
+
+
+def parse_json_line(raw: bytes, source: str) -> InputRow:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        salvaged = _salvage_id(raw.decode("utf-8", errors="replace"))
+        return InputRow(
+            source, salvaged, error=f"{source}: invalid UTF-8 at byte {err.start}; re-encode the file as UTF-8"
+        )
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as err:
+        return InputRow(source, None, error=f"{source}: not valid JSON ({err.msg} at column {err.colno})")
+    if not isinstance(data, dict):
+        return InputRow(source, None, error=f"{source}: expected a JSON object per line, got {type(data).__name__}")
+    try:
+        row_id = validate_id(data.get("id"))
+    except RequestError as err:
+        return InputRow(source, None, data, error=f"{source}: {err}")
+    return InputRow(source, row_id, data)
+
+
+def _salvage_id(text: str) -> str | None:
+    try:
+        data = json.loads(text)
+        return validate_id(data.get("id")) if isinstance(data, dict) else None
+    except (json.JSONDecodeError, RequestError):
+        return None
+
+
+def mark_duplicates(rows: list[InputRow]) -> None:
+    """The first row with an id wins; later ones get an error naming where the id was first seen."""
+    first: dict[str, str] = {}
+    for row in rows:
+        if row.error or row.id is None:
+            continue
+        if row.id in first:
+            row.error = f"{row.source}: duplicate id {row.id!r} (first seen at {first[row.id]}); ids must be unique"
+        else:
+            first[row.id] = row.source
+
+
+def to_request(row: InputRow, defaults: SamplingParams, speaker: str | None, normalize: bool) -> SynthesisRequest:
+    """Validate field types and build a request; raises RequestError with the row's source in the message."""
+    data = row.fields
+    text = data.get("text")
+    if not isinstance(text, str):
+        raise RequestError(f"{row.source}: text must be a string, got {type(text).__name__}")
+    overrides: dict[str, Any] = {}
+    for name in SAMPLING_FIELDS:
+        if data.get(name) is not None:
+            overrides[name] = _number(
+                row, name, data[name], integer=name in ("top_k", "max_new_tokens", "min_new_tokens")
+            )
+    if data.get("seed") is not None:
+        overrides["seed"] = _number(row, "seed", data["seed"], integer=True)
+    row_speaker = data.get("speaker", speaker)
+    if row_speaker is not None and not isinstance(row_speaker, str):
+        raise RequestError(f"{row.source}: speaker must be a string ('seed:N' or a speaker string)")
+    params = SamplingParams(**{**defaults.__dict__, **overrides})
+    try:
+        params.validate(4)
+    except ValueError as err:
+        raise RequestError(f"{row.source}: {err}") from None
+    prompt = data.get("prompt", "[speed_5]")
+    if not isinstance(prompt, str):
+        raise RequestError(f"{row.source}: prompt must be a string of control tags such as [speed_5]")
+    reference_text = data.get("reference_text") or ""
+    if not isinstance(reference_text, str):
+        raise RequestError(f"{row.source}: reference_text must be a string")
+    return SynthesisRequest(
+        id=row.id or "",
+        text=text,
+        speaker=row_speaker,
+        reference_text=reference_text,
+        params=params,
+        normalize=normalize,
+        prompt=prompt,
+    )
+
+
+def _number(row: InputRow, name: str, value: Any, integer: bool) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RequestError(f"{row.source}: {name} must be a number, got {type(value).__name__} {value!r:.30}")
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise RequestError(f"{row.source}: {name} must be an integer, got {value}")
+        return int(value)
+    return float(value)
+
+
+def unknown_fields(rows: list[InputRow]) -> set[str]:
+    return {key for row in rows for key in row.fields if key not in KNOWN_FIELDS}

@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny random checkpoint in the real layout, the loaded model, a SeaweedFS S3 server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible to torch)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from actors.make_checkpoint import write_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny-ck")
+    write_checkpoint(root, "tiny", 0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint: Path):
+    from actors.checkpoint import load_model
+
+    return load_model(tiny_checkpoint / "asset")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_checkpoint: Path):
+    from actors.tokenizer import TextTokenizer
+
+    return TextTokenizer(tiny_checkpoint / "asset" / "tokenizer", 21178)
+
+
+@pytest.fixture(scope="session")
+def synthesizer(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    from actors.replica import Synthesizer
+
+    return Synthesizer(model=str(tiny_checkpoint), device="cpu", cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    from tests.support.s3 import seaweed_s3
+
+    with seaweed_s3(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server

@@ -1,0 +1,229 @@
+"""Checkpoint loading: strict key mapping, sources (local, S3 on loopback, HF hub cache), official sha256 checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from actors.checkpoint import (
+    ASSET_FILES,
+    HF_REPO,
+    CheckpointError,
+    load_model,
+    read_model_config,
+    resolve,
+)
+from actors.make_checkpoint import random_state
+from actors.model.config import ModelConfig
+
+
+@pytest.fixture
+def checkpoint_copy(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, target)
+    return target
+
+
+def _edit(asset: Path, name: str, change) -> None:
+    tensors = load_file(str(asset / name))
+    change(tensors)
+    save_file(tensors, str(asset / name))
+
+
+def test_round_trip_values_and_weight_norm_folding(tiny_checkpoint):
+    config = ModelConfig.from_name("tiny")
+    files = random_state(config, 0)
+    model = load_model(tiny_checkpoint / "asset")
+    gpt = files["gpt/model.safetensors"]
+    assert torch.equal(model.gpt.layers[1].mlp.down_proj.weight, gpt["layers.1.mlp.down_proj.weight"])
+    assert torch.equal(model.vocos.head.out.weight, files["Vocos.safetensors"]["head.out.weight"])
+    assert torch.equal(
+        model.dvae.vq_layer.rvqs[1].project_in.bias,
+        files["DVAE.safetensors"]["vq_layer.quantizer.rvqs.1.project_in.bias"],
+    )
+    embed = files["Embed.safetensors"]
+    heads = []
+    for i in range(4):
+        g = embed[f"head_code.{i}.parametrizations.weight.original0"].double()
+        v = embed[f"head_code.{i}.parametrizations.weight.original1"].double()
+        heads.append(g * v / v.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(model.embed.head_code.weight.double(), torch.cat(heads), rtol=1e-6, atol=1e-6)
+
+
+def test_local_root_and_asset_folder_both_resolve(tiny_checkpoint):
+    assert resolve(tiny_checkpoint).asset == resolve(tiny_checkpoint / "asset").asset == tiny_checkpoint / "asset"
+    assert resolve(f"file://{tiny_checkpoint}").asset == tiny_checkpoint / "asset"
+
+
+def test_missing_tensor_names_file_and_key(checkpoint_copy):
+    asset = checkpoint_copy / "asset"
+    _edit(asset, "Decoder.safetensors", lambda t: t.pop("decoder.conv_out.weight"))
+    with pytest.raises(
+        CheckpointError, match=r"Decoder\.safetensors lacks 1 tensors.*decoder\.decoder\.conv_out\.weight"
+    ):
+        load_model(asset)
+
+
+def test_unknown_tensor_names_file_and_key(checkpoint_copy):
+    asset = checkpoint_copy / "asset"
+    _edit(asset, "Vocos.safetensors", lambda t: t.__setitem__("backbone.extra.weight", torch.zeros(3)))
+    with pytest.raises(CheckpointError, match=r"Vocos\.safetensors:backbone\.extra\.weight"):
+        load_model(asset)
+
+
+def test_wrong_shape_names_file_key_and_both_shapes(checkpoint_copy):
+    asset = checkpoint_copy / "asset"
+    _edit(asset, "Embed.safetensors", lambda t: t.__setitem__("emb_text.weight", torch.zeros(21178, 64)))
+    with pytest.raises(
+        CheckpointError,
+        match=r"Embed\.safetensors: 'emb_text\.weight' has shape \(21178, 64\), expected \(21178, 128\)",
+    ):
+        load_model(asset)
+
+
+def test_half_of_a_weight_norm_pair_missing(checkpoint_copy):
+    asset = checkpoint_copy / "asset"
+    _edit(asset, "Embed.safetensors", lambda t: t.pop("head_code.2.parametrizations.weight.original0"))
+    with pytest.raises(CheckpointError, match=r"head_code\.2\.parametrizations\.weight\.original0 \(g\) is missing"):
+        load_model(asset)
+
+
+def test_missing_file_is_listed(checkpoint_copy):
+    (checkpoint_copy / "asset" / "DVAE.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"missing checkpoint files \['DVAE\.safetensors'\]"):
+        resolve(checkpoint_copy)
+
+
+def test_pickles_are_refused(checkpoint_copy):
+    asset = checkpoint_copy / "asset"
+    (asset / "Decoder.safetensors").rename(asset / "Decoder.pt")
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        resolve(checkpoint_copy)
+
+
+def test_corrupt_safetensors_is_reported(checkpoint_copy):
+    (checkpoint_copy / "asset" / "Vocos.safetensors").write_bytes(b"\x00not a safetensors file")
+    with pytest.raises(CheckpointError, match=r"Vocos\.safetensors: not a readable safetensors file"):
+        load_model(checkpoint_copy / "asset")
+
+
+def test_unsupported_llama_settings_are_refused(checkpoint_copy):
+    path = checkpoint_copy / "asset" / "gpt" / "config.json"
+    config = json.loads(path.read_text())
+    config["rope_scaling"] = {"type": "linear", "factor": 2.0}
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="rope_scaling"):
+        read_model_config(checkpoint_copy / "asset")
+
+
+def test_not_a_checkpoint_says_what_was_expected(tmp_path):
+    with pytest.raises(CheckpointError, match=r"expected .*asset/gpt/config\.json"):
+        resolve(tmp_path)
+    with pytest.raises(CheckpointError, match="neither an existing folder"):
+        resolve(tmp_path / "nope")
+
+
+def test_builtin_tiny_is_written_once_and_reused(tmp_path):
+    first = resolve("tiny", cache_dir=tmp_path)
+    stamp = (first.asset / "Embed.safetensors").stat().st_mtime_ns
+    second = resolve(None, cache_dir=tmp_path)
+    assert second.asset == first.asset
+    assert (second.asset / "Embed.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_full_preset_shapes_match_the_published_model():
+    """The full preset is the real model's size; parameter counts as documented for ChatTTS."""
+    from actors.model import ChatTTSModel
+
+    with torch.device("meta"):
+        model = ChatTTSModel(ModelConfig.from_name("full"))
+    count = {
+        name: sum(p.numel() for p in getattr(model, name).parameters())
+        for name in ("gpt", "embed", "decoder", "dvae", "vocos")
+    }
+    assert 188e6 < count["gpt"] < 190e6
+    assert model.embed.emb_text.weight.shape == (21178, 768)
+    assert model.embed.head_code.weight.shape == (4 * 626, 768)
+    assert 25e6 < count["decoder"] < 27e6
+    assert 13e6 < count["vocos"] < 14e6
+
+
+def _fake_hub_cache(
+    cache: Path, checkpoint: Path, repo: str, commit: str = "0123456789abcdef0123456789abcdef01234567"
+) -> None:
+    """The on-disk layout huggingface_hub keeps for a downloaded snapshot (refs/main -> snapshots/<commit>)."""
+    folder = cache / "hf" / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    shutil.copytree(checkpoint / "asset", folder / "snapshots" / commit / "asset")
+
+
+@pytest.fixture
+def offline_hub(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def test_hub_source_verifies_official_files(tiny_checkpoint, tmp_path, offline_hub):
+    """hf://2Noise/ChatTTS claims to be the official model: our random files must fail its sha256 check.
+
+    The hub client runs for real against its own cache in offline mode (no network here); the download step
+    itself cannot be exercised on these machines.
+    """
+    _fake_hub_cache(tmp_path, tiny_checkpoint, HF_REPO)
+    with pytest.raises(CheckpointError, match=r"sha256 .* does not match the official 2Noise/ChatTTS file"):
+        resolve(f"hf://{HF_REPO}", cache_dir=tmp_path)
+    found = resolve(f"hf://{HF_REPO}", cache_dir=tmp_path, verify="never")
+    assert found.official is True
+    assert load_model(found.asset).config.name == "tiny"
+
+
+def test_hub_source_for_another_repo_needs_no_official_hashes(tiny_checkpoint, tmp_path, offline_hub):
+    _fake_hub_cache(tmp_path, tiny_checkpoint, "someone/chattts-finetune")
+    found = resolve("hf://someone/chattts-finetune", cache_dir=tmp_path)
+    assert found.official is False
+    with pytest.raises(CheckpointError, match="sha256"):
+        resolve("hf://someone/chattts-finetune", cache_dir=tmp_path, verify="always")
+
+
+def test_s3_checkpoint_loads_like_the_local_one(s3_server, tiny_checkpoint, tmp_path, monkeypatch):
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    s3_server.client().create_bucket(Bucket="models")
+    s3_server.upload_dir("models", "chattts-tiny", tiny_checkpoint)
+    remote = resolve("s3://models/chattts-tiny", cache_dir=tmp_path)
+    assert remote.asset != tiny_checkpoint / "asset"
+    for name in ASSET_FILES:
+        assert (remote.asset / name).read_bytes() == (tiny_checkpoint / "asset" / name).read_bytes()
+    local_model = load_model(tiny_checkpoint / "asset")
+    remote_model = load_model(remote.asset)
+    for (name, a), (_, b) in zip(local_model.state_dict().items(), remote_model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    # the second resolve uses the cache, even with the server unreachable
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    assert resolve("s3://models/chattts-tiny", cache_dir=tmp_path).asset == remote.asset
+
+
+def test_s3_missing_checkpoint_is_a_clear_error(s3_server, tmp_path, monkeypatch):
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    s3_server.client().create_bucket(Bucket="empty-models")
+    with pytest.raises(CheckpointError, match="no gpt/config.json under"):
+        resolve("s3://empty-models/nothing-here", cache_dir=tmp_path)
+
+
+def test_make_checkpoint_cli_writes_the_real_layout(tmp_path):
+    from jobs.cli import main
+
+    assert main(["make-checkpoint", str(tmp_path / "ck"), "--preset", "tiny", "--seed", "3"]) == 0
+    for name in ASSET_FILES:
+        assert (tmp_path / "ck" / "asset" / name).is_file(), name
+    assert os.path.getsize(tmp_path / "ck" / "asset" / "Embed.safetensors") > 1_000_000

@@ -1,0 +1,147 @@
+"""`raytts synth` as a user runs it: real CLI process, a JSONL file full of bad rows, Parquet out."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+
+def _line(obj) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
+
+
+@pytest.fixture(scope="module")
+def synth_run(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("synth")
+    t = np.arange(16_000) / 16_000
+    sf.write(work / "ref16k.wav", (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), 16_000)
+    sf.write(work / "empty.wav", np.zeros(0, dtype=np.float32), 24_000)
+    long_text = " ".join(
+        f"This is sentence {w} of a long paragraph." for w in ["one", "two", "three", "four", "five"] * 6
+    )
+    lines = [
+        _line({"id": "good-en", "text": "Hello world, this is raytts."}),  # 1
+        _line({"id": "good-zh", "text": "你好，欢迎使用语音合成。", "speaker": "seed:1234", "seed": 3}),  # 2
+        _line({"id": "empty", "text": ""}),  # 3
+        _line({"id": "blank", "text": "   \t "}),  # 4
+        _line({"id": "huge", "text": "a" * 100_000}),  # 5
+        b'{"id": "bad-utf8", "text": "caf\xe9 \xff"}\n',  # 6
+        _line({"id": "bad-speaker", "text": "hello there", "speaker": "definitely not a speaker"}),  # 7
+        _line({"id": ["list", "id"], "text": "hello"}),  # 8
+        _line({"id": "good-en", "text": "a duplicate id"}),  # 9
+        _line({"id": "../x", "text": "path traversal"}),  # 10
+        _line({"id": "bad-seed", "text": "hello", "seed": "abc"}),  # 11
+        _line({"id": "digits", "text": "12345 678"}),  # 12
+        b"this is not json\n",  # 13
+        _line({"id": "long", "text": long_text}),  # 14
+        _line(
+            {
+                "id": "ref",
+                "text": "Say it like the reference.",
+                "reference_audio": "ref16k.wav",
+                "reference_text": "a tone",
+            }
+        ),  # 15
+        _line({"id": "ref-missing", "text": "hello", "reference_audio": "nope.wav"}),  # 16
+        _line({"id": "ref-empty", "text": "hello", "reference_audio": "empty.wav"}),  # 17
+        _line({"id": "bad-codes", "text": "hello", "reference_codes": "garbage"}),  # 18
+        _line({"id": 42, "text": "integer ids are fine", "temperature": 0.5}),  # 19
+        b"\n",  # blank lines are skipped
+    ]
+    (work / "in.jsonl").write_bytes(b"".join(lines))
+    env = {**os.environ, "RAYTTS_CACHE": str(work / "cache")}
+    cmd = [
+        sys.executable, "-m", "jobs.cli", "synth", "--model", str(tiny_checkpoint), "--input", str(work / "in.jsonl"),
+        "--output", str(work / "out"), "--save-codes", "--max-new-tokens", "60", "--max-segment-tokens", "40",
+        "--device", "cpu", "--max-batch-size", "8",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    table = pq.read_table(work / "out" / "part-00000.parquet").to_pylist()
+    report = json.loads((work / "out" / "_report.json").read_text())
+    return proc, table, report
+
+
+def test_every_input_line_yields_one_row_in_order(synth_run):
+    proc, rows, report = synth_run
+    assert proc.returncode == 1, proc.stderr
+    assert len(rows) == 19
+    assert report["rows"] == 19
+    assert [r["id"] for r in rows[:2]] == ["good-en", "good-zh"]
+    assert rows[18]["id"] == "42"
+
+
+EXPECTED_ERRORS = {
+    3: "text is empty",
+    4: "text is empty",
+    5: "100000 characters",
+    6: "invalid UTF-8",
+    7: "speaker string",
+    8: "id must be a string or an integer",
+    9: "duplicate id 'good-en'",
+    10: "not a safe file name",
+    11: "seed must be a number",
+    12: "nothing speakable",
+    13: "not valid JSON",
+    16: "could not be read",
+    17: "reference audio is empty",
+    18: "reference prompt",
+}
+
+
+def test_bad_rows_carry_an_error_naming_the_line_and_reason(synth_run):
+    proc, rows, report = synth_run
+    for line, fragment in EXPECTED_ERRORS.items():
+        row = rows[line - 1]
+        assert row["error"] is not None, f"line {line} should have failed"
+        assert f"in.jsonl:{line}" in row["error"], row["error"]
+        assert fragment in row["error"], row["error"]
+        assert row["audio"] is None
+    assert report["failed"] == len(EXPECTED_ERRORS)
+    assert report["ok"] == 19 - len(EXPECTED_ERRORS)
+    assert "FAILED" in proc.stderr
+    assert rows[5]["id"] == "bad-utf8", "the id of an undecodable line is salvaged when possible"
+
+
+def test_good_rows_hold_playable_flac_of_the_right_length(synth_run):
+    _, rows, _ = synth_run
+    good = [r for r in rows if r["error"] is None]
+    assert {r["id"] for r in good} == {"good-en", "good-zh", "long", "ref", "42"}
+    for row in good:
+        audio, rate = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")
+        assert rate == row["sample_rate"] == 24_000
+        assert audio.shape == (row["num_samples"],)
+        assert row["audio"]["path"] == f"{row['id']}.flac"
+        codes = np.asarray(row["codes"])
+        assert codes.shape[1] == 4 and codes.min() >= 0 and codes.max() < 625
+        # each segment of T steps gives 512*T - 256 samples
+        assert row["num_samples"] == 512 * codes.shape[0] - 256 * row["segments"]
+        assert row["duration_s"] == pytest.approx(row["num_samples"] / 24_000)
+
+
+def test_long_text_is_split_and_joined_per_row(synth_run):
+    _, rows, _ = synth_run
+    long_row = next(r for r in rows if r["id"] == "long")
+    assert long_row["segments"] >= 3
+    assert next(r for r in rows if r["id"] == "good-en")["segments"] == 1
+
+
+def test_row_fields_are_reported(synth_run):
+    _, rows, _ = synth_run
+    zh = next(r for r in rows if r["id"] == "good-zh")
+    assert zh["speaker"] == "seed:1234" and zh["seed"] == 3
+    assert next(r for r in rows if r["id"] == "good-en")["seed"] == 0
+
+
+def test_missing_input_file_is_a_usage_error(tmp_path):
+    from jobs.cli import main
+
+    assert main(["synth", "--input", str(tmp_path / "none.jsonl"), "--output", str(tmp_path / "o")]) == 2

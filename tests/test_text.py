@@ -1,0 +1,62 @@
+"""Text cleaning (upstream-compatible) and long-text segmentation."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.text import clean_text, decorate, detect_language, split_segments
+
+
+@pytest.mark.parametrize(
+    ("raw", "cleaned"),
+    [
+        ("Hello world, this is a test.", "Hello world, this is a test."),
+        ("Wow! Really?", "Wow. Really"),  # '!' simplified, '?' deleted
+        ("I have 3 cats: Tom and Jerry.", "I have  cats, Tom and Jerry."),
+        ("你好，世界!", "你好，世界。"),  # Chinese: half-width '!' -> full width -> '。'
+        ("[laugh] ok [uv_break] fine", "[laugh] ok [uv_break] fine"),
+        ("[lbreak]数字123", "[lbreak]数字"),
+    ],
+)
+def test_clean_text_matches_upstream_rules(raw, cleaned):
+    assert clean_text(raw) == cleaned
+
+
+def test_without_normalisation_invalid_characters_are_still_handled():
+    assert clean_text("你好!", normalize=False) == "你好."
+
+
+def test_language_detection():
+    assert detect_language("你好世界 hello") == "zh"
+    assert detect_language("hello world 你") == "en"
+
+
+def test_decorate_builds_the_code_prompt_and_strips_injected_tags():
+    assert decorate("hi", "[speed_5]", True, "ref.") == "[Stts][spk_emb]ref.[speed_5]hi[Ptts]"
+    assert decorate("[Stts] hi [empty_spk]", "[speed_5]", False) == "[Stts][empty_spk][speed_5]hi[Ptts]"
+
+
+def test_short_text_is_one_unchanged_segment(tiny_tokenizer):
+    text = "A short sentence. Another one."
+    assert split_segments(text, 120, tiny_tokenizer.count) == [text]
+
+
+def test_long_text_splits_at_sentence_ends_within_the_budget(tiny_tokenizer):
+    sentences = [f"Sentence number {word} is here and it is fine." for word in ["one", "two", "three", "four"] * 10]
+    text = " ".join(sentences)
+    segments = split_segments(text, 60, tiny_tokenizer.count)
+    assert len(segments) > 3
+    assert all(tiny_tokenizer.count(s) <= 60 for s in segments)
+    assert all(s.endswith(".") for s in segments), "cuts fall at sentence ends"
+    assert " ".join(segments).split() == text.split(), "no text lost or reordered"
+
+
+def test_a_single_overlong_sentence_is_cut_at_clauses_then_words(tiny_tokenizer):
+    text = ", ".join(["the quick brown fox jumps over the lazy dog"] * 12) + "."
+    segments = split_segments(text, 40, tiny_tokenizer.count)
+    assert len(segments) > 1
+    assert all(tiny_tokenizer.count(s) <= 40 for s in segments)
+    assert " ".join(segments).replace(" ", "") == text.replace(" ", "")
+    unbroken = "汉" * 300
+    pieces = split_segments(unbroken, 50, tiny_tokenizer.count)
+    assert "".join(pieces) == unbroken and all(tiny_tokenizer.count(p) <= 50 for p in pieces)
