@@ -18,7 +18,14 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model, read_model_config, resolve
-from .engine.generate import CodePrompt, decode_waveforms, generate
+from .engine.batcher import (
+    ContinuousBatcher,
+    FinishedRow,
+    decode_bytes_per_mel_frame,
+    default_budget_bytes,
+    plan_slots,
+)
+from .engine.generate import CodePrompt, decode_waveforms
 from .engine.sampling import SamplingParams
 from .model.config import SAMPLE_RATE
 from .speaker import SpeakerError, decode_prompt, normalized_speaker, parse_speaker
@@ -90,7 +97,6 @@ class ReplicaStats:
     failed: int = 0
     segments: int = 0
     frames: int = 0
-    batches: int = 0
     generate_s: float = 0.0
     decode_s: float = 0.0
 
@@ -104,17 +110,20 @@ class Synthesizer:
         device: str = "auto",
         dtype: str | None = None,
         decoder: str = "hidden",
-        max_batch_size: int = 16,
+        max_batch_size: int | None = None,
+        budget_bytes: int | None = None,
+        max_prompt_tokens: int = 640,
+        max_new_tokens: int = 2048,
         max_segment_tokens: int = 120,
         max_chars: int = 10_000,
-        max_reference_seconds: float = 20.0,
+        max_reference_seconds: float = 8.0,
         fsq_variant: str = "classic",
         verify: str = "auto",
         cache_dir: Path | None = None,
     ) -> None:
         if decoder not in ("hidden", "dvae"):
             raise ValueError(f"decoder must be 'hidden' or 'dvae', got {decoder!r}")
-        if max_batch_size < 1:
+        if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.device = _pick_device(device)
         self.dtype = _pick_dtype(dtype, self.device)
@@ -124,19 +133,30 @@ class Synthesizer:
         self.model = load_model(checkpoint.asset, self.config, self.device, self.dtype, fsq_variant)
         self.tokenizer = TextTokenizer(checkpoint.asset / "tokenizer", self.config.gpt.num_text_tokens)
         self.use_decoder = decoder == "hidden"
-        self.max_batch_size = max_batch_size
         self.max_segment_tokens = max_segment_tokens
         self.max_chars = max_chars
         self.max_reference_seconds = max_reference_seconds
-        self.check_every = 1 if self.device.type == "cpu" else 8
+        self.budget_bytes = budget_bytes or default_budget_bytes(self.device)
+        if max_batch_size is None and self.device.type == "cpu":
+            max_batch_size = 64  # CPU throughput stops growing well before the budget's slot count
+        self.plan = plan_slots(
+            self.config, self.dtype, self.budget_bytes, max_prompt_tokens, max_new_tokens, max_slots=max_batch_size
+        )
+        self.decode_frame_bytes = decode_bytes_per_mel_frame(self.config, self.dtype)
+        check_every = 1 if self.device.type == "cpu" else 8
+        self.batcher = ContinuousBatcher(self.model, self.plan, self.tokenizer.spk_emb_id, check_every)
         self.stats = ReplicaStats()
         log.info(
-            "replica ready: model %s (%s) on %s/%s, decoder=%s",
+            "replica ready: model %s (%s) on %s/%s, decoder=%s, %d slots x %d tokens (%.0f MiB of a %.0f MiB budget)",
             checkpoint.source,
             self.config.name,
             self.device,
             str(self.dtype).removeprefix("torch."),
             decoder,
+            self.plan.slots,
+            self.plan.slot_tokens,
+            self.plan.planned_bytes / 2**20,
+            self.budget_bytes / 2**20,
         )
 
     # ---------------------------------------------------------------------------------------------- requests
@@ -202,11 +222,17 @@ class Synthesizer:
             ids = self.tokenizer.encode(decorate(piece, request.prompt, speaker is not None, transcript))
             seed = request.params.seed if index == 0 else (request.params.seed ^ (index * _SEGMENT_SEED_STEP)) % 2**63
             prompt = CodePrompt(ids, speaker, reference)
-            limit = self.config.gpt.max_position_embeddings
-            if prompt.length + request.params.max_new_tokens > limit:
+            prompt_room = self.plan.slot_tokens - self.plan.max_new_tokens
+            if prompt.length > prompt_room:
                 raise RequestError(
-                    f"prompt of {prompt.length} tokens ({overhead} of prompt decoration and reference codes) + "
-                    f"max_new_tokens {request.params.max_new_tokens} exceeds the model's {limit} positions"
+                    f"prompt of {prompt.length} tokens ({overhead} of them decoration, transcript and reference "
+                    f"codes) exceeds this replica's {prompt_room} prompt tokens: use a shorter reference clip "
+                    f"or transcript, or raise max_prompt_tokens"
+                )
+            if request.params.max_new_tokens > self.plan.max_new_tokens:
+                raise RequestError(
+                    f"max_new_tokens {request.params.max_new_tokens} exceeds this replica's "
+                    f"{self.plan.max_new_tokens}; lower it or start the replica with a larger max_new_tokens"
                 )
             segments.append(_Segment(row, index, prompt, replace(request.params, seed=seed)))
         return segments
@@ -223,12 +249,19 @@ class Synthesizer:
             except (RequestError, SpeakerError, ValueError) as err:
                 results[row].error = str(err)
         per_row: dict[int, dict[int, tuple[np.ndarray, np.ndarray, bool]]] = {}
-        # Similar lengths share a batch: less padding in prefill and decode.
-        segments.sort(key=lambda s: (s.prompt.length, s.params.max_new_tokens))
-        for start in range(0, len(segments), self.max_batch_size):
-            batch = segments[start : start + self.max_batch_size]
-            for segment, (audio, codes, finished) in zip(batch, self._run_batch(batch), strict=True):
-                per_row.setdefault(segment.request, {})[segment.index] = (audio, codes, finished)
+        for segment in segments:
+            self.batcher.submit((segment.request, segment.index), segment.prompt, segment.params)
+        started = time.perf_counter()
+        while self.batcher.busy:
+            finished = self.batcher.step()
+            if not finished:
+                continue
+            # Finished rows are views into their slots: decode them before the next step refills the slots.
+            for group in self._decode_groups(finished):
+                for row, (audio, codes) in zip(group, self._decode(group), strict=True):
+                    request, index = row.key
+                    per_row.setdefault(request, {})[index] = (audio, codes, row.finished)
+        self.stats.generate_s += time.perf_counter() - started
         for row, parts in per_row.items():
             result = results[row]
             ordered = [parts[i] for i in sorted(parts)]
@@ -246,35 +279,48 @@ class Synthesizer:
         self.stats.failed += sum(1 for r in results if r.error)
         return results
 
-    def _run_batch(self, batch: list[_Segment]) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    def _decode_groups(self, rows: list[FinishedRow]) -> list[list[FinishedRow]]:
+        """Consecutive groups whose padded Decoder + Vocos activations fit the plan's decode reserve."""
+        groups: list[list[FinishedRow]] = []
+        current: list[FinishedRow] = []
+        longest = 0
+        for row in sorted(rows, key=lambda r: int(r.codes.shape[0])):
+            frames = 2 * max(longest, int(row.codes.shape[0]))
+            if current and (len(current) + 1) * frames * self.decode_frame_bytes > self.plan.decode_bytes:
+                groups.append(current)
+                current, longest = [], 0
+            current.append(row)
+            longest = max(longest, int(row.codes.shape[0]))
+        if current:
+            groups.append(current)
+        return groups
+
+    def _decode(self, rows: list[FinishedRow]) -> list[tuple[np.ndarray, np.ndarray]]:
         started = time.perf_counter()
-        generated = generate(
-            self.model,
-            [s.prompt for s in batch],
-            [s.params for s in batch],
-            self.tokenizer.spk_emb_id,
-            check_every=self.check_every,
-        )
-        middle = time.perf_counter()
-        rows = [g.hidden if self.use_decoder else g.codes for g in generated]
-        waves = decode_waveforms(self.model, rows, self.use_decoder)
-        # One device-to-host copy for the batch's audio and one for its codes.
+        inputs = [row.hidden if self.use_decoder else row.codes for row in rows]
+        waves = decode_waveforms(self.model, inputs, self.use_decoder)
+        # One device-to-host copy for the group's audio and one for its codes, straight into host arrays the
+        # results own (so finished audio never holds device or engine memory).
         lengths = [int(w.shape[0]) for w in waves]
-        audio_host = torch.cat(waves).float().cpu().numpy() if waves else np.zeros(0, np.float32)
-        codes_host = torch.cat([g.codes for g in generated]).cpu().numpy()
-        self.stats.batches += 1
-        self.stats.segments += len(batch)
+        audio_host = _to_host(torch.cat(waves).float(), np.float32)
+        codes_host = _to_host(torch.cat([row.codes for row in rows]), np.int64)
+        self.stats.segments += len(rows)
         self.stats.frames += int(codes_host.shape[0])
-        self.stats.generate_s += middle - started
-        self.stats.decode_s += time.perf_counter() - middle
+        self.stats.decode_s += time.perf_counter() - started
         out = []
         audio_at = codes_at = 0
-        for g, n in zip(generated, lengths, strict=True):
-            t = int(g.codes.shape[0])
-            out.append((audio_host[audio_at : audio_at + n], codes_host[codes_at : codes_at + t], g.finished))
+        for row, n in zip(rows, lengths, strict=True):
+            t = int(row.codes.shape[0])
+            out.append((audio_host[audio_at : audio_at + n], codes_host[codes_at : codes_at + t]))
             audio_at += n
             codes_at += t
         return out
+
+
+def _to_host(tensor: torch.Tensor, dtype: type) -> np.ndarray:
+    out = np.empty(tuple(tensor.shape), dtype=dtype)
+    torch.from_numpy(out).copy_(tensor)
+    return out
 
 
 def reference_codes_from_prompt(text: str, num_vq: int = 4) -> torch.Tensor:

@@ -1,9 +1,8 @@
-"""Code generation and waveform decoding for a batch of prompts on one model replica.
+"""Prompts, one-call generation over the continuous batcher, and waveform decoding.
 
 The engine knows nothing about text: it takes token ids, an optional speaker vector and optional reference codes
 per row. Rows never influence each other: each has its own positions and KV-cache slot (no left padding), its
-own sampling parameters and its own counter-based random stream. Rows that finish stop counting; the loop ends
-when every row has finished (checked every `check_every` steps so the device need not sync each step).
+own sampling parameters and its own counter-based random stream (see batcher.py and sampling.py).
 """
 
 from __future__ import annotations
@@ -12,10 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model import ChatTTSModel, KVCache
+from ..model import ChatTTSModel
 from ..model.config import HOP_LENGTH, frames_to_samples
 from ..model.vocos import frame_mask
-from .sampling import PENALTY_WINDOW, SamplingBatch, SamplingParams, penalty_counts, process_logits, sample
+from .batcher import ContinuousBatcher, SlotPlan
+from .sampling import SamplingParams
 
 
 @dataclass
@@ -59,77 +59,40 @@ def generate(
     params: list[SamplingParams],
     spk_emb_id: int,
     check_every: int = 1,
+    slots: int | None = None,
 ) -> list[Generated]:
-    """Generate codes for every prompt; one static batch (rows stop independently)."""
+    """Generate codes for every prompt through a continuous batcher with `slots` slots (default: one per row)."""
     if len(prompts) != len(params):
         raise ValueError(f"got {len(prompts)} prompts but {len(params)} sampling parameter sets")
     if not prompts:
         return []
     config = model.config.gpt
-    device = model.device
-    dtype = model.embed.emb_text.weight.dtype
-    batch = len(prompts)
-    lengths = [p.length for p in prompts]
-    if min(lengths) == 0:
-        raise ValueError("every prompt needs at least one token")
+    longest = max(p.length for p in prompts)
     max_new = max(p.max_new_tokens for p in params)
-    longest = max(lengths)
     if longest + max_new > config.max_position_embeddings:
         raise ValueError(
             f"prompt of {longest} tokens + {max_new} new tokens exceeds the model's "
             f"{config.max_position_embeddings} positions; shorten the text or lower max_new_tokens"
         )
-    cache = KVCache(config, batch, longest + max_new, device, dtype)
-
-    # Prefill: right-padded, each row at positions 0..L-1 of its own slot. Padding writes cache entries past a
-    # row's end that its decode steps overwrite before any query can reach them.
-    embeds = torch.zeros(batch, longest, config.hidden_size, device=device, dtype=dtype)
-    for row, prompt in enumerate(prompts):
-        embeds[row, : lengths[row]] = prompt_embeddings(model, prompt, spk_emb_id)
-    positions = torch.arange(longest, device=device).unsqueeze(0).expand(batch, longest)
-    hidden_all = model.gpt(embeds, positions, cache, longest)
-    last = torch.tensor([n - 1 for n in lengths], device=device)
-    hidden = hidden_all[torch.arange(batch, device=device), last]  # [B, H]
-    del hidden_all, embeds
-
-    sampling = SamplingBatch.build(params, config.num_vq, config.num_audio_tokens, device)
-    row_max_new = torch.tensor([p.max_new_tokens for p in params], device=device)
-    codes_out = torch.zeros(batch, max_new, config.num_vq, dtype=torch.int64, device=device)
-    hidden_out = torch.zeros(batch, max_new, config.hidden_size, dtype=torch.float32, device=device)
-    recent = torch.full((batch, PENALTY_WINDOW, config.num_vq), -1, dtype=torch.int64, device=device)
-    produced = torch.zeros(batch, dtype=torch.int64, device=device)  # kept steps per row
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    ended_by_eos = torch.zeros(batch, dtype=torch.bool, device=device)
-    next_position = torch.tensor(lengths, device=device)
-
-    for step in range(max_new):
-        steps = torch.full((batch,), step, dtype=torch.int64, device=device)
-        logits = model.embed.code_logits(hidden).float()
-        scores = process_logits(
-            logits, penalty_counts(recent, config.num_audio_tokens), steps, sampling, config.eos_code
+    plan = SlotPlan(
+        slots=min(slots or len(prompts), len(prompts)),
+        slot_tokens=longest + max_new,
+        max_new_tokens=max_new,
+        prefill_chunk=512,
+        kv_bytes=0,
+        buffer_bytes=0,
+        reserve_bytes=0,
+        budget_bytes=0,
+    )
+    batcher = ContinuousBatcher(model, plan, spk_emb_id, check_every)
+    for index, (prompt, row_params) in enumerate(zip(prompts, params, strict=True)):
+        batcher.submit(index, prompt, row_params)
+    out: list[Generated | None] = [None] * len(prompts)
+    for row in batcher.run():
+        out[row.key] = Generated(
+            codes=row.codes.clone(), hidden=row.hidden.to(torch.float32, copy=True), finished=row.finished
         )
-        tokens = sample(scores, sampling, steps)  # [B, V]
-        eos = (tokens == config.eos_code).any(-1)
-        live = ~done
-        keep = live & ~eos
-        codes_out[:, step] = tokens
-        hidden_out[:, step] = hidden.float()
-        produced += keep.long()
-        ended_by_eos |= live & eos
-        done |= eos | (produced >= row_max_new)
-        recent[:, step % PENALTY_WINDOW] = tokens
-        if (step + 1) % check_every == 0 and bool(done.all()):
-            break
-        embeds = model.embed.embed_codes(tokens).to(dtype).unsqueeze(1)
-        hidden = model.gpt(embeds, next_position.unsqueeze(1), cache, longest + step + 1)[:, 0]
-        next_position += 1
-
-    counts = produced.tolist()
-    eos_flags = ended_by_eos.tolist()
-    return [
-        Generated(codes=codes_out[row, : counts[row]], hidden=hidden_out[row, : counts[row]], finished=eos_flags[row])
-        for row in range(batch)
-    ]
+    return out  # type: ignore[return-value]
 
 
 @torch.inference_mode()

@@ -12,7 +12,7 @@ upstream's multinomial.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -69,6 +69,10 @@ class SamplingBatch:
     min_new_tokens: torch.Tensor  # [B] int64
     seed_lo: torch.Tensor  # [B] int64, low 32 bits
     seed_hi: torch.Tensor  # [B] int64, high 32 bits
+
+    def prefix(self, n: int) -> SamplingBatch:
+        """Views of the first `n` rows."""
+        return SamplingBatch(*(getattr(self, f.name)[:n] for f in fields(self)))
 
     @classmethod
     def build(cls, params: list[SamplingParams], num_vq: int, num_codes: int, device: torch.device) -> SamplingBatch:

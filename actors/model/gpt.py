@@ -83,6 +83,7 @@ class Attention(nn.Module):
         positions: torch.Tensor,
         kv_len: int,
         mask: torch.Tensor,
+        slots: torch.Tensor | None,
     ) -> torch.Tensor:
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
@@ -90,11 +91,15 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        rows = torch.arange(batch, device=x.device).unsqueeze(1).expand(batch, seq)
+        rows = torch.arange(batch, device=x.device) if slots is None else slots
+        rows = rows.unsqueeze(1).expand(batch, seq)
         cache_k.index_put_((rows, positions), k.transpose(1, 2))
         cache_v.index_put_((rows, positions), v)
-        keys = cache_k[:batch, :kv_len].transpose(1, 2)
-        values = cache_v[:batch, :kv_len].transpose(1, 2)
+        if slots is None:  # rows are slots 0..B-1: read the cache in place
+            keys, values = cache_k[:batch, :kv_len], cache_v[:batch, :kv_len]
+        else:  # a subset of slots (prefill of admitted rows): gather their prefixes
+            keys, values = cache_k[slots, :kv_len], cache_v[slots, :kv_len]
+        keys, values = keys.transpose(1, 2), values.transpose(1, 2)
         out = F.scaled_dot_product_attention(
             q, keys, values, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads
         )
@@ -140,8 +145,9 @@ class LlamaBackbone(nn.Module):
         positions: torch.Tensor,
         cache: KVCache,
         kv_len: int,
+        slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run `embeds` [B, S, H] at absolute `positions` [B, S] of cache slots 0..B-1.
+        """Run `embeds` [B, S, H] at absolute `positions` [B, S] of cache `slots` [B] (default 0..B-1).
 
         Each row attends to its own cached tokens at positions <= the query position; `kv_len` bounds the
         positions any row uses this call (max position + 1), so the attention reads only that prefix.
@@ -154,6 +160,8 @@ class LlamaBackbone(nn.Module):
         mask = (key_positions.view(1, 1, kv_len) <= positions.unsqueeze(-1)).unsqueeze(1)
         x = embeds
         for layer, cache_k, cache_v in zip(self.layers, cache.keys, cache.values, strict=True):
-            x = x + layer.self_attn(layer.input_layernorm(x), cos, sin, cache_k, cache_v, positions, kv_len, mask)
+            x = x + layer.self_attn(
+                layer.input_layernorm(x), cos, sin, cache_k, cache_v, positions, kv_len, mask, slots
+            )
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.norm(x)

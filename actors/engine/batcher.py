@@ -1,0 +1,366 @@
+"""Continuous batching over a fixed pool of KV-cache slots sized to a memory budget.
+
+`plan_slots` turns a byte budget into a slot count from the model's own KV bytes per token, the per-slot
+reservation (prompt + new tokens) and the activation reserve. `ContinuousBatcher` preallocates every buffer
+once, admits queued rows into free slots (prefilling their prompts in chunks), runs one decode step over the
+whole pool (a static shape: idle slots are masked, never gathered), and hands back rows as they finish so their
+slots refill at once. Per-slot state (positions, sampling parameters, random-stream keys, penalty windows) lives
+on the device; the host learns which rows finished every `check_every` steps, not every step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ..model import ChatTTSModel, KVCache
+from ..model.config import GPTConfig, ModelConfig
+from .sampling import PENALTY_WINDOW, SamplingBatch, SamplingParams, penalty_counts, process_logits, sample
+
+_MASK32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """How a byte budget is spent: `slots` rows of `slot_tokens` cache tokens each, plus a fixed reserve."""
+
+    slots: int
+    slot_tokens: int
+    max_new_tokens: int
+    prefill_chunk: int
+    kv_bytes: int
+    buffer_bytes: int
+    reserve_bytes: int
+    budget_bytes: int
+    decode_bytes: int = 0  # transient bytes allowed for decoding finished rows to waveforms
+
+    @property
+    def planned_bytes(self) -> int:
+        return self.kv_bytes + self.buffer_bytes + self.reserve_bytes
+
+
+def _bytes_per_element(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+def slot_bytes(config: GPTConfig, dtype: torch.dtype, slot_tokens: int, max_new_tokens: int) -> tuple[int, int]:
+    """(KV-cache bytes, other per-slot buffer bytes) of one slot."""
+    kv = config.kv_bytes_per_token(_bytes_per_element(dtype)) * slot_tokens
+    hidden = max_new_tokens * config.hidden_size * _bytes_per_element(dtype)
+    codes = max_new_tokens * config.num_vq * 8 + PENALTY_WINDOW * config.num_vq * 8
+    return kv, hidden + codes + 256
+
+
+def activation_reserve(config: GPTConfig, dtype: torch.dtype, slots: int, slot_tokens: int, prefill_chunk: int) -> int:
+    """Upper estimate of transient bytes of one decode step over `slots` or one prefill chunk, and sampling."""
+    e = _bytes_per_element(dtype)
+    h, inter, heads = config.hidden_size, config.intermediate_size, config.num_attention_heads
+    codes = config.num_vq * config.num_audio_tokens
+    # decode: residual, norm, q/k/v/o, MLP gate/up/act/down, fp32 attention scores over the longest slot
+    decode = slots * ((8 * h + 4 * inter) * e + heads * slot_tokens * 4 * 2)
+    # sampling in fp32/fp64: logits, scaled, sorted values+indices, cumsum, masks, uniforms, probabilities
+    sampling = slots * codes * (4 * 8 + 8 * 6)
+    # prefill chunk: same per-token terms plus its attention scores against the slot's whole prefix
+    prefill = prefill_chunk * ((8 * h + 4 * inter) * e + heads * slot_tokens * 4 * 2)
+    return max(decode + sampling, prefill) + (16 << 20)
+
+
+def decode_bytes_per_mel_frame(config: ModelConfig, dtype: torch.dtype) -> int:
+    """Upper estimate of transient bytes per mel frame of one row through Decoder (or DVAE) + Vocos + ISTFT."""
+    e = _bytes_per_element(dtype)
+    stacks = [config.decoder.stack, config.dvae.decoder]
+    decoder = max((s.idim + s.bn_dim + 4 * s.hidden * 2 + 4 * s.hidden) * e for s in stacks) + config.decoder.n_mels * e
+    vocos = config.vocos
+    n_fft = vocos.n_fft
+    vocoder = (2 * 4 * vocos.dim + 4 * vocos.dim) * e + (n_fft + 2) * 4 * 3 + (n_fft // 2 + 1) * 8 * 2 + n_fft * 4 * 3
+    return int(1.5 * (decoder + vocoder)) + 4 * vocos.hop_length * 3
+
+
+def plan_slots(
+    config: ModelConfig,
+    dtype: torch.dtype,
+    budget_bytes: int,
+    max_prompt_tokens: int,
+    max_new_tokens: int,
+    prefill_chunk: int = 256,
+    max_slots: int | None = None,
+    decode_fraction: float = 0.1,
+) -> SlotPlan:
+    """The largest slot count whose cache, buffers and activation reserve fit in `budget_bytes`.
+
+    The reserve covers the larger of one decode step / prefill chunk and the waveform decoding of finished
+    rows, which gets `decode_fraction` of the budget but never less than one row of `max_new_tokens` steps.
+    """
+    gpt = config.gpt
+    slot_tokens = max_prompt_tokens + max_new_tokens
+    if slot_tokens > gpt.max_position_embeddings:
+        raise ValueError(
+            f"max_prompt_tokens {max_prompt_tokens} + max_new_tokens {max_new_tokens} exceeds the model's "
+            f"{gpt.max_position_embeddings} positions"
+        )
+    kv, buffers = slot_bytes(gpt, dtype, slot_tokens, max_new_tokens)
+    decode_reserve = max(
+        int(budget_bytes * decode_fraction), 2 * max_new_tokens * decode_bytes_per_mel_frame(config, dtype)
+    )
+
+    def reserve(slots: int) -> int:
+        return max(activation_reserve(gpt, dtype, slots, slot_tokens, prefill_chunk), decode_reserve)
+
+    slots = budget_bytes // (kv + buffers)
+    while slots > 0 and slots * (kv + buffers) + reserve(slots) > budget_bytes:
+        slots -= 1
+    if max_slots is not None:
+        slots = min(slots, max_slots)
+    if slots < 1:
+        need = kv + buffers + reserve(1)
+        raise ValueError(
+            f"a budget of {budget_bytes / 2**20:.1f} MiB cannot hold one slot of {slot_tokens} tokens "
+            f"(needs {need / 2**20:.1f} MiB); raise the budget or lower max_new_tokens / max_prompt_tokens"
+        )
+    return SlotPlan(
+        slots=slots,
+        slot_tokens=slot_tokens,
+        max_new_tokens=max_new_tokens,
+        prefill_chunk=prefill_chunk,
+        kv_bytes=slots * kv,
+        buffer_bytes=slots * buffers,
+        reserve_bytes=reserve(slots),
+        budget_bytes=budget_bytes,
+        decode_bytes=decode_reserve,
+    )
+
+
+@dataclass
+class RowRequest:
+    key: object  # caller's handle, returned with the result
+    prompt: object  # CodePrompt
+    params: SamplingParams
+
+
+@dataclass
+class FinishedRow:
+    key: object
+    codes: torch.Tensor  # [T, num_vq] int64 on the device (a view into the slot's buffer: consume before refill)
+    hidden: torch.Tensor  # [T, H] model dtype on the device (same)
+    finished: bool  # ended by EOS
+
+
+@dataclass
+class BatcherStats:
+    steps: int = 0
+    slot_steps: int = 0  # sum over steps of pool size
+    busy_slot_steps: int = 0  # sum over steps of slots holding a live row
+    prefill_tokens: int = 0
+    admitted: int = 0
+    finished: int = 0
+    max_concurrent: int = 0
+    history: list[int] = field(default_factory=list)  # live rows per step (kept short: last 10k steps)
+
+    @property
+    def occupancy(self) -> float:
+        return self.busy_slot_steps / self.slot_steps if self.slot_steps else 0.0
+
+
+class ContinuousBatcher:
+    """Rows enter free slots as others finish; one decode step advances every live row."""
+
+    def __init__(
+        self,
+        model: ChatTTSModel,
+        plan: SlotPlan,
+        spk_emb_id: int,
+        check_every: int = 1,
+    ) -> None:
+        from .generate import prompt_embeddings  # local: generate imports this module
+
+        self._embed_prompt = prompt_embeddings
+        self.model = model
+        self.plan = plan
+        self.spk_emb_id = spk_emb_id
+        self.check_every = max(1, check_every)
+        config = model.config.gpt
+        self.config = config
+        device = model.device
+        self.device = device
+        self.dtype = model.embed.emb_text.weight.dtype
+        slots, max_new = plan.slots, plan.max_new_tokens
+        self.cache = KVCache(config, slots, plan.slot_tokens, device, self.dtype)
+        self.codes = torch.zeros(slots, max_new, config.num_vq, dtype=torch.int64, device=device)
+        self.hidden_out = torch.zeros(slots, max_new, config.hidden_size, dtype=self.dtype, device=device)
+        self.recent = torch.full((slots, PENALTY_WINDOW, config.num_vq), -1, dtype=torch.int64, device=device)
+        self.hidden = torch.zeros(slots, config.hidden_size, dtype=self.dtype, device=device)
+        self.position = torch.zeros(slots, dtype=torch.int64, device=device)
+        self.produced = torch.zeros(slots, dtype=torch.int64, device=device)
+        self.live = torch.zeros(slots, dtype=torch.bool, device=device)
+        self.eos = torch.zeros(slots, dtype=torch.bool, device=device)
+        self.max_new = torch.ones(slots, dtype=torch.int64, device=device)
+        self.sampling = SamplingBatch.build([SamplingParams()] * slots, config.num_vq, config.num_audio_tokens, device)
+        self.queue: deque[RowRequest] = deque()
+        self.owner: list[RowRequest | None] = [None] * slots
+        self.host_position = [0] * slots  # host mirror of positions (advances deterministically)
+        self.stats = BatcherStats()
+
+    # ---------------------------------------------------------------------------------------------- intake
+
+    def submit(self, key: object, prompt, params: SamplingParams) -> None:
+        if prompt.length < 1:
+            raise ValueError("every prompt needs at least one token")
+        if prompt.length + params.max_new_tokens > self.plan.slot_tokens:
+            raise ValueError(
+                f"prompt of {prompt.length} tokens + max_new_tokens {params.max_new_tokens} does not fit a slot of "
+                f"{self.plan.slot_tokens} tokens"
+            )
+        if params.max_new_tokens > self.plan.max_new_tokens:
+            raise ValueError(f"max_new_tokens {params.max_new_tokens} exceeds this engine's {self.plan.max_new_tokens}")
+        self.queue.append(RowRequest(key, prompt, params))
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue) or any(o is not None for o in self.owner)
+
+    def free_slots(self) -> list[int]:
+        return [i for i, o in enumerate(self.owner) if o is None]
+
+    # ---------------------------------------------------------------------------------------------- steps
+
+    def run(self) -> Iterator[FinishedRow]:
+        """Drive until the queue is empty and every slot is idle, yielding rows as they finish."""
+        while self.busy:
+            yield from self.step()
+
+    @torch.inference_mode()
+    def step(self) -> list[FinishedRow]:
+        """Admit what fits, then `check_every` decode steps; return the rows that finished."""
+        self._admit()
+        if not any(o is not None for o in self.owner):
+            return []
+        for _ in range(self.check_every):
+            self._decode_step()
+        return self._collect()
+
+    def _admit(self) -> None:
+        free = self.free_slots()
+        if not free or not self.queue:
+            return
+        admitted: list[tuple[int, RowRequest]] = []
+        while free and self.queue:
+            admitted.append((free.pop(0), self.queue.popleft()))
+        slots = [s for s, _ in admitted]
+        requests = [r for _, r in admitted]
+        index = torch.tensor(slots, device=self.device)
+        update = SamplingBatch.build(
+            [r.params for r in requests], self.config.num_vq, self.config.num_audio_tokens, self.device
+        )
+        for name in ("temperature", "top_p", "top_k", "penalty", "min_new_tokens", "seed_lo", "seed_hi"):
+            getattr(self.sampling, name)[index] = getattr(update, name)
+        self.max_new[index] = torch.tensor([r.params.max_new_tokens for r in requests], device=self.device)
+        self.produced[index] = 0
+        self.eos[index] = False
+        self.recent[index] = -1
+        self._prefill(slots, requests)
+        self.live[index] = True
+        for slot, request in admitted:
+            self.owner[slot] = request
+            self.host_position[slot] = request.prompt.length
+        self.stats.admitted += len(admitted)
+
+    def _prefill(self, slots: list[int], requests: list[RowRequest]) -> None:
+        """Prompts of newly admitted rows, right-padded and run `prefill_chunk` tokens at a time."""
+        lengths = [r.prompt.length for r in requests]
+        longest = max(lengths)
+        embeds = torch.zeros(len(slots), longest, self.config.hidden_size, device=self.device, dtype=self.dtype)
+        for row, request in enumerate(requests):
+            embeds[row, : lengths[row]] = self._embed_prompt(self.model, request.prompt, self.spk_emb_id)
+        slot_index = torch.tensor(slots, device=self.device)
+        last = torch.tensor([n - 1 for n in lengths], device=self.device)
+        hidden_last = torch.zeros(len(slots), self.config.hidden_size, device=self.device, dtype=self.dtype)
+        # Rows whose prompt is shorter than the batch's longest are padded; chunks past a row's end write cache
+        # entries that its own decode steps overwrite before any of its queries can see them.
+        for start in range(0, longest, self.plan.prefill_chunk):
+            end = min(longest, start + self.plan.prefill_chunk)
+            positions = torch.arange(start, end, device=self.device).unsqueeze(0).expand(len(slots), end - start)
+            out = self.model.gpt(embeds[:, start:end], positions, self.cache, end, slots=slot_index)
+            inside = (last >= start) & (last < end)
+            if bool(inside.any()):
+                picked = out[torch.arange(len(slots), device=self.device), (last - start).clamp(0, end - start - 1)]
+                hidden_last = torch.where(inside.unsqueeze(-1), picked, hidden_last)
+        self.hidden[slot_index] = hidden_last
+        self.position[slot_index] = torch.tensor(lengths, device=self.device)
+        self.stats.prefill_tokens += sum(lengths)
+
+    def _decode_step(self) -> None:
+        config = self.config
+        occupied = [i for i, o in enumerate(self.owner) if o is not None]
+        # Slots fill from the bottom, so the pool's live part is a prefix; bucket it to a multiple of 8 so a
+        # compiled step sees few shapes. Everything below works on views of that prefix: nothing is gathered.
+        n = min(self.plan.slots, ceil_to(occupied[-1] + 1, 8))
+        live = (self.live & ~self.eos & (self.produced < self.max_new))[:n]
+        steps = self.produced[:n]
+        hidden = self.hidden[:n]
+        sampling = self.sampling.prefix(n)
+        logits = self.model.embed.code_logits(hidden).float()
+        counts = penalty_counts(self.recent[:n], config.num_audio_tokens)
+        tokens = sample(process_logits(logits, counts, steps, sampling, config.eos_code), sampling, steps)
+        hit_eos = (tokens == config.eos_code).any(-1)
+        keep = live & ~hit_eos
+        rows = torch.arange(n, device=self.device)
+        at = steps.clamp(max=self.plan.max_new_tokens - 1)
+        self.codes[rows, at] = torch.where(keep.unsqueeze(-1), tokens, self.codes[rows, at])
+        self.hidden_out[rows, at] = torch.where(keep.unsqueeze(-1), hidden, self.hidden_out[rows, at])
+        window = steps % PENALTY_WINDOW
+        self.recent[rows, window] = torch.where(live.unsqueeze(-1), tokens, self.recent[rows, window])
+        self.eos[:n] |= live & hit_eos
+        self.produced[:n] += keep.long()
+        # Rows that just finished idle in place until collected; their (ignored) writes go to position 0.
+        kv_len = min(max(self.host_position[i] for i in occupied) + 1, self.plan.slot_tokens)
+        embeds = self.model.embed.embed_codes(tokens).to(self.dtype).unsqueeze(1)
+        position = torch.where(live, self.position[:n], torch.zeros_like(steps))
+        new_hidden = self.model.gpt(embeds, position.unsqueeze(1), self.cache, kv_len)[:, 0]
+        self.hidden[:n] = torch.where(live.unsqueeze(-1), new_hidden, hidden)
+        self.position[:n] += live.long()
+        for i in occupied:
+            self.host_position[i] = min(self.host_position[i] + 1, self.plan.slot_tokens - 1)
+        self.stats.steps += 1
+        self.stats.slot_steps += self.plan.slots
+        self.stats.busy_slot_steps += len(occupied)
+        self.stats.max_concurrent = max(self.stats.max_concurrent, len(occupied))
+        if len(self.stats.history) < 10_000:
+            self.stats.history.append(len(occupied))
+
+    def _collect(self) -> list[FinishedRow]:
+        done = (self.eos | (self.produced >= self.max_new)) & self.live
+        # The one host sync of a `check_every` block: which rows finished, and how long they are.
+        flags = done.tolist()
+        if not any(flags):
+            return []
+        lengths = self.produced.tolist()
+        eos = self.eos.tolist()
+        finished = []
+        for slot, is_done in enumerate(flags):
+            if not is_done:
+                continue
+            request = self.owner[slot]
+            n = lengths[slot]
+            finished.append(FinishedRow(request.key, self.codes[slot, :n], self.hidden_out[slot, :n], eos[slot]))
+            self.owner[slot] = None
+            self.host_position[slot] = 0
+        index = torch.tensor([s for s, f in enumerate(flags) if f], device=self.device)
+        self.live[index] = False
+        self.stats.finished += len(finished)
+        return finished
+
+
+def default_budget_bytes(device: torch.device, fraction: float = 0.85, cpu_bytes: int = 1 << 30) -> int:
+    """A fraction of the free device memory on CUDA; a fixed RAM budget on CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * fraction)
+    return cpu_bytes
+
+
+def ceil_to(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
