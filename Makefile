@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # The main job on its embedded default: built-in tiny random model, local folder output.
 run: venv
-	$(VENV)/bin/raytts synth --input jobs/examples/texts.jsonl --output out/synth --save-codes
+	$(VENV)/bin/raytts run jobs/examples/job.yaml
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -240,7 +240,22 @@ class Synthesizer:
     # ---------------------------------------------------------------------------------------------- synthesis
 
     def synthesize(self, requests: list[SynthesisRequest]) -> list[SynthesisResult]:
-        """Synthesise every request; failures come back as results with `error` set, in input order."""
+        """Synthesise every request; failures come back as results with `error` set, in input order.
+
+        Drives the engine on the calling thread; for many concurrent callers use `AsyncSynthesizer`.
+        """
+        results, segments = self.prepare(requests)
+        for segment in segments:
+            self.submit(segment, (segment.request, segment.index))
+        parts: dict[int, dict[int, tuple[np.ndarray, np.ndarray, bool]]] = {}
+        while self.batcher.busy:
+            for (row, index), audio, codes, finished in self.pump():
+                parts.setdefault(row, {})[index] = (audio, codes, finished)
+        self.join(results, parts)
+        return results
+
+    def prepare(self, requests: list[SynthesisRequest]) -> tuple[list[SynthesisResult], list[_Segment]]:
+        """Validate and segment requests: a result per request (errors filled in) and the segments to run."""
         results = [SynthesisResult(id=r.id, text=r.text if isinstance(r.text, str) else "") for r in requests]
         segments: list[_Segment] = []
         for row, request in enumerate(requests):
@@ -248,23 +263,30 @@ class Synthesizer:
                 segments.extend(self._segments(row, request))
             except (RequestError, SpeakerError, ValueError) as err:
                 results[row].error = str(err)
-        per_row: dict[int, dict[int, tuple[np.ndarray, np.ndarray, bool]]] = {}
-        for segment in segments:
-            self.batcher.submit((segment.request, segment.index), segment.prompt, segment.params)
+        return results, segments
+
+    def submit(self, segment: _Segment, key: object) -> None:
+        self.batcher.submit(key, segment.prompt, segment.params)
+
+    def pump(self) -> list[tuple[object, np.ndarray, np.ndarray, bool]]:
+        """One engine step; (key, audio, codes, ended_by_eos) for every segment that finished in it."""
         started = time.perf_counter()
-        while self.batcher.busy:
-            finished = self.batcher.step()
-            if not finished:
-                continue
-            # Finished rows are views into their slots: decode them before the next step refills the slots.
-            for group in self._decode_groups(finished):
-                for row, (audio, codes) in zip(group, self._decode(group), strict=True):
-                    request, index = row.key
-                    per_row.setdefault(request, {})[index] = (audio, codes, row.finished)
+        finished = self.batcher.step()
         self.stats.generate_s += time.perf_counter() - started
-        for row, parts in per_row.items():
+        out = []
+        # Finished rows are views into their slots: decode them before the next step refills the slots.
+        for group in self._decode_groups(finished):
+            for row, (audio, codes) in zip(group, self._decode(group), strict=True):
+                out.append((row.key, audio, codes, row.finished))
+        return out
+
+    def join(
+        self, results: list[SynthesisResult], parts: dict[int, dict[int, tuple[np.ndarray, np.ndarray, bool]]]
+    ) -> None:
+        """Concatenate each request's segments in order into its result."""
+        for row, row_parts in parts.items():
             result = results[row]
-            ordered = [parts[i] for i in sorted(parts)]
+            ordered = [row_parts[i] for i in sorted(row_parts)]
             result.segments = len(ordered)
             result.truncated_segments = sum(1 for _, _, finished in ordered if not finished)
             if any(codes.shape[0] == 0 for _, codes, _ in ordered):
@@ -275,9 +297,8 @@ class Synthesizer:
                 continue
             result.audio = np.concatenate([audio for audio, _, _ in ordered])
             result.codes = np.concatenate([codes for _, codes, _ in ordered]).astype(np.int16)
-        self.stats.requests += len(requests)
+        self.stats.requests += len(results)
         self.stats.failed += sum(1 for r in results if r.error)
-        return results
 
     def _decode_groups(self, rows: list[FinishedRow]) -> list[list[FinishedRow]]:
         """Consecutive groups whose padded Decoder + Vocos activations fit the plan's decode reserve."""

@@ -42,6 +42,25 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audio-format", choices=("flac", "wav", "ogg"), default="flac")
 
 
+def _run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the offline job: Ray Data from text/speaker shards to Parquet and audio objects (resumable)",
+        description="Runs CONFIG (YAML, see jobs/examples/job.yaml) on local Ray, or on --address. Re-running the "
+        "same config after a crash finishes only the missing rows. Exit status 1 when any row failed.",
+    )
+    p.add_argument("config", type=Path, nargs="?", default=None, help="job YAML (flags below override it)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--input", action="append", default=None, help="text shard/folder/glob (repeatable)")
+    p.add_argument("--speakers", action="append", default=None, help="reference-speaker shard (repeatable)")
+    p.add_argument("--output", default=None, help="output folder or URI")
+    p.add_argument("--model", default=None)
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override any config field, e.g. --set actors.size=2 --set sampling.temperature=0.5 (YAML values)",
+    )  # fmt: skip
+
+
 def _checkpoint_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "make-checkpoint",
@@ -58,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _synth_parser(sub)
+    _run_parser(sub)
     _checkpoint_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -72,11 +92,53 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "synth":
             return _synth(args)
+        if args.command == "run":
+            return _run(args)
     except (CheckpointError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
         print(f"raytts {args.command}: {err}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    import yaml
+    from pydantic import ValidationError
+
+    from pipeline.config import JobConfig
+    from pipeline.job import run_job
+
+    overrides: dict = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"raytts run: --set expects KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        overrides[key] = yaml.safe_load(value)
+    if args.input:
+        overrides["inputs.text"] = args.input
+    if args.speakers:
+        overrides["inputs.speakers"] = args.speakers
+    if args.output:
+        overrides["output.path"] = args.output
+    if args.model:
+        overrides["model"] = args.model
+    try:
+        config = JobConfig.load(args.config, overrides)
+    except (ValidationError, ValueError, OSError) as err:
+        print(f"raytts run: invalid job config: {err}", file=sys.stderr)
+        return 2
+    report = run_job(config, address=args.address)
+    summary = report.to_dict()
+    failures = summary.pop("failures")
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    for problem in report.problems:
+        print(f"INPUT PROBLEM {problem}", file=sys.stderr)
+    for failure in failures[:20]:
+        print(f"FAILED {failure['id'] or failure['source']}: {failure['error']}", file=sys.stderr)
+    if len(failures) > 20:
+        print(f"... and {len(failures) - 20} more failures (see {report.output}/_report.json)", file=sys.stderr)
+    return report.exit_status
 
 
 def _synth(args: argparse.Namespace) -> int:

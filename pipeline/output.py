@@ -56,7 +56,13 @@ _HF_FEATURES = {
     "model": {"dtype": "string", "_type": "Value"},
     "error": {"dtype": "string", "_type": "Value"},
 }
-SCHEMA_WITH_METADATA = SCHEMA.with_metadata({"huggingface": json.dumps({"info": {"features": _HF_FEATURES}})})
+
+
+def hf_metadata(extra_features: dict | None = None) -> dict[str, str]:
+    return {"huggingface": json.dumps({"info": {"features": {**_HF_FEATURES, **(extra_features or {})}}})}
+
+
+SCHEMA_WITH_METADATA = SCHEMA.with_metadata(hf_metadata())
 
 
 def encode_audio(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, fmt: str = "flac") -> bytes:

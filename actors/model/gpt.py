@@ -61,6 +61,17 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention as matmuls with a float32 softmax. On CPU this beats the fused kernel for decode shapes (about 5x
+    in bfloat16, equal in float32; see benchmarks/RESULTS.md)."""
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    weights = scores.masked_fill(~mask, float("-inf")).float().softmax(dim=-1).to(q.dtype)
+    return weights @ v
+
+
 class Attention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -100,9 +111,12 @@ class Attention(nn.Module):
         else:  # a subset of slots (prefill of admitted rows): gather their prefixes
             keys, values = cache_k[slots, :kv_len], cache_v[slots, :kv_len]
         keys, values = keys.transpose(1, 2), values.transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads
-        )
+        if x.device.type == "cpu":
+            out = _math_attention(q, keys, values, mask)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads
+            )
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim))
 
 

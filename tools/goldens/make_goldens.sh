@@ -7,20 +7,12 @@
 # (newer releases changed residual FSQ numerics; see actors/model/dvae.py).
 #
 # Usage: bash tools/goldens/make_goldens.sh   (needs the project venv: `make venv`)
-# Env:   UPSTREAM_VENV (default .cache/upstream-venv), PYTHON (default python3.11 or python3)
+# Env:   UPSTREAM_VENV (default .cache/upstream-venv), PYTHON (default python3.11 or python3); see tools/upstream_venv.sh
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
-venv=${UPSTREAM_VENV:-$repo/.cache/upstream-venv}
-python=${PYTHON:-$(command -v python3.11 || command -v python3)}
+venv=$(bash tools/upstream_venv.sh)
 out=tests/fixtures/goldens/tiny
-
-if [ ! -x "$venv/bin/python" ]; then
-  "$python" -m venv "$venv"
-fi
-"$venv/bin/pip" install -q \
-  chattts==0.2.5 torch==2.11.0 torchaudio==2.11.0 vector-quantize-pytorch==1.14.24 \
-  transformers==5.23.0 vocos==0.1.0 pybase16384 requests
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -1,0 +1,169 @@
+"""The Ray Data GPU stage: one engine replica per actor, rows in, raw audio out.
+
+`__init__` loads and warms the replica; `__call__` only converts columns, resolves speakers and awaits the
+shared async engine, so batches that are in flight together (`max_concurrent_batches`) share its continuous
+batch. Rows that failed upstream (read errors, duplicates) pass through with their error; every row returns.
+Encoding and storing audio are the next, CPU-only stage (pipeline/store.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+# What the GPU stage hands to the store stage: raw PCM, never encoded on the GPU actor.
+STAGE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("source", pa.string()),
+        ("speaker", pa.string()),
+        ("seed", pa.int64()),
+        ("pcm", pa.list_(pa.float32())),
+        ("segments", pa.int32()),
+        ("truncated_segments", pa.int32()),
+        ("codes", pa.list_(pa.list_(pa.int16()))),
+        ("error", pa.string()),
+        ("worker", pa.string()),
+        ("engine_occupancy", pa.float64()),
+    ]
+)
+
+
+class TTSStage:
+    def __init__(self, job: dict[str, Any], speakers: dict[str, dict[str, Any]], duplicates: dict[str, str]) -> None:
+        import torch
+
+        from pipeline.config import JobConfig
+
+        from .async_engine import AsyncSynthesizer
+        from .replica import Synthesizer
+
+        self.config = JobConfig.model_validate(job)
+        engine = self.config.engine
+        threads = engine.threads or max(1, int(self.config.actors.num_cpus) or 1)
+        torch.set_num_threads(threads)
+        self.synthesizer = Synthesizer(
+            model=self.config.model,
+            device=engine.device,
+            dtype=engine.dtype,
+            decoder=engine.decoder,
+            max_batch_size=engine.max_slots,
+            budget_bytes=engine.budget_mib << 20 if engine.budget_mib else None,
+            max_prompt_tokens=engine.max_prompt_tokens,
+            max_new_tokens=self.config.sampling.max_new_tokens,
+            max_segment_tokens=engine.max_segment_tokens,
+            max_chars=self.config.max_chars,
+            fsq_variant=engine.fsq,
+            verify=engine.verify,
+        )
+        self.engine = AsyncSynthesizer(self.synthesizer)
+        self.speakers = speakers
+        self.duplicates = duplicates
+        self.worker = f"{_node_id()[:12]}/{os.getpid()}"
+
+    async def __call__(self, table: pa.Table) -> pa.Table:
+        from actors.engine.sampling import SamplingParams
+        from pipeline.inputs import InputRow, to_request
+
+        from .replica import RequestError, SynthesisResult
+        from .speaker import SpeakerError, decode_prompt
+
+        sampling = SamplingParams(**self.config.sampling.model_dump())
+        batch = {name: table.column(name).to_pylist() for name in ("id", "text", "source", "fields", "error")}
+        n = table.num_rows
+        results: list[SynthesisResult | None] = [None] * n
+        requests, positions = [], []
+        speakers_out: list[str | None] = [None] * n
+        seeds: list[int | None] = [None] * n
+        for i in range(n):
+            source = str(batch["source"][i])
+            row_id = batch["id"][i]
+            text = batch["text"][i]
+            error = batch["error"][i] or self.duplicates.get(source)
+            fields = json.loads(batch["fields"][i]) if batch["fields"][i] else {}
+            if error:
+                results[i] = SynthesisResult(id=row_id or "", text=text or "", error=error)
+                continue
+            try:
+                request = to_request(
+                    InputRow(source, row_id, {"text": text, **fields}),
+                    sampling,
+                    self.config.speaker,
+                    self.config.normalize,
+                )
+                name = request.speaker
+                if name is not None and name in self.speakers:
+                    entry = self.speakers[name]
+                    if entry.get("error"):
+                        raise RequestError(f"speaker {name!r} is unusable: {entry['error']}")
+                    request.reference_codes = decode_prompt(entry["prompt"])
+                    request.reference_text = request.reference_text or entry["text"]
+                    request.speaker = None
+                    speakers_out[i] = name
+                else:
+                    if name is not None and _looks_like_a_name(name):
+                        known = sorted(self.speakers)[:10]
+                        raise RequestError(
+                            f"unknown speaker {name!r}: not one of the reference speakers {known} and not "
+                            f"'seed:N' or an upstream speaker string"
+                        )
+                    speakers_out[i] = name
+                seeds[i] = request.params.seed
+            except (RequestError, SpeakerError, ValueError) as err:
+                message = str(err) if str(err).startswith(source) else f"{source}: {err}"
+                results[i] = SynthesisResult(id=row_id or "", text=text or "", error=message)
+                continue
+            requests.append(request)
+            positions.append(i)
+        if requests:
+            for i, result in zip(positions, await self.engine.synthesize(requests), strict=True):
+                if result.error and not result.error.startswith(str(batch["source"][i])):
+                    result.error = f"{batch['source'][i]}: {result.error}"
+                results[i] = result
+        stats = self.synthesizer.batcher.stats
+        columns = {
+            "id": [r.id or None for r in results],
+            "text": [r.text for r in results],
+            "source": [str(s) for s in batch["source"]],
+            "speaker": speakers_out,
+            "seed": seeds,
+            "pcm": [r.audio if r.audio is not None else np.zeros(0, np.float32) for r in results],
+            "segments": [r.segments if r.ok else None for r in results],
+            "truncated_segments": [r.truncated_segments if r.ok else None for r in results],
+            "codes": [
+                r.codes.tolist() if r.ok and r.codes is not None and self.config.output.save_codes else None
+                for r in results
+            ],
+            "error": [r.error for r in results],
+            "worker": [self.worker] * n,
+            "engine_occupancy": [float(stats.occupancy)] * n,
+        }
+        columns["pcm"] = pa.array(
+            [np.asarray(p, dtype=np.float32) for p in columns["pcm"]], type=pa.list_(pa.float32())
+        )
+        return pa.Table.from_pydict(columns, schema=STAGE_SCHEMA)
+
+
+def _looks_like_a_name(value: str) -> bool:
+    return (
+        len(value) <= 100
+        and all(ch.isalnum() and ch.isascii() or ch in "._-" for ch in value)
+        and not value.startswith("seed")
+    )
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray (unit use) there is no node id
+        return "local"

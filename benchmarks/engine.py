@@ -1,0 +1,259 @@
+"""Engine benchmark: upstream chattts `Chat.infer` vs raytts at batch 1 and at its budgeted batch, one run.
+
+Same random checkpoint (`raytts make-checkpoint --preset full` by default), same texts, deterministic sampling
+(temperature 1e-6, so every system generates the same codes and the same number of frames). Each system runs in
+its own process so peak memory is its own. Prints a table and writes JSON.
+
+    python benchmarks/engine.py [--preset full] [--texts 32] [--max-new-tokens 200] [--threads 2]
+        [--device cpu|cuda] [--dtype D | --dtypes D1,D2] [--budget-mib N] [--batch1-texts 4]
+        [--skip-upstream] [--out benchmarks/results/engine-<device>.json]
+
+Upstream runs from the virtualenv of tools/upstream_venv.sh (UPSTREAM_VENV); raytts from this interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS_PER_SECOND = 46.875
+
+_EN = [
+    "Hello world.",
+    "The quick brown fox jumps over the lazy dog.",
+    "One two three four five six seven eight nine ten, and then some more words to make a longer line.",
+    "Thank you for calling, please hold the line while we connect you to the next available agent.",
+    "Speech synthesis at scale needs batching, memory budgets and careful engineering.",
+    "Short one.",
+    "This chapter tells the story of a small team that built a fast text to speech service on a cluster.",
+    "Good morning, today the weather is fine and the road is clear.",
+]
+_ZH = [
+    "你好。",
+    "今天天气很好，我们去公园散步吧。",
+    "欢迎使用语音合成系统，这是一个比较长的句子，用来测试模型在不同长度输入下的表现。",
+    "谢谢。",
+    "这是一个关于速度和质量的故事。",
+    "我们需要把文本转换成自然流畅的语音，并且保证每一行都不会丢失。",
+    "早上好，欢迎收听今天的新闻。",
+    "混合 English 和中文的句子。",
+]
+
+
+def texts(n: int) -> list[str]:
+    pool = [t for pair in zip(_EN, _ZH, strict=True) for t in pair]
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def ensure_checkpoint(preset: str, seed: int) -> Path:
+    root = REPO / ".cache" / "bench" / f"{preset}-seed{seed}"
+    if not (root / "asset" / "Vocos.safetensors").exists():
+        subprocess.run(
+            [sys.executable, "-m", "jobs.cli", "make-checkpoint", str(root), "--preset", preset, "--seed", str(seed)],
+            check=True,
+            cwd=REPO,
+        )
+    return root
+
+
+def run_upstream(root: Path, text_file: Path, max_new: int, threads: int) -> dict:
+    venv = (
+        os.environ.get("UPSTREAM_VENV")
+        or subprocess.run(
+            ["bash", str(REPO / "tools" / "upstream_venv.sh")], check=True, capture_output=True, text=True
+        ).stdout.strip()
+    )
+    out = subprocess.run(
+        [f"{venv}/bin/python", str(REPO / "benchmarks" / "upstream_infer.py"), str(root), str(text_file), str(max_new), str(threads)],
+        check=True, capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One raytts configuration in this process: prints a JSON line."""
+    import torch
+
+    from actors.engine.sampling import SamplingParams
+    from actors.replica import SynthesisRequest, Synthesizer
+
+    torch.set_num_threads(args.threads)
+    rows = json.loads(Path(args.texts_file).read_text())
+    synth = Synthesizer(
+        model=args.checkpoint,
+        device=args.device,
+        dtype=args.dtype,
+        max_batch_size=args.slots,
+        budget_bytes=args.budget_mib << 20 if args.budget_mib else None,
+        max_prompt_tokens=256,
+        max_new_tokens=args.max_new_tokens,
+    )
+    params = SamplingParams(temperature=1e-6, max_new_tokens=args.max_new_tokens, min_new_tokens=2)
+    requests = [SynthesisRequest(id=f"r{i}", text=t, params=params) for i, t in enumerate(rows)]
+    warm = [SynthesisRequest(id="warm", text="warm up.", params=SamplingParams(temperature=1e-6, max_new_tokens=8))]
+    synth.synthesize(warm)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    synth.batcher.stats = type(synth.batcher.stats)()
+    started = time.perf_counter()
+    results = synth.synthesize(requests)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - started
+    failed = [r.error for r in results if r.error]
+    frames = sum(int(r.codes.shape[0]) for r in results if r.codes is not None)
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "frames": frames,
+                "rows": len(rows),
+                "failed": len(failed),
+                "slots": synth.plan.slots,
+                "occupancy": synth.batcher.stats.occupancy,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
+                "budget_mib": synth.budget_bytes / 2**20,
+                "planned_mib": synth.plan.planned_bytes / 2**20,
+                "decode_s": synth.stats.decode_s,
+            }
+        )
+    )
+
+
+def run_raytts(root: Path, text_file: Path, args: argparse.Namespace, slots: int | None, dtype: str | None) -> dict:
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "worker", "--checkpoint", str(root), "--texts-file", str(text_file),
+        "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads), "--device", args.device,
+    ]  # fmt: skip
+    if dtype:
+        cmd += ["--dtype", dtype]
+    if slots:
+        cmd += ["--slots", str(slots)]
+    if args.budget_mib:
+        cmd += ["--budget-mib", str(args.budget_mib)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summarise(name: str, result: dict) -> dict:
+    audio_s = result["frames"] / STEPS_PER_SECOND
+    return {
+        "system": name,
+        "rows": result["rows"],
+        "frames": result["frames"],
+        "wall_s": round(result["wall_s"], 2),
+        "frames_per_s": round(result["frames"] / result["wall_s"], 1),
+        "audio_s_per_s": round(audio_s / result["wall_s"], 2),
+        "rtf": round(result["wall_s"] / audio_s, 3) if audio_s else None,
+        "peak_mib": round(result.get("peak_device_mib") or result["peak_rss_mib"]),
+        "occupancy": round(result["occupancy"], 3) if "occupancy" in result else None,
+        "slots": result.get("slots"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    w = sub.add_parser("worker")
+    w.add_argument("--checkpoint", required=True)
+    w.add_argument("--texts-file", required=True)
+    w.add_argument("--max-new-tokens", type=int, required=True)
+    w.add_argument("--threads", type=int, default=2)
+    w.add_argument("--device", default="cpu")
+    w.add_argument("--dtype", default=None)
+    w.add_argument("--slots", type=int, default=None)
+    w.add_argument("--budget-mib", type=int, default=None)
+    parser.add_argument("--preset", default="full")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--texts", type=int, default=32)
+    parser.add_argument("--batch1-texts", type=int, default=4, help="rows for the batch-1 run (it is slow)")
+    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--dtypes", default=None, help="comma list of dtypes for budgeted runs, e.g. float32,bfloat16")
+    parser.add_argument("--budget-mib", type=int, default=None)
+    parser.add_argument("--skip-upstream", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.command == "worker":
+        worker(args)
+        return
+    sys.path.insert(0, str(REPO))
+    root = ensure_checkpoint(args.preset, args.seed)
+    bench_dir = REPO / ".cache" / "bench"
+    all_texts = bench_dir / f"texts-{args.texts}.json"
+    all_texts.write_text(json.dumps(texts(args.texts), ensure_ascii=False))
+    few_texts = bench_dir / f"texts-{args.batch1_texts}.json"
+    few_texts.write_text(json.dumps(texts(args.batch1_texts), ensure_ascii=False))
+    rows = []
+    if not args.skip_upstream:
+        rows.append(
+            summarise(
+                "upstream chattts 0.2.5 (static batch)",
+                run_upstream(root, all_texts, args.max_new_tokens, args.threads),
+            )
+        )
+    dtypes = args.dtypes.split(",") if args.dtypes else [args.dtype]
+    rows.append(
+        summarise(
+            f"raytts batch 1 ({dtypes[0] or 'default'})", run_raytts(root, few_texts, args, slots=1, dtype=dtypes[0])
+        )
+    )
+    for dtype in dtypes:
+        rows.append(
+            summarise(
+                f"raytts budgeted batch ({dtype or 'default'})",
+                run_raytts(root, all_texts, args, slots=None, dtype=dtype),
+            )
+        )
+    base = rows[0]["audio_s_per_s"] if not args.skip_upstream else None
+    for row in rows:
+        row["vs_upstream"] = round(row["audio_s_per_s"] / base, 2) if base else None
+    header = [
+        "system",
+        "rows",
+        "frames",
+        "wall_s",
+        "frames_per_s",
+        "audio_s_per_s",
+        "rtf",
+        "peak_mib",
+        "slots",
+        "occupancy",
+        "vs_upstream",
+    ]
+    widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("-|-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(str(row[h]).ljust(w) for h, w in zip(header, widths, strict=True)))
+    report = {
+        "preset": args.preset,
+        "device": args.device,
+        "dtypes": args.dtypes or args.dtype or ("float16" if args.device == "cuda" else "float32"),
+        "budget_mib": args.budget_mib,
+        "threads": args.threads,
+        "max_new_tokens": args.max_new_tokens,
+        "texts": args.texts,
+        "machine": platform.processor() or platform.machine(),
+        "results": rows,
+    }
+    out = args.out or REPO / "benchmarks" / "results" / f"engine-{args.device}-{args.preset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Time upstream chattts 0.2.5 `Chat.infer` on a checkpoint and a text list; print one JSON line.
+
+Runs inside the upstream virtualenv (tools/upstream_venv.sh); imports nothing from raytts except the golden
+script's `configure` (shapes from raytts.json), which is plain Python.
+Usage: python upstream_infer.py CHECKPOINT_ROOT TEXTS_JSON MAX_NEW_TOKEN THREADS
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "goldens"))
+from ChatTTS.core import Chat
+from upstream_reference import configure
+
+
+def main() -> None:
+    root, texts_path, max_new, threads = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    torch.set_num_threads(threads)
+    texts = json.loads(texts_path.read_text())
+    chat = Chat()
+    configure(chat, root / "asset")
+    paths = {k: str(root / v) for k, v in asdict(chat.config.path).items()}
+    assert chat._load(device=torch.device("cpu"), **paths)
+    params = Chat.InferCodeParams(
+        temperature=1e-6, max_new_token=max_new, min_new_token=2, show_tqdm=False, manual_seed=0
+    )
+    frames = 0
+
+    # Count generated frames the way upstream produces them (per-row code lengths), timing infer as a whole.
+    original = chat._infer_code
+
+    def counting(*args, **kwargs):
+        nonlocal frames
+        for result in original(*args, **kwargs):
+            frames += sum(int(ids.shape[0]) for ids in result.ids)
+            yield result
+
+    chat._infer_code = counting
+    started = time.perf_counter()
+    wavs = chat.infer(
+        texts,
+        skip_refine_text=True,
+        split_text=False,
+        do_homophone_replacement=False,
+        params_infer_code=params,
+    )
+    wall = time.perf_counter() - started
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "frames": frames,
+                "rows": len(texts),
+                "returned_rows": len(wavs),
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "torch": torch.__version__,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

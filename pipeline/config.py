@@ -1,0 +1,146 @@
+"""The offline job's configuration: validated at the edge (pydantic), loaded from YAML and overridden by flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputsConfig(_Strict):
+    text: list[str] = Field(
+        description="Text shards: files, folders or globs, local or URIs (s3://, gs://, ...). Formats by extension: "
+        ".jsonl/.json (one object per line), .parquet, .csv (header row), .txt (one utterance per line; ids are "
+        "derived from the file name and line number)."
+    )
+    speakers: list[str] = Field(
+        default_factory=list,
+        description="Reference-speaker shards: .jsonl/.csv manifests with columns speaker, audio (file path or URI, "
+        "relative to the manifest), text (transcript); or .parquet with speaker, audio (bytes or {bytes, path}), text. "
+        "Text rows name a speaker in their `speaker` field.",
+    )
+
+    @field_validator("text")
+    @classmethod
+    def _some_text(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("inputs.text needs at least one file, folder or glob")
+        return value
+
+
+class SamplingConfig(_Strict):
+    temperature: float = Field(0.3, gt=0, description="Sampling temperature (all 4 codebooks).")
+    top_p: float = Field(0.7, gt=0, le=1, description="Nucleus sampling mass (>= 3 codes are always kept).")
+    top_k: int = Field(20, ge=0, description="Keep the k most likely codes (0 disables; >= 3 kept).")
+    repetition_penalty: float = Field(1.05, gt=0, description="Penalty over each row's last 16 codes.")
+    max_new_tokens: int = Field(2048, ge=1, description="GPT steps per segment (46.875 per audio second).")
+    min_new_tokens: int = Field(0, ge=0, description="EOS is masked before this many steps.")
+    seed: int = Field(0, ge=0, lt=2**63, description="Seed for rows that do not carry their own.")
+
+
+class EngineConfig(_Strict):
+    device: str = Field("auto", description="cuda, cpu or auto (CUDA when torch sees a GPU).")
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        None, description="Default float16 on CUDA, float32 on CPU."
+    )
+    budget_mib: int | None = Field(
+        None, ge=16, description="Per-replica memory budget; default 85% of free GPU memory, 1 GiB on CPU."
+    )
+    max_slots: int | None = Field(None, ge=1, description="Cap on rows generating at once per replica.")
+    max_prompt_tokens: int = Field(640, ge=16, description="Prompt tokens reserved per slot (text + reference codes).")
+    max_segment_tokens: int = Field(120, ge=8, description="Longer text is split at sentence ends into segments.")
+    decoder: Literal["hidden", "dvae"] = Field("hidden", description="Decode from GPT hidden states or from codes.")
+    fsq: Literal["classic", "symmetric"] = Field("classic", description="DVAE quantiser numerics.")
+    verify: Literal["auto", "always", "never"] = Field("auto", description="sha256 check of official files.")
+    threads: int | None = Field(None, ge=1, description="torch threads per actor (default: its CPU share).")
+
+
+class ActorsConfig(_Strict):
+    size: int | None = Field(None, ge=1, description="Fixed actor pool size (one engine replica each).")
+    min_size: int | None = Field(None, ge=1, description="Autoscaling pool minimum (with max_size).")
+    max_size: int | None = Field(None, ge=1, description="Autoscaling pool maximum (with min_size).")
+    num_gpus: float = Field(1.0, ge=0, description="GPUs per actor; fractional shares a device; 0 runs on CPU.")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per actor.")
+    batch_size: int = Field(
+        16,
+        ge=1,
+        description="Rows per block and per call into an actor. Input is repartitioned to this many rows per block, "
+        "so each actor task is one batch: a retried task (actor or node lost) never re-emits rows it already passed on.",
+    )
+    max_concurrent_batches: int = Field(4, ge=1, description="Batches in flight per actor, feeding one engine.")
+
+    @model_validator(mode="after")
+    def _pool(self) -> ActorsConfig:
+        if self.size is not None and (self.min_size is not None or self.max_size is not None):
+            raise ValueError("give either actors.size or actors.min_size/max_size, not both")
+        if (self.min_size is None) != (self.max_size is None):
+            raise ValueError("actors.min_size and actors.max_size go together")
+        if self.min_size is not None and self.max_size is not None and self.min_size > self.max_size:
+            raise ValueError(f"actors.min_size {self.min_size} > max_size {self.max_size}")
+        return self
+
+
+class OutputConfig(_Strict):
+    path: str = Field(
+        description="Output folder or URI: Parquet under parts/, audio under audio/, manifest and report."
+    )
+    audio_format: Literal["flac", "wav", "ogg"] = Field("flac", description="Encoding of audio bytes and files.")
+    audio_files: bool = Field(True, description="Also write {path}/audio/{id}.{format} objects.")
+    save_codes: bool = Field(False, description="Keep the [T, 4] codes column.")
+
+
+class JobConfig(_Strict):
+    model: str = Field("tiny", description="Checkpoint folder, URI, hf://2Noise/ChatTTS[@rev], or 'tiny'.")
+    inputs: InputsConfig
+    output: OutputConfig
+    speaker: str | None = Field(
+        None, description="Default speaker: 'seed:N', an upstream speaker string or a reference name."
+    )
+    normalize: bool = Field(True, description="Language-aware punctuation mapping (upstream's default).")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    actors: ActorsConfig = Field(default_factory=ActorsConfig)
+    retry_failed: bool = Field(False, description="On a re-run, redo rows whose earlier outcome was an error.")
+    max_chars: int = Field(10_000, ge=1, description="Rows with longer text fail with an error.")
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None) -> JobConfig:
+        data: dict[str, Any] = {}
+        base = Path(".")
+        if path is not None:
+            base = Path(path).resolve().parent
+            loaded = yaml.safe_load(Path(path).read_text())
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: expected a YAML mapping at the top level")
+            data = loaded
+        for dotted, value in (overrides or {}).items():
+            _set(data, dotted.split("."), value)
+        config = cls.model_validate(data)
+        return config.resolved_against(base)
+
+    def resolved_against(self, base: Path) -> JobConfig:
+        """Relative local paths in a config file are relative to that file."""
+
+        def fix(p: str) -> str:
+            if "://" in p or Path(p).is_absolute() or p == "tiny":
+                return p
+            return str((base / p).resolve())
+
+        inputs = self.inputs.model_copy(
+            update={"text": [fix(p) for p in self.inputs.text], "speakers": [fix(p) for p in self.inputs.speakers]}
+        )
+        output = self.output.model_copy(update={"path": fix(self.output.path)})
+        model = self.model if self.model == "tiny" or self.model.startswith("hf://") else fix(self.model)
+        return self.model_copy(update={"inputs": inputs, "output": output, "model": model})
+
+
+def _set(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        data = data.setdefault(key, {})
+    data[keys[-1]] = value

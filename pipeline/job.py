@@ -1,0 +1,332 @@
+"""`raytts run`: the offline job as a Ray Data graph, resumable, with every input row accounted for exactly once.
+
+Graph: read shards as bytes -> parse rows (CPU) -> drop rows finished by earlier runs -> repartition by rows ->
+TTS actors (one engine replica each, several batches in flight) -> encode + store audio (CPU) -> Parquet parts.
+
+Exactly-once: each run appends Parquet files under `{output}/parts/`; a row's key is its id (or its source
+line when it has none). Before running, the job reads the keys already present in readable part files (a
+truncated file left by a killed driver is removed first) and skips them, so a re-run after any crash finishes
+only the missing rows and the union of parts holds every input key exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .config import JobConfig
+from .output import SCHEMA, hf_metadata
+from .sources import SPEAKER_EXTENSIONS, TEXT_EXTENSIONS, expand_paths, parse_speaker_shard, parse_text_shard
+
+log = logging.getLogger(__name__)
+
+RUN_SCHEMA = pa.schema(
+    [
+        *SCHEMA,
+        pa.field("source", pa.string()),
+        pa.field("worker", pa.string()),
+        pa.field("engine_occupancy", pa.float64()),
+    ],
+    metadata=hf_metadata(
+        {
+            "source": {"dtype": "string", "_type": "Value"},
+            "worker": {"dtype": "string", "_type": "Value"},
+            "engine_occupancy": {"dtype": "float64", "_type": "Value"},
+        }
+    ),
+)
+
+
+@dataclass
+class JobReport:
+    rows: int = 0  # rows in the output (all runs)
+    ok: int = 0
+    failed: int = 0
+    this_run: int = 0  # rows processed by this run
+    skipped_finished: int = 0
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)  # inputs that yielded no rows (missing shards, ...)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    workers: dict[str, dict[str, float]] = field(default_factory=dict)
+    output: str = ""
+
+    @property
+    def exit_status(self) -> int:
+        return 0 if self.failed == 0 and not self.problems else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "ok": self.ok,
+            "failed": self.failed,
+            "this_run": self.this_run,
+            "skipped_finished": self.skipped_finished,
+            "audio_seconds": round(self.audio_seconds, 3),
+            "wall_seconds": round(self.wall_seconds, 3),
+            "audio_seconds_per_second": round(self.audio_seconds_this_run / self.wall_seconds, 3)
+            if self.wall_seconds
+            else 0,
+            "problems": self.problems,
+            "workers": self.workers,
+            "output": self.output,
+            "failures": self.failures,
+        }
+
+    audio_seconds_this_run: float = 0.0
+
+
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" not in uri or uri.startswith("file://"):
+        path = os.path.abspath(uri.removeprefix("file://"))
+        return pafs.LocalFileSystem(), path
+    return pafs.FileSystem.from_uri(uri)
+
+
+def row_key(row_id: str | None, source: str) -> str:
+    return row_id if row_id else f"@{source}"
+
+
+def read_outputs(output: str, columns: list[str]) -> pa.Table:
+    """Readable part files under {output}/parts; truncated ones (a killed writer) are deleted."""
+    fs, base = _fs(output)
+    parts = f"{base}/parts"
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(parts, recursive=True, allow_not_found=True))
+    except (OSError, pa.ArrowInvalid):
+        infos = []
+    tables = []
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
+            continue
+        try:
+            tables.append(pq.read_table(info.path, filesystem=fs, columns=columns))
+        except (OSError, pa.ArrowInvalid) as err:
+            log.warning("removing unreadable part %s (%s): its rows will be redone", info.path, err)
+            fs.delete_file(info.path)
+    if not tables:
+        return pa.table({c: pa.array([], type=RUN_SCHEMA.field(c).type) for c in columns})
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def finished_keys(output: str, retry_failed: bool) -> set[str]:
+    table = read_outputs(output, ["id", "source", "error"])
+    keys = set()
+    for row_id, source, error in zip(*(table.column(c).to_pylist() for c in ("id", "source", "error")), strict=True):
+        if retry_failed and error is not None:
+            continue
+        keys.add(row_key(row_id, source))
+    return keys
+
+
+def _source_order(source: str) -> tuple[str, int]:
+    match = re.match(r"^(.*):(?:row)?(\d+)$", source)
+    return (match.group(1), int(match.group(2))) if match else (source, 0)
+
+
+def find_duplicates(rows: list[tuple[str | None, str]]) -> dict[str, str]:
+    """source -> error for every row whose id was already used by an earlier (file, line)."""
+    by_id: dict[str, list[str]] = defaultdict(list)
+    for row_id, source in rows:
+        if row_id:
+            by_id[row_id].append(source)
+    duplicates = {}
+    for row_id, sources in by_id.items():
+        if len(sources) > 1:
+            first, *rest = sorted(sources, key=_source_order)
+            for source in rest:
+                duplicates[source] = f"{source}: duplicate id {row_id!r} (first seen at {first}); ids must be unique"
+    return duplicates
+
+
+def _encode_speakers(config: JobConfig, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each reference speaker encoded once (DVAE encoder) into an upstream prompt string."""
+    import soundfile as sf
+    from smart_open import open as sopen
+
+    from actors.replica import RequestError, Synthesizer
+    from actors.speaker import encode_prompt
+
+    synth = Synthesizer(model=config.model, device="cpu", max_batch_size=1, budget_bytes=256 << 20,
+                        max_new_tokens=64, max_prompt_tokens=64, fsq_variant=config.engine.fsq, verify=config.engine.verify)  # fmt: skip
+    speakers: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        name = row["speaker"]
+        if row["error"]:
+            if name:
+                speakers[name] = {"error": row["error"]}
+            continue
+        if name in speakers:
+            speakers[name] = {"error": f"{row['source']}: speaker {name!r} is defined twice"}
+            continue
+        try:
+            if row["audio_bytes"] is not None:
+                import io
+
+                audio, rate = sf.read(io.BytesIO(row["audio_bytes"]), dtype="float32", always_2d=False)
+            else:
+                with sopen(row["audio_path"], "rb") as f:
+                    audio, rate = sf.read(f, dtype="float32", always_2d=False)
+            if rate < 8000:
+                raise RequestError(f"sample rate {rate} Hz is too low for speech (need >= 8000 Hz)")
+            codes = synth.encode_reference(audio, int(rate))
+            speakers[name] = {"prompt": encode_prompt(codes), "text": row["text"], "frames": int(codes.shape[1])}
+        except (RequestError, OSError, RuntimeError, ValueError, sf.LibsndfileError) as err:
+            where = row["audio_path"] or row["source"]
+            speakers[name] = {"error": f"{row['source']}: reference audio {where} unusable ({err})"}
+    return speakers
+
+
+def _parse_text(row: dict[str, Any]) -> list[dict[str, Any]]:
+    return parse_text_shard(row["path"], row["bytes"])
+
+
+def _parse_speakers(row: dict[str, Any]) -> list[dict[str, Any]]:
+    return parse_speaker_shard(row["path"], row["bytes"])
+
+
+def run_job(config: JobConfig, address: str | None = None) -> JobReport:
+    import ray
+
+    started = time.perf_counter()
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        if address:
+            ray.init(address=address)
+        elif os.environ.get("RAY_ADDRESS"):
+            ray.init()  # inside `ray job submit`: the job's cluster
+        else:
+            # Logical CPUs: the engine actors must never take every CPU from the read/write tasks (a 2-core
+            # machine would otherwise deadlock the streaming executor); torch threads are set per actor.
+            ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1))
+    try:
+        return _run(config, started)
+    finally:
+        if owns_ray:
+            ray.shutdown()
+
+
+def _run(config: JobConfig, started: float) -> JobReport:
+    import ray
+
+    from actors.tts_stage import TTSStage
+
+    from .store import StoreAudio
+
+    output = config.output.path.rstrip("/")
+    report = JobReport(output=output)
+    text_files, problems = expand_paths(config.inputs.text, TEXT_EXTENSIONS)
+    report.problems.extend(problems)
+    for problem in problems:
+        log.error("input problem: %s", problem)
+
+    speakers: dict[str, dict[str, Any]] = {}
+    if config.inputs.speakers:
+        speaker_files, speaker_problems = expand_paths(config.inputs.speakers, SPEAKER_EXTENSIONS)
+        report.problems.extend(speaker_problems)
+        if speaker_files:
+            rows = ray.data.read_binary_files(speaker_files, include_paths=True).flat_map(_parse_speakers).take_all()
+            speakers = ray.get(ray.remote(num_cpus=1)(_encode_speakers).remote(config, rows))
+            bad = {k: v["error"] for k, v in speakers.items() if "error" in v}
+            for name, error in bad.items():
+                log.error("speaker %s unusable: %s", name, error)
+
+    finished = finished_keys(output, config.retry_failed)
+    if not text_files:
+        report.wall_seconds = time.perf_counter() - started
+        return _finish_report(config, report, output)
+
+    parsed = ray.data.read_binary_files(text_files, include_paths=True).flat_map(_parse_text).materialize()
+    keys = [(r["id"], r["source"]) for r in parsed.select_columns(["id", "source"]).iter_rows()]
+    duplicates = find_duplicates(keys)
+    todo = [k for k in keys if row_key(*k) not in finished]
+    report.skipped_finished = len(keys) - len(todo)
+    report.this_run = len(todo)
+    if todo:
+        pending = parsed.filter(lambda r: row_key(r["id"], r["source"]) not in finished)
+        actors = config.actors
+        if actors.size is not None:
+            pool = ray.data.ActorPoolStrategy(
+                size=actors.size, max_tasks_in_flight_per_actor=actors.max_concurrent_batches
+            )
+        else:
+            pool = ray.data.ActorPoolStrategy(
+                min_size=actors.min_size or 1,
+                max_size=actors.max_size or 1,
+                max_tasks_in_flight_per_actor=actors.max_concurrent_batches,
+            )
+        stage = (
+            pending.repartition(target_num_rows_per_block=actors.batch_size)
+            .map_batches(
+                TTSStage,
+                fn_constructor_kwargs={"job": config.model_dump(), "speakers": speakers, "duplicates": duplicates},
+                compute=pool,
+                batch_size=actors.batch_size,
+                num_gpus=actors.num_gpus,
+                num_cpus=actors.num_cpus,
+                max_concurrency=actors.max_concurrent_batches,
+                batch_format="pyarrow",
+            )
+            .map_batches(
+                StoreAudio,
+                fn_constructor_kwargs={
+                    "output": output,
+                    "audio_format": config.output.audio_format,
+                    "audio_files": config.output.audio_files,
+                    "model": config.model,
+                },
+                compute=ray.data.ActorPoolStrategy(size=1),
+                batch_size=actors.batch_size,
+                num_cpus=0.5,
+                batch_format="pyarrow",
+            )
+        )
+        stage.write_parquet(f"{output}/parts")
+    report.wall_seconds = time.perf_counter() - started
+    return _finish_report(config, report, output)
+
+
+def _finish_report(config: JobConfig, report: JobReport, output: str) -> JobReport:
+    table = read_outputs(output, ["id", "source", "error", "duration_s", "worker", "engine_occupancy", "audio"])
+    rows = table.select(["id", "source", "error", "duration_s", "worker", "engine_occupancy"]).to_pylist()
+    paths = [a["path"] if a else None for a in table.column("audio").to_pylist()]
+    report.rows = len(rows)
+    workers: dict[str, dict[str, float]] = {}
+    manifest_lines = []
+    for row, path in zip(rows, paths, strict=True):
+        if row["error"]:
+            report.failed += 1
+            report.failures.append({"id": row["id"], "source": row["source"], "error": row["error"]})
+        else:
+            report.ok += 1
+            report.audio_seconds += row["duration_s"] or 0.0
+        if row["worker"]:
+            w = workers.setdefault(row["worker"], {"rows": 0, "audio_seconds": 0.0, "occupancy": 0.0})
+            w["rows"] += 1
+            w["audio_seconds"] = round(w["audio_seconds"] + (row["duration_s"] or 0.0), 3)
+            w["occupancy"] = round(max(w["occupancy"], row["engine_occupancy"] or 0.0), 3)
+        manifest_lines.append(
+            json.dumps(
+                {"id": row["id"], "audio": path, "duration_s": row["duration_s"], "error": row["error"]},
+                ensure_ascii=False,
+            )
+        )
+    report.workers = workers
+    report.audio_seconds_this_run = report.audio_seconds  # refined below when part of the output predates this run
+    fs, base = _fs(output)
+    fs.create_dir(base, recursive=True)
+    with fs.open_output_stream(f"{base}/manifest.jsonl") as f:
+        f.write(("\n".join(manifest_lines) + ("\n" if manifest_lines else "")).encode())
+    with fs.open_output_stream(f"{base}/_report.json") as f:
+        f.write(json.dumps(report.to_dict(), indent=2, ensure_ascii=False).encode() + b"\n")
+    return report

@@ -1,0 +1,80 @@
+"""CPU stage after the GPU stage: encode audio, write `{output}/audio/{id}.{format}` objects, shape output rows."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from actors.model.config import SAMPLE_RATE
+
+from .output import encode_audio
+
+
+class StoreAudio:
+    """Encodes each row's PCM and (optionally) writes it as an object through smart-open; rows keep the bytes."""
+
+    def __init__(self, output: str, audio_format: str, audio_files: bool, model: str) -> None:
+        self.output = output.rstrip("/")
+        self.audio_format = audio_format
+        self.audio_files = audio_files
+        self.model = model
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        from smart_open import open as sopen
+
+        from .job import RUN_SCHEMA
+
+        batch = {name: table.column(name).to_pylist() for name in table.column_names}
+        n = table.num_rows
+        audio, rates, samples, durations = [], [], [], []
+        errors = list(batch["error"])
+        for i in range(n):
+            pcm = np.asarray(batch["pcm"][i], dtype=np.float32)
+            if errors[i] is not None or pcm.size == 0:
+                audio.append(None)
+                rates.append(None)
+                samples.append(None)
+                durations.append(None)
+                if errors[i] is None:
+                    errors[i] = f"{batch['source'][i]}: no audio was produced"
+                continue
+            data = encode_audio(pcm, SAMPLE_RATE, self.audio_format)
+            path = f"{batch['id'][i]}.{self.audio_format}"
+            if self.audio_files:
+                path = f"{self.output}/audio/{path}"
+                try:
+                    if "://" not in path:
+                        os.makedirs(os.path.dirname(path), exist_ok=True)
+                    with sopen(path, "wb") as f:
+                        f.write(data)
+                except OSError as err:
+                    errors[i] = f"{batch['source'][i]}: writing {path} failed ({err})"
+                    audio.append(None)
+                    rates.append(None)
+                    samples.append(None)
+                    durations.append(None)
+                    continue
+            audio.append({"bytes": data, "path": path})
+            rates.append(SAMPLE_RATE)
+            samples.append(int(pcm.size))
+            durations.append(pcm.size / SAMPLE_RATE)
+        return pa.Table.from_pydict({
+            "id": list(batch["id"]),
+            "text": list(batch["text"]),
+            "audio": audio,
+            "sample_rate": rates,
+            "num_samples": samples,
+            "duration_s": durations,
+            "speaker": list(batch["speaker"]),
+            "seed": list(batch["seed"]),
+            "segments": list(batch["segments"]),
+            "truncated_segments": list(batch["truncated_segments"]),
+            "codes": list(batch["codes"]),
+            "model": [self.model] * n,
+            "error": errors,
+            "source": list(batch["source"]),
+            "worker": list(batch["worker"]),
+            "engine_occupancy": list(batch["engine_occupancy"]),
+        }, schema=RUN_SCHEMA)  # fmt: skip

@@ -1,0 +1,180 @@
+"""The offline job on real Ray (local), with a real S3 server (SeaweedFS) on loopback and the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from pipeline.config import JobConfig
+from pipeline.job import read_outputs, run_job
+from tests.support.jobdata import txt_ids, write_speakers, write_text_shards
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory, s3_server):
+    """Local Ray whose workers see the loopback S3 server's credentials (set before the workers start)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    tmp = tempfile.mkdtemp(prefix="rl", dir="/tmp")  # AF_UNIX socket paths must stay short
+    os.environ["RAY_TMPDIR"] = tmp
+    os.environ.update(s3_server.env())
+    ray.init(address="local", num_cpus=8, include_dashboard=False, _temp_dir=tmp, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def _config(
+    tiny_checkpoint: Path, texts: list[str], output: str, speakers: list[str] | None = None, **actors
+) -> JobConfig:
+    return JobConfig.model_validate(
+        {
+            "model": str(tiny_checkpoint),
+            "inputs": {"text": texts, "speakers": speakers or []},
+            "output": {"path": output, "save_codes": False},
+            "sampling": {"max_new_tokens": 48, "temperature": 0.5},
+            "engine": {"device": "cpu", "budget_mib": 64, "max_slots": 32},
+            "actors": {"size": 1, "num_gpus": 0, "num_cpus": 1, "batch_size": 16, **actors},
+        }
+    )
+
+
+def test_500_rows_three_formats_and_three_speakers_to_s3(local_ray, s3_server, tiny_checkpoint, tmp_path):
+    s3_server.client().create_bucket(Bucket="tts-out")
+    speakers = ["alice", "bob", "carol"]
+    speaker_manifest = write_speakers(tmp_path / "speakers", speakers)
+    expected = write_text_shards(tmp_path / "texts", 500, speakers)
+    expected += txt_ids(tmp_path / "texts" / "c.txt", 125)
+    config = _config(tiny_checkpoint, [str(tmp_path / "texts")], "s3://tts-out/job1", [str(speaker_manifest)])
+    report = run_job(config)
+    assert report.rows == 500 and report.failed == 0, report.failures[:3]
+    assert report.exit_status == 0
+
+    fs = pafs.S3FileSystem(endpoint_override=s3_server.endpoint, scheme="http", access_key=s3_server.access_key,
+                           secret_key=s3_server.secret_key, region="us-east-1")  # fmt: skip
+    table = read_outputs("s3://tts-out/job1", ["id", "audio", "num_samples", "speaker", "error"])
+    ids = table.column("id").to_pylist()
+    assert Counter(ids) == Counter(expected), "every input id exactly once"
+    objects = {info.path for info in fs.get_file_info(pafs.FileSelector("tts-out/job1/audio", recursive=True))}
+    assert objects == {f"tts-out/job1/audio/{i}.flac" for i in expected}
+    # audio objects equal the bytes in the Parquet rows and decode to num_samples samples
+    rows = table.to_pylist()
+    for row in rows[::97]:
+        with fs.open_input_file(f"tts-out/job1/audio/{row['id']}.flac") as f:
+            data = f.read()
+        assert data == row["audio"]["bytes"]
+        audio, rate = sf.read(pa.BufferReader(data), dtype="float32")
+        assert rate == 24_000 and audio.shape == (row["num_samples"],)
+    assert {r["speaker"] for r in rows} >= set(speakers), "reference speakers were used"
+    manifest = pq.read_table  # the manifest is JSONL next to the parts
+    with fs.open_input_stream("tts-out/job1/manifest.jsonl") as f:
+        lines = [json.loads(line) for line in f.read().decode().splitlines()]
+    assert len(lines) == 500
+    assert manifest
+
+
+BAD_ROWS = [
+    {"id": "empty", "text": ""},
+    {"id": "blank", "text": "   "},
+    {"id": "huge", "text": "x" * 100_000},
+    {"id": "ghost", "text": "who is this", "speaker": "nobody"},
+    {"id": "broken-voice", "text": "hello", "speaker": "corrupt"},
+    {"id": "silent-voice", "text": "hello", "speaker": "silent"},
+    {"id": "low-rate-voice", "text": "hello", "speaker": "lowrate"},
+    {"id": "dup", "text": "first"},
+    {"id": "../x", "text": "path traversal"},
+    {"id": "typed", "text": "hello", "seed": "abc"},
+]
+
+
+def test_bad_inputs_each_get_an_error_and_the_job_completes(local_ray, tiny_checkpoint, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    with open(folder / "bad.jsonl", "wb") as f:
+        for row in BAD_ROWS:
+            f.write(json.dumps(row).encode() + b"\n")
+        f.write(b'{"id": "utf8", "text": "caf\xe9"}\n')
+        f.write(json.dumps({"id": "good", "text": "a good row."}).encode() + b"\n")
+    with open(folder / "more.jsonl", "w") as f:
+        f.write(json.dumps({"id": "dup", "text": "second"}) + "\n")
+    pq.write_table(pa.table({"id": ["pq-typed"], "text": [12345]}), folder / "typed.parquet")
+    speakers = tmp_path / "speakers"
+    speakers.mkdir()
+    (speakers / "corrupt.wav").write_bytes(b"RIFF not really a wav file")
+    sf.write(speakers / "silent.wav", np.zeros(0, dtype=np.float32), 24_000)
+    sf.write(speakers / "lowrate.wav", np.zeros(4000, dtype=np.float32), 4_000)
+    with open(speakers / "speakers.jsonl", "w") as f:
+        for name in ("corrupt", "silent", "lowrate"):
+            f.write(json.dumps({"speaker": name, "audio": f"{name}.wav", "text": "t"}) + "\n")
+    config = _config(
+        tiny_checkpoint,
+        [str(folder), str(tmp_path / "missing-shard.jsonl")],
+        str(tmp_path / "out"),
+        [str(speakers / "speakers.jsonl")],
+    )
+    report = run_job(config)
+    assert report.exit_status == 1
+    assert any("missing-shard.jsonl: no such file or folder" in p for p in report.problems)
+    rows = {r["source"]: r for r in read_outputs(str(tmp_path / "out"), ["id", "source", "error"]).to_pylist()}
+    by_id = {r["id"]: r for r in rows.values() if r["id"]}
+    expect = {
+        "empty": "text is empty",
+        "blank": "text is empty",
+        "huge": "100000 characters",
+        "ghost": "unknown speaker 'nobody'",
+        "broken-voice": "speaker 'corrupt' is unusable",
+        "silent-voice": "speaker 'silent' is unusable",
+        "low-rate-voice": "too low",
+        "typed": "seed must be a number",
+        "utf8": "invalid UTF-8",
+        "pq-typed": None,
+    }
+    for row_id, fragment in expect.items():
+        if fragment:
+            assert fragment in (by_id[row_id]["error"] or ""), (row_id, by_id[row_id]["error"])
+    assert "text must be a string" in by_id.get("pq-typed", {}).get("error", "") or any(
+        "text must be a string" in (r["error"] or "") for r in rows.values()
+    )
+    dups = [r for r in rows.values() if r["id"] == "dup"]
+    assert len(dups) == 2 and sum(1 for r in dups if r["error"] and "duplicate id 'dup'" in r["error"]) == 1
+    assert any("not a safe file name" in (r["error"] or "") for r in rows.values())
+    assert by_id["good"]["error"] is None
+    assert report.rows == len(BAD_ROWS) + 4  # 10 + utf8 + good + second dup + parquet row
+
+
+def test_hugging_face_datasets_reads_the_output_as_audio(local_ray, tiny_checkpoint, tmp_path):
+    """`datasets` loads the Parquet parts and types `audio` as its Audio feature (from our schema metadata).
+
+    Decoding inside `datasets` 5.x goes through torchcodec, whose PyPI wheels need a CUDA build of torch; on
+    these CPU-only machines we decode the stored bytes with soundfile instead, which is what torchcodec reads.
+    """
+    import io
+
+    datasets = pytest.importorskip("datasets")
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "t.txt").write_text("hello there.\n你好。\nthe quick brown fox.\n")
+    report = run_job(_config(tiny_checkpoint, [str(texts)], str(tmp_path / "out")))
+    assert report.exit_status == 0
+    files = sorted(str(p) for p in (tmp_path / "out" / "parts").glob("*.parquet"))
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert isinstance(ds.features["audio"], datasets.Audio)
+    assert ds.features["audio"].sampling_rate == 24_000
+    assert len(ds) == 3
+    raw = ds.cast_column("audio", datasets.Audio(decode=False))
+    for row in raw:
+        audio, rate = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")
+        assert rate == 24_000 and audio.shape == (row["num_samples"],)

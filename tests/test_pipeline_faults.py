@@ -1,0 +1,194 @@
+"""The offline job on a 3-node `ray.cluster_utils.Cluster` with fake GPUs, and under faults.
+
+Fake GPUs: Ray schedules `num_gpus=1` actors onto nodes that advertise GPUs, but torch sees no CUDA device,
+so each engine falls back to the CPU by itself. Everything else (Ray, Ray Data, the job) is real.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipeline.config import JobConfig
+from pipeline.job import read_outputs, run_job
+from tests.support.jobdata import write_text_shards
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # AF_UNIX paths must stay short
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 0})
+    workers = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    yield cluster, workers
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _config(tiny_checkpoint: Path, texts: Path, output: Path, **actors) -> JobConfig:
+    return JobConfig.model_validate(
+        {
+            "model": str(tiny_checkpoint),
+            "inputs": {"text": [str(texts)]},
+            "output": {"path": str(output)},
+            "sampling": {"max_new_tokens": 40, "min_new_tokens": 20, "temperature": 0.5},
+            "engine": {"device": "auto", "budget_mib": 64, "max_slots": 16},
+            "actors": {"num_gpus": 1, "num_cpus": 0.5, "batch_size": 4, "max_concurrent_batches": 2, **actors},
+        }
+    )
+
+
+def _all_ids(texts: Path, n: int) -> list[str]:
+    from tests.support.jobdata import txt_ids
+
+    ids = write_text_shards(texts, n, [])
+    return ids + txt_ids(texts / "c.txt", n // 4)
+
+
+def _rows_written(output: Path) -> int:
+    total = 0
+    for path in (output / "parts").glob("**/*.parquet"):
+        try:
+            total += pq.ParquetFile(path).metadata.num_rows
+        except Exception:  # noqa: BLE001 - a part being written right now is not countable yet
+            continue
+    return total
+
+
+def _wait_for(predicate, timeout: float = 300.0, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(interval)
+
+
+def _assert_exactly_once(output: Path, expected: list[str]) -> None:
+    ids = read_outputs(str(output), ["id"]).column("id").to_pylist()
+    assert Counter(ids) == Counter(expected)
+
+
+def test_rows_are_processed_on_every_worker_node(cluster, tiny_checkpoint, tmp_path):
+    import ray
+
+    _, workers = cluster
+    expected = _all_ids(tmp_path / "texts", 120)
+    report = run_job(_config(tiny_checkpoint, tmp_path / "texts", tmp_path / "out", size=2))
+    assert report.failed == 0 and report.rows == 120
+    _assert_exactly_once(tmp_path / "out", expected)
+    nodes_used = {worker.split("/")[0] for worker in report.workers}
+    worker_nodes = {w.node_id[:12] for w in workers}
+    assert nodes_used == worker_nodes, "both GPU worker nodes ran an engine replica"
+    assert ray.cluster_resources().get("GPU") == 2
+
+
+def _run_in_thread(config: JobConfig) -> tuple[threading.Thread, dict]:
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["report"] = run_job(config)
+        except BaseException as err:  # noqa: BLE001 - surfaced by the test below
+            box["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def _tts_actor_pids() -> list[int]:
+    from ray.util.state import list_actors
+
+    return [
+        a.pid
+        for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+        if "TTSStage" in (a.class_name or "") and a.pid
+    ]
+
+
+def test_an_engine_actor_killed_twice_loses_and_duplicates_nothing(cluster, tiny_checkpoint, tmp_path):
+    expected = _all_ids(tmp_path / "texts", 160)
+    output = tmp_path / "out"
+    thread, box = _run_in_thread(_config(tiny_checkpoint, tmp_path / "texts", output, size=2))
+    kills = 0
+    for threshold in (8, 60):
+        _wait_for(lambda t=threshold: _rows_written(output) >= t or not thread.is_alive())
+        pids = _tts_actor_pids()
+        if thread.is_alive() and pids:
+            os.kill(pids[0], signal.SIGKILL)
+            kills += 1
+    thread.join(timeout=600)
+    assert "error" not in box, box.get("error")
+    assert kills == 2, "the job finished before both kills; make it longer"
+    assert box["report"].failed == 0
+    _assert_exactly_once(output, expected)
+
+
+def test_a_worker_node_removed_mid_job(cluster, tiny_checkpoint, tmp_path):
+    ray_cluster, workers = cluster
+    expected = _all_ids(tmp_path / "texts", 160)
+    output = tmp_path / "out"
+    spare = ray_cluster.add_node(num_cpus=2, num_gpus=1)  # so the job can go on at full size after the loss
+    ray_cluster.wait_for_nodes()
+    thread, box = _run_in_thread(_config(tiny_checkpoint, tmp_path / "texts", output, size=2))
+    _wait_for(lambda: _rows_written(output) >= 12 or not thread.is_alive())
+    removed = thread.is_alive()
+    if removed:
+        ray_cluster.remove_node(workers[1])
+    thread.join(timeout=600)
+    assert "error" not in box, box.get("error")
+    assert removed, "the job finished before the node was removed; make it longer"
+    assert box["report"].failed == 0
+    _assert_exactly_once(output, expected)
+    assert spare is not None
+
+
+def test_driver_killed_at_half_then_rerun_finishes_only_the_rest(tiny_checkpoint, tmp_path):
+    """The driver (and its local Ray) dies by SIGKILL at ~50%; the same command again completes the job."""
+    expected = _all_ids(tmp_path / "texts", 200)
+    output = tmp_path / "out"
+    config = _config(tiny_checkpoint, tmp_path / "texts", output, size=1, num_gpus=0, num_cpus=1).model_dump()
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+    env = {
+        **os.environ,
+        "RAY_TMPDIR": tempfile.mkdtemp(prefix="rd", dir="/tmp"),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "jobs.cli", "run", str(tmp_path / "job.yaml")]
+    first = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: _rows_written(output) >= len(expected) // 2 or first.poll() is not None, timeout=600)
+        assert first.poll() is None, "the first run finished before it could be killed"
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    done_before = len({r for r in read_outputs(str(output), ["id"]).column("id").to_pylist()})
+    assert 0 < done_before < len(expected)
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, start_new_session=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    _assert_exactly_once(output, expected)
+    report = yaml.safe_load((output / "_report.json").read_text())
+    assert report["skipped_finished"] == done_before
+    assert report["this_run"] == len(expected) - done_before
