@@ -146,9 +146,12 @@ class TTSStage:
             "worker": [self.worker] * n,
             "engine_occupancy": [float(stats.occupancy)] * n,
         }
-        columns["pcm"] = pa.array(
-            [np.asarray(p, dtype=np.float32) for p in columns["pcm"]], type=pa.list_(pa.float32())
-        )
+        # One flat float32 buffer plus offsets: no per-sample Python objects on the way to Arrow.
+        pcm = [np.asarray(p, dtype=np.float32) for p in columns["pcm"]]
+        offsets = np.zeros(len(pcm) + 1, dtype=np.int32)
+        np.cumsum([p.size for p in pcm], out=offsets[1:])
+        flat = np.concatenate(pcm) if pcm else np.zeros(0, np.float32)
+        columns["pcm"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
         return pa.Table.from_pydict(columns, schema=STAGE_SCHEMA)
 
 

@@ -253,7 +253,7 @@ def _run(config: JobConfig, started: float) -> JobReport:
     report.skipped_finished = len(keys) - len(todo)
     report.this_run = len(todo)
     if todo:
-        pending = parsed.filter(lambda r: row_key(r["id"], r["source"]) not in finished)
+        pending = parsed.filter(fn=lambda r: row_key(r["id"], r["source"]) not in finished)
         actors = config.actors
         if actors.size is not None:
             pool = ray.data.ActorPoolStrategy(
@@ -274,7 +274,6 @@ def _run(config: JobConfig, started: float) -> JobReport:
                 batch_size=actors.batch_size,
                 num_gpus=actors.num_gpus,
                 num_cpus=actors.num_cpus,
-                max_concurrency=actors.max_concurrent_batches,
                 batch_format="pyarrow",
             )
             .map_batches(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pyarrow as pa
 
 from actors.model.config import SAMPLE_RATE
@@ -26,12 +25,16 @@ class StoreAudio:
 
         from .job import RUN_SCHEMA
 
-        batch = {name: table.column(name).to_pylist() for name in table.column_names}
+        # PCM stays in numpy: one flat float32 buffer plus offsets (to_pylist would box every sample).
+        pcm = table.column("pcm").combine_chunks()
+        samples_flat = pcm.values.to_numpy(zero_copy_only=False)
+        bounds = pcm.offsets.to_numpy()
+        batch = {name: table.column(name).to_pylist() for name in table.column_names if name != "pcm"}
         n = table.num_rows
         audio, rates, samples, durations = [], [], [], []
         errors = list(batch["error"])
         for i in range(n):
-            pcm = np.asarray(batch["pcm"][i], dtype=np.float32)
+            pcm = samples_flat[bounds[i] : bounds[i + 1]]
             if errors[i] is not None or pcm.size == 0:
                 audio.append(None)
                 rates.append(None)

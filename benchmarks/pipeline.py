@@ -1,0 +1,149 @@
+"""Pipeline benchmark: Ray overhead of the whole offline job, and scaling from 1 to 2 actors, in one run.
+
+    python benchmarks/pipeline.py [--rows 1600] [--model tiny] [--steps 160] [--out benchmarks/results/pipeline.json]
+
+1. engine alone: one Synthesizer in this process (1 torch thread) on the rows;
+2. job, 1 actor: `raytts run` machinery on a local Ray, one actor with 1 CPU / 1 torch thread, same rows;
+3. job, 2 actors on 2 simulated nodes: `ray.cluster_utils.Cluster` with two 1-CPU worker nodes.
+Every row generates exactly `--steps` frames (min = max new tokens), so all three do identical model work.
+Reported: audio-seconds per wall-second of each, job/engine ratio (Ray overhead), and 2-actor speedup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _rows(n: int) -> list[dict]:
+    from tests.support.jobdata import sentence
+
+    return [{"id": f"r{i:05d}", "text": sentence(i), "seed": i} for i in range(n)]
+
+
+def _job_config(model: str, text_file: Path, output: Path, steps: int, size: int, budget_mib: int):
+    from pipeline.config import JobConfig
+
+    return JobConfig.model_validate(
+        {
+            "model": model,
+            "inputs": {"text": [str(text_file)]},
+            "output": {"path": str(output), "audio_files": True},
+            "sampling": {"max_new_tokens": steps, "min_new_tokens": steps, "temperature": 0.5},
+            "engine": {"device": "cpu", "budget_mib": budget_mib, "max_slots": 32, "threads": 1},
+            "actors": {"size": size, "num_gpus": 0, "num_cpus": 1, "batch_size": 64, "max_concurrent_batches": 2},
+        }
+    )
+
+
+def engine_alone(model: str, rows: list[dict], steps: int, budget_mib: int) -> dict:
+    import torch
+
+    from actors.engine.sampling import SamplingParams
+    from actors.replica import SynthesisRequest, Synthesizer
+
+    torch.set_num_threads(1)
+    synth = Synthesizer(
+        model=model, device="cpu", budget_bytes=budget_mib << 20, max_batch_size=32, max_new_tokens=steps
+    )
+    requests = [
+        SynthesisRequest(id=r["id"], text=r["text"], params=SamplingParams(temperature=0.5, max_new_tokens=steps, min_new_tokens=steps, seed=r["seed"]))
+        for r in rows
+    ]  # fmt: skip
+    started = time.perf_counter()
+    results = synth.synthesize(requests)
+    wall = time.perf_counter() - started
+    audio = sum(r.audio.size for r in results if r.ok) / 24_000
+    return {"system": "engine alone (1 thread)", "wall_s": wall, "audio_s": audio, "rows": len(results)}
+
+
+def job(config, name: str, address: str | None = None) -> dict:
+    from pipeline.job import run_job
+
+    started = time.perf_counter()
+    report = run_job(config, address=address)
+    wall = time.perf_counter() - started
+    assert report.failed == 0, report.failures[:3]
+    return {
+        "system": name,
+        "wall_s": wall,
+        "audio_s": report.audio_seconds,
+        "rows": report.rows,
+        "workers": len(report.workers),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1600)
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--steps", type=int, default=160)
+    parser.add_argument("--budget-mib", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pipeline.json")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    work = Path(tempfile.mkdtemp(prefix="raytts-bench-"))
+    rows = _rows(args.rows)
+    text_file = work / "rows.jsonl"
+    text_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from actors.checkpoint import resolve
+
+    model = str(resolve(args.model).asset.parent) if args.model == "tiny" else args.model
+    results = [engine_alone(model, rows, args.steps, args.budget_mib)]
+
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rb", dir="/tmp")
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    results.append(
+        job(_job_config(model, text_file, work / "out1", args.steps, 1, args.budget_mib), "job, 1 actor (local Ray)")
+    )
+    ray.shutdown()
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    config = _job_config(model, text_file, work / "out2", args.steps, 2, args.budget_mib)
+    results.append(job(config, "job, 2 actors on 2 nodes"))
+    ray.shutdown()
+    cluster.shutdown()
+
+    for r in results:
+        r["audio_s_per_s"] = round(r["audio_s"] / r["wall_s"], 2)
+        r["wall_s"] = round(r["wall_s"], 2)
+        r["audio_s"] = round(r["audio_s"], 2)
+    engine, one, two = results
+    summary = {
+        "ray_overhead": round(1 - one["audio_s_per_s"] / engine["audio_s_per_s"], 3),
+        "two_actor_speedup": round(two["audio_s_per_s"] / one["audio_s_per_s"], 2),
+    }
+    header = ["system", "rows", "wall_s", "audio_s", "audio_s_per_s"]
+    print(" | ".join(header))
+    for r in results:
+        print(" | ".join(str(r[h]) for h in header))
+    print(
+        f"Ray overhead vs engine alone: {summary['ray_overhead'] * 100:.1f}%   2 actors vs 1: {summary['two_actor_speedup']}x"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {"rows": args.rows, "steps": args.steps, "model": args.model, "results": results, **summary}, indent=2
+        )
+        + "\n"
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
