@@ -26,7 +26,7 @@ STAGE_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("speaker", pa.string()),
         ("seed", pa.int64()),
-        ("pcm", pa.list_(pa.float32())),
+        ("pcm", pa.list_(pa.int16())),  # 16-bit like the encoded files: half the bytes between stages
         ("segments", pa.int32()),
         ("truncated_segments", pa.int32()),
         ("codes", pa.list_(pa.list_(pa.int16()))),
@@ -146,13 +146,18 @@ class TTSStage:
             "worker": [self.worker] * n,
             "engine_occupancy": [float(stats.occupancy)] * n,
         }
-        # One flat float32 buffer plus offsets: no per-sample Python objects on the way to Arrow.
-        pcm = [np.asarray(p, dtype=np.float32) for p in columns["pcm"]]
+        # One flat int16 buffer plus offsets: no per-sample Python objects on the way to Arrow, and the samples
+        # are quantised exactly as the 16-bit FLAC/WAV writers would (clip to [-1, 1], scale by 32767).
+        pcm = [to_pcm16(p) for p in columns["pcm"]]
         offsets = np.zeros(len(pcm) + 1, dtype=np.int32)
         np.cumsum([p.size for p in pcm], out=offsets[1:])
-        flat = np.concatenate(pcm) if pcm else np.zeros(0, np.float32)
+        flat = np.concatenate(pcm) if pcm else np.zeros(0, np.int16)
         columns["pcm"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
         return pa.Table.from_pydict(columns, schema=STAGE_SCHEMA)
+
+
+def to_pcm16(audio: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
 def _looks_like_a_name(value: str) -> bool:

@@ -66,12 +66,13 @@ SCHEMA_WITH_METADATA = SCHEMA.with_metadata(hf_metadata())
 
 
 def encode_audio(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, fmt: str = "flac") -> bytes:
-    """float32 mono -> an encoded file; samples are clipped to [-1, 1] first (16-bit formats would wrap)."""
+    """float32 mono (clipped to [-1, 1] first: 16-bit formats would wrap) or int16 PCM -> an encoded file."""
     if fmt not in AUDIO_FORMATS:
         raise ValueError(f"audio format must be one of {sorted(AUDIO_FORMATS)}, got {fmt!r}")
     container, subtype = AUDIO_FORMATS[fmt]
     buffer = io.BytesIO()
-    sf.write(buffer, np.clip(audio, -1.0, 1.0), sample_rate, format=container, subtype=subtype)
+    samples = audio if audio.dtype == np.int16 else np.clip(audio, -1.0, 1.0)
+    sf.write(buffer, samples, sample_rate, format=container, subtype=subtype)
     return buffer.getvalue()
 
 
