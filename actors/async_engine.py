@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Job:
-    results: list[SynthesisResult]
+    requests: list[SynthesisRequest]
+    results: list[SynthesisResult] = field(default_factory=list)
     parts: dict[int, dict[int, tuple]] = field(default_factory=dict)
-    expected: dict[int, int] = field(default_factory=dict)  # row -> segment count
     remaining: int = 0
     future: asyncio.Future | None = None
     loop: asyncio.AbstractEventLoop | None = None
@@ -44,8 +44,7 @@ class AsyncSynthesizer:
         if self.error is not None:
             raise RuntimeError(f"the engine loop died: {self.error!r}") from self.error
         loop = asyncio.get_running_loop()
-        job = _Job(results=[], future=loop.create_future(), loop=loop)
-        job.results = requests  # type: ignore[assignment]  # replaced by prepare() on the loop thread
+        job = _Job(requests=requests, future=loop.create_future(), loop=loop)
         self._inbox.put(job)
         return await job.future
 
@@ -86,12 +85,8 @@ class AsyncSynthesizer:
                 return
 
     def _accept(self, job: _Job) -> None:
-        requests = job.results
-        results, segments = self.synthesizer.prepare(requests)  # type: ignore[arg-type]
-        job.results = results
+        job.results, segments = self.synthesizer.prepare(job.requests)
         job_id = next(self._ids)
-        for segment in segments:
-            job.expected[segment.request] = job.expected.get(segment.request, 0) + 1
         job.remaining = len(segments)
         if not segments:
             self._finish(job)

@@ -54,7 +54,8 @@ class JobReport:
     failed: int = 0
     this_run: int = 0  # rows processed by this run
     skipped_finished: int = 0
-    audio_seconds: float = 0.0
+    audio_seconds: float = 0.0  # all ok rows in the output
+    audio_seconds_this_run: float = 0.0  # rows this run produced: the job's speed
     wall_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)  # inputs that yielded no rows (missing shards, ...)
     failures: list[dict[str, Any]] = field(default_factory=list)
@@ -73,6 +74,7 @@ class JobReport:
             "this_run": self.this_run,
             "skipped_finished": self.skipped_finished,
             "audio_seconds": round(self.audio_seconds, 3),
+            "audio_seconds_this_run": round(self.audio_seconds_this_run, 3),
             "wall_seconds": round(self.wall_seconds, 3),
             "audio_seconds_per_second": round(self.audio_seconds_this_run / self.wall_seconds, 3)
             if self.wall_seconds
@@ -82,8 +84,6 @@ class JobReport:
             "output": self.output,
             "failures": self.failures,
         }
-
-    audio_seconds_this_run: float = 0.0
 
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -244,7 +244,7 @@ def _run(config: JobConfig, started: float) -> JobReport:
     finished = finished_keys(output, config.retry_failed)
     if not text_files:
         report.wall_seconds = time.perf_counter() - started
-        return _finish_report(config, report, output)
+        return _finish_report(report, output, finished)
 
     parsed = ray.data.read_binary_files(text_files, include_paths=True).flat_map(_parse_text).materialize()
     keys = [(r["id"], r["source"]) for r in parsed.select_columns(["id", "source"]).iter_rows()]
@@ -292,10 +292,10 @@ def _run(config: JobConfig, started: float) -> JobReport:
         )
         stage.write_parquet(f"{output}/parts")
     report.wall_seconds = time.perf_counter() - started
-    return _finish_report(config, report, output)
+    return _finish_report(report, output, finished)
 
 
-def _finish_report(config: JobConfig, report: JobReport, output: str) -> JobReport:
+def _finish_report(report: JobReport, output: str, finished_before: set[str]) -> JobReport:
     table = read_outputs(output, ["id", "source", "error", "duration_s", "worker", "engine_occupancy", "audio"])
     rows = table.select(["id", "source", "error", "duration_s", "worker", "engine_occupancy"]).to_pylist()
     paths = [a["path"] if a else None for a in table.column("audio").to_pylist()]
@@ -309,6 +309,8 @@ def _finish_report(config: JobConfig, report: JobReport, output: str) -> JobRepo
         else:
             report.ok += 1
             report.audio_seconds += row["duration_s"] or 0.0
+            if row_key(row["id"], row["source"]) not in finished_before:
+                report.audio_seconds_this_run += row["duration_s"] or 0.0
         if row["worker"]:
             w = workers.setdefault(row["worker"], {"rows": 0, "audio_seconds": 0.0, "occupancy": 0.0})
             w["rows"] += 1
@@ -321,7 +323,6 @@ def _finish_report(config: JobConfig, report: JobReport, output: str) -> JobRepo
             )
         )
     report.workers = workers
-    report.audio_seconds_this_run = report.audio_seconds  # refined below when part of the output predates this run
     fs, base = _fs(output)
     fs.create_dir(base, recursive=True)
     with fs.open_output_stream(f"{base}/manifest.jsonl") as f:
