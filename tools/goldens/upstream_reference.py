@@ -15,7 +15,6 @@ Usage: python upstream_reference.py CHECKPOINT_ROOT OUT_DIR
 from __future__ import annotations
 
 import json
-import lzma
 import os
 import sys
 from dataclasses import asdict
@@ -68,7 +67,7 @@ def reference_waveform(seconds: float = 1.5, sample_rate: int = 24_000) -> np.nd
     return (wave + noise).astype(np.float32)
 
 
-def configure(chat: Chat, asset: Path) -> dict:
+def configure(chat: Chat, asset: Path) -> None:
     """Point upstream's hard-coded shapes at the checkpoint's own (raytts.json), as a custom model would."""
     gpt_cfg = json.loads((asset / "gpt" / "config.json").read_text())
     hidden = gpt_cfg["hidden_size"]
@@ -97,7 +96,6 @@ def configure(chat: Chat, asset: Path) -> dict:
     stat = np.frombuffer(b14.decode_from_string(chat.config.spk_stat), dtype=np.float16)
     std, mean = stat[:768], stat[768:]
     chat.config.spk_stat = b14.encode_to_string(np.concatenate([std[:hidden], mean[:hidden]]).tobytes())
-    return {"hidden": hidden}
 
 
 def main() -> None:
@@ -195,5 +193,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _ = lzma  # speaker strings are LZMA2 + base16384 (documented for readers of the goldens)
     main()
