@@ -79,11 +79,12 @@ def test_500_rows_three_formats_and_three_speakers_to_s3(local_ray, s3_server, t
         audio, rate = sf.read(pa.BufferReader(data), dtype="float32")
         assert rate == 24_000 and audio.shape == (row["num_samples"],)
     assert {r["speaker"] for r in rows} >= set(speakers), "reference speakers were used"
-    manifest = pq.read_table  # the manifest is JSONL next to the parts
     with fs.open_input_stream("tts-out/job1/manifest.jsonl") as f:
         lines = [json.loads(line) for line in f.read().decode().splitlines()]
-    assert len(lines) == 500
-    assert manifest
+    assert sorted(line["id"] for line in lines) == sorted(expected)
+    assert all(
+        line["audio"] == f"s3://tts-out/job1/audio/{line['id']}.flac" and line["error"] is None for line in lines
+    )
 
 
 BAD_ROWS = [
