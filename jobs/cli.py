@@ -142,6 +142,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from actors.engine.sampling import SamplingParams
     from jobs.synth import SynthOptions, run_synth
 
     if not args.input.is_file():
@@ -152,13 +153,15 @@ def _synth(args: argparse.Namespace) -> int:
         input=args.input,
         output=args.output,
         speaker=args.speaker,
-        seed=args.seed,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        repetition_penalty=args.repetition_penalty,
-        max_new_tokens=args.max_new_tokens,
-        min_new_tokens=args.min_new_tokens,
+        sampling=SamplingParams(
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            repetition_penalty=args.repetition_penalty,
+            max_new_tokens=args.max_new_tokens,
+            min_new_tokens=args.min_new_tokens,
+            seed=args.seed,
+        ),
         save_codes=args.save_codes,
         normalize=not args.no_normalize,
         decoder=args.decoder,

@@ -29,13 +29,7 @@ class SynthOptions:
     input: Path
     output: Path
     speaker: str | None = None
-    seed: int = 0
-    temperature: float = 0.3
-    top_p: float = 0.7
-    top_k: int = 20
-    repetition_penalty: float = 1.05
-    max_new_tokens: int = 2048
-    min_new_tokens: int = 0
+    sampling: SamplingParams = field(default_factory=SamplingParams)  # defaults for rows without overrides
     save_codes: bool = False
     normalize: bool = True
     decoder: str = "hidden"
@@ -121,19 +115,13 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
         dtype=options.dtype,
         decoder=options.decoder,
         max_batch_size=options.max_batch_size,
+        # Reserve room for the requested length (rows may still ask for less, or more up to this).
+        max_new_tokens=max(2048, options.sampling.max_new_tokens),
         max_segment_tokens=options.max_segment_tokens,
         fsq_variant=options.fsq,
         verify=options.verify,
     )
-    defaults = SamplingParams(
-        temperature=options.temperature,
-        top_p=options.top_p,
-        top_k=options.top_k,
-        repetition_penalty=options.repetition_penalty,
-        max_new_tokens=options.max_new_tokens,
-        min_new_tokens=options.min_new_tokens,
-        seed=options.seed,
-    )
+    defaults = options.sampling
     defaults.validate(synthesizer.config.gpt.num_vq)
     references = _References(synthesizer, options.input.parent)
     report = SynthReport(output=str(options.output / "part-00000.parquet"))
