@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from .engine.batcher import (
 )
 from .engine.generate import CodePrompt, decode_waveforms
 from .engine.sampling import SamplingParams
+from .engine.stream import StreamDecoder
 from .model.config import SAMPLE_RATE
 from .speaker import SpeakerError, decode_prompt, normalized_speaker, parse_speaker
 from .text import clean_text, decorate, split_segments
@@ -92,6 +94,17 @@ class _Segment:
 
 
 @dataclass
+class SegmentAudio:
+    """What `Synthesizer.pump` hands back for one segment: all of its audio, or the next piece of a stream."""
+
+    key: object
+    audio: np.ndarray  # float32: the whole segment, or (streams) the samples that became final since last time
+    codes: np.ndarray | None  # [T, num_vq] once the segment is done
+    done: bool  # the segment finished (for a stream: `audio` is its last piece)
+    eos: bool = False  # ended by EOS (not by max_new_tokens)
+
+
+@dataclass
 class ReplicaStats:
     requests: int = 0
     failed: int = 0
@@ -99,6 +112,7 @@ class ReplicaStats:
     frames: int = 0
     generate_s: float = 0.0
     decode_s: float = 0.0
+    stream_chunks: int = 0
 
 
 class Synthesizer:
@@ -117,6 +131,7 @@ class Synthesizer:
         max_segment_tokens: int = 120,
         max_chars: int = 10_000,
         max_reference_seconds: float = 8.0,
+        stream_chunk_steps: int = 24,
         fsq_variant: str = "classic",
         verify: str = "auto",
         cache_dir: Path | None = None,
@@ -136,6 +151,8 @@ class Synthesizer:
         self.max_segment_tokens = max_segment_tokens
         self.max_chars = max_chars
         self.max_reference_seconds = max_reference_seconds
+        self.stream_chunk_steps = max(1, stream_chunk_steps)
+        self._streams: dict[object, StreamDecoder] = {}
         self.budget_bytes = budget_bytes or default_budget_bytes(self.device)
         if max_batch_size is None and self.device.type == "cpu":
             max_batch_size = 64  # CPU throughput stops growing well before the budget's slot count
@@ -249,8 +266,9 @@ class Synthesizer:
             self.submit(segment, (segment.request, segment.index))
         parts: dict[int, dict[int, tuple[np.ndarray, np.ndarray, bool]]] = {}
         while self.batcher.busy:
-            for (row, index), audio, codes, finished in self.pump():
-                parts.setdefault(row, {})[index] = (audio, codes, finished)
+            for out in self.pump():
+                row, index = out.key
+                parts.setdefault(row, {})[index] = (out.audio, out.codes, out.eos)
         self.join(results, parts)
         return results
 
@@ -265,20 +283,51 @@ class Synthesizer:
                 results[row].error = str(err)
         return results, segments
 
-    def submit(self, segment: _Segment, key: object) -> None:
-        self.batcher.submit(key, segment.prompt, segment.params)
+    def submit(self, segment: _Segment, key: object, stream: bool = False) -> None:
+        """Queue a segment. A streamed segment comes back from `pump` in pieces as its frames are generated."""
+        if stream:
+            self._streams[key] = StreamDecoder(self.model, self.use_decoder)
+        self.batcher.submit(key, segment.prompt, segment.params, stream=stream)
 
-    def pump(self) -> list[tuple[object, np.ndarray, np.ndarray, bool]]:
-        """One engine step; (key, audio, codes, ended_by_eos) for every segment that finished in it."""
+    def cancel(self, keys: Callable[[object], bool]) -> int:
+        """Forget every queued or running segment whose key matches (a caller that went away)."""
+        for key in [k for k in self._streams if keys(k)]:
+            del self._streams[key]
+        return self.batcher.cancel(keys)
+
+    def pump(self) -> list[SegmentAudio]:
+        """One engine step: every segment that finished in it, and new audio of streamed segments."""
         started = time.perf_counter()
         finished = self.batcher.step()
         self.stats.generate_s += time.perf_counter() - started
-        out = []
-        # Finished rows are views into their slots: decode them before the next step refills the slots.
-        for group in self._decode_groups(finished):
+        out: list[SegmentAudio] = []
+        # Finished rows and progress are views into their slots: decode them before the next step refills them.
+        for partial in self.batcher.progress:
+            stream = self._streams[partial.key]
+            if partial.codes.shape[0] - stream.steps_seen >= self.stream_chunk_steps:
+                chunk = self._stream_piece(stream, partial.hidden if self.use_decoder else partial.codes, False)
+                if chunk.size:
+                    out.append(SegmentAudio(partial.key, chunk, None, done=False))
+        whole = [row for row in finished if row.key not in self._streams]
+        for row in finished:
+            if row.key in self._streams:
+                stream = self._streams.pop(row.key)
+                chunk = self._stream_piece(stream, row.hidden if self.use_decoder else row.codes, True)
+                out.append(SegmentAudio(row.key, chunk, _to_host(row.codes, np.int64), True, row.finished))
+                self.stats.segments += 1
+                self.stats.frames += int(row.codes.shape[0])
+        for group in self._decode_groups(whole):
             for row, (audio, codes) in zip(group, self._decode(group), strict=True):
-                out.append((row.key, audio, codes, row.finished))
+                out.append(SegmentAudio(row.key, audio, codes, True, row.finished))
         return out
+
+    def _stream_piece(self, stream: StreamDecoder, rows: torch.Tensor, final: bool) -> np.ndarray:
+        started = time.perf_counter()
+        stream.steps_seen = int(rows.shape[0])
+        chunk = _to_host(stream.push(rows, final=final).float(), np.float32)
+        self.stats.stream_chunks += 1
+        self.stats.decode_s += time.perf_counter() - started
+        return chunk
 
     def join(
         self, results: list[SynthesisResult], parts: dict[int, dict[int, tuple[np.ndarray, np.ndarray, bool]]]

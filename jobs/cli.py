@@ -61,6 +61,24 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
 
 
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="the online endpoint: OpenAI-compatible /v1/audio/speech and native /v1/tts on Ray Serve",
+        description="Runs CONFIG (YAML, see jobs/examples/serve.yaml) on local Ray, or on --address, until Ctrl-C. "
+        "Binding anything but loopback requires API keys (RAYTTS_API_KEYS).",
+    )
+    p.add_argument("config", type=Path, nargs="?", default=None, help="serve YAML (flags below override it)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
+    p.add_argument("--model", default=None, help="serve this one checkpoint (folder, URI, hf://..., tiny) as 'default'")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override any config field, e.g. --set app.engine.max_slots=32 --set deployment.max_replicas=2",
+    )  # fmt: skip
+
+
 def _checkpoint_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "make-checkpoint",
@@ -78,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _synth_parser(sub)
     _run_parser(sub)
+    _serve_parser(sub)
     _checkpoint_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -94,11 +113,50 @@ def main(argv: list[str] | None = None) -> int:
             return _synth(args)
         if args.command == "run":
             return _run(args)
+        if args.command == "serve":
+            return _serve(args)
     except (CheckpointError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
         print(f"raytts {args.command}: {err}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _overrides(command: str, items: list[str]) -> dict | None:
+    import yaml
+
+    overrides: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"raytts {command}: --set expects KEY=VALUE, got {item!r}", file=sys.stderr)
+            return None
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from actors.serving.config import ServerConfig
+    from jobs.serve import run_server
+
+    overrides = _overrides("serve", args.set)
+    if overrides is None:
+        return 2
+    if args.host:
+        overrides["host"] = args.host
+    if args.port:
+        overrides["port"] = args.port
+    if args.model:
+        overrides["app.models"] = {"default": {"source": args.model}}
+        overrides["app.default_model"] = "default"
+    try:
+        config = ServerConfig.load(args.config, overrides)
+        return run_server(config, address=args.address)
+    except (ValidationError, ValueError, OSError) as err:
+        print(f"raytts serve: {err}", file=sys.stderr)
+        return 2
 
 
 def _run(args: argparse.Namespace) -> int:

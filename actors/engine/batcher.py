@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -139,6 +139,16 @@ class RowRequest:
     key: object  # caller's handle, returned with the result
     prompt: object  # CodePrompt
     params: SamplingParams
+    stream: bool = False  # report this row's progress (`ContinuousBatcher.progress`) while it runs
+
+
+@dataclass
+class PartialRow:
+    """A streaming row still generating: views of what it produced so far (consume before the next step)."""
+
+    key: object
+    codes: torch.Tensor  # [T, num_vq] int64 on the device
+    hidden: torch.Tensor  # [T, H] model dtype on the device
 
 
 @dataclass
@@ -158,6 +168,7 @@ class BatcherStats:
     admitted: int = 0
     finished: int = 0
     max_concurrent: int = 0
+    cancelled: int = 0
     history: list[int] = field(default_factory=list)  # live rows per step (kept short: last 10k steps)
 
     @property
@@ -202,11 +213,12 @@ class ContinuousBatcher:
         self.queue: deque[RowRequest] = deque()
         self.owner: list[RowRequest | None] = [None] * slots
         self.host_position = [0] * slots  # host mirror of positions (advances deterministically)
+        self.progress: list[PartialRow] = []  # streaming rows' output so far, refreshed by every `step`
         self.stats = BatcherStats()
 
     # ---------------------------------------------------------------------------------------------- intake
 
-    def submit(self, key: object, prompt, params: SamplingParams) -> None:
+    def submit(self, key: object, prompt, params: SamplingParams, stream: bool = False) -> None:
         if prompt.length < 1:
             raise ValueError("every prompt needs at least one token")
         if prompt.length + params.max_new_tokens > self.plan.slot_tokens:
@@ -216,7 +228,21 @@ class ContinuousBatcher:
             )
         if params.max_new_tokens > self.plan.max_new_tokens:
             raise ValueError(f"max_new_tokens {params.max_new_tokens} exceeds this engine's {self.plan.max_new_tokens}")
-        self.queue.append(RowRequest(key, prompt, params))
+        self.queue.append(RowRequest(key, prompt, params, stream))
+
+    def cancel(self, keys: Callable[[object], bool]) -> int:
+        """Drop every queued or running row whose key matches; running rows free their slots at once."""
+        dropped = [r for r in self.queue if keys(r.key)]
+        if dropped:
+            self.queue = deque(r for r in self.queue if not keys(r.key))
+        slots = [i for i, o in enumerate(self.owner) if o is not None and keys(o.key)]
+        if slots:
+            self.live[torch.tensor(slots, device=self.device)] = False
+            for slot in slots:
+                self.owner[slot] = None
+                self.host_position[slot] = 0
+        self.stats.cancelled += len(dropped) + len(slots)
+        return len(dropped) + len(slots)
 
     @property
     def busy(self) -> bool:
@@ -236,6 +262,7 @@ class ContinuousBatcher:
     def step(self) -> list[FinishedRow]:
         """Admit what fits, then `check_every` decode steps; return the rows that finished."""
         self._admit()
+        self.progress = []
         if not any(o is not None for o in self.owner):
             return []
         for _ in range(self.check_every):
@@ -335,9 +362,16 @@ class ContinuousBatcher:
         done = (self.eos | (self.produced >= self.max_new)) & self.live
         # The one host sync of a `check_every` block: which rows finished, and how long they are.
         flags = done.tolist()
-        if not any(flags):
+        streaming = [s for s, o in enumerate(self.owner) if o is not None and o.stream and not flags[s]]
+        if not any(flags) and not streaming:
             return []
         lengths = self.produced.tolist()
+        self.progress = [
+            PartialRow(self.owner[s].key, self.codes[s, : lengths[s]], self.hidden_out[s, : lengths[s]])
+            for s in streaming
+        ]
+        if not any(flags):
+            return []
         eos = self.eos.tolist()
         finished = []
         for slot, is_done in enumerate(flags):

@@ -36,6 +36,7 @@ class StreamDecoder:
         self.edge = config.vocos.n_fft // self.hop // 2  # frames whose overlap-add reaches a sample
         self.context = receptive_field_mel_frames(config, use_decoder)
         self.sent = 0  # samples emitted so far
+        self.steps_seen = 0  # generation steps the caller has pushed (bookkeeping for callers)
 
     @torch.inference_mode()
     def push(self, rows: torch.Tensor, final: bool = False) -> torch.Tensor:

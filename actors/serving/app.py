@@ -1,0 +1,593 @@
+"""The Ray Serve application: each replica holds one engine per loaded checkpoint and answers HTTP.
+
+Requests never wait for a static batch: every request's segments go straight into the loaded model's
+`AsyncSynthesizer`, whose continuous batcher runs them in shared decode steps with whatever else is in flight
+(rows join free slots at the next step). Streamed responses come from the engine's incremental decoder.
+
+Routes: OpenAI's `POST /v1/audio/speech`, raytts' `POST /v1/tts` (ChatTTS controls), `GET /v1/models`,
+`GET /v1/voices`, `GET /v1/stats`, `GET /healthz`. Every refusal is a JSON error with a 4xx status, or 503 +
+Retry-After when the replica is full or a request ran past its deadline.
+
+`build_app(args)` is the import path a Serve config names (`actors.serving.app:build_app`).
+"""
+
+import asyncio
+import base64
+import gc
+import hmac
+import json
+import logging
+import os
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from ray.serve.config import AutoscalingConfig, BackpressureConfig
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from actors.async_engine import SpeechStream
+from actors.engine.sampling import SamplingParams
+from actors.replica import RequestError, SynthesisRequest, SynthesisResult
+
+from .api import (
+    STREAMABLE,
+    ApiError,
+    AudioEncoder,
+    NativeRequest,
+    SpeechRequest,
+    check_tags,
+    encode_whole,
+    parse_body,
+    speed_tag,
+)
+from .config import LOOPBACK_HOSTS, DeploymentSpec, ServeConfig
+
+log = logging.getLogger(__name__)
+
+api = FastAPI(title="raytts", description="ChatTTS-compatible speech synthesis on Ray Serve")
+
+
+@api.exception_handler(ApiError)
+async def _api_error(request: Request, err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    message = f"{request.method} {request.url.path}: {err.detail}"
+    if err.status_code == 404:
+        message += "; routes are POST /v1/audio/speech, POST /v1/tts, GET /v1/models, GET /v1/voices, GET /healthz"
+    return JSONResponse(ApiError(err.status_code, message).body(), status_code=err.status_code)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+    return JSONResponse(ApiError(400, f"{request.url.path}: {err.errors()[:1]}").body(), status_code=400)
+
+
+@dataclass
+class _Voice:
+    speaker: str | None = None
+    reference_codes: Any = None
+    reference_text: str = ""
+
+
+@dataclass
+class LoadedModel:
+    """One checkpoint resident on this replica: its engine and its voices (reference audio encoded for it)."""
+
+    name: str
+    engine: Any  # AsyncSynthesizer
+    voices: dict[str, _Voice] = field(default_factory=dict)
+    loaded_at: float = field(default_factory=time.time)
+
+    def close(self) -> None:
+        """Stop the engine loop and drop every reference to the model so its memory is returned."""
+        engine, self.engine = self.engine, None
+        if engine is None:
+            return
+        engine.close()
+        device = engine.synthesizer.device
+        engine.synthesizer = None
+        self.voices.clear()
+        del engine
+        # Serve freezes every object alive after replica start-up (gc.freeze) so the collector skips them; a
+        # model loaded then would keep any reference cycle forever. Unfreeze so this collection can free it.
+        gc.unfreeze()
+        gc.collect()
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def _load(name: str, config: ServeConfig, budget_share: int) -> LoadedModel:
+    """Build a replica engine for model `name` (blocking: run it off the event loop)."""
+    import smart_open
+    import soundfile as sf
+
+    from actors.async_engine import AsyncSynthesizer
+    from actors.engine.batcher import default_budget_bytes
+    from actors.replica import Synthesizer, _pick_device
+
+    spec, engine = config.models[name], config.engine
+    device = _pick_device(engine.device)
+    budget = engine.budget_mib << 20 if engine.budget_mib else None
+    if budget is None and device.type == "cuda":
+        budget = default_budget_bytes(device, engine.budget_fraction) // budget_share
+    synthesizer = Synthesizer(
+        model=spec.source,
+        device=str(device),
+        dtype=engine.dtype,
+        decoder=engine.decoder,
+        max_batch_size=engine.max_slots,
+        budget_bytes=budget,
+        max_prompt_tokens=engine.max_prompt_tokens,
+        max_new_tokens=engine.max_new_tokens,
+        max_segment_tokens=engine.max_segment_tokens,
+        max_chars=config.limits.max_input_chars,
+        stream_chunk_steps=engine.stream_chunk_steps,
+        fsq_variant=spec.fsq,
+        verify=spec.verify,
+    )
+    voices: dict[str, _Voice] = {}
+    for voice_name, voice in config.voices.items():
+        if voice.seed is not None:
+            voices[voice_name] = _Voice(speaker=f"seed:{voice.seed}")
+        elif voice.speaker is not None:
+            voices[voice_name] = _Voice(speaker=voice.speaker)
+        else:
+            try:
+                with smart_open.open(voice.reference_audio, "rb") as f:
+                    audio, rate = sf.read(f, dtype="float32")
+                codes = synthesizer.encode_reference(audio, rate)
+            except (OSError, RuntimeError, ValueError) as err:
+                raise ValueError(
+                    f"voice {voice_name!r}: cannot use reference audio {voice.reference_audio}: {err}; fix the file "
+                    f"or the path in the serve config"
+                ) from err
+            voices[voice_name] = _Voice(reference_codes=codes, reference_text=voice.reference_text)
+    return LoadedModel(name=name, engine=AsyncSynthesizer(synthesizer), voices=voices)
+
+
+def _is_request_problem(error: str) -> bool:
+    return not error.startswith("the model ended a segment")
+
+
+def _in_serve() -> bool:
+    try:
+        serve.get_replica_context()
+        return True
+    except RuntimeError:
+        return False
+
+
+def tensor_bytes() -> int:
+    """Bytes of every distinct tensor storage alive in this process (CPU memory accounting)."""
+    import torch
+
+    gc.unfreeze()  # objects Serve froze at start-up are invisible to gc.get_objects()
+    seen: dict[int, int] = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor) and obj.device.type != "meta":
+            try:
+                storage = obj.untyped_storage()
+            except RuntimeError:  # tensors without storage (e.g. sparse / functional wrappers)
+                continue
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@serve.deployment(
+    name="TTSServer",
+    max_ongoing_requests=256,
+    max_queued_requests=512,
+    backpressure_config=BackpressureConfig(status_code=503, retry_after_s=5),
+    autoscaling_config=AutoscalingConfig(
+        min_replicas=1, max_replicas=4, target_ongoing_requests=64, upscale_delay_s=30, downscale_delay_s=300
+    ),
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    graceful_shutdown_timeout_s=60,
+)
+@serve.ingress(api)
+class TTSServer:
+    def __init__(self, config: dict[str, Any]) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.config = ServeConfig.model_validate(config)
+        if self.config.engine.threads:
+            import torch
+
+            torch.set_num_threads(self.config.engine.threads)
+        self.keys = self.config.auth.keys()
+        self.models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = asyncio.Lock()
+        self.loads = 0
+        self.unloads = 0
+        first = self.config.model_name(None)
+        self._install(first, _load(first, self.config, self.config.limits.max_models_per_replica))
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def check_health(self) -> None:
+        """Serve's health probe: every engine loop alive and the device answering a kernel."""
+        for loaded in self.models.values():
+            if loaded.engine is not None and loaded.engine.error is not None:
+                raise RuntimeError(f"model {loaded.name}: engine loop died: {loaded.engine.error!r}")
+        await asyncio.to_thread(self._touch_device)
+
+    def _touch_device(self) -> None:
+        import torch
+
+        for loaded in list(self.models.values()):
+            engine = loaded.engine
+            if engine is None:
+                continue
+            device = engine.synthesizer.device
+            probe = torch.ones(8, device=device).sum()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if float(probe) != 8.0:
+                raise RuntimeError(f"device {device} returned a wrong sum: {float(probe)}")
+
+    def __del__(self) -> None:
+        for loaded in self.models.values():
+            loaded.close()
+
+    def _install(self, name: str, loaded: LoadedModel) -> None:
+        self.models[name] = loaded
+        self.loads += 1
+
+    async def _model(self, name: str) -> LoadedModel:
+        """The loaded model `name`, loading it (and unloading the least recently used) when needed."""
+        loaded = self.models.get(name)
+        if loaded is not None:
+            self.models.move_to_end(name)
+            return loaded
+        async with self._lock:
+            loaded = self.models.get(name)
+            if loaded is not None:
+                return loaded
+            limit = self.config.limits.max_models_per_replica
+            while len(self.models) >= limit:
+                evicted_name, evicted = self.models.popitem(last=False)
+                log.info("unloading model %s to make room for %s", evicted_name, name)
+                await asyncio.to_thread(evicted.close)
+                self.unloads += 1
+            loaded = await asyncio.to_thread(_load, name, self.config, limit)
+            self._install(name, loaded)
+            return loaded
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def _authorize(self, request: Request) -> None:
+        if not self.keys:
+            client = request.client.host if request.client else None
+            if client not in LOOPBACK_HOSTS:
+                raise ApiError(
+                    401,
+                    f"this server has no API keys, so it only answers loopback clients (you are {client}); set "
+                    f"{self.config.auth.api_keys_env} or auth.api_keys and send 'Authorization: Bearer KEY'",
+                    kind="authentication_error",
+                )
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "missing 'Authorization: Bearer KEY' header", kind="authentication_error")
+        if not any(hmac.compare_digest(token.strip().encode(), key.encode()) for key in self.keys):
+            raise ApiError(401, "invalid API key", kind="authentication_error")
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.config.limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise ApiError(400, f"Content-Length must be a byte count, got {declared[:40]!r}")
+            if int(declared) > limit:
+                raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+        return bytes(body)
+
+    def _model_name(self, requested: str | None) -> str:
+        name = self.config.model_name(requested)
+        if name is None:
+            known = sorted([*self.config.models, *self.config.model_aliases])
+            raise ApiError(404, f"model {requested!r} does not exist here; use one of {known}", param="model")
+        return name
+
+    def _voice(self, loaded: LoadedModel, requested: str | None) -> tuple[str, _Voice]:
+        name = self.config.voice_name(requested)
+        voice = loaded.voices.get(name)
+        if voice is None:
+            raise ApiError(
+                400, f"voice {requested!r} is not configured; use one of {sorted(loaded.voices)}", param="voice"
+            )
+        return name, voice
+
+    def _check_text(self, text: str, param: str) -> None:
+        limit = self.config.limits.max_input_chars
+        if len(text) > limit:
+            raise ApiError(400, f"{param} has {len(text)} characters; the limit is {limit}: split it", param=param)
+        if not text.strip():
+            raise ApiError(400, f"{param} is empty", param=param)
+
+    def _check_capacity(self, loaded: LoadedModel) -> None:
+        queued = loaded.engine.stats()["queued_rows"]
+        if queued >= self.config.limits.max_queued_rows:
+            raise self._busy(f"{queued} rows are already waiting for a slot on this replica")
+
+    def _busy(self, why: str) -> ApiError:
+        seconds = self.config.limits.retry_after_s
+        return ApiError(
+            503, f"server busy: {why}; retry in {seconds} s", kind="server_busy", headers={"Retry-After": str(seconds)}
+        )
+
+    def _request(
+        self, loaded: LoadedModel, text: str, voice: _Voice, speaker: str | None, prompt: str, **sampling: Any
+    ) -> SynthesisRequest:
+        params = SamplingParams(**{"seed": self.config.sampling_seed, **sampling})
+        try:
+            params.validate(4)
+        except ValueError as err:
+            raise ApiError(400, str(err)) from None
+        return SynthesisRequest(
+            id=f"req-{uuid.uuid4().hex[:16]}",
+            text=text,
+            speaker=speaker if speaker is not None else voice.speaker,
+            reference_codes=None if speaker is not None else voice.reference_codes,
+            reference_text="" if speaker is not None else voice.reference_text,
+            params=params,
+            prompt=prompt,
+        )
+
+    async def _whole(self, loaded: LoadedModel, request: SynthesisRequest) -> SynthesisResult:
+        timeout = self.config.limits.request_timeout_s
+        try:
+            (result,) = await asyncio.wait_for(loaded.engine.synthesize([request]), timeout)
+        except asyncio.TimeoutError:
+            raise self._busy(f"the request did not finish within {timeout:.0f} s") from None
+        if result.error:
+            raise ApiError(400 if _is_request_problem(result.error) else 422, result.error, param="input")
+        return result
+
+    async def _open(self, loaded: LoadedModel, request: SynthesisRequest) -> SpeechStream:
+        timeout = self.config.limits.request_timeout_s
+        try:
+            return await asyncio.wait_for(loaded.engine.open_stream(request), timeout)
+        except RequestError as err:
+            raise ApiError(400, str(err), param="input") from None
+        except asyncio.TimeoutError:
+            raise self._busy(f"the request was not accepted within {timeout:.0f} s") from None
+
+    async def _pieces(self, stream: SpeechStream, deadline: float) -> AsyncIterator[np.ndarray]:
+        """The stream's audio pieces until it ends or the deadline passes (then it is cancelled)."""
+        chunks = aiter(stream)
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("stream passed its deadline; cancelled")
+                    return
+                try:
+                    yield await asyncio.wait_for(anext(chunks), remaining)
+                except StopAsyncIteration:
+                    return
+                except asyncio.TimeoutError:
+                    log.warning("stream passed its deadline; cancelled")
+                    return
+        finally:
+            stream.close()
+
+    def _stream_response(
+        self, stream: SpeechStream, encoder: AudioEncoder, sse: bool, headers: dict[str, str]
+    ) -> Response:
+        deadline = time.monotonic() + self.config.limits.request_timeout_s
+
+        async def audio_bytes() -> AsyncIterator[bytes]:
+            async for piece in self._pieces(stream, deadline):
+                data = encoder.push(piece)
+                if data:
+                    yield data
+            tail = encoder.finish()
+            if tail:
+                yield tail
+
+        async def events() -> AsyncIterator[bytes]:
+            async for data in audio_bytes():
+                delta = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
+                yield f"data: {json.dumps(delta)}\n\n".encode()
+            frames = int(stream.result.codes.shape[0]) if stream.result and stream.result.codes is not None else 0
+            done = {"type": "speech.audio.done", "usage": {"input_tokens": 0, "output_tokens": frames}}
+            yield f"data: {json.dumps(done)}\n\n".encode()
+
+        if sse:
+            return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(audio_bytes(), media_type=encoder.media_type, headers=headers)
+
+    # ------------------------------------------------------------------------------------------ routes
+
+    @api.post("/v1/audio/speech")
+    async def speech(self, request: Request) -> Response:
+        """OpenAI-compatible: the `openai` SDK's `client.audio.speech.create(...)` works unchanged."""
+        self._authorize(request)
+        body: SpeechRequest = parse_body(await self._read_body(request), SpeechRequest)
+        name = self._model_name(body.model)
+        self._check_text(body.input, "input")
+        encoder = AudioEncoder(body.response_format)
+        prompt = speed_tag(body.speed) + check_tags(body.instructions or "", "instructions")
+        loaded = await self._model(name)
+        voice_name, voice = self._voice(loaded, body.voice_name())
+        self._check_capacity(loaded)
+        synth_request = self._request(
+            loaded, body.input, voice, None, prompt, max_new_tokens=self.config.engine.max_new_tokens
+        )
+        headers = {"X-Raytts-Model": name, "X-Raytts-Voice": voice_name}
+        if body.stream_format == "sse" or encoder.format in STREAMABLE:
+            stream = await self._open(loaded, synth_request)
+            return self._stream_response(stream, encoder, body.stream_format == "sse", headers)
+        result = await self._whole(loaded, synth_request)
+        return Response(encode_whole(result.audio, encoder.format), media_type=encoder.media_type, headers=headers)
+
+    @api.post("/v1/tts")
+    async def tts(self, request: Request) -> Response:
+        """Native: ChatTTS' controls (seed, speaker string, sampling, control tags), codes on request."""
+        self._authorize(request)
+        body: NativeRequest = parse_body(await self._read_body(request), NativeRequest)
+        name = self._model_name(body.model)
+        self._check_text(body.text, "text")
+        if body.voice is not None and body.speaker is not None:
+            raise ApiError(400, "give either voice or speaker, not both", param="speaker")
+        if body.stream and body.return_codes:
+            raise ApiError(400, "return_codes needs stream=false (codes are complete only at the end)", param="stream")
+        encoder = AudioEncoder(body.response_format)
+        if body.stream and encoder.format not in STREAMABLE:
+            raise ApiError(
+                400, f"stream=true needs response_format in {list(STREAMABLE)}, got {body.response_format!r}"
+            )
+        prompt = check_tags(body.prompt, "prompt")
+        max_new = body.max_new_tokens or self.config.engine.max_new_tokens
+        if max_new > self.config.engine.max_new_tokens:
+            raise ApiError(
+                400, f"max_new_tokens {max_new} exceeds the server's {self.config.engine.max_new_tokens}",
+                param="max_new_tokens",
+            )  # fmt: skip
+        if body.min_new_tokens > max_new:
+            raise ApiError(
+                400, f"min_new_tokens {body.min_new_tokens} > max_new_tokens {max_new}", param="min_new_tokens"
+            )
+        loaded = await self._model(name)
+        voice_name, voice = (None, _Voice()) if body.speaker is not None else self._voice(loaded, body.voice)
+        self._check_capacity(loaded)
+        sampling = dict(
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            repetition_penalty=body.repetition_penalty,
+            min_new_tokens=body.min_new_tokens,
+            max_new_tokens=max_new,
+        )
+        if body.seed is not None:
+            sampling["seed"] = body.seed
+        synth_request = self._request(loaded, body.text, voice, body.speaker, prompt, **sampling)
+        synth_request.normalize = body.normalize
+        headers = {"X-Raytts-Model": name, "X-Raytts-Voice": voice_name or "speaker"}
+        if body.stream:
+            stream = await self._open(loaded, synth_request)
+            return self._stream_response(stream, encoder, False, headers)
+        result = await self._whole(loaded, synth_request)
+        audio = encode_whole(result.audio, encoder.format)
+        if not body.return_codes:
+            return Response(audio, media_type=encoder.media_type, headers=headers)
+        return JSONResponse(
+            {
+                "id": synth_request.id,
+                "model": name,
+                "voice": voice_name,
+                "sample_rate": result.sample_rate,
+                "duration_s": result.audio.size / result.sample_rate,
+                "segments": result.segments,
+                "truncated_segments": result.truncated_segments,
+                "format": encoder.format,
+                "audio": base64.b64encode(audio).decode(),
+                "codes": result.codes.tolist(),
+            },
+            headers=headers,
+        )
+
+    @api.get("/v1/models")
+    async def list_models(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        names = [*self.config.models, *(a for a in self.config.model_aliases if a not in self.config.models)]
+        return {
+            "object": "list",
+            "data": [{"id": n, "object": "model", "created": 0, "owned_by": "raytts"} for n in names],
+        }
+
+    @api.get("/v1/voices")
+    async def list_voices(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        kinds = {
+            n: "seed" if v.seed is not None else "speaker" if v.speaker else "reference"
+            for n, v in self.config.voices.items()
+        }
+        return {"object": "list", "data": [{"id": n, "kind": k} for n, k in kinds.items()]}
+
+    @api.get("/v1/stats")
+    async def stats(self, request: Request) -> dict[str, Any]:
+        """This replica's engines (steps, concurrency, occupancy) and memory (for operators and tests)."""
+        self._authorize(request)
+        memory: dict[str, int] = {"rss_bytes": _rss_bytes(), "tensor_bytes": await asyncio.to_thread(tensor_bytes)}
+        import torch
+
+        if torch.cuda.is_available():
+            memory["cuda_allocated_bytes"] = torch.cuda.memory_allocated()
+            memory["cuda_reserved_bytes"] = torch.cuda.memory_reserved()
+        return {
+            "replica": serve.get_replica_context().replica_tag if _in_serve() else "local",
+            "pid": os.getpid(),
+            "loaded": list(self.models),
+            "loads": self.loads,
+            "unloads": self.unloads,
+            "engines": {name: m.engine.stats() for name, m in self.models.items() if m.engine is not None},
+            "memory": memory,
+        }
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        await self.check_health()
+        return {"status": "ok", "loaded": list(self.models)}
+
+
+def build_app(args: dict[str, Any], deployment: DeploymentSpec | None = None) -> serve.Application:
+    """The Serve application for `args` (a ServeConfig mapping); `deployment` overrides the replica options."""
+    config = ServeConfig.model_validate(args)
+    options: dict[str, Any] = {}
+    num_gpus = None if deployment is None else deployment.num_gpus
+    if num_gpus is None:
+        num_gpus = 0.0 if config.engine.device == "cpu" else (1.0 if _cluster_has_gpus() else 0.0)
+    actor_options: dict[str, Any] = {"num_gpus": num_gpus}
+    if deployment is not None:
+        actor_options["num_cpus"] = deployment.num_cpus
+        options.update(
+            name=deployment.name,
+            max_ongoing_requests=deployment.max_ongoing_requests,
+            max_queued_requests=deployment.max_queued_requests,
+            health_check_period_s=deployment.health_check_period_s,
+            health_check_timeout_s=deployment.health_check_timeout_s,
+        )
+        if deployment.num_replicas is not None:
+            options.update(num_replicas=deployment.num_replicas, autoscaling_config=None)
+        else:
+            options["autoscaling_config"] = AutoscalingConfig(
+                min_replicas=deployment.min_replicas,
+                max_replicas=deployment.max_replicas,
+                target_ongoing_requests=deployment.target_ongoing_requests,
+                upscale_delay_s=30,
+                downscale_delay_s=300,
+            )
+    options["backpressure_config"] = BackpressureConfig(status_code=503, retry_after_s=config.limits.retry_after_s)
+    return TTSServer.options(ray_actor_options=actor_options, **options).bind(config.model_dump())
+
+
+def _cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0

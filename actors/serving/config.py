@@ -1,0 +1,197 @@
+"""The online service's configuration: the Serve application's `args` (models, voices, engine, limits, auth)
+plus the deployment knobs `raytts serve` applies. Validated at the edge with pydantic; every field described.
+
+The same mapping is what a Serve config file passes as `args:` to `actors.serving.app:build_app`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.config import _set
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    source: str = Field(description="Checkpoint folder, s3://... URI, hf://2Noise/ChatTTS[@rev], or 'tiny'.")
+    fsq: Literal["classic", "symmetric"] = Field("classic", description="DVAE quantiser numerics.")
+    verify: Literal["auto", "always", "never"] = Field("auto", description="sha256 check of official files.")
+
+
+class VoiceSpec(_Strict):
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Speaker sampled from the model's statistics.")
+    speaker: str | None = Field(None, description="An upstream speaker string (`spk_emb`).")
+    reference_audio: str | None = Field(
+        None, description="Reference speech (file path or URI, <= 8 s), encoded once per loaded model."
+    )
+    reference_text: str = Field("", description="Transcript of the reference audio.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> VoiceSpec:
+        given = [n for n in ("seed", "speaker", "reference_audio") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a voice needs exactly one of seed, speaker, reference_audio; got {given or 'none'}")
+        return self
+
+
+class EngineSpec(_Strict):
+    device: str = Field("auto", description="cuda, cpu or auto (CUDA when torch sees a GPU).")
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        None, description="Default float16 on CUDA, float32 on CPU."
+    )
+    budget_fraction: float = Field(
+        0.85, gt=0, le=0.95, description="Share of free GPU memory each loaded model may use (divided by models)."
+    )
+    budget_mib: int | None = Field(None, ge=16, description="Explicit per-model budget (overrides the fraction).")
+    max_slots: int | None = Field(None, ge=1, description="Cap on rows generating at once per model.")
+    max_prompt_tokens: int = Field(640, ge=16, description="Prompt tokens reserved per slot.")
+    max_new_tokens: int = Field(2048, ge=1, description="GPT steps per segment (46.875 per audio second).")
+    max_segment_tokens: int = Field(120, ge=8, description="Longer text is split at sentence ends into segments.")
+    decoder: Literal["hidden", "dvae"] = Field("hidden", description="Decode from GPT hidden states or codes.")
+    stream_chunk_steps: int = Field(
+        12, ge=1, description="Streamed audio is decoded every this many GPT steps (12 steps = 0.256 s of audio)."
+    )
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per replica (default: torch's choice).")
+
+
+class LimitsSpec(_Strict):
+    max_input_chars: int = Field(4096, ge=1, description="Longest `input` accepted (OpenAI's limit is 4096).")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; bigger ones get 413.")
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="A request not finished by then is dropped from the engine and answered 503."
+    )
+    max_queued_rows: int = Field(
+        1024, ge=1, description="Rows waiting for a slot per model before new requests get 503 + Retry-After."
+    )
+    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 answers.")
+    max_models_per_replica: int = Field(
+        1, ge=1, description="Checkpoints resident per replica; the least recently used is unloaded beyond it."
+    )
+
+
+class AuthSpec(_Strict):
+    api_keys: list[str] = Field(default_factory=list, description="Accepted bearer tokens.")
+    api_keys_env: str = Field(
+        "RAYTTS_API_KEYS", description="Environment variable with more comma-separated tokens (read by replicas)."
+    )
+
+    def keys(self) -> list[str]:
+        extra = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
+        return [*self.api_keys, *extra]
+
+
+class ServeConfig(_Strict):
+    models: dict[str, ModelSpec] = Field(
+        default_factory=lambda: {"tiny": ModelSpec(source="tiny")},
+        description="Checkpoints by the name clients pass as `model`.",
+    )
+    default_model: str | None = Field(None, description="Model for requests naming none (default: the first).")
+    model_aliases: dict[str, str] = Field(
+        default_factory=lambda: {"tts-1": "", "tts-1-hd": "", "gpt-4o-mini-tts": ""},
+        description="Extra model names (e.g. OpenAI's) mapped to a configured model; '' means the default model.",
+    )
+    voices: dict[str, VoiceSpec] = Field(
+        default_factory=lambda: {"default": VoiceSpec(seed=2)}, description="Named speakers clients pass as `voice`."
+    )
+    default_voice: str | None = Field(None, description="Voice for native requests naming none (default: first).")
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+    sampling_seed: int = Field(0, ge=0, lt=2**63, description="Sampling seed when a request gives none.")
+
+    @model_validator(mode="after")
+    def _names(self) -> ServeConfig:
+        if not self.models:
+            raise ValueError("models needs at least one checkpoint")
+        if self.default_model is not None and self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not one of models {sorted(self.models)}")
+        for alias, target in self.model_aliases.items():
+            if target and target not in self.models:
+                raise ValueError(f"model_aliases.{alias} -> {target!r} is not one of models {sorted(self.models)}")
+        if not self.voices:
+            raise ValueError("voices needs at least one named voice")
+        if self.default_voice is not None and self.default_voice not in self.voices:
+            raise ValueError(f"default_voice {self.default_voice!r} is not one of voices {sorted(self.voices)}")
+        return self
+
+    def model_name(self, requested: str | None) -> str | None:
+        """The configured model a request's `model` means, or None when it names no known model."""
+        if requested is None or requested == "":
+            return self.default_model or next(iter(self.models))
+        if requested in self.models:
+            return requested
+        if requested in self.model_aliases:
+            return self.model_aliases[requested] or self.default_model or next(iter(self.models))
+        return None
+
+    def voice_name(self, requested: str | None) -> str:
+        return requested or self.default_voice or next(iter(self.voices))
+
+
+class DeploymentSpec(_Strict):
+    name: str = Field("TTSServer", description="Serve deployment name.")
+    num_replicas: int | None = Field(None, ge=1, description="Fixed replica count (instead of autoscaling).")
+    min_replicas: int = Field(1, ge=0, description="Autoscaling minimum.")
+    max_replicas: int = Field(4, ge=1, description="Autoscaling maximum.")
+    target_ongoing_requests: float = Field(
+        64, gt=0, description="Autoscaling target of requests in flight per replica (keep it near the slot count)."
+    )
+    max_ongoing_requests: int = Field(
+        256, ge=1, description="Requests one replica holds at once; must be >= its slots or batches shrink."
+    )
+    max_queued_requests: int = Field(512, ge=1, description="Requests waiting for a replica before 503.")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per replica (default 1 unless engine.device=cpu).")
+    num_cpus: float = Field(1, ge=0, description="CPUs per replica.")
+    health_check_period_s: float = Field(10, gt=0)
+    health_check_timeout_s: float = Field(30, gt=0)
+
+
+class ServerConfig(_Strict):
+    """`raytts serve CONFIG`: the application plus where it listens and how it is deployed."""
+
+    host: str = Field("127.0.0.1", description="Bind address; anything but loopback requires API keys.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    app: ServeConfig = Field(default_factory=ServeConfig)
+    deployment: DeploymentSpec = Field(default_factory=DeploymentSpec)
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None) -> ServerConfig:
+        data: dict[str, Any] = {}
+        if path is not None:
+            loaded = yaml.safe_load(Path(path).read_text())
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: expected a YAML mapping at the top level")
+            data = loaded
+        for dotted, value in (overrides or {}).items():
+            _set(data, dotted.split("."), value)
+        config = cls.model_validate(data)
+        if path is not None:
+            config = config.model_copy(update={"app": resolve_paths(config.app, Path(path).resolve().parent)})
+        return config
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def resolve_paths(config: ServeConfig, base: Path) -> ServeConfig:
+    """Relative local paths (checkpoints, reference audio) in a config file are relative to that file."""
+
+    def fix(p: str) -> str:
+        if "://" in p or Path(p).is_absolute() or p == "tiny":
+            return p
+        return str((base / p).resolve())
+
+    models = {name: spec.model_copy(update={"source": fix(spec.source)}) for name, spec in config.models.items()}
+    voices = {
+        name: spec.model_copy(update={"reference_audio": fix(spec.reference_audio)}) if spec.reference_audio else spec
+        for name, spec in config.voices.items()
+    }
+    return config.model_copy(update={"models": models, "voices": voices})

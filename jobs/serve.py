@@ -1,0 +1,53 @@
+"""`raytts serve`: start (or join) Ray, start Serve on HOST:PORT and run the raytts application until Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+from actors.serving.config import LOOPBACK_HOSTS, ServerConfig
+
+log = logging.getLogger(__name__)
+
+
+def run_server(config: ServerConfig, address: str | None = None, ready: threading.Event | None = None) -> int:
+    import ray
+    from ray import serve
+
+    from actors.serving.app import build_app
+
+    if config.host not in LOOPBACK_HOSTS and not config.app.auth.keys():
+        raise ValueError(
+            f"binding to {config.host} needs API keys: set {config.app.auth.api_keys_env}=KEY[,KEY...] or "
+            f"app.auth.api_keys, or bind to 127.0.0.1"
+        )
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        if address:
+            ray.init(address=address)
+        elif os.environ.get("RAY_ADDRESS"):
+            ray.init()
+        else:
+            ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1))
+    try:
+        serve.start(http_options={"host": config.host, "port": config.port})
+        app = build_app(config.app.model_dump(), deployment=config.deployment)
+        serve.run(app, name="raytts", route_prefix="/")
+        print(
+            f"raytts serving on http://{config.host}:{config.port}  (POST /v1/audio/speech, POST /v1/tts)", flush=True
+        )
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        if ready is not None:
+            ready.set()
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        serve.shutdown()
+        return 0
+    finally:
+        if owns_ray:
+            ray.shutdown()

@@ -1,0 +1,464 @@
+"""The online service: a real `serve.run` on 127.0.0.1 with the tiny model, driven by the official `openai` SDK
+and by raw HTTP clients. Three applications share one Serve instance: `/` (the main one), `/mux` (two
+checkpoints, one resident at a time) and `/small` (one slot, tiny queues, API keys: overload and auth)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.support.s3 import free_port
+
+pytestmark = pytest.mark.timeout(900)
+
+REPO = Path(__file__).resolve().parents[1]
+NARRATOR = REPO / "jobs" / "examples" / "speakers" / "narrator.flac"
+KEY = "test-key-123"
+
+
+def _app_args(models: dict, **overrides) -> dict:
+    args = {
+        "models": {name: {"source": str(path)} for name, path in models.items()},
+        "voices": {
+            "alloy": {"seed": 2},
+            "echo": {"seed": 7},
+            "narrator": {"reference_audio": str(NARRATOR), "reference_text": "a calm narrator voice"},
+        },
+        "engine": {
+            "device": "cpu",
+            "budget_mib": 64,
+            "max_slots": 48,
+            "max_new_tokens": 160,
+            "max_prompt_tokens": 128,
+            "stream_chunk_steps": 6,
+        },
+        "limits": {"max_input_chars": 500, "max_body_bytes": 64 << 10, "request_timeout_s": 120},
+    }
+    for key, value in overrides.items():
+        args[key] = {**args.get(key, {}), **value}
+    return args
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, tmp_path_factory):
+    import ray
+    from ray import serve
+
+    from actors.make_checkpoint import write_checkpoint
+    from actors.serving.app import build_app
+    from actors.serving.config import DeploymentSpec
+
+    second = tmp_path_factory.mktemp("tiny-ck-b")
+    write_checkpoint(second, "tiny", 1)
+    if ray.is_initialized():
+        ray.shutdown()
+    tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # AF_UNIX socket paths must stay short
+    os.environ["RAY_TMPDIR"] = tmp
+    ray.init(address="local", num_cpus=6, include_dashboard=False, _temp_dir=tmp, configure_logging=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    one = DeploymentSpec(num_replicas=1, max_ongoing_requests=128, max_queued_requests=256, num_cpus=1)
+    serve.run(build_app(_app_args({"a": tiny_checkpoint}), one), name="main", route_prefix="/")
+    mux = _app_args({"a": tiny_checkpoint, "b": second}, limits={"max_models_per_replica": 1})
+    serve.run(build_app(mux, one), name="mux", route_prefix="/mux")
+    small = _app_args(
+        {"a": tiny_checkpoint},
+        engine={"max_slots": 1},
+        limits={"max_queued_rows": 1, "retry_after_s": 3},
+        auth={"api_keys": [KEY]},
+    )
+    tight = DeploymentSpec(num_replicas=1, max_ongoing_requests=2, max_queued_requests=2, num_cpus=1)
+    serve.run(build_app(small, tight), name="small", route_prefix="/small")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _client(base: str, api_key: str = "unused"):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{base}/v1", api_key=api_key, max_retries=0, timeout=120)
+
+
+def _http(url: str, body: bytes | None = None, headers: dict | None = None, method: str | None = None):
+    """(status, headers, body) of one request; never raises for an HTTP error status."""
+    request = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def _post(url: str, payload: dict, headers: dict | None = None):
+    return _http(url, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
+
+
+def _stats(base: str, headers: dict | None = None) -> dict:
+    status, _, body = _http(f"{base}/v1/stats", headers=headers)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def _decode(data: bytes, fmt: str) -> np.ndarray:
+    if fmt == "pcm":
+        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0  # soundfile's scale
+    audio, rate = sf.read(io.BytesIO(data), dtype="float32")
+    assert rate == 24000
+    return audio
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+
+
+def test_openai_sdk_speech_create_returns_playable_audio_in_every_format(server):
+    client = _client(server)
+    text = "Hello from raytts, the speech server."
+    decoded = {}
+    for fmt in ("wav", "flac", "pcm", "mp3", "opus"):
+        response = client.audio.speech.create(model="tts-1", voice="alloy", input=text, response_format=fmt)
+        decoded[fmt] = _decode(response.content, fmt)
+        assert decoded[fmt].size > 2400, f"{fmt}: {decoded[fmt].size} samples"
+    # wav and pcm are produced by the streaming path, flac by the one-shot path: same samples (16-bit both).
+    assert decoded["wav"].shape == decoded["flac"].shape == decoded["pcm"].shape
+    assert _rel(decoded["wav"], decoded["flac"]) < 1e-3
+    np.testing.assert_array_equal(decoded["wav"], decoded["pcm"])
+    # Lossy codecs: same duration within codec padding.
+    for fmt in ("mp3", "opus"):
+        assert abs(decoded[fmt].size - decoded["flac"].size) < 0.1 * decoded["flac"].size + 2400, fmt
+    models = client.models.list()
+    assert {"a", "tts-1"} <= {m.id for m in models.data}
+
+
+def test_streamed_speech_joins_to_the_non_streamed_audio(server):
+    client = _client(server)
+    text = "Streaming speech arrives in pieces. Each piece is final when it is sent. The join is the whole."
+    before = _stats(server)["engines"]["a"]["stream_chunks"]
+    with client.audio.speech.with_streaming_response.create(
+        model="a", voice="echo", input=text, response_format="pcm"
+    ) as response:
+        assert response.headers["content-type"] == "audio/pcm"
+        pieces = [piece for piece in response.iter_bytes() if piece]
+    streamed = _decode(b"".join(pieces), "pcm")
+    whole = _decode(
+        client.audio.speech.create(model="a", voice="echo", input=text, response_format="flac").content, "flac"
+    )
+    assert streamed.shape == whole.shape
+    assert _rel(streamed, whole) < 1e-3
+    assert _stats(server)["engines"]["a"]["stream_chunks"] - before >= 2, "the engine must decode it incrementally"
+
+    # Server-sent events: base64 deltas of the same audio, then a done event with usage.
+    status, headers, body = _post(
+        f"{server}/v1/audio/speech",
+        {"model": "a", "voice": "echo", "input": text, "response_format": "pcm", "stream_format": "sse"},
+    )
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: ")]
+    assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["output_tokens"] > 0
+    import base64
+
+    sse_audio = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
+    assert sse_audio == b"".join(pieces)
+
+
+def test_native_stream_arrives_in_several_pieces(server):
+    payload = {"text": "a long streamed line.", "voice": "alloy", "min_new_tokens": 150, "max_new_tokens": 160}
+    request = urllib.request.Request(
+        f"{server}/v1/tts",
+        data=json.dumps({**payload, "stream": True, "response_format": "wav"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    pieces = []
+    with urllib.request.urlopen(request, timeout=120) as response:
+        while piece := response.read1(1 << 16):
+            pieces.append(piece)
+    assert len(pieces) >= 2, "a 150-step row must arrive in several reads"
+    streamed = _decode(b"".join(pieces), "wav")
+    status, _, body = _post(f"{server}/v1/tts", {**payload, "response_format": "wav"})
+    assert status == 200
+    whole = _decode(body, "wav")
+    assert streamed.shape == whole.shape and _rel(streamed, whole) < 1e-3
+
+
+def test_native_controls_seed_speaker_reference_and_codes(server):
+    url = f"{server}/v1/tts"
+    base = {"text": "the same words every time.", "return_codes": True, "max_new_tokens": 60}
+    runs = {}
+    for name, extra in {
+        "seed1": {"seed": 1},
+        "seed1_again": {"seed": 1},
+        "seed2": {"seed": 2},
+        "speaker": {"seed": 1, "speaker": "seed:99"},
+        "reference": {"seed": 1, "voice": "narrator"},
+        "hot": {"seed": 1, "temperature": 0.9, "top_p": 0.95, "top_k": 50, "repetition_penalty": 1.3},
+    }.items():
+        status, _, body = _post(url, {**base, **extra})
+        assert status == 200, body
+        runs[name] = json.loads(body)
+    codes = {name: np.asarray(r["codes"]) for name, r in runs.items()}
+    for name, c in codes.items():
+        assert c.ndim == 2 and c.shape[1] == 4 and c.shape[0] >= 1, name
+        audio = _decode(__import__("base64").b64decode(runs[name]["audio"]), "wav")
+        assert audio.size == (2 * c.shape[0] - 1) * 256, f"{name}: 2 mel frames (hop 256) per code step"
+    np.testing.assert_array_equal(codes["seed1"], codes["seed1_again"])
+    for other in ("seed2", "speaker", "reference", "hot"):
+        assert not np.array_equal(codes["seed1"], codes[other]), f"{other} must change the codes"
+
+
+def test_32_concurrent_requests_share_engine_steps(server):
+    before = _stats(server)["engines"]["a"]
+
+    def one(i: int) -> int:
+        status, _, body = _post(
+            f"{server}/v1/tts",
+            {"text": f"concurrent request {i}.", "seed": i, "return_codes": True, "min_new_tokens": 100, "max_new_tokens": 120},
+        )  # fmt: skip
+        assert status == 200, body
+        return len(json.loads(body)["codes"])
+
+    with ThreadPoolExecutor(32) as pool:
+        frames = list(pool.map(one, range(32)))
+    after = _stats(server)["engines"]["a"]
+    steps = after["steps"] - before["steps"]
+    assert after["finished"] - before["finished"] == 32
+    # One at a time would need >= sum(frames) decode steps; shared steps need about the longest row's.
+    assert steps < sum(frames) / 8, f"{steps} engine steps for {sum(frames)} frames: requests did not share steps"
+    assert after["max_concurrent"] >= 16, after
+
+
+def _malformed(rng: random.Random, n: int) -> list[tuple[str, str, bytes, dict]]:
+    """(label, path, body, headers) of requests that are all wrong in some way."""
+    good = {"model": "tts-1", "input": "hello.", "voice": "alloy", "response_format": "wav"}
+    native = {"text": "hello.", "voice": "alloy"}
+    json_headers = {"Content-Type": "application/json"}
+    junk_values = [None, 1, -1, 1.5, "x", "", [], {}, [1], {"a": 1}, True, "9" * 40, float("nan"), 1e308]
+    speech_fields = ["model", "input", "voice", "response_format", "speed", "stream_format", "instructions"]
+    native_fields = ["text", "voice", "speaker", "seed", "temperature", "top_p", "top_k", "repetition_penalty",
+                     "min_new_tokens", "max_new_tokens", "prompt", "response_format", "stream", "return_codes"]  # fmt: skip
+    cases: list[tuple[str, str, bytes, dict]] = []
+    raw_bodies = [b"", b"{", b"not json", b"[1,2]", b'"text"', b"\xff\xfe\x00", b"{'model': 1}", b"null", b"123"]
+    while len(cases) < n:
+        kind = rng.randrange(12)
+        if kind == 0:
+            cases.append(("bad json", "/v1/audio/speech", rng.choice(raw_bodies), json_headers))
+        elif kind == 1:
+            body = dict(good)
+            field = rng.choice(speech_fields)
+            value = rng.choice(junk_values)
+            if field == "voice" and isinstance(value, str) and value:
+                value = value + "-unknown"
+            if field == "input" and isinstance(value, str) and value.strip():
+                value = 123  # a string input would be valid
+            if field == "speed" and isinstance(value, int | float) and not isinstance(value, bool):
+                value = 99
+            if field == "instructions":
+                value = value + " plain words" if isinstance(value, str) else 5
+            body[field] = value
+            cases.append((f"speech {field}={value!r:.20}", "/v1/audio/speech", json.dumps(body).encode(), json_headers))
+        elif kind == 2:
+            body = dict(native)
+            field = rng.choice(native_fields)
+            value = rng.choice([v for v in junk_values if not (field in ("stream", "return_codes") and v is True)])
+            if field in ("voice",) and isinstance(value, str) and value:
+                value += "-unknown"
+            if field == "text" and isinstance(value, str) and value.strip():
+                value = ["list"]
+            invalid_numbers = {"seed": -5, "temperature": 0, "top_p": 2, "top_k": -1, "repetition_penalty": 0,
+                               "min_new_tokens": 10**6, "max_new_tokens": 10**5}  # fmt: skip
+            if field in invalid_numbers and isinstance(value, int | float) and not isinstance(value, bool):
+                value = invalid_numbers[field]
+            if field in ("speaker", "voice") and value is None:
+                value = 0
+            if field == "seed" and value is None:
+                value = -5
+            if field == "max_new_tokens" and value is None:
+                value = 10_000
+            if field == "speaker" and isinstance(value, str):
+                value = "not a speaker string " + value
+                body.pop("voice")
+            if field == "prompt" and isinstance(value, str):
+                value = value + " words"
+            body[field] = value
+            cases.append((f"tts {field}={value!r:.20}", "/v1/tts", json.dumps(body).encode(), json_headers))
+        elif kind == 3:
+            body = {**good, "input": "x" * rng.randint(501, 20_000)}
+            cases.append(("long input", "/v1/audio/speech", json.dumps(body).encode(), json_headers))
+        elif kind == 4:
+            cases.append(("huge body", "/v1/tts", b'{"text": "' + b"a" * (70 << 10) + b'"}', json_headers))
+        elif kind == 5:
+            body = {**good, "model": rng.choice(["tts-2", "b", "", "../a", "a" * 300])}
+            cases.append(("unknown model", "/v1/audio/speech", json.dumps(body).encode(), json_headers))
+        elif kind == 6:
+            body = {**good, "response_format": rng.choice(["aac", "ogg", "mp4", "WAV", "m4a"])}
+            cases.append(("bad format", "/v1/audio/speech", json.dumps(body).encode(), json_headers))
+        elif kind == 7:
+            body = {**good, **{rng.choice(["extra", "seed", "Voice"]): 1}}
+            cases.append(("unknown field", "/v1/audio/speech", json.dumps(body).encode(), json_headers))
+        elif kind == 8:
+            missing = dict(good)
+            missing.pop(rng.choice(["model", "input", "voice"]))
+            cases.append(("missing field", "/v1/audio/speech", json.dumps(missing).encode(), json_headers))
+        elif kind == 9:
+            token = rng.choice(["", "Bearer", "Bearer wrong", "Basic abc", "Bearer " + KEY + "x", KEY])
+            headers = {**json_headers, **({"Authorization": token} if token else {})}
+            cases.append(("bad token", "/small/v1/audio/speech", json.dumps(good).encode(), headers))
+        elif kind == 10:
+            text = rng.choice(["   ", "\n\t", "1234 5678", "!!!???", "\u200b"])
+            cases.append(("unspeakable", "/v1/tts", json.dumps({**native, "text": text}).encode(), json_headers))
+        else:
+            path = rng.choice(["/v1/audio/speech2", "/v1/audio", "/admin", "/v1/tts/x", "/v1/models/x"])
+            cases.append(("unknown route", path, json.dumps(good).encode(), json_headers))
+    return cases
+
+
+def test_a_thousand_malformed_requests_get_only_4xx_and_the_server_stays_up(server):
+    cases = _malformed(random.Random(1234), 1100)
+
+    def send(case):
+        label, path, body, headers = case
+        status, _, reply = _http(f"{server}{path}", body, headers, method="POST")
+        return label, status, reply
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(send, cases))
+    wrong = [(label, status, reply[:120]) for label, status, reply in results if not 400 <= status < 500]
+    assert not wrong, f"{len(wrong)} malformed requests got a non-4xx answer: {sorted({w[:2] for w in wrong})}"
+    for label, status, reply in results:
+        if status != 404 or not label.startswith("unknown route"):
+            error = json.loads(reply)["error"]
+            assert error["message"], label
+    kinds = {label.split(" ")[0] if label.startswith(("speech ", "tts ")) else label for label, _, _ in results}
+    assert len(kinds) >= 12, kinds
+    status, _, body = _post(f"{server}/v1/audio/speech", {"model": "a", "input": "still here.", "voice": "alloy", "response_format": "wav"})  # fmt: skip
+    assert status == 200 and _decode(body, "wav").size > 0
+
+
+def test_overload_yields_503_with_retry_after_and_nothing_else(server):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    payload = {"text": "keep the one slot busy.", "min_new_tokens": 140, "max_new_tokens": 150}
+
+    def one(i: int):
+        return _post(f"{server}/small/v1/tts", {**payload, "seed": i}, auth)
+
+    with ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(one, range(24)))
+    statuses = [status for status, _, _ in results]
+    assert set(statuses) <= {200, 503}, statuses
+    busy = [(headers, body) for status, headers, body in results if status == 503]
+    assert busy, "24 concurrent long requests against one slot and tiny queues must be refused in part"
+    assert statuses.count(200) >= 2
+    for headers, _ in busy:
+        retry = {k.lower(): v for k, v in headers.items()}.get("retry-after")
+        assert retry is not None and int(float(retry)) >= 1, headers
+    status, _, body = _post(f"{server}/small/v1/tts", {"text": "after the storm.", "max_new_tokens": 20}, auth)
+    assert status == 200, body
+
+
+def test_bearer_auth_when_keys_are_configured(server):
+    assert _http(f"{server}/small/v1/models")[0] == 401
+    assert _http(f"{server}/small/v1/models", headers={"Authorization": "Bearer nope"})[0] == 401
+    status, _, body = _http(f"{server}/small/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+    assert status == 200 and json.loads(body)["data"]
+    assert _http(f"{server}/healthz")[0] == 200
+
+
+def test_switching_models_returns_the_evicted_models_memory(server):
+    """A -> B -> A with one resident model: tensor memory comes back to the single-model level (CPU accounting:
+    every live tensor storage in the replica, summed by /v1/stats)."""
+    base = f"{server}/mux"
+
+    def speak(model: str) -> None:
+        status, _, body = _post(f"{base}/v1/tts", {"model": model, "text": "switch models.", "max_new_tokens": 20})
+        assert status == 200, body
+
+    speak("a")
+    first = _stats(base)
+    speak("b")
+    middle = _stats(base)
+    speak("a")
+    last = _stats(base)
+    assert first["loaded"] == ["a"] and middle["loaded"] == ["b"] and last["loaded"] == ["a"]
+    assert last["unloads"] - first["unloads"] == 2
+    single = first["memory"]["tensor_bytes"]
+    assert middle["memory"]["tensor_bytes"] < 1.5 * single, "model a's tensors stayed resident after eviction"
+    drift = abs(last["memory"]["tensor_bytes"] - single) / single
+    assert drift < 0.05, f"tensor memory after A->B->A is {drift:.1%} away from the single-model level"
+
+
+def test_serve_cli_refuses_public_bind_without_keys():
+    from actors.serving.config import ServerConfig
+    from jobs.serve import run_server
+
+    config = ServerConfig.model_validate({"host": "0.0.0.0"})
+    with pytest.raises(ValueError, match="needs API keys"):
+        run_server(config)
+
+
+def test_serve_config_files_validate():
+    from actors.serving.config import ServerConfig
+
+    config = ServerConfig.load(REPO / "jobs" / "examples" / "serve.yaml")
+    assert Path(config.app.voices["narrator"].reference_audio) == NARRATOR
+    with pytest.raises(ValueError, match="exactly one of"):
+        ServerConfig.model_validate({"app": {"voices": {"x": {"seed": 1, "speaker": "abc"}}}})
+
+
+@pytest.mark.slow
+def test_raytts_serve_command_answers_the_openai_sdk(tmp_path):
+    """`raytts serve jobs/examples/serve.yaml` in its own process (own Ray), stopped with SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "RAY_TMPDIR": tempfile.mkdtemp(prefix="rv", dir="/tmp"),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-m", "jobs.cli", "serve", str(REPO / "jobs/examples/serve.yaml"), "--port", str(port)]
+    log = open(tmp_path / "serve.log", "wb")
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if _http(f"{base}/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("raytts serve did not become healthy in 180 s")
+        client = _client(base)
+        audio = _decode(
+            client.audio.speech.create(model="tts-1", voice="narrator", input="From the command line.", response_format="flac").content,
+            "flac",
+        )  # fmt: skip
+        assert audio.size > 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+            pytest.fail("raytts serve did not stop within 60 s of SIGTERM")
+        log.close()
+    assert process.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
