@@ -12,7 +12,7 @@ from actors.serving.config import LOOPBACK_HOSTS, ServerConfig
 log = logging.getLogger(__name__)
 
 
-def run_server(config: ServerConfig, address: str | None = None, ready: threading.Event | None = None) -> int:
+def run_server(config: ServerConfig, address: str | None = None) -> int:
     import ray
     from ray import serve
 
@@ -31,6 +31,9 @@ def run_server(config: ServerConfig, address: str | None = None, ready: threadin
             ray.init()
         else:
             ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1))
+    # After ray.init: Ray's driver installs a failure handler for SIGTERM that would kill us uncleanly.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
         app = build_app(config.app.model_dump(), deployment=config.deployment)
@@ -38,10 +41,6 @@ def run_server(config: ServerConfig, address: str | None = None, ready: threadin
         print(
             f"raytts serving on http://{config.host}:{config.port}  (POST /v1/audio/speech, POST /v1/tts)", flush=True
         )
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        if ready is not None:
-            ready.set()
         try:
             stop.wait()
         except KeyboardInterrupt:

@@ -438,11 +438,13 @@ def test_raytts_serve_command_answers_the_openai_sdk(tmp_path):
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if _http(f"{base}/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
+            # Ready = the command printed its URL (serve.run returned), and the replica answers.
+            if b"raytts serving on" in (tmp_path / "serve.log").read_bytes():
+                try:
+                    if _http(f"{base}/healthz")[0] == 200:
+                        break
+                except OSError:
+                    pass
             time.sleep(1)
         else:
             pytest.fail("raytts serve did not become healthy in 180 s")

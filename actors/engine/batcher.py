@@ -193,6 +193,7 @@ class ContinuousBatcher:
         self.plan = plan
         self.spk_emb_id = spk_emb_id
         self.check_every = max(1, check_every)
+        self.bucket = 8 if model.device.type == "cuda" else 1
         config = model.config.gpt
         self.config = config
         device = model.device
@@ -322,9 +323,10 @@ class ContinuousBatcher:
     def _decode_step(self) -> None:
         config = self.config
         occupied = [i for i, o in enumerate(self.owner) if o is not None]
-        # Slots fill from the bottom, so the pool's live part is a prefix; bucket it to a multiple of 8 so a
-        # compiled step sees few shapes. Everything below works on views of that prefix: nothing is gathered.
-        n = min(self.plan.slots, ceil_to(occupied[-1] + 1, 8))
+        # Slots fill from the bottom, so the pool's live part is a prefix; on CUDA it is bucketed to a multiple of
+        # 8 so a compiled step sees few shapes (on CPU the exact prefix: idle rows would cost real time).
+        # Everything below works on views of that prefix: nothing is gathered.
+        n = min(self.plan.slots, ceil_to(occupied[-1] + 1, self.bucket))
         live = (self.live & ~self.eos & (self.produced < self.max_new))[:n]
         steps = self.produced[:n]
         hidden = self.hidden[:n]

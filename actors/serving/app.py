@@ -20,6 +20,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -176,8 +177,11 @@ def tensor_bytes() -> int:
 
     gc.unfreeze()  # objects Serve froze at start-up are invisible to gc.get_objects()
     seen: dict[int, int] = {}
-    for obj in gc.get_objects():
-        if isinstance(obj, torch.Tensor) and obj.device.type != "meta":
+    with warnings.catch_warnings():  # isinstance() on deprecated torch module attributes warns
+        warnings.simplefilter("ignore", FutureWarning)
+        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    for obj in tensors:
+        if obj.device.type != "meta":
             try:
                 storage = obj.untyped_storage()
             except RuntimeError:  # tensors without storage (e.g. sparse / functional wrappers)
@@ -193,8 +197,8 @@ def _rss_bytes() -> int:
 
 @serve.deployment(
     name="TTSServer",
-    max_ongoing_requests=256,
-    max_queued_requests=512,
+    max_ongoing_requests=512,
+    max_queued_requests=1024,
     backpressure_config=BackpressureConfig(status_code=503, retry_after_s=5),
     autoscaling_config=AutoscalingConfig(
         min_replicas=1, max_replicas=4, target_ongoing_requests=64, upscale_delay_s=30, downscale_delay_s=300
