@@ -362,26 +362,23 @@ class ContinuousBatcher:
 
     def _collect(self) -> list[FinishedRow]:
         done = (self.eos | (self.produced >= self.max_new)) & self.live
-        # The one host sync of a `check_every` block: which rows finished, and how long they are.
-        flags = done.tolist()
+        # The one host sync of a `check_every` block: which rows finished, how long every row is, and whether
+        # each ended by EOS, in a single transfer.
+        flags, lengths, eos = (row.tolist() for row in torch.stack([done.long(), self.produced, self.eos.long()]).cpu())
         streaming = [s for s, o in enumerate(self.owner) if o is not None and o.stream and not flags[s]]
-        if not any(flags) and not streaming:
-            return []
-        lengths = self.produced.tolist()
         self.progress = [
             PartialRow(self.owner[s].key, self.codes[s, : lengths[s]], self.hidden_out[s, : lengths[s]])
             for s in streaming
         ]
         if not any(flags):
             return []
-        eos = self.eos.tolist()
         finished = []
         for slot, is_done in enumerate(flags):
             if not is_done:
                 continue
             request = self.owner[slot]
             n = lengths[slot]
-            finished.append(FinishedRow(request.key, self.codes[slot, :n], self.hidden_out[slot, :n], eos[slot]))
+            finished.append(FinishedRow(request.key, self.codes[slot, :n], self.hidden_out[slot, :n], bool(eos[slot])))
             self.owner[slot] = None
             self.host_position[slot] = 0
         index = torch.tensor([s for s, f in enumerate(flags) if f], device=self.device)
