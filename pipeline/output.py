@@ -52,7 +52,8 @@ _HF_FEATURES = {
     "seed": {"dtype": "int64", "_type": "Value"},
     "segments": {"dtype": "int32", "_type": "Value"},
     "truncated_segments": {"dtype": "int32", "_type": "Value"},
-    "codes": {"feature": {"feature": {"dtype": "int16", "_type": "Value"}, "_type": "List"}, "_type": "List"},
+    # "Sequence" (not 4.x's "List"): every `datasets` version reads it (4.x+ as List(List(int16))).
+    "codes": {"feature": {"feature": {"dtype": "int16", "_type": "Value"}, "_type": "Sequence"}, "_type": "Sequence"},
     "model": {"dtype": "string", "_type": "Value"},
     "error": {"dtype": "string", "_type": "Value"},
 }
