@@ -464,3 +464,19 @@ def test_raytts_serve_command_answers_the_openai_sdk(tmp_path):
             pytest.fail("raytts serve did not stop within 60 s of SIGTERM")
         log.close()
     assert process.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
+
+
+def test_requests_racing_model_switches_finish_or_get_503(server):
+    """Requests for two models interleaved on a one-model replica: a model is unloaded only once the requests
+    holding it are done, so every request gets its audio (the others wait for their model to be loaded)."""
+    base = f"{server}/mux"
+
+    def one(i: int):
+        model = "ab"[i % 2]
+        return _post(f"{base}/v1/tts", {"model": model, "text": f"race {i}.", "seed": i, "max_new_tokens": 40})
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(16)))
+    assert [status for status, _, _ in results] == [200] * 16, [(s, b[:200]) for s, _, b in results if s != 200]
+    assert all(_decode(body, "wav").size > 0 for _, _, body in results)
+    assert _stats(base)["unloads"] >= 2, "the requests must have switched models"

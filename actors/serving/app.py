@@ -34,7 +34,7 @@ from ray import serve
 from ray.serve.config import AutoscalingConfig, BackpressureConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from actors.async_engine import SpeechStream
+from actors.async_engine import AsyncSynthesizer, SpeechStream
 from actors.engine.sampling import SamplingParams
 from actors.replica import RequestError, SynthesisRequest, SynthesisResult
 
@@ -86,9 +86,10 @@ class LoadedModel:
     """One checkpoint resident on this replica: its engine and its voices (reference audio encoded for it)."""
 
     name: str
-    engine: Any  # AsyncSynthesizer
+    engine: AsyncSynthesizer | None
     voices: dict[str, _Voice] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
+    users: int = 0  # requests holding a lease on it (an evicted model is unloaded once this reaches 0)
 
     def close(self) -> None:
         """Stop the engine loop and drop every reference to the model so its memory is returned."""
@@ -110,12 +111,26 @@ class LoadedModel:
             torch.cuda.empty_cache()
 
 
+class _Lease:
+    """A request's hold on a loaded model, released when its response is complete (streams: when they end)."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.streaming = False
+        self._held = True
+        loaded.users += 1
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.loaded.users -= 1
+
+
 def _load(name: str, config: ServeConfig, budget_share: int) -> LoadedModel:
     """Build a replica engine for model `name` (blocking: run it off the event loop)."""
     import smart_open
     import soundfile as sf
 
-    from actors.async_engine import AsyncSynthesizer
     from actors.engine.batcher import default_budget_bytes
     from actors.replica import Synthesizer, _pick_device
 
@@ -269,11 +284,18 @@ class TTSServer:
             while len(self.models) >= limit:
                 evicted_name, evicted = self.models.popitem(last=False)
                 log.info("unloading model %s to make room for %s", evicted_name, name)
+                await self._drain(evicted)
                 await asyncio.to_thread(evicted.close)
                 self.unloads += 1
             loaded = await asyncio.to_thread(_load, name, self.config, limit)
             self._install(name, loaded)
             return loaded
+
+    async def _drain(self, loaded: LoadedModel) -> None:
+        """Let requests already on an evicted model finish (bounded by the request timeout) before unloading."""
+        deadline = time.monotonic() + self.config.limits.request_timeout_s
+        while loaded.users > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -334,7 +356,7 @@ class TTSServer:
             raise ApiError(400, f"{param} is empty", param=param)
 
     def _check_capacity(self, loaded: LoadedModel) -> None:
-        queued = loaded.engine.stats()["queued_rows"]
+        queued = self._engine(loaded).stats()["queued_rows"]
         if queued >= self.config.limits.max_queued_rows:
             raise self._busy(f"{queued} rows are already waiting for a slot on this replica")
 
@@ -362,12 +384,19 @@ class TTSServer:
             prompt=prompt,
         )
 
+    def _engine(self, loaded: LoadedModel) -> AsyncSynthesizer:
+        if loaded.engine is None:
+            raise self._busy(f"model {loaded.name} was just unloaded to make room for another")
+        return loaded.engine
+
     async def _whole(self, loaded: LoadedModel, request: SynthesisRequest) -> SynthesisResult:
         timeout = self.config.limits.request_timeout_s
         try:
-            (result,) = await asyncio.wait_for(loaded.engine.synthesize([request]), timeout)
+            (result,) = await asyncio.wait_for(self._engine(loaded).synthesize([request]), timeout)
         except asyncio.TimeoutError:
             raise self._busy(f"the request did not finish within {timeout:.0f} s") from None
+        except RuntimeError as err:  # the engine was closed (model unloaded) or died (the health check restarts us)
+            raise self._busy(str(err)) from None
         if result.error:
             raise ApiError(400 if _is_request_problem(result.error) else 422, result.error, param="input")
         return result
@@ -375,11 +404,13 @@ class TTSServer:
     async def _open(self, loaded: LoadedModel, request: SynthesisRequest) -> SpeechStream:
         timeout = self.config.limits.request_timeout_s
         try:
-            return await asyncio.wait_for(loaded.engine.open_stream(request), timeout)
+            return await asyncio.wait_for(self._engine(loaded).open_stream(request), timeout)
         except RequestError as err:
             raise ApiError(400, str(err), param="input") from None
         except asyncio.TimeoutError:
             raise self._busy(f"the request was not accepted within {timeout:.0f} s") from None
+        except RuntimeError as err:
+            raise self._busy(str(err)) from None
 
     async def _pieces(self, stream: SpeechStream, deadline: float) -> AsyncIterator[np.ndarray]:
         """The stream's audio pieces until it ends or the deadline passes (then it is cancelled)."""
@@ -401,18 +432,22 @@ class TTSServer:
             stream.close()
 
     def _stream_response(
-        self, stream: SpeechStream, encoder: AudioEncoder, sse: bool, headers: dict[str, str]
+        self, stream: SpeechStream, encoder: AudioEncoder, sse: bool, headers: dict[str, str], lease: _Lease
     ) -> Response:
         deadline = time.monotonic() + self.config.limits.request_timeout_s
+        lease.streaming = True  # released when the body ends (or, if the client never reads it, at eviction timeout)
 
         async def audio_bytes() -> AsyncIterator[bytes]:
-            async for piece in self._pieces(stream, deadline):
-                data = encoder.push(piece)
-                if data:
-                    yield data
-            tail = encoder.finish()
-            if tail:
-                yield tail
+            try:
+                async for piece in self._pieces(stream, deadline):
+                    data = encoder.push(piece)
+                    if data:
+                        yield data
+                tail = encoder.finish()
+                if tail:
+                    yield tail
+            finally:
+                lease.release()
 
         async def events() -> AsyncIterator[bytes]:
             async for data in audio_bytes():
@@ -437,18 +472,23 @@ class TTSServer:
         self._check_text(body.input, "input")
         encoder = AudioEncoder(body.response_format)
         prompt = speed_tag(body.speed) + check_tags(body.instructions or "", "instructions")
-        loaded = await self._model(name)
-        voice_name, voice = self._voice(loaded, body.voice_name())
-        self._check_capacity(loaded)
-        synth_request = self._request(
-            loaded, body.input, voice, None, prompt, max_new_tokens=self.config.engine.max_new_tokens
-        )
-        headers = {"X-Raytts-Model": name, "X-Raytts-Voice": voice_name}
-        if body.stream_format == "sse" or encoder.format in STREAMABLE:
-            stream = await self._open(loaded, synth_request)
-            return self._stream_response(stream, encoder, body.stream_format == "sse", headers)
-        result = await self._whole(loaded, synth_request)
-        return Response(encode_whole(result.audio, encoder.format), media_type=encoder.media_type, headers=headers)
+        lease = _Lease(await self._model(name))
+        try:
+            loaded = lease.loaded
+            voice_name, voice = self._voice(loaded, body.voice_name())
+            self._check_capacity(loaded)
+            synth_request = self._request(
+                loaded, body.input, voice, None, prompt, max_new_tokens=self.config.engine.max_new_tokens
+            )
+            headers = {"X-Raytts-Model": name, "X-Raytts-Voice": voice_name}
+            if body.stream_format == "sse" or encoder.format in STREAMABLE:
+                stream = await self._open(loaded, synth_request)
+                return self._stream_response(stream, encoder, body.stream_format == "sse", headers, lease)
+            result = await self._whole(loaded, synth_request)
+            return Response(encode_whole(result.audio, encoder.format), media_type=encoder.media_type, headers=headers)
+        finally:
+            if not lease.streaming:
+                lease.release()
 
     @api.post("/v1/tts")
     async def tts(self, request: Request) -> Response:
@@ -477,44 +517,49 @@ class TTSServer:
             raise ApiError(
                 400, f"min_new_tokens {body.min_new_tokens} > max_new_tokens {max_new}", param="min_new_tokens"
             )
-        loaded = await self._model(name)
-        voice_name, voice = (None, _Voice()) if body.speaker is not None else self._voice(loaded, body.voice)
-        self._check_capacity(loaded)
-        sampling = dict(
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            repetition_penalty=body.repetition_penalty,
-            min_new_tokens=body.min_new_tokens,
-            max_new_tokens=max_new,
-        )
-        if body.seed is not None:
-            sampling["seed"] = body.seed
-        synth_request = self._request(loaded, body.text, voice, body.speaker, prompt, **sampling)
-        synth_request.normalize = body.normalize
-        headers = {"X-Raytts-Model": name, "X-Raytts-Voice": voice_name or "speaker"}
-        if body.stream:
-            stream = await self._open(loaded, synth_request)
-            return self._stream_response(stream, encoder, False, headers)
-        result = await self._whole(loaded, synth_request)
-        audio = encode_whole(result.audio, encoder.format)
-        if not body.return_codes:
-            return Response(audio, media_type=encoder.media_type, headers=headers)
-        return JSONResponse(
-            {
-                "id": synth_request.id,
-                "model": name,
-                "voice": voice_name,
-                "sample_rate": result.sample_rate,
-                "duration_s": result.audio.size / result.sample_rate,
-                "segments": result.segments,
-                "truncated_segments": result.truncated_segments,
-                "format": encoder.format,
-                "audio": base64.b64encode(audio).decode(),
-                "codes": result.codes.tolist(),
-            },
-            headers=headers,
-        )
+        lease = _Lease(await self._model(name))
+        try:
+            loaded = lease.loaded
+            voice_name, voice = (None, _Voice()) if body.speaker is not None else self._voice(loaded, body.voice)
+            self._check_capacity(loaded)
+            sampling = dict(
+                temperature=body.temperature,
+                top_p=body.top_p,
+                top_k=body.top_k,
+                repetition_penalty=body.repetition_penalty,
+                min_new_tokens=body.min_new_tokens,
+                max_new_tokens=max_new,
+            )
+            if body.seed is not None:
+                sampling["seed"] = body.seed
+            synth_request = self._request(loaded, body.text, voice, body.speaker, prompt, **sampling)
+            synth_request.normalize = body.normalize
+            headers = {"X-Raytts-Model": name, "X-Raytts-Voice": voice_name or "speaker"}
+            if body.stream:
+                stream = await self._open(loaded, synth_request)
+                return self._stream_response(stream, encoder, False, headers, lease)
+            result = await self._whole(loaded, synth_request)
+            audio = encode_whole(result.audio, encoder.format)
+            if not body.return_codes:
+                return Response(audio, media_type=encoder.media_type, headers=headers)
+            return JSONResponse(
+                {
+                    "id": synth_request.id,
+                    "model": name,
+                    "voice": voice_name,
+                    "sample_rate": result.sample_rate,
+                    "duration_s": result.audio.size / result.sample_rate,
+                    "segments": result.segments,
+                    "truncated_segments": result.truncated_segments,
+                    "format": encoder.format,
+                    "audio": base64.b64encode(audio).decode(),
+                    "codes": result.codes.tolist(),
+                },
+                headers=headers,
+            )
+        finally:
+            if not lease.streaming:
+                lease.release()
 
     @api.get("/v1/models")
     async def list_models(self, request: Request) -> dict[str, Any]:
