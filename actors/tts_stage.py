@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ STAGE_SCHEMA = pa.schema(
 
 class TTSStage:
     def __init__(self, job: dict[str, Any], speakers: dict[str, dict[str, Any]], duplicates: dict[str, str]) -> None:
+        started = time.perf_counter()
         import torch
 
         from pipeline.config import JobConfig
@@ -68,6 +70,7 @@ class TTSStage:
         self.speakers = speakers
         self.duplicates = duplicates
         self.worker = f"{_node_id()[:12]}/{os.getpid()}"
+        log.info("TTS stage %s ready in %.1f s", self.worker, time.perf_counter() - started)
 
     async def __call__(self, table: pa.Table) -> pa.Table:
         from actors.engine.sampling import SamplingParams

@@ -51,8 +51,10 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
 
-def rope_inv_freq(config: GPTConfig) -> torch.Tensor:
-    exponents = torch.arange(0, config.head_dim, 2, dtype=torch.int64).float() / config.head_dim
+def rope_inv_freq(config: GPTConfig, device: torch.device | str = "cpu") -> torch.Tensor:
+    # An explicit device: under a `torch.device("meta")` build context, meta math would import torch's
+    # decomposition tables (~2 s of start-up per engine replica) for a buffer that is rebuilt after loading.
+    exponents = torch.arange(0, config.head_dim, 2, dtype=torch.int64, device=device).float() / config.head_dim
     return 1.0 / (config.rope_theta**exponents)
 
 
@@ -151,7 +153,7 @@ class LlamaBackbone(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
 
     def reset_derived_buffers(self, device: torch.device | str) -> None:
-        self.register_buffer("inv_freq", rope_inv_freq(self.config).to(device), persistent=False)
+        self.register_buffer("inv_freq", rope_inv_freq(self.config, device), persistent=False)
 
     def forward(
         self,

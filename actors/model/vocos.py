@@ -56,7 +56,7 @@ class ISTFTHead(nn.Module):
         self.n_fft = config.n_fft
         self.hop_length = config.hop_length
         self.out = nn.Linear(config.dim, config.n_fft + 2)
-        self.register_buffer("window", torch.hann_window(config.n_fft))
+        self.register_buffer("window", torch.hann_window(config.n_fft, device="cpu"))  # see LogMel: no meta math
 
     def forward(self, features: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
         """features [B, F, dim] -> waveform [B, hop*(F-1)]; `frames` [B] = real frames per row (default F)."""
