@@ -115,8 +115,17 @@ def read_outputs(output: str, columns: list[str]) -> pa.Table:
             log.warning("removing unreadable part %s (%s): its rows will be redone", info.path, err)
             fs.delete_file(info.path)
     if not tables:
-        return pa.table({c: pa.array([], type=RUN_SCHEMA.field(c).type) for c in columns})
+        return pa.table({c: pa.array([], type=_column_type(c)) for c in columns}).rename_columns(
+            [c.split(".")[-1] for c in columns]
+        )
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _column_type(column: str) -> pa.DataType:
+    """The type of a (possibly nested, 'audio.path') output column."""
+    name, _, child = column.partition(".")
+    field_type = RUN_SCHEMA.field(name).type
+    return field_type.field(child).type if child else field_type
 
 
 def finished_keys(output: str, retry_failed: bool) -> set[str]:
@@ -248,6 +257,7 @@ def _run(config: JobConfig, started: float) -> JobReport:
 
     parsed = ray.data.read_binary_files(text_files, include_paths=True).flat_map(_parse_text).materialize()
     keys = [(r["id"], r["source"]) for r in parsed.select_columns(["id", "source"]).iter_rows()]
+    log.info("parsed %d input rows in %.1f s", len(keys), time.perf_counter() - started)
     duplicates = find_duplicates(keys)
     todo = [k for k in keys if row_key(*k) not in finished]
     report.skipped_finished = len(keys) - len(todo)
@@ -291,14 +301,16 @@ def _run(config: JobConfig, started: float) -> JobReport:
             )
         )
         stage.write_parquet(f"{output}/parts")
+        log.info("synthesis stages done at %.1f s", time.perf_counter() - started)
     report.wall_seconds = time.perf_counter() - started
     return _finish_report(report, output, finished)
 
 
 def _finish_report(report: JobReport, output: str, finished_before: set[str]) -> JobReport:
-    table = read_outputs(output, ["id", "source", "error", "duration_s", "worker", "engine_occupancy", "audio"])
+    # Only the audio's path: reading the `audio` struct would pull every row's encoded bytes back in.
+    table = read_outputs(output, ["id", "source", "error", "duration_s", "worker", "engine_occupancy", "audio.path"])
     rows = table.select(["id", "source", "error", "duration_s", "worker", "engine_occupancy"]).to_pylist()
-    paths = [a["path"] if a else None for a in table.column("audio").to_pylist()]
+    paths = table.column("path").to_pylist()
     report.rows = len(rows)
     workers: dict[str, dict[str, float]] = {}
     manifest_lines = []
