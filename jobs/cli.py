@@ -160,19 +160,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import yaml
     from pydantic import ValidationError
 
     from pipeline.config import JobConfig
     from pipeline.job import run_job
 
-    overrides: dict = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"raytts run: --set expects KEY=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        overrides[key] = yaml.safe_load(value)
+    overrides = _overrides("run", args.set)
+    if overrides is None:
+        return 2
     if args.input:
         overrides["inputs.text"] = args.input
     if args.speakers:

@@ -112,18 +112,8 @@ class JobConfig(_Strict):
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None) -> JobConfig:
-        data: dict[str, Any] = {}
-        base = Path(".")
-        if path is not None:
-            base = Path(path).resolve().parent
-            loaded = yaml.safe_load(Path(path).read_text())
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{path}: expected a YAML mapping at the top level")
-            data = loaded
-        for dotted, value in (overrides or {}).items():
-            _set(data, dotted.split("."), value)
-        config = cls.model_validate(data)
-        return config.resolved_against(base)
+        config = cls.model_validate(load_mapping(path, overrides))
+        return config.resolved_against(Path(path).resolve().parent if path is not None else Path("."))
 
     def resolved_against(self, base: Path) -> JobConfig:
         """Relative local paths in a config file are relative to that file."""
@@ -139,6 +129,19 @@ class JobConfig(_Strict):
         output = self.output.model_copy(update={"path": fix(self.output.path)})
         model = self.model if self.model == "tiny" or self.model.startswith("hf://") else fix(self.model)
         return self.model_copy(update={"inputs": inputs, "output": output, "model": model})
+
+
+def load_mapping(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A YAML file's top-level mapping (empty without a file) with dotted-key overrides applied."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text())
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a YAML mapping at the top level")
+        data = loaded
+    for dotted, value in (overrides or {}).items():
+        _set(data, dotted.split("."), value)
+    return data
 
 
 def _set(data: dict[str, Any], keys: list[str], value: Any) -> None:

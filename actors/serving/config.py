@@ -10,10 +10,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.config import _set
+from pipeline.config import load_mapping
 
 
 class _Strict(BaseModel):
@@ -167,15 +166,7 @@ class ServerConfig(_Strict):
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None) -> ServerConfig:
-        data: dict[str, Any] = {}
-        if path is not None:
-            loaded = yaml.safe_load(Path(path).read_text())
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{path}: expected a YAML mapping at the top level")
-            data = loaded
-        for dotted, value in (overrides or {}).items():
-            _set(data, dotted.split("."), value)
-        config = cls.model_validate(data)
+        config = cls.model_validate(load_mapping(path, overrides))
         if path is not None:
             config = config.model_copy(update={"app": resolve_paths(config.app, Path(path).resolve().parent)})
         return config
