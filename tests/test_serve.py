@@ -106,8 +106,8 @@ def _post(url: str, payload: dict, headers: dict | None = None):
     return _http(url, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
 
 
-def _stats(base: str, headers: dict | None = None) -> dict:
-    status, _, body = _http(f"{base}/v1/stats", headers=headers)
+def _stats(base: str, headers: dict | None = None, tensors: bool = False) -> dict:
+    status, _, body = _http(f"{base}/v1/stats" + ("?tensors=true" if tensors else ""), headers=headers)
     assert status == 200, body
     return json.loads(body)
 
@@ -385,11 +385,11 @@ def test_switching_models_returns_the_evicted_models_memory(server):
         assert status == 200, body
 
     speak("a")
-    first = _stats(base)
+    first = _stats(base, tensors=True)
     speak("b")
-    middle = _stats(base)
+    middle = _stats(base, tensors=True)
     speak("a")
-    last = _stats(base)
+    last = _stats(base, tensors=True)
     assert first["loaded"] == ["a"] and middle["loaded"] == ["b"] and last["loaded"] == ["a"]
     assert last["unloads"] - first["unloads"] == 2
     single = first["memory"]["tensor_bytes"]

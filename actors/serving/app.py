@@ -580,10 +580,13 @@ class TTSServer:
         return {"object": "list", "data": [{"id": n, "kind": k} for n, k in kinds.items()]}
 
     @api.get("/v1/stats")
-    async def stats(self, request: Request) -> dict[str, Any]:
-        """This replica's engines (steps, concurrency, occupancy) and memory (for operators and tests)."""
+    async def stats(self, request: Request, tensors: bool = False) -> dict[str, Any]:
+        """This replica's engines (steps, concurrency, occupancy) and memory. `?tensors=true` adds the bytes of
+        every live tensor (a full scan of the heap: for checks and tests, not for frequent polling)."""
         self._authorize(request)
-        memory: dict[str, int] = {"rss_bytes": _rss_bytes(), "tensor_bytes": await asyncio.to_thread(tensor_bytes)}
+        memory: dict[str, int] = {"rss_bytes": _rss_bytes()}
+        if tensors:
+            memory["tensor_bytes"] = await asyncio.to_thread(tensor_bytes)
         import torch
 
         if torch.cuda.is_available():
