@@ -48,10 +48,9 @@ class _Cancel:
 class SpeechStream:
     """One streamed request: iterate for float32 audio pieces in order; `result` holds codes etc. at the end."""
 
-    def __init__(self, engine: AsyncSynthesizer, job: _Job, segments: int) -> None:
+    def __init__(self, engine: AsyncSynthesizer, job: _Job) -> None:
         self._engine = engine
         self._job = job
-        self.segments = segments
         self.result: SynthesisResult | None = None
         self._closed = False
 
@@ -120,8 +119,7 @@ class AsyncSynthesizer:
             raise RequestError(value)
         if kind == "failed":
             raise RuntimeError(value)
-        stream = SpeechStream(self, job, segments=value)
-        return stream
+        return SpeechStream(self, job)
 
     def stats(self) -> dict[str, Any]:
         """A snapshot of the engine's counters (read from another thread: good enough for monitoring/tests)."""

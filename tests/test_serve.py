@@ -480,3 +480,16 @@ def test_requests_racing_model_switches_finish_or_get_503(server):
     assert [status for status, _, _ in results] == [200] * 16, [(s, b[:200]) for s, _, b in results if s != 200]
     assert all(_decode(body, "wav").size > 0 for _, _, body in results)
     assert _stats(base)["unloads"] >= 2, "the requests must have switched models"
+
+
+def test_encoded_responses_clip_instead_of_wrapping():
+    """Samples beyond [-1, 1] must saturate in 16-bit responses (a wrap would turn a loud peak into a click)."""
+    from actors.serving.api import AudioEncoder, encode_whole
+
+    audio = np.array([1.5, -2.0, 0.5, 1.0], dtype=np.float32)
+    expected = np.array([32767, -32768, 16384, 32767])
+    for fmt in ("wav", "flac"):
+        decoded, _ = sf.read(io.BytesIO(encode_whole(audio, fmt)), dtype="int16")
+        assert abs(decoded.astype(int) - expected).max() <= 1, (fmt, decoded)
+    streamed = AudioEncoder("pcm").push(audio)
+    assert abs(np.frombuffer(streamed, "<i2").astype(int) - expected).max() <= 1

@@ -18,6 +18,7 @@ import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from actors.model.config import SAMPLE_RATE
+from pipeline.output import encode_audio
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 
@@ -199,7 +200,7 @@ class _Sink(io.RawIOBase):
         return out
 
 
-_CONTAINERS = {"flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III"), "opus": ("OGG", "OPUS")}
+_CONTAINERS = {"mp3": ("MP3", "MPEG_LAYER_III"), "opus": ("OGG", "OPUS")}
 
 
 class AudioEncoder:
@@ -258,10 +259,8 @@ def encode_whole(audio: np.ndarray, response_format: str, sample_rate: int = SAM
     """One finished waveform -> a complete file of `response_format` (sizes filled in)."""
     if response_format == "pcm":
         return pcm16(audio)
-    if response_format == "wav":
-        buffer = io.BytesIO()
-        sf.write(buffer, audio, sample_rate, format="WAV", subtype="PCM_16")
-        return buffer.getvalue()
+    if response_format in ("wav", "flac"):
+        return encode_audio(audio, sample_rate, response_format)  # the job's writer: clips before 16-bit
     container, subtype = _CONTAINERS[response_format]
     buffer = io.BytesIO()
     sf.write(buffer, np.asarray(audio, dtype=np.float32), sample_rate, format=container, subtype=subtype)

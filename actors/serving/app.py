@@ -366,9 +366,7 @@ class TTSServer:
             503, f"server busy: {why}; retry in {seconds} s", kind="server_busy", headers={"Retry-After": str(seconds)}
         )
 
-    def _request(
-        self, loaded: LoadedModel, text: str, voice: _Voice, speaker: str | None, prompt: str, **sampling: Any
-    ) -> SynthesisRequest:
+    def _request(self, text: str, voice: _Voice, speaker: str | None, prompt: str, **sampling: Any) -> SynthesisRequest:
         params = SamplingParams(**{"seed": self.config.sampling_seed, **sampling})
         try:
             params.validate(4)
@@ -478,7 +476,7 @@ class TTSServer:
             voice_name, voice = self._voice(loaded, body.voice_name())
             self._check_capacity(loaded)
             synth_request = self._request(
-                loaded, body.input, voice, None, prompt, max_new_tokens=self.config.engine.max_new_tokens
+                body.input, voice, None, prompt, max_new_tokens=self.config.engine.max_new_tokens
             )
             headers = {"X-Raytts-Model": name, "X-Raytts-Voice": voice_name}
             if body.stream_format == "sse" or encoder.format in STREAMABLE:
@@ -532,7 +530,7 @@ class TTSServer:
             )
             if body.seed is not None:
                 sampling["seed"] = body.seed
-            synth_request = self._request(loaded, body.text, voice, body.speaker, prompt, **sampling)
+            synth_request = self._request(body.text, voice, body.speaker, prompt, **sampling)
             synth_request.normalize = body.normalize
             headers = {"X-Raytts-Model": name, "X-Raytts-Voice": voice_name or "speaker"}
             if body.stream:
