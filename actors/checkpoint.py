@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .model import ChatTTSModel
+from .model.chattts import ChatTTSModel
 from .model.config import GPTConfig, ModelConfig
 
 log = logging.getLogger(__name__)

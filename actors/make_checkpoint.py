@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from .checkpoint import RAYTTS_CONFIG, asset_dir, gpt_config_to_json
-from .model import ChatTTSModel
+from .model.chattts import ChatTTSModel
 from .model.config import ModelConfig
 from .model.mel import mel_filterbank
 

@@ -6,15 +6,19 @@ names the source line and the reason, and flows to the output like any other row
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from actors.engine.sampling import SamplingParams
-from actors.replica import RequestError, SynthesisRequest, validate_id
+from actors.validation import RequestError, validate_id
+
+if TYPE_CHECKING:  # torch-free at import: the parse tasks that use this module never load the model
+    from actors.engine.sampling import SamplingParams
+    from actors.replica import SynthesisRequest
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,8 @@ def mark_duplicates(rows: list[InputRow]) -> None:
 
 def to_request(row: InputRow, defaults: SamplingParams, speaker: str | None, normalize: bool) -> SynthesisRequest:
     """Validate field types and build a request; raises RequestError with the row's source in the message."""
+    from actors.replica import SynthesisRequest  # the engine's side: torch is loaded there anyway
+
     data = row.fields
     text = data.get("text")
     if not isinstance(text, str):
@@ -108,7 +114,7 @@ def to_request(row: InputRow, defaults: SamplingParams, speaker: str | None, nor
     row_speaker = data.get("speaker", speaker)
     if row_speaker is not None and not isinstance(row_speaker, str):
         raise RequestError(f"{row.source}: speaker must be a string ('seed:N' or a speaker string)")
-    params = SamplingParams(**{**defaults.__dict__, **overrides})
+    params = dataclasses.replace(defaults, **overrides)
     try:
         params.validate(4)
     except ValueError as err:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +18,9 @@ import pyarrow.parquet as pq
 import soundfile as sf
 
 from actors.model.config import SAMPLE_RATE
-from actors.replica import SynthesisResult
+
+if TYPE_CHECKING:  # torch-free at import: the store stage encodes audio without loading the model
+    from actors.replica import SynthesisResult
 
 AUDIO_FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16"), "ogg": ("OGG", "VORBIS")}
 

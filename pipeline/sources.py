@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from actors.replica import RequestError, validate_id
+from actors.validation import RequestError, validate_id
 
 from .inputs import parse_json_line
 

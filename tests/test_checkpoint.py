@@ -139,7 +139,7 @@ def test_builtin_tiny_is_written_once_and_reused(tmp_path):
 
 def test_full_preset_shapes_match_the_published_model():
     """The full preset is the real model's size; parameter counts as documented for ChatTTS."""
-    from actors.model import ChatTTSModel
+    from actors.model.chattts import ChatTTSModel
 
     with torch.device("meta"):
         model = ChatTTSModel(ModelConfig.from_name("full"))

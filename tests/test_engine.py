@@ -8,8 +8,8 @@ import torch
 
 from actors.engine.generate import CodePrompt, decode_waveforms, generate, prompt_embeddings
 from actors.engine.sampling import SamplingBatch, SamplingParams, process_logits, sample
-from actors.model import KVCache
 from actors.model.config import frames_to_samples
+from actors.model.gpt import KVCache
 from actors.speaker import normalized_speaker, random_speaker
 from actors.text import decorate
 

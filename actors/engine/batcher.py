@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..model import ChatTTSModel, KVCache
+from ..model.chattts import ChatTTSModel
 from ..model.config import GPTConfig, ModelConfig
+from ..model.gpt import KVCache
 from .sampling import PENALTY_WINDOW, SamplingBatch, SamplingParams, penalty_counts, process_logits, sample
 
 _MASK32 = 0xFFFFFFFF

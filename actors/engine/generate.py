@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model import ChatTTSModel
+from ..model.chattts import ChatTTSModel
 from ..model.config import HOP_LENGTH, frames_to_samples
 from ..model.vocos import frame_mask
 from .batcher import ContinuousBatcher, SlotPlan

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model import ChatTTSModel
+from ..model.chattts import ChatTTSModel
 from ..model.config import ModelConfig
 from .generate import decode_waveforms
 
