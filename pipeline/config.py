@@ -94,6 +94,9 @@ class OutputConfig(_Strict):
     audio_format: Literal["flac", "wav", "ogg"] = Field("flac", description="Encoding of audio bytes and files.")
     audio_files: bool = Field(True, description="Also write {path}/audio/{id}.{format} objects.")
     save_codes: bool = Field(False, description="Keep the [T, 4] codes column.")
+    writers: int = Field(
+        4, ge=1, description="Most store actors (encode audio, write objects and Parquet parts); autoscaled from 1."
+    )
 
 
 class JobConfig(_Strict):

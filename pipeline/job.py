@@ -1,12 +1,14 @@
 """`raytts run`: the offline job as a Ray Data graph, resumable, with every input row accounted for exactly once.
 
 Graph: read shards as bytes -> parse rows (CPU) -> drop rows finished by earlier runs -> repartition by rows ->
-TTS actors (one engine replica each, several batches in flight) -> encode + store audio (CPU) -> Parquet parts.
+TTS actors (one engine replica each, several batches in flight) -> store actors (CPU, autoscaled): encode audio,
+write audio objects and the block's Parquet part. The driver only sees one small summary row per block.
 
-Exactly-once: each run appends Parquet files under `{output}/parts/`; a row's key is its id (or its source
-line when it has none). Before running, the job reads the keys already present in readable part files (a
-truncated file left by a killed driver is removed first) and skips them, so a re-run after any crash finishes
-only the missing rows and the union of parts holds every input key exactly once.
+Exactly-once: each run adds Parquet parts under `{output}/parts/`, each named by a digest of its rows' keys (a
+block that Ray Data retries rewrites its own part); a row's key is its id (or its source line when it has none).
+Before running, the job reads the keys already present in readable parts (leftovers of killed writers are removed
+first) and skips them, so a re-run after any crash finishes only the missing rows and the union of parts holds
+every input key exactly once.
 """
 
 from __future__ import annotations
@@ -20,31 +22,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
-
 from .config import JobConfig
-from .output import SCHEMA, hf_metadata
+from .parts import drop_failed_rows, filesystem, read_outputs, row_key
 from .sources import SPEAKER_EXTENSIONS, TEXT_EXTENSIONS, expand_paths, parse_speaker_shard, parse_text_shard
 
 log = logging.getLogger(__name__)
-
-RUN_SCHEMA = pa.schema(
-    [
-        *SCHEMA,
-        pa.field("source", pa.string()),
-        pa.field("worker", pa.string()),
-        pa.field("engine_occupancy", pa.float64()),
-    ],
-    metadata=hf_metadata(
-        {
-            "source": {"dtype": "string", "_type": "Value"},
-            "worker": {"dtype": "string", "_type": "Value"},
-            "engine_occupancy": {"dtype": "float64", "_type": "Value"},
-        }
-    ),
-)
 
 
 @dataclass
@@ -86,56 +68,16 @@ class JobReport:
         }
 
 
-def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" not in uri or uri.startswith("file://"):
-        path = os.path.abspath(uri.removeprefix("file://"))
-        return pafs.LocalFileSystem(), path
-    return pafs.FileSystem.from_uri(uri)
-
-
-def row_key(row_id: str | None, source: str) -> str:
-    return row_id if row_id else f"@{source}"
-
-
-def read_outputs(output: str, columns: list[str]) -> pa.Table:
-    """Readable part files under {output}/parts; truncated ones (a killed writer) are deleted."""
-    fs, base = _fs(output)
-    parts = f"{base}/parts"
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(parts, recursive=True, allow_not_found=True))
-    except (OSError, pa.ArrowInvalid):
-        infos = []
-    tables = []
-    for info in infos:
-        if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
-            continue
-        try:
-            tables.append(pq.read_table(info.path, filesystem=fs, columns=columns))
-        except (OSError, pa.ArrowInvalid) as err:
-            log.warning("removing unreadable part %s (%s): its rows will be redone", info.path, err)
-            fs.delete_file(info.path)
-    if not tables:
-        return pa.table({c: pa.array([], type=_column_type(c)) for c in columns}).rename_columns(
-            [c.split(".")[-1] for c in columns]
-        )
-    return pa.concat_tables(tables, promote_options="permissive")
-
-
-def _column_type(column: str) -> pa.DataType:
-    """The type of a (possibly nested, 'audio.path') output column."""
-    name, _, child = column.partition(".")
-    field_type = RUN_SCHEMA.field(name).type
-    return field_type.field(child).type if child else field_type
-
-
 def finished_keys(output: str, retry_failed: bool) -> set[str]:
-    table = read_outputs(output, ["id", "source", "error"])
-    keys = set()
-    for row_id, source, error in zip(*(table.column(c).to_pylist() for c in ("id", "source", "error")), strict=True):
-        if retry_failed and error is not None:
-            continue
-        keys.add(row_key(row_id, source))
-    return keys
+    """Keys of rows earlier runs already wrote. With `retry_failed`, failed rows are first removed from their parts
+    (so the redone rows do not appear twice) and are not counted as finished."""
+    table = read_outputs(output, ["id", "source", "error"], clean=True)
+    if retry_failed and table.column("error").null_count != table.num_rows:
+        log.info("retry_failed: removed %d failed rows from earlier parts to redo them", drop_failed_rows(output))
+        table = read_outputs(output, ["id", "source", "error"], clean=True)
+    return {
+        row_key(i, s) for i, s in zip(table.column("id").to_pylist(), table.column("source").to_pylist(), strict=True)
+    }
 
 
 def _source_order(source: str) -> tuple[str, int]:
@@ -256,14 +198,18 @@ def _run(config: JobConfig, started: float) -> JobReport:
         return _finish_report(report, output, finished)
 
     parsed = ray.data.read_binary_files(text_files, include_paths=True).flat_map(_parse_text).materialize()
-    keys = [(r["id"], r["source"]) for r in parsed.select_columns(["id", "source"]).iter_rows()]
+    # Keys straight from the parsed blocks (zero-copy reads of the object store), not through another Ray Data op.
+    blocks = [ray.get(ref).select(["id", "source"]) for ref in parsed.to_arrow_refs()]
+    keys = [k for b in blocks for k in zip(b.column("id").to_pylist(), b.column("source").to_pylist(), strict=True)]
     log.info("parsed %d input rows in %.1f s", len(keys), time.perf_counter() - started)
     duplicates = find_duplicates(keys)
     todo = [k for k in keys if row_key(*k) not in finished]
     report.skipped_finished = len(keys) - len(todo)
     report.this_run = len(todo)
     if todo:
-        pending = parsed.filter(fn=lambda r: row_key(r["id"], r["source"]) not in finished)
+        pending = parsed
+        if finished:
+            pending = parsed.filter(fn=lambda r: row_key(r["id"], r["source"]) not in finished)
         actors = config.actors
         if actors.size is not None:
             pool = ray.data.ActorPoolStrategy(
@@ -275,7 +221,7 @@ def _run(config: JobConfig, started: float) -> JobReport:
                 max_size=actors.max_size or 1,
                 max_tasks_in_flight_per_actor=actors.max_concurrent_batches,
             )
-        stage = (
+        summaries = (
             pending.repartition(target_num_rows_per_block=actors.batch_size)
             .map_batches(
                 TTSStage,
@@ -294,14 +240,16 @@ def _run(config: JobConfig, started: float) -> JobReport:
                     "audio_files": config.output.audio_files,
                     "model": config.model,
                 },
-                compute=ray.data.ActorPoolStrategy(size=1),
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.output.writers),
                 batch_size=actors.batch_size,
                 num_cpus=0.5,
                 batch_format="pyarrow",
             )
         )
-        stage.write_parquet(f"{output}/parts")
-        log.info("synthesis stages done at %.1f s", time.perf_counter() - started)
+        stored = 0
+        for summary in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
+            stored += sum(summary.column("rows").to_pylist())
+        log.info("synthesis stages stored %d rows at %.1f s", stored, time.perf_counter() - started)
     report.wall_seconds = time.perf_counter() - started
     return _finish_report(report, output, finished)
 
@@ -335,7 +283,7 @@ def _finish_report(report: JobReport, output: str, finished_before: set[str]) ->
             )
         )
     report.workers = workers
-    fs, base = _fs(output)
+    fs, base = filesystem(output)
     fs.create_dir(base, recursive=True)
     with fs.open_output_stream(f"{base}/manifest.jsonl") as f:
         f.write(("\n".join(manifest_lines) + ("\n" if manifest_lines else "")).encode())

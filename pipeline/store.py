@@ -1,4 +1,6 @@
-"""CPU stage after the GPU stage: encode audio, write `{output}/audio/{id}.{format}` objects, shape output rows."""
+"""CPU stage after the GPU stage: encode audio, write `{output}/audio/{id}.{format}` objects and the block's
+Parquet part (pipeline/parts.py). Only a small summary per block goes back to the driver: the encoded audio is
+never moved through the object store again."""
 
 from __future__ import annotations
 
@@ -9,10 +11,14 @@ import pyarrow as pa
 from actors.model.config import SAMPLE_RATE
 
 from .output import encode_audio
+from .parts import RUN_SCHEMA, write_part
+
+SUMMARY_SCHEMA = pa.schema([("part", pa.string()), ("rows", pa.int64()), ("failed", pa.int64())])
 
 
 class StoreAudio:
-    """Encodes each row's PCM and (optionally) writes it as an object through smart-open; rows keep the bytes."""
+    """Encodes each row's PCM, (optionally) writes it as an object through smart-open, and writes the rows (audio
+    bytes included) as one Parquet part; returns one summary row per block."""
 
     def __init__(self, output: str, audio_format: str, audio_files: bool, model: str) -> None:
         self.output = output.rstrip("/")
@@ -22,8 +28,6 @@ class StoreAudio:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         from smart_open import open as sopen
-
-        from .job import RUN_SCHEMA
 
         # PCM stays in numpy: one flat float32 buffer plus offsets (to_pylist would box every sample).
         pcm = table.column("pcm").combine_chunks()
@@ -63,7 +67,7 @@ class StoreAudio:
             rates.append(SAMPLE_RATE)
             samples.append(int(pcm.size))
             durations.append(pcm.size / SAMPLE_RATE)
-        return pa.Table.from_pydict({
+        rows = pa.Table.from_pydict({
             "id": list(batch["id"]),
             "text": list(batch["text"]),
             "audio": audio,
@@ -81,3 +85,6 @@ class StoreAudio:
             "worker": list(batch["worker"]),
             "engine_occupancy": list(batch["engine_occupancy"]),
         }, schema=RUN_SCHEMA)  # fmt: skip
+        part = write_part(rows, f"{self.output}/parts")
+        failed = sum(e is not None for e in errors)
+        return pa.Table.from_pydict({"part": [part], "rows": [n], "failed": [failed]}, schema=SUMMARY_SCHEMA)

@@ -185,3 +185,66 @@ def test_hugging_face_datasets_reads_the_output_as_audio(local_ray, tiny_checkpo
         reference, rate = sf.read(io.BytesIO(stored["audio"]["bytes"]), dtype="float32")
         assert rate == 24_000
         np.testing.assert_allclose(decoded["array"], reference, atol=1e-6)
+
+
+def test_cpu_stages_do_not_load_torch():
+    """Parse, filter, store and write workers import only pipeline modules: loading torch there (~1.5 s of CPU per
+    worker process) would take CPU from the engine actors on small nodes."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import pipeline.job, pipeline.store, pipeline.sources, pipeline.output, pipeline.inputs; "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def _part_rows(ids: list[str], errors: list[str | None]) -> pa.Table:
+    from pipeline.parts import RUN_SCHEMA
+
+    n = len(ids)
+    columns = {f.name: [None] * n for f in RUN_SCHEMA}
+    columns.update(id=ids, text=["t"] * n, source=[f"a.jsonl:{i + 1}" for i in range(n)], error=errors)
+    return pa.Table.from_pydict(columns, schema=RUN_SCHEMA)
+
+
+def test_a_retried_block_rewrites_its_own_part(tmp_path):
+    """Ray Data may run a block twice (a store actor dies after writing): the part is named by its rows' keys, so
+    the second write replaces the first instead of adding the rows again. Leftovers of killed writers are removed
+    at the start of a run, never read as rows."""
+    from pipeline.parts import read_outputs, write_part
+
+    parts = tmp_path / "out" / "parts"
+    first = write_part(_part_rows(["a", "b", "c"], [None] * 3), str(parts))
+    again = write_part(_part_rows(["c", "a", "b"], [None] * 3), str(parts))  # same rows, other order
+    other = write_part(_part_rows(["d"], [None]), str(parts))
+    assert first == again != other
+    assert sorted(p.name for p in parts.iterdir()) == sorted([Path(first).name, Path(other).name])
+    (parts / ".0123.tmp").write_bytes(b"half a part")
+    (parts / "part-truncated.parquet").write_bytes(b"PAR1 cut short")
+    assert sorted(read_outputs(str(tmp_path / "out"), ["id"]).column("id").to_pylist()) == ["a", "b", "c", "d"]
+    assert (parts / ".0123.tmp").exists(), "a plain read never deletes (a writer may still be running)"
+    read_outputs(str(tmp_path / "out"), ["id"], clean=True)
+    assert sorted(p.name for p in parts.iterdir()) == sorted([Path(first).name, Path(other).name])
+
+
+def test_retry_failed_redoes_failed_rows_exactly_once(local_ray, tiny_checkpoint, tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    rows = [{"id": f"r{i}", "text": f"row number {i}."} for i in range(6)]
+    rows[2]["speaker"] = "nobody"  # fails: no such reference speaker
+    (texts / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    output = str(tmp_path / "out")
+    first = run_job(_config(tiny_checkpoint, [str(texts)], output))
+    assert (first.ok, first.failed) == (5, 1)
+
+    del rows[2]["speaker"]  # the input is fixed; only the failed row is redone
+    (texts / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = _config(tiny_checkpoint, [str(texts)], output).model_copy(update={"retry_failed": True})
+    second = run_job(config)
+    assert (second.rows, second.ok, second.failed, second.this_run, second.skipped_finished) == (6, 6, 0, 1, 5)
+    table = read_outputs(output, ["id", "error"])
+    assert Counter(table.column("id").to_pylist()) == Counter(r["id"] for r in rows)
+    assert table.column("error").null_count == 6

@@ -1,0 +1,143 @@
+"""The job's output parts: `{output}/parts/part-{digest}.parquet`, one per stored block, named by the rows inside.
+
+A part's name is a digest of its rows' keys, so a block that Ray Data runs twice (a store actor that died after
+writing, a retried engine batch) rewrites the same part instead of adding a second copy of its rows. Local parts
+are written to a temporary name and renamed; object-store parts appear whole when their upload completes. Readers
+skip anything that is not a `.parquet` file and delete parts that do not parse (a killed writer), so their rows
+are redone by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .output import SCHEMA, hf_metadata
+
+log = logging.getLogger(__name__)
+
+RUN_SCHEMA = pa.schema(
+    [
+        *SCHEMA,
+        pa.field("source", pa.string()),
+        pa.field("worker", pa.string()),
+        pa.field("engine_occupancy", pa.float64()),
+    ],
+    metadata=hf_metadata(
+        {
+            "source": {"dtype": "string", "_type": "Value"},
+            "worker": {"dtype": "string", "_type": "Value"},
+            "engine_occupancy": {"dtype": "float64", "_type": "Value"},
+        }
+    ),
+)
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) of a local path, file:// URI or object-store URI."""
+    if "://" not in uri or uri.startswith("file://"):
+        return pafs.LocalFileSystem(), os.path.abspath(uri.removeprefix("file://"))
+    return pafs.FileSystem.from_uri(uri)
+
+
+def row_key(row_id: str | None, source: str) -> str:
+    """A row's identity across runs: its id, or its source line when it has none."""
+    return row_id if row_id else f"@{source}"
+
+
+def part_name(keys: list[str]) -> str:
+    digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:24]
+    return f"part-{digest}.parquet"
+
+
+def write_part(table: pa.Table, parts: str) -> str:
+    """Write one block of output rows under `parts` (a folder or URI); returns the part's path."""
+    keys = [
+        row_key(i, s) for i, s in zip(table.column("id").to_pylist(), table.column("source").to_pylist(), strict=True)
+    ]
+    fs, base = filesystem(parts)
+    path = f"{base}/{part_name(keys)}"
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(base, recursive=True)
+        temporary = f"{base}/.{uuid.uuid4().hex}.tmp"
+        pq.write_table(table, temporary, filesystem=fs)
+        fs.move(temporary, path)  # atomic rename: readers never see half a part
+    else:
+        pq.write_table(table, path, filesystem=fs)  # the object appears when its upload completes
+    return path
+
+
+def read_outputs(output: str, columns: list[str], clean: bool = False) -> pa.Table:
+    """Readable part files under {output}/parts. With `clean` (no writer may be running: the start of a run),
+    unreadable parts and temporaries left by killed writers are deleted so their rows are redone."""
+    fs, base = filesystem(output)
+    parts = f"{base}/parts"
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(parts, recursive=True, allow_not_found=True))
+    except (OSError, pa.ArrowInvalid):
+        infos = []
+    tables = []
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        if info.base_name.startswith(".") and info.base_name.endswith(".tmp"):
+            if clean:
+                fs.delete_file(info.path)  # a local writer killed before its rename
+            continue
+        if not info.path.endswith(".parquet"):
+            continue
+        try:
+            tables.append(pq.read_table(info.path, filesystem=fs, columns=columns))
+        except (OSError, pa.ArrowInvalid) as err:
+            if clean:
+                log.warning("removing unreadable part %s (%s): its rows will be redone", info.path, err)
+                fs.delete_file(info.path)
+            else:
+                log.warning("skipping unreadable part %s (%s); the next run redoes its rows", info.path, err)
+    if not tables:
+        return pa.table({c: pa.array([], type=_column_type(c)) for c in columns}).rename_columns(
+            [c.split(".")[-1] for c in columns]
+        )
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _column_type(column: str) -> pa.DataType:
+    """The type of a (possibly nested, 'audio.path') output column."""
+    name, _, child = column.partition(".")
+    field_type = RUN_SCHEMA.field(name).type
+    return field_type.field(child).type if child else field_type
+
+
+def drop_failed_rows(output: str) -> int:
+    """Remove rows that carry an error from the parts (before a `retry_failed` run redoes them); returns how many.
+
+    Each affected part is deleted before its kept rows are written back under their own digest name, so a crash in
+    between loses only output that the next run recomputes, never leaves a row twice.
+    """
+    fs, base = filesystem(output)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(f"{base}/parts", recursive=True, allow_not_found=True))
+    except (OSError, pa.ArrowInvalid):
+        return 0
+    dropped = 0
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
+            continue
+        errors = pq.read_table(info.path, filesystem=fs, columns=["error"]).column("error")
+        failed = errors.null_count != len(errors)
+        if not failed:
+            continue
+        table = pq.read_table(info.path, filesystem=fs, schema=RUN_SCHEMA)
+        kept = table.filter(pc.is_null(table.column("error")))
+        fs.delete_file(info.path)
+        if kept.num_rows:
+            write_part(kept, f"{output.rstrip('/')}/parts")
+        dropped += table.num_rows - kept.num_rows
+    return dropped
