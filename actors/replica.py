@@ -20,6 +20,7 @@ import torch
 
 from .checkpoint import load_model, read_model_config, resolve
 from .engine.batcher import (
+    BatcherStats,
     ContinuousBatcher,
     FinishedRow,
     decode_bytes_per_mel_frame,
@@ -118,6 +119,7 @@ class Synthesizer:
         fsq_variant: str = "classic",
         verify: str = "auto",
         cache_dir: Path | None = None,
+        compile: str = "off",
     ) -> None:
         if decoder not in ("hidden", "dvae"):
             raise ValueError(f"decoder must be 'hidden' or 'dvae', got {decoder!r}")
@@ -144,8 +146,10 @@ class Synthesizer:
         )
         self.decode_frame_bytes = decode_bytes_per_mel_frame(self.config, self.dtype)
         check_every = 1 if self.device.type == "cpu" else 8
-        self.batcher = ContinuousBatcher(self.model, self.plan, self.tokenizer.spk_emb_id, check_every)
+        self.batcher = ContinuousBatcher(self.model, self.plan, self.tokenizer.spk_emb_id, check_every, compile)
         self.stats = ReplicaStats()
+        if compile != "off":
+            self._warm_up()
         log.info(
             "replica ready: model %s (%s) on %s/%s, decoder=%s, %d slots x %d tokens (%.0f MiB of a %.0f MiB budget)",
             checkpoint.source,
@@ -158,6 +162,20 @@ class Synthesizer:
             self.plan.planned_bytes / 2**20,
             self.budget_bytes / 2**20,
         )
+
+    def _warm_up(self) -> None:
+        """Compile the decode step before the first request: throwaway rows run through the batcher alone and then
+        two at a time (a size-1 pool is its own graph: torch specialises sizes 0 and 1), with growing prefixes."""
+        started = time.perf_counter()
+        params = SamplingParams(max_new_tokens=min(4, self.plan.max_new_tokens), min_new_tokens=1)
+        for rows in (1, min(self.plan.slots, 2)):
+            for row in range(rows):
+                prompt = CodePrompt(token_ids=list(range(1, 3 + row)))  # lengths differ: so do the cache prefixes
+                self.batcher.submit(("warm-up", row), prompt, params)
+            for _ in self.batcher.run():
+                pass
+        self.batcher.stats = BatcherStats()
+        log.info("decode step compiled (%s) in %.1f s", self.batcher.compile, time.perf_counter() - started)
 
     # ---------------------------------------------------------------------------------------------- requests
 

@@ -65,6 +65,7 @@ class TTSStage:
             max_chars=self.config.max_chars,
             fsq_variant=engine.fsq,
             verify=engine.verify,
+            compile=engine.compile,
         )
         self.engine = AsyncSynthesizer(self.synthesizer)
         self.speakers = speakers

@@ -6,7 +6,7 @@ its own process so peak memory is its own. Prints a table and writes JSON.
 
     python benchmarks/engine.py [--preset full] [--texts 32] [--max-new-tokens 200] [--threads 2]
         [--device cpu|cuda] [--dtype D | --dtypes D1,D2] [--budget-mib N] [--batch1-texts 4]
-        [--skip-upstream] [--out benchmarks/results/engine-<device>.json]
+        [--compiles off,inductor] [--skip-upstream] [--out benchmarks/results/engine-<device>.json]
 
 Upstream runs from the virtualenv of tools/upstream_venv.sh (UPSTREAM_VENV); raytts from this interpreter.
 """
@@ -95,6 +95,7 @@ def worker(args: argparse.Namespace) -> None:
         budget_bytes=args.budget_mib << 20 if args.budget_mib else None,
         max_prompt_tokens=256,
         max_new_tokens=args.max_new_tokens,
+        compile=args.compile,
     )
     params = SamplingParams(temperature=1e-6, max_new_tokens=args.max_new_tokens, min_new_tokens=2)
     requests = [SynthesisRequest(id=f"r{i}", text=t, params=params) for i, t in enumerate(rows)]
@@ -130,10 +131,13 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
-def run_raytts(root: Path, text_file: Path, args: argparse.Namespace, slots: int | None, dtype: str | None) -> dict:
+def run_raytts(
+    root: Path, text_file: Path, args: argparse.Namespace, slots: int | None, dtype: str | None, compile: str = "off"
+) -> dict:
     cmd = [
         sys.executable, str(Path(__file__).resolve()), "worker", "--checkpoint", str(root), "--texts-file", str(text_file),
         "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads), "--device", args.device,
+        "--compile", compile,
     ]  # fmt: skip
     if dtype:
         cmd += ["--dtype", dtype]
@@ -173,6 +177,7 @@ def main() -> None:
     w.add_argument("--dtype", default=None)
     w.add_argument("--slots", type=int, default=None)
     w.add_argument("--budget-mib", type=int, default=None)
+    w.add_argument("--compile", default="off")
     parser.add_argument("--preset", default="full")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--texts", type=int, default=32)
@@ -183,6 +188,11 @@ def main() -> None:
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--dtypes", default=None, help="comma list of dtypes for budgeted runs, e.g. float32,bfloat16")
     parser.add_argument("--budget-mib", type=int, default=None)
+    parser.add_argument(
+        "--compiles",
+        default="off",
+        help="comma list of engine compile modes for budgeted runs: off,inductor,cudagraphs",
+    )
     parser.add_argument("--skip-upstream", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -211,12 +221,14 @@ def main() -> None:
         )
     )
     for dtype in dtypes:
-        rows.append(
-            summarise(
-                f"raytts budgeted batch ({dtype or 'default'})",
-                run_raytts(root, all_texts, args, slots=None, dtype=dtype),
+        for mode in args.compiles.split(","):
+            label = dtype or "default" if mode == "off" else f"{dtype or 'default'}, compile={mode}"
+            rows.append(
+                summarise(
+                    f"raytts budgeted batch ({label})",
+                    run_raytts(root, all_texts, args, slots=None, dtype=dtype, compile=mode),
+                )
             )
-        )
     base = rows[0]["audio_s_per_s"] if not args.skip_upstream else None
     for row in rows:
         row["vs_upstream"] = round(row["audio_s_per_s"] / base, 2) if base else None
@@ -243,6 +255,7 @@ def main() -> None:
         "device": args.device,
         "dtypes": args.dtypes or args.dtype or ("float16" if args.device == "cuda" else "float32"),
         "budget_mib": args.budget_mib,
+        "compiles": args.compiles,
         "threads": args.threads,
         "max_new_tokens": args.max_new_tokens,
         "texts": args.texts,

@@ -39,6 +39,9 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-segment-tokens", type=int, default=120, help="longer text is split at sentence ends")
     p.add_argument("--fsq", choices=("classic", "symmetric"), default="classic", help="DVAE quantiser numerics")
     p.add_argument("--verify", choices=("auto", "always", "never"), default="auto", help="sha256 of official files")
+    p.add_argument(
+        "--compile", choices=("off", "inductor", "cudagraphs"), default="off", help="torch.compile the decode step"
+    )
     p.add_argument("--audio-format", choices=("flac", "wav", "ogg"), default="flac")
 
 
@@ -224,6 +227,7 @@ def _synth(args: argparse.Namespace) -> int:
         max_segment_tokens=args.max_segment_tokens,
         fsq=args.fsq,
         verify=args.verify,
+        compile=args.compile,
         audio_format=args.audio_format,
     )
     try:

@@ -39,6 +39,7 @@ class SynthOptions:
     max_segment_tokens: int = 120
     fsq: str = "classic"
     verify: str = "auto"
+    compile: str = "off"
     audio_format: str = "flac"
     chunk_rows: int = 256
 
@@ -120,6 +121,7 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
         max_segment_tokens=options.max_segment_tokens,
         fsq_variant=options.fsq,
         verify=options.verify,
+        compile=options.compile,
     )
     defaults = options.sampling
     defaults.validate(synthesizer.config.gpt.num_vq)

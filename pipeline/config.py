@@ -59,6 +59,11 @@ class EngineConfig(_Strict):
     fsq: Literal["classic", "symmetric"] = Field("classic", description="DVAE quantiser numerics.")
     verify: Literal["auto", "always", "never"] = Field("auto", description="sha256 check of official files.")
     threads: int | None = Field(None, ge=1, description="torch threads per actor (default: its CPU share).")
+    compile: Literal["off", "inductor", "cudagraphs"] = Field(
+        "off",
+        description="torch.compile the decode step (dynamic shapes, compiled once at start-up); 'cudagraphs' also "
+        "replays it as CUDA graphs over bucketed shapes (CUDA only).",
+    )
 
 
 class ActorsConfig(_Strict):

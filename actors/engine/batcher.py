@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -23,6 +23,8 @@ from ..model.gpt import KVCache
 from .sampling import PENALTY_WINDOW, SamplingBatch, SamplingParams, penalty_counts, process_logits, sample
 
 _MASK32 = 0xFFFFFFFF
+# Engine `compile` setting -> torch.compile mode ("off" runs the step eagerly).
+COMPILE_MODES = {"off": None, "inductor": "default", "cudagraphs": "reduce-overhead"}
 
 
 @dataclass(frozen=True)
@@ -186,15 +188,22 @@ class ContinuousBatcher:
         plan: SlotPlan,
         spk_emb_id: int,
         check_every: int = 1,
+        compile: str = "off",
     ) -> None:
         from .generate import prompt_embeddings  # local: generate imports this module
 
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {compile!r}")
+        if compile == "cudagraphs" and model.device.type != "cuda":
+            raise ValueError(
+                f"compile='cudagraphs' needs a CUDA device, the model is on {model.device}; use 'inductor'"
+            )
         self._embed_prompt = prompt_embeddings
         self.model = model
         self.plan = plan
         self.spk_emb_id = spk_emb_id
         self.check_every = max(1, check_every)
-        self.bucket = 8 if model.device.type == "cuda" else 1
+        self.compile = compile
         config = model.config.gpt
         self.config = config
         device = model.device
@@ -217,6 +226,19 @@ class ContinuousBatcher:
         self.host_position = [0] * slots  # host mirror of positions (advances deterministically)
         self.progress: list[PartialRow] = []  # streaming rows' output so far, refreshed by every `step`
         self.stats = BatcherStats()
+        self._step = self._step_tensors
+        if compile != "off":
+            self._step = self._compiled_step()
+
+    def _compiled_step(self) -> Callable[[int, int], None]:
+        """`_step_tensors` through torch.compile with dynamic pool and prefix sizes: one graph for every bucket."""
+        if self.compile == "cudagraphs":
+            # The step mutates these in place; marked static, CUDA graphs replay on them instead of copying.
+            for tensor in (*self.cache.keys, *self.cache.values, self.codes, self.hidden_out, self.recent, self.hidden,
+                           self.position, self.produced, self.live, self.eos, self.max_new,
+                           *(getattr(self.sampling, f.name) for f in fields(self.sampling))):  # fmt: skip
+                torch._dynamo.mark_static_address(tensor)
+        return torch.compile(self._step_tensors, dynamic=True, fullgraph=True, mode=COMPILE_MODES[self.compile])
 
     # ---------------------------------------------------------------------------------------------- intake
 
@@ -322,12 +344,25 @@ class ContinuousBatcher:
         self.stats.prefill_tokens += sum(lengths)
 
     def _decode_step(self) -> None:
-        config = self.config
         occupied = [i for i, o in enumerate(self.owner) if o is not None]
-        # Slots fill from the bottom, so the pool's live part is a prefix; on CUDA it is bucketed to a multiple of
-        # 8 so a compiled step sees few shapes (on CPU the exact prefix: idle rows would cost real time).
-        # Everything below works on views of that prefix: nothing is gathered.
-        n = min(self.plan.slots, ceil_to(occupied[-1] + 1, self.bucket))
+        # Slots fill from the bottom, so the pool's live part is a prefix, and the step works on views of it (nothing
+        # is gathered). Bucketing (`step_shape`) trades a few idle rows and masked cache positions for fewer shapes.
+        longest = max(self.host_position[i] for i in occupied) + 1
+        n, kv_len = step_shape(occupied[-1] + 1, longest, self.plan, self.compile, self.device.type)
+        self._step(n, kv_len)
+        for i in occupied:
+            self.host_position[i] = min(self.host_position[i] + 1, self.plan.slot_tokens - 1)
+        self.stats.steps += 1
+        self.stats.slot_steps += self.plan.slots
+        self.stats.busy_slot_steps += len(occupied)
+        self.stats.max_concurrent = max(self.stats.max_concurrent, len(occupied))
+        if len(self.stats.history) < 10_000:
+            self.stats.history.append(len(occupied))
+
+    def _step_tensors(self, n: int, kv_len: int) -> None:
+        """One decode step of slots [0, n) attending to cache positions [0, kv_len): sample every live row's next
+        codes, record them, and run them through the GPT. Device tensors only (no host sync), so it compiles."""
+        config = self.config
         live = (self.live & ~self.eos & (self.produced < self.max_new))[:n]
         steps = self.produced[:n]
         hidden = self.hidden[:n]
@@ -346,20 +381,11 @@ class ContinuousBatcher:
         self.eos[:n] |= live & hit_eos
         self.produced[:n] += keep.long()
         # Rows that just finished idle in place until collected; their (ignored) writes go to position 0.
-        kv_len = min(max(self.host_position[i] for i in occupied) + 1, self.plan.slot_tokens)
         embeds = self.model.embed.embed_codes(tokens).to(self.dtype).unsqueeze(1)
         position = torch.where(live, self.position[:n], torch.zeros_like(steps))
         new_hidden = self.model.gpt(embeds, position.unsqueeze(1), self.cache, kv_len)[:, 0]
         self.hidden[:n] = torch.where(live.unsqueeze(-1), new_hidden, hidden)
         self.position[:n] += live.long()
-        for i in occupied:
-            self.host_position[i] = min(self.host_position[i] + 1, self.plan.slot_tokens - 1)
-        self.stats.steps += 1
-        self.stats.slot_steps += self.plan.slots
-        self.stats.busy_slot_steps += len(occupied)
-        self.stats.max_concurrent = max(self.stats.max_concurrent, len(occupied))
-        if len(self.stats.history) < 10_000:
-            self.stats.history.append(len(occupied))
 
     def _collect(self) -> list[FinishedRow]:
         done = (self.eos | (self.produced >= self.max_new)) & self.live
@@ -394,6 +420,22 @@ def default_budget_bytes(device: torch.device, fraction: float = 0.85, cpu_bytes
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * fraction)
     return cpu_bytes
+
+
+def step_shape(rows: int, tokens: int, plan: SlotPlan, compile: str, device_type: str) -> tuple[int, int]:
+    """(pool prefix, attended cache prefix) of a decode step whose live rows end at `rows`, longest has `tokens`.
+
+    CPU eager and inductor run the exact sizes (idle rows cost real time there; inductor's graph has dynamic
+    sizes). CUDA eager rounds rows up to a multiple of 8. CUDA graphs are recorded per shape, so there rows go to
+    powers of two (>= 8) and the prefix to multiples of 256: about log2(slots) x slot_tokens/256 graphs. Cache
+    positions past a row's own are masked, so a longer prefix only reads entries it ignores.
+    """
+    slots, slot_tokens = plan.slots, plan.slot_tokens
+    if compile == "cudagraphs":
+        return min(slots, max(8, 1 << (rows - 1).bit_length())), min(slot_tokens, ceil_to(tokens, 256))
+    if device_type == "cuda":
+        return min(slots, ceil_to(rows, 8)), min(slot_tokens, tokens)
+    return rows, min(slot_tokens, tokens)
 
 
 def ceil_to(value: int, multiple: int) -> int:

@@ -153,6 +153,7 @@ def _load(name: str, config: ServeConfig, budget_share: int) -> LoadedModel:
         stream_chunk_steps=engine.stream_chunk_steps,
         fsq_variant=spec.fsq,
         verify=spec.verify,
+        compile=engine.compile,
     )
     voices: dict[str, _Voice] = {}
     for voice_name, voice in config.voices.items():

@@ -59,6 +59,11 @@ class EngineSpec(_Strict):
         12, ge=1, description="Streamed audio is decoded every this many GPT steps (12 steps = 0.256 s of audio)."
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads per replica (default: torch's choice).")
+    compile: Literal["off", "inductor", "cudagraphs"] = Field(
+        "off",
+        description="torch.compile the decode step (dynamic shapes, compiled at model load); 'cudagraphs' also "
+        "replays it as CUDA graphs over bucketed shapes (CUDA only).",
+    )
 
 
 class LimitsSpec(_Strict):
