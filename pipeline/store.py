@@ -29,7 +29,9 @@ class StoreAudio:
     def __call__(self, table: pa.Table) -> pa.Table:
         from smart_open import open as sopen
 
-        # PCM stays in numpy: one flat float32 buffer plus offsets (to_pylist would box every sample).
+        if table.num_rows == 0:
+            return SUMMARY_SCHEMA.empty_table()
+        # PCM stays in numpy: one flat int16 buffer plus offsets (to_pylist would box every sample).
         pcm = table.column("pcm").combine_chunks()
         samples_flat = pcm.values.to_numpy(zero_copy_only=False)
         bounds = pcm.offsets.to_numpy()
