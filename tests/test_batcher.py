@@ -102,6 +102,30 @@ def test_measured_memory_stays_within_the_budget(tiny_checkpoint, tmp_path):
     assert batcher.stats.max_concurrent == synth.plan.slots
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("compile_mode", ["off", "cudagraphs"])
+def test_cuda_peak_memory_stays_within_the_budget(tiny_checkpoint, tmp_path, compile_mode):
+    """On CUDA the allocator's own peak is the measure: everything the replica allocates beyond its weights (KV
+    cache, buffers, activations, decoding, CUDA-graph pools) must fit the budget."""
+    budget = 256 << 20
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()  # whatever earlier tests in this process still hold
+    torch.cuda.reset_peak_memory_stats()
+    synth = Synthesizer(model=str(tiny_checkpoint), device="cuda", budget_bytes=budget, max_prompt_tokens=128,
+                        max_new_tokens=96, cache_dir=tmp_path, compile=compile_mode)  # fmt: skip
+    weights = sum(t.numel() * t.element_size() for t in (*synth.model.parameters(), *synth.model.buffers()))
+    requests = [
+        SynthesisRequest(id=f"r{i}", text=f"Sentence number {i} for the budget test.", params=SamplingParams(max_new_tokens=96, min_new_tokens=40, seed=i))
+        for i in range(2 * synth.plan.slots)
+    ]  # fmt: skip
+    results = synth.synthesize(requests)
+    torch.cuda.synchronize()
+    assert all(r.ok for r in results)
+    used = torch.cuda.max_memory_allocated() - base - weights
+    assert used <= budget, f"{used / 2**20:.1f} MiB beyond the weights > the {budget >> 20} MiB budget"
+    assert synth.batcher.stats.max_concurrent == synth.plan.slots
+
+
 def test_rows_that_do_not_fit_a_slot_are_refused(tiny_model, tiny_tokenizer):
     plan = plan_slots(TINY, torch.float32, 64 << 20, 16, 20, max_slots=2)
     batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
