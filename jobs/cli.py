@@ -166,7 +166,7 @@ def _run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from pipeline.config import JobConfig
-    from pipeline.job import run_job
+    from pipeline.job import PoolDoesNotFit, run_job
 
     overrides = _overrides("run", args.set)
     if overrides is None:
@@ -184,7 +184,11 @@ def _run(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError, OSError) as err:
         print(f"raytts run: invalid job config: {err}", file=sys.stderr)
         return 2
-    report = run_job(config, address=args.address)
+    try:
+        report = run_job(config, address=args.address)
+    except PoolDoesNotFit as err:
+        print(f"raytts run: {err}", file=sys.stderr)
+        return 2
     summary = report.to_dict()
     failures = summary.pop("failures")
     print(json.dumps(summary, indent=2, ensure_ascii=False))

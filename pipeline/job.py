@@ -24,6 +24,7 @@ from typing import Any
 
 from .config import JobConfig
 from .parts import drop_failed_rows, filesystem, read_outputs, row_key
+from .resources import pool_problems
 from .sources import SPEAKER_EXTENSIONS, TEXT_EXTENSIONS, expand_paths, parse_speaker_shard, parse_text_shard
 
 log = logging.getLogger(__name__)
@@ -146,11 +147,33 @@ def _parse_speakers(row: dict[str, Any]) -> list[dict[str, Any]]:
     return parse_speaker_shard(row["path"], row["bytes"])
 
 
+class PoolDoesNotFit(ValueError):
+    """The engine actor pool cannot run on this Ray: raised before the job reads or writes anything."""
+
+
+def check_pool(config: JobConfig, local: bool) -> None:
+    """Refuse (local Ray) or warn (cluster: an autoscaler may still add nodes) when the engine actors cannot be
+    placed or would leave the CPU stages no CPU; Ray Data itself would just wait at 0 rows forever."""
+    import ray
+
+    problems = pool_problems(config.actors, ray.nodes())
+    fatal = [p.message for p in problems if p.fatal]
+    if fatal and local:
+        raise PoolDoesNotFit("; ".join(fatal) + " (this is a local Ray: nothing will add resources to it)")
+    for problem in problems:
+        suffix = "; waiting for the cluster to add resources (the job stalls if it never does)" if problem.fatal else ""
+        log.warning("actor pool: %s%s", problem.message, suffix)
+
+
 def run_job(config: JobConfig, address: str | None = None) -> JobReport:
+    """Run the job on `address`, the cluster of `ray job submit` (RAY_ADDRESS), the Ray this process already
+    joined, or else a local Ray it starts and stops. Raises PoolDoesNotFit (before any work) when the engine
+    actors cannot run on a local Ray."""
     import ray
 
     started = time.perf_counter()
     owns_ray = not ray.is_initialized()
+    local = owns_ray and not address and not os.environ.get("RAY_ADDRESS")
     if owns_ray:
         if address:
             ray.init(address=address)
@@ -161,6 +184,7 @@ def run_job(config: JobConfig, address: str | None = None) -> JobReport:
             # machine would otherwise deadlock the streaming executor); torch threads are set per actor.
             ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1))
     try:
+        check_pool(config, local)
         return _run(config, started)
     finally:
         if owns_ray:

@@ -6,6 +6,7 @@ so each engine falls back to the CPU by itself. Everything else (Ray, Ray Data, 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -99,6 +100,18 @@ def test_rows_are_processed_on_every_worker_node(cluster, tiny_checkpoint, tmp_p
     worker_nodes = {w.node_id[:12] for w in workers}
     assert nodes_used == worker_nodes, "both GPU worker nodes ran an engine replica"
     assert ray.cluster_resources().get("GPU") == 2
+
+
+def test_a_pool_larger_than_the_cluster_runs_with_the_actors_that_fit(cluster, tiny_checkpoint, tmp_path, caplog):
+    """size=3 GPU actors on two GPU nodes: a warning up front, then the job completes on the two that fit (Ray
+    Data starts the third when a GPU appears; on this cluster none does)."""
+    expected = _all_ids(tmp_path / "texts", 24)
+    with caplog.at_level(logging.WARNING, logger="pipeline.job"):
+        report = run_job(_config(tiny_checkpoint, tmp_path / "texts", tmp_path / "out", size=3))
+    assert "the pool wants 3 engine actors" in caplog.text and "fit only 2" in caplog.text
+    assert report.failed == 0 and report.rows == 24
+    assert len(report.workers) == 2
+    _assert_exactly_once(tmp_path / "out", expected)
 
 
 def _run_in_thread(config: JobConfig) -> tuple[threading.Thread, dict]:

@@ -1,0 +1,86 @@
+"""Pre-flight check of the engine actor pool against the cluster's nodes (pipeline/resources.py).
+
+The node dicts have the shape `ray.nodes()` returns; the end-to-end case runs `raytts run` on a real local Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ActorsConfig
+from pipeline.resources import pool_problems
+from tests.support.jobdata import write_text_shards
+
+
+def _node(cpus: float, gpus: float = 0, alive: bool = True) -> dict:
+    resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    return {"Alive": alive, "NodeManagerAddress": "127.0.0.1", "Resources": resources}
+
+
+def test_gpu_actors_on_a_cluster_without_gpus_are_refused_with_the_fix():
+    problems = pool_problems(ActorsConfig(num_gpus=1), [_node(8)])
+    assert [p.fatal for p in problems] == [True]
+    assert "no node can host an engine actor" in problems[0].message
+    assert "actors.num_gpus: 0" in problems[0].message
+    assert "CPU 8, GPU 0" in problems[0].message
+
+
+def test_actors_holding_every_cpu_would_stall_the_cpu_stages():
+    """Two 1-CPU actors on 3 logical CPUs leave 1, less than a parse task plus a store actor: Ray Data would wait
+    for a CPU forever (seen on the 2-node benchmark cluster). With num_cpus=0 the GPUs place them and it runs."""
+    nodes = [_node(2, 1), _node(1, 1)]
+    problems = pool_problems(ActorsConfig(size=2, num_gpus=1, num_cpus=1), nodes)
+    assert [p.fatal for p in problems] == [True]
+    assert "leave 1 of the cluster's 3 CPUs" in problems[0].message
+    assert pool_problems(ActorsConfig(size=2, num_gpus=1, num_cpus=0), nodes) == []
+
+
+def test_a_pool_larger_than_the_cluster_runs_smaller_with_a_warning():
+    nodes = [_node(4), _node(2, 1), _node(2, 1), _node(2, 0, alive=False)]
+    problems = pool_problems(ActorsConfig(size=3, num_gpus=1, num_cpus=0.5), nodes)
+    assert [p.fatal for p in problems] == [False]
+    assert "wants 3 engine actors" in problems[0].message and "fit only 2" in problems[0].message
+    assert pool_problems(ActorsConfig(min_size=1, max_size=8, num_gpus=1, num_cpus=0.5), nodes) == []
+
+
+def test_fractional_gpus_pack_several_actors_per_device():
+    problems = pool_problems(ActorsConfig(size=4, num_gpus=0.5, num_cpus=1), [_node(8, 1), _node(8, 1)])
+    assert problems == []
+    problems = pool_problems(ActorsConfig(size=5, num_gpus=0.5, num_cpus=1), [_node(8, 1), _node(8, 1)])
+    assert [p.fatal for p in problems] == [False]
+
+
+def test_the_default_local_cpu_job_fits():
+    assert pool_problems(ActorsConfig(num_gpus=0), [_node(8)]) == []
+
+
+@pytest.mark.timeout(180)
+def test_raytts_run_with_gpu_actors_on_a_gpu_less_local_ray_exits_2_at_once(tiny_checkpoint: Path, tmp_path: Path):
+    """Default `actors.num_gpus: 1` on a machine without GPUs: a clear error and exit 2, not a job stuck at 0 rows."""
+    write_text_shards(tmp_path / "texts", 4, [])
+    config = {
+        "model": str(tiny_checkpoint),
+        "inputs": {"text": [str(tmp_path / "texts")]},
+        "output": {"path": str(tmp_path / "out")},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+    env = {
+        **os.environ,
+        "RAY_TMPDIR": tempfile.mkdtemp(prefix="rr", dir="/tmp"),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "CUDA_VISIBLE_DEVICES": "",  # no GPU for the local Ray to find, even on a GPU machine
+    }
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "jobs.cli", "run", str(tmp_path / "job.yaml")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150, start_new_session=True)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "no node can host an engine actor (each needs num_gpus=1, num_cpus=1)" in done.stderr
+    assert "set actors.num_gpus: 0" in done.stderr
+    assert not (tmp_path / "out" / "parts").exists()
