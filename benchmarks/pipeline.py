@@ -1,16 +1,19 @@
 """Pipeline benchmark: Ray overhead of the whole offline job, and scaling from 1 to 2 actors, in one run.
 
-    python benchmarks/pipeline.py [--rows 3200] [--model tiny] [--steps 160] [--out benchmarks/results/pipeline.json]
+    python benchmarks/pipeline.py [--rows 3200] [--model tiny] [--steps 160] [--parts overhead,scaling]
+                                  [--out benchmarks/results/pipeline.json]
 
 1. engine alone: one Synthesizer in this process (1 torch thread) on the rows;
 2. job, 1 actor: `raytts run` machinery on a local Ray, one actor with 1 CPU / 1 torch thread, same rows;
-3. and 4. the same job with 1 and then 2 actors on one `ray.cluster_utils.Cluster` of two simulated 1-CPU
-   worker nodes (plus a 2-CPU head for the read/store/write stages), so only the actor count differs.
+3. and 4. the same job with 1 and then 2 actors on one `ray.cluster_utils.Cluster` of two simulated GPU nodes
+   (each one fake GPU for one engine actor; the head also has a CPU for the parse/store stages and the driver),
+   so only the actor count differs. Torch sees no CUDA, so the actors run on the CPU with 1 thread each.
 Every row generates exactly `--steps` frames (min = max new tokens), so all runs do identical model work.
 Reported: audio-seconds per wall-second of each, 2 vs engine alone (Ray overhead) and 4 vs 3 (actor scaling), the
 latter also in steady state: rows per second between 10% and 90% of the rows stored, sampled from the finished
 Parquet parts, i.e. without a job's fixed costs (parsing, actor start-up, the last blocks).
-Ray's usage-stats reporter is switched off (RAY_USAGE_STATS_ENABLED=0) so it does not compete for the 2 cores.
+Ray's usage-stats reporter and dashboard are off (RAY_USAGE_STATS_ENABLED=0, include_dashboard=False) in every run
+so they do not compete for the 2 cores.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ def _rows(n: int) -> list[dict]:
     return [{"id": f"r{i:05d}", "text": sentence(i), "seed": i} for i in range(n)]
 
 
-def _job_config(model: str, text_file: Path, output: Path, steps: int, size: int, budget_mib: int):
+def _job_config(
+    model: str, text_file: Path, output: Path, steps: int, size: int, budget_mib: int, fake_gpus: bool = False
+):
     from pipeline.config import JobConfig
 
     return JobConfig.model_validate(
@@ -45,7 +50,15 @@ def _job_config(model: str, text_file: Path, output: Path, steps: int, size: int
             "output": {"path": str(output), "audio_files": True, "writers": 1},
             "sampling": {"max_new_tokens": steps, "min_new_tokens": steps, "temperature": 0.5},
             "engine": {"device": "cpu", "budget_mib": budget_mib, "max_slots": 32, "threads": 1},
-            "actors": {"size": size, "num_gpus": 0, "num_cpus": 1, "batch_size": 64, "max_concurrent_batches": 2},
+            # On the fake-GPU cluster the GPU is what places one actor per node; an actor's CPU would be taken
+            # from the parse/store tasks' logical CPUs and stall them (Ray Data waits for a free CPU forever).
+            "actors": {
+                "size": size,
+                "num_gpus": 1 if fake_gpus else 0,
+                "num_cpus": 0 if fake_gpus else 1,
+                "batch_size": 64,
+                "max_concurrent_batches": 2,
+            },
         }
     )
 
@@ -126,6 +139,11 @@ def main() -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--steps", type=int, default=160)
     parser.add_argument("--budget-mib", type=int, default=256)
+    parser.add_argument(
+        "--parts",
+        default="overhead,scaling",
+        help="overhead = engine alone vs a 1-actor job on local Ray; scaling = 1 vs 2 actors on the 2-node cluster",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pipeline.json")
     args = parser.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -140,51 +158,57 @@ def main() -> None:
     from actors.checkpoint import resolve
 
     model = str(resolve(args.model).asset.parent) if args.model == "tiny" else args.model
-    results = [engine_alone(model, rows, args.steps, args.budget_mib)]
-
+    parts = set(args.parts.split(","))
+    if not parts <= {"overhead", "scaling"} or not parts:
+        parser.error(f"--parts takes overhead and/or scaling, got {args.parts!r}")
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rb", dir="/tmp")
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
-    results.append(
-        job(_job_config(model, text_file, work / "out1", args.steps, 1, args.budget_mib), "job, 1 actor (local Ray)")
-    )
-    ray.shutdown()
+    results: dict[str, dict] = {}
+    summary: dict[str, float] = {}
+    if "overhead" in parts:
+        results["engine"] = engine_alone(model, rows, args.steps, args.budget_mib)
+        ray.init(address="local", num_cpus=4, include_dashboard=False)
+        config = _job_config(model, text_file, work / "out1", args.steps, 1, args.budget_mib)
+        results["local"] = job(config, "job, 1 actor (local Ray)")
+        ray.shutdown()
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
-    ray.init(address=cluster.address)
-    cluster.wait_for_nodes()
-    for size in (1, 2):
-        config = _job_config(model, text_file, work / f"out-cluster-{size}", args.steps, size, args.budget_mib)
-        results.append(job(config, f"job, {size} actor{'s' if size > 1 else ''} on the 2-node cluster"))
-    ray.shutdown()
-    cluster.shutdown()
+    if "scaling" in parts:
+        # Two nodes, one fake GPU each for one engine actor; the parse/store stages use the nodes' logical CPUs.
+        cluster = Cluster(
+            initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1, "include_dashboard": False}
+        )
+        cluster.add_node(num_cpus=1, num_gpus=1)
+        ray.init(address=cluster.address)
+        cluster.wait_for_nodes()
+        for size, key in ((1, "one"), (2, "two")):
+            config = _job_config(
+                model, text_file, work / f"out-cluster-{size}", args.steps, size, args.budget_mib, True
+            )
+            results[key] = job(config, f"job, {size} actor{'s' if size > 1 else ''} on the 2-node cluster")
+        ray.shutdown()
+        cluster.shutdown()
 
-    for r in results:
+    for r in results.values():
         r["audio_s_per_s"] = round(r["audio_s"] / r["wall_s"], 2)
         r["wall_s"] = round(r["wall_s"], 2)
         r["audio_s"] = round(r["audio_s"], 2)
-    engine, local, one, two = results
-    summary = {
-        "ray_overhead": round(1 - local["audio_s_per_s"] / engine["audio_s_per_s"], 3),
-        "two_actor_speedup": round(two["audio_s_per_s"] / one["audio_s_per_s"], 2),
-        "two_actor_steady_speedup": round(two["steady_rows_per_s"] / one["steady_rows_per_s"], 2),
-    }
     header = ["system", "rows", "wall_s", "audio_s", "audio_s_per_s", "steady_rows_per_s"]
     print(" | ".join(header))
-    for r in results:
+    for r in results.values():
         print(" | ".join(str(r.get(h, "-")) for h in header))
-    print(
-        f"Ray overhead vs engine alone: {summary['ray_overhead'] * 100:.1f}%   2 actors vs 1: "
-        f"{summary['two_actor_speedup']}x whole job, {summary['two_actor_steady_speedup']}x steady state"
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {"rows": args.rows, "steps": args.steps, "model": args.model, "results": results, **summary}, indent=2
+    if "overhead" in parts:
+        summary["ray_overhead"] = round(1 - results["local"]["audio_s_per_s"] / results["engine"]["audio_s_per_s"], 3)
+        print(f"Ray overhead vs engine alone: {summary['ray_overhead'] * 100:.1f}%")
+    if "scaling" in parts:
+        one, two = results["one"], results["two"]
+        summary["two_actor_speedup"] = round(two["audio_s_per_s"] / one["audio_s_per_s"], 2)
+        summary["two_actor_steady_speedup"] = round(two["steady_rows_per_s"] / one["steady_rows_per_s"], 2)
+        print(
+            f"2 actors vs 1: {summary['two_actor_speedup']}x whole job, "
+            f"{summary['two_actor_steady_speedup']}x steady state"
         )
-        + "\n"
-    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"rows": args.rows, "steps": args.steps, "model": args.model, "results": list(results.values())}
+    args.out.write_text(json.dumps({**record, **summary}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
