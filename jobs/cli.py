@@ -91,6 +91,12 @@ def _checkpoint_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dir", type=Path)
     p.add_argument("--preset", choices=("tiny", "full"), default="tiny")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--eos-gain",
+        type=float,
+        default=None,
+        help="scale of the end-of-audio code's head row (default 1.2); ~1.8 makes rows end at mixed lengths",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "make-checkpoint":
             from actors.make_checkpoint import write_checkpoint
 
-            asset = write_checkpoint(args.dir, args.preset, args.seed)
+            gain = {} if args.eos_gain is None else {"eos_gain": args.eos_gain}
+            asset = write_checkpoint(args.dir, args.preset, args.seed, **gain)
             print(f"wrote random {args.preset} checkpoint (seed {args.seed}) to {asset}")
             return 0
         if args.command == "synth":

@@ -227,3 +227,21 @@ def test_make_checkpoint_cli_writes_the_real_layout(tmp_path):
     for name in ASSET_FILES:
         assert (tmp_path / "ck" / "asset" / name).is_file(), name
     assert os.path.getsize(tmp_path / "ck" / "asset" / "Embed.safetensors") > 1_000_000
+
+
+def test_eos_gain_scales_only_the_end_code_rows_of_the_code_heads(tmp_path):
+    """The benchmarks' mixed-length checkpoint differs from the tests' one only in the EOS rows' weight-norm gains."""
+    from actors.make_checkpoint import EOS_GAIN, write_checkpoint
+
+    base = load_file(str(write_checkpoint(tmp_path / "base", "tiny", 0) / "Embed.safetensors"))
+    mixed = load_file(str(write_checkpoint(tmp_path / "mixed", "tiny", 0, eos_gain=1.8) / "Embed.safetensors"))
+    eos = ModelConfig.from_name("tiny").gpt.eos_code
+    assert base.keys() == mixed.keys()
+    changed = [k for k in base if not torch.equal(base[k], mixed[k])]
+    assert changed and all(k.startswith("head_code.") and k.endswith("original0") for k in changed)
+    for key in changed:
+        ratio = mixed[key] / base[key]
+        torch.testing.assert_close(ratio[eos], torch.full_like(ratio[eos], 1.8 / EOS_GAIN))
+        others = torch.ones(ratio.shape[0], dtype=torch.bool)
+        others[eos] = False
+        assert torch.equal(mixed[key][others], base[key][others])
