@@ -24,7 +24,7 @@ from typing import Any
 
 from .config import JobConfig
 from .parts import drop_failed_rows, filesystem, read_outputs, row_key
-from .resources import pool_problems
+from .resources import STORE_ACTOR_CPUS, pool_problems
 from .sources import SPEAKER_EXTENSIONS, TEXT_EXTENSIONS, expand_paths, parse_speaker_shard, parse_text_shard
 
 log = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ def _run(config: JobConfig, started: float) -> JobReport:
                 },
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.output.writers),
                 batch_size=actors.batch_size,
-                num_cpus=0.5,
+                num_cpus=STORE_ACTOR_CPUS,
                 batch_format="pyarrow",
             )
         )

@@ -15,7 +15,8 @@ from typing import Any
 
 from .config import ActorsConfig
 
-# What the other stages hold while the engine actors run: one parse/repartition task (1 CPU) and one store actor.
+# What the other stages hold while the engine actors run: one parse/repartition task (1 CPU) and one store actor
+# (pipeline/job.py reserves STORE_ACTOR_CPUS for each store actor).
 STORE_ACTOR_CPUS = 0.5
 STAGE_TASK_CPUS = 1.0
 
