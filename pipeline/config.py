@@ -75,11 +75,16 @@ class ActorsConfig(_Strict):
     batch_size: int = Field(
         64,
         ge=1,
-        description="Rows per block and per call into an actor; make it >= 2x the engine's slots so one call keeps "
-        "them full (Ray Data overlaps only ~2 calls per actor). Input is repartitioned to this many rows per block, "
-        "so each actor task is one batch: a retried task (actor or node lost) never re-emits rows it already passed on.",
+        description="Rows per block and per call into an actor; make it >= the engine's slots. Input is repartitioned "
+        "to this many rows per block, so each actor task is one batch: a retried task (actor or node lost) never "
+        "re-emits rows it already passed on.",
     )
-    max_concurrent_batches: int = Field(2, ge=1, description="Batches in flight per actor, feeding one engine.")
+    max_concurrent_batches: int = Field(
+        2,
+        ge=1,
+        description="Calls running at once on each actor, all feeding its one engine: while one call's last rows "
+        "finish, the next call's rows fill the freed slots (1 = a call's tail leaves slots idle).",
+    )
 
     @model_validator(mode="after")
     def _pool(self) -> ActorsConfig:

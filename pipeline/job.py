@@ -235,16 +235,17 @@ def _run(config: JobConfig, started: float) -> JobReport:
         if finished:
             pending = parsed.filter(fn=lambda r: row_key(r["id"], r["source"]) not in finished)
         actors = config.actors
+        # max_concurrent_batches calls run at once on each actor (Ray Data's default is one at a time, however
+        # many tasks are queued), all awaiting its one engine: a call's last rows finish while the next call's rows
+        # take the freed slots. One more block is queued per actor so its input is already fetched.
+        overlap = {
+            "max_concurrent_calls_per_actor": actors.max_concurrent_batches,
+            "max_tasks_in_flight_per_actor": actors.max_concurrent_batches + 1,
+        }
         if actors.size is not None:
-            pool = ray.data.ActorPoolStrategy(
-                size=actors.size, max_tasks_in_flight_per_actor=actors.max_concurrent_batches
-            )
+            pool = ray.data.ActorPoolStrategy(size=actors.size, **overlap)
         else:
-            pool = ray.data.ActorPoolStrategy(
-                min_size=actors.min_size or 1,
-                max_size=actors.max_size or 1,
-                max_tasks_in_flight_per_actor=actors.max_concurrent_batches,
-            )
+            pool = ray.data.ActorPoolStrategy(min_size=actors.min_size or 1, max_size=actors.max_size or 1, **overlap)
         summaries = (
             pending.repartition(target_num_rows_per_block=actors.batch_size)
             .map_batches(

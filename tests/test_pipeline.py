@@ -248,3 +248,21 @@ def test_retry_failed_redoes_failed_rows_exactly_once(local_ray, tiny_checkpoint
     table = read_outputs(output, ["id", "error"])
     assert Counter(table.column("id").to_pylist()) == Counter(r["id"] for r in rows)
     assert table.column("error").null_count == 6
+
+
+def test_batches_in_flight_on_one_actor_share_its_engine_slots(local_ray, tiny_checkpoint, tmp_path):
+    """Two 4-row calls run at once on the actor and fill its 8 slots together. Ray Data runs one call at a time
+    per actor unless told otherwise: then at most 4 of the 8 slots are ever busy (occupancy <= 0.5), and with
+    rows of mixed lengths every call would end with its slots draining."""
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    rows = [{"id": f"r{i}", "text": f"row number {i}.", "seed": i} for i in range(48)]
+    (texts / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = _config(tiny_checkpoint, [str(texts)], str(tmp_path / "out"), batch_size=4, max_concurrent_batches=2)
+    config.engine.max_slots = 8
+    config.sampling.min_new_tokens = config.sampling.max_new_tokens = 24  # equal lengths: a full pool is exact
+    report = run_job(config)
+    assert (report.ok, report.failed) == (48, 0), report.failures[:3]
+    [(worker, stats)] = report.workers.items()
+    assert stats["rows"] == 48
+    assert stats["occupancy"] > 0.7, f"{worker}: engine slots {stats['occupancy']:.0%} busy, calls did not overlap"
