@@ -1,7 +1,8 @@
-"""Pipeline benchmark: Ray overhead of the whole offline job, and scaling from 1 to 2 actors, in one run.
+"""Pipeline benchmark: Ray overhead of the whole offline job, scaling from 1 to 2 actors, and overlapping calls on
+one actor, in one run.
 
-    python benchmarks/pipeline.py [--rows 3200] [--model tiny] [--steps 160] [--parts overhead,scaling]
-                                  [--out benchmarks/results/pipeline.json]
+    python benchmarks/pipeline.py [--rows 3200] [--model tiny] [--steps 160] [--parts overhead,scaling,overlap]
+                                  [--overlap-rows 960] [--out benchmarks/results/pipeline.json]
 
 1. engine alone: one Synthesizer in this process (1 torch thread) on the rows;
 2. job, 1 actor: `raytts run` machinery on a local Ray, one actor with 1 CPU / 1 torch thread, same rows;
@@ -12,6 +13,9 @@ Every row generates exactly `--steps` frames (min = max new tokens), so all runs
 Reported: audio-seconds per wall-second of each, 2 vs engine alone (Ray overhead) and 4 vs 3 (actor scaling), the
 latter also in steady state: rows per second between 10% and 90% of the rows stored, sampled from the finished
 Parquet parts, i.e. without a job's fixed costs (parsing, actor start-up, the last blocks).
+5. and 6. (overlap) one actor on a local Ray, the first `--overlap-rows` rows at their natural lengths (EOS not
+   masked, so rows end at different steps), with `actors.max_concurrent_batches` 1 and then 2: calls one at a time
+   drain the engine's slots at the end of each call; two at once keep them full. Reported with engine occupancy.
 Ray's usage-stats reporter and dashboard are off (RAY_USAGE_STATS_ENABLED=0, include_dashboard=False) in every run
 so they do not compete for the 2 cores.
 """
@@ -38,7 +42,15 @@ def _rows(n: int) -> list[dict]:
 
 
 def _job_config(
-    model: str, text_file: Path, output: Path, steps: int, size: int, budget_mib: int, fake_gpus: bool = False
+    model: str,
+    text_file: Path,
+    output: Path,
+    steps: int,
+    size: int,
+    budget_mib: int,
+    fake_gpus: bool = False,
+    fixed_length: bool = True,
+    concurrent: int = 2,
 ):
     from pipeline.config import JobConfig
 
@@ -48,7 +60,7 @@ def _job_config(
             "inputs": {"text": [str(text_file)]},
             # One store actor keeps up with two CPU engine actors (it is ~5% busy): more would only add start-ups.
             "output": {"path": str(output), "audio_files": True, "writers": 1},
-            "sampling": {"max_new_tokens": steps, "min_new_tokens": steps, "temperature": 0.5},
+            "sampling": {"max_new_tokens": steps, "min_new_tokens": steps if fixed_length else 0, "temperature": 0.5},
             "engine": {"device": "cpu", "budget_mib": budget_mib, "max_slots": 32, "threads": 1},
             # On the fake-GPU cluster the GPU is what places one actor per node; an actor's CPU would be taken
             # from the parse/store tasks' logical CPUs and stall them (Ray Data waits for a free CPU forever).
@@ -57,7 +69,7 @@ def _job_config(
                 "num_gpus": 1 if fake_gpus else 0,
                 "num_cpus": 0 if fake_gpus else 1,
                 "batch_size": 64,
-                "max_concurrent_batches": 2,
+                "max_concurrent_batches": concurrent,
             },
         }
     )
@@ -130,6 +142,7 @@ def job(config, name: str, address: str | None = None) -> dict:
         "rows": report.rows,
         "workers": len(report.workers),
         "steady_rows_per_s": round(monitor.steady_rows_per_s(), 2),
+        "occupancy": round(sum(w["occupancy"] for w in report.workers.values()) / len(report.workers), 3),
     }
 
 
@@ -139,10 +152,12 @@ def main() -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--steps", type=int, default=160)
     parser.add_argument("--budget-mib", type=int, default=256)
+    parser.add_argument("--overlap-rows", type=int, default=960, help="rows of the overlap part")
     parser.add_argument(
         "--parts",
-        default="overhead,scaling",
-        help="overhead = engine alone vs a 1-actor job on local Ray; scaling = 1 vs 2 actors on the 2-node cluster",
+        default="overhead,scaling,overlap",
+        help="overhead = engine alone vs a 1-actor job on local Ray; scaling = 1 vs 2 actors on the 2-node cluster; "
+        "overlap = 1 actor, rows of natural (mixed) lengths, 1 vs 2 calls at once on the actor",
     )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pipeline.json")
     args = parser.parse_args()
@@ -159,8 +174,8 @@ def main() -> None:
 
     model = str(resolve(args.model).asset.parent) if args.model == "tiny" else args.model
     parts = set(args.parts.split(","))
-    if not parts <= {"overhead", "scaling"} or not parts:
-        parser.error(f"--parts takes overhead and/or scaling, got {args.parts!r}")
+    if not parts <= {"overhead", "scaling", "overlap"} or not parts:
+        parser.error(f"--parts takes overhead, scaling and/or overlap, got {args.parts!r}")
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rb", dir="/tmp")
     results: dict[str, dict] = {}
     summary: dict[str, float] = {}
@@ -187,11 +202,26 @@ def main() -> None:
         ray.shutdown()
         cluster.shutdown()
 
+    if "overlap" in parts:
+        # Natural lengths (EOS not masked): a call's rows end at different steps, so with one call at a time its
+        # slots drain before the next call's rows arrive; with two, the next call's rows take the freed slots.
+        mixed_file = work / "mixed.jsonl"
+        mixed_file.write_text("".join(json.dumps(r) + "\n" for r in rows[: args.overlap_rows]))
+        ray.init(address="local", num_cpus=4, include_dashboard=False)
+        for concurrent, key in ((1, "mixed_one_call"), (2, "mixed_two_calls")):
+            config = _job_config(
+                model, mixed_file, work / f"out-mixed-{concurrent}", args.steps, 1, args.budget_mib,
+                fixed_length=False, concurrent=concurrent,
+            )  # fmt: skip
+            calls = "1 call" if concurrent == 1 else f"{concurrent} calls"
+            results[key] = job(config, f"job, 1 actor, mixed lengths, {calls} at once")
+        ray.shutdown()
+
     for r in results.values():
         r["audio_s_per_s"] = round(r["audio_s"] / r["wall_s"], 2)
         r["wall_s"] = round(r["wall_s"], 2)
         r["audio_s"] = round(r["audio_s"], 2)
-    header = ["system", "rows", "wall_s", "audio_s", "audio_s_per_s", "steady_rows_per_s"]
+    header = ["system", "rows", "wall_s", "audio_s", "audio_s_per_s", "steady_rows_per_s", "occupancy"]
     print(" | ".join(header))
     for r in results.values():
         print(" | ".join(str(r.get(h, "-")) for h in header))
@@ -205,6 +235,15 @@ def main() -> None:
         print(
             f"2 actors vs 1: {summary['two_actor_speedup']}x whole job, "
             f"{summary['two_actor_steady_speedup']}x steady state"
+        )
+    if "overlap" in parts:
+        one, two = results["mixed_one_call"], results["mixed_two_calls"]
+        # per-row seeds: the same rows give the same audio however they share the engine's steps
+        assert one["audio_s"] == two["audio_s"], (one["audio_s"], two["audio_s"])
+        summary["overlap_speedup"] = round(two["audio_s_per_s"] / one["audio_s_per_s"], 2)
+        print(
+            f"mixed lengths, 2 calls at once vs 1: {summary['overlap_speedup']}x "
+            f"(engine occupancy {one['occupancy']:.0%} -> {two['occupancy']:.0%})"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"rows": args.rows, "steps": args.steps, "model": args.model, "results": list(results.values())}
