@@ -66,6 +66,31 @@ def test_slots_stay_busy_on_a_long_queue(tiny_model, tiny_tokenizer):
     assert batcher.stats.occupancy >= 0.85, batcher.stats.occupancy
 
 
+def test_rows_that_end_early_are_closed_up_so_steps_compute_only_live_rows(tiny_model, tiny_tokenizer):
+    """With nothing queued, a row that ends below others leaves a hole; the rows above it move down, so a step
+    computes only live rows (CPU runs exact shapes), and every row's output equals that row generated alone."""
+    lengths = [10, 40, 14, 36, 18, 32, 22, 28]  # low slots end first: holes under running rows
+    prompts = _prompts(tiny_tokenizer, len(lengths))
+    params = [
+        SamplingParams(temperature=0.7, max_new_tokens=n, min_new_tokens=n, seed=i) for i, n in enumerate(lengths)
+    ]
+    plan = plan_slots(TINY, torch.float32, 64 << 20, 64, 40, max_slots=8)
+    batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
+    for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+        batcher.submit(i, prompt, p)
+    rows = {}
+    while batcher.busy:  # finished rows are views into their slots: keep copies (moved rows overwrite them)
+        rows.update((r.key, (r.codes.clone(), r.hidden.clone())) for r in batcher.step())
+    assert sorted(rows) == list(range(8))
+    assert [rows[i][0].shape[0] for i in range(8)] == lengths
+    assert batcher.stats.moved >= 3, batcher.stats.moved
+    assert batcher.stats.computed_slot_steps == batcher.stats.busy_slot_steps, "a step computed idle slots"
+    for i in range(8):
+        alone = generate(tiny_model, [prompts[i]], [params[i]], tiny_tokenizer.spk_emb_id)[0]
+        assert torch.equal(alone.codes, rows[i][0]), f"row {i} changed when it moved slots"
+        torch.testing.assert_close(alone.hidden, rows[i][1], rtol=1e-4, atol=1e-4)
+
+
 def _peak_transient_bytes(fn) -> tuple[int, object]:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()

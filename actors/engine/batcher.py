@@ -2,10 +2,11 @@
 
 `plan_slots` turns a byte budget into a slot count from the model's own KV bytes per token, the per-slot
 reservation (prompt + new tokens) and the activation reserve. `ContinuousBatcher` preallocates every buffer
-once, admits queued rows into free slots (prefilling their prompts in chunks), runs one decode step over the
-whole pool (a static shape: idle slots are masked, never gathered), and hands back rows as they finish so their
-slots refill at once. Per-slot state (positions, sampling parameters, random-stream keys, penalty windows) lives
-on the device; the host learns which rows finished every `check_every` steps, not every step.
+once, admits queued rows into the lowest free slots (prefilling their prompts in chunks), moves rows down into
+slots freed below them when nothing is queued (so the live rows stay a prefix of the pool), runs one decode step
+over that prefix (views, never gathered; idle rows inside a shape bucket are masked), and hands back rows as they
+finish so their slots refill at once. Per-slot state (positions, sampling parameters, random-stream keys, penalty
+windows) lives on the device; the host learns which rows finished every `check_every` steps, not every step.
 """
 
 from __future__ import annotations
@@ -172,6 +173,8 @@ class BatcherStats:
     finished: int = 0
     max_concurrent: int = 0
     cancelled: int = 0
+    computed_slot_steps: int = 0  # sum over steps of the rows the step computed (live rows + idle ones below them)
+    moved: int = 0  # rows moved down into free slots (compaction)
     history: list[int] = field(default_factory=list)  # live rows per step (kept short: last 10k steps)
 
     @property
@@ -286,6 +289,7 @@ class ContinuousBatcher:
     def step(self) -> list[FinishedRow]:
         """Admit what fits, then `check_every` decode steps; return the rows that finished."""
         self._admit()
+        self._compact()
         self.progress = []
         if not any(o is not None for o in self.owner):
             return []
@@ -319,6 +323,36 @@ class ContinuousBatcher:
             self.host_position[slot] = request.prompt.length
         self.stats.admitted += len(admitted)
 
+    def _compact(self) -> None:
+        """Move the rows above the lowest free slots down into them: the live rows are again a prefix of the pool.
+
+        A step computes every slot below its highest live row. Admission fills the lowest free slots, so holes stay
+        only when nothing is queued (a job's tail, a quiet server): without this, rows that end early would leave
+        the step computing idle slots until the highest row ends. Moving a row copies its cache entries once (about
+        one step's attention reads of that row); its results do not change (rows are independent of their slot).
+        """
+        occupied = [i for i, o in enumerate(self.owner) if o is not None]
+        if not occupied or occupied[-1] + 1 == len(occupied):
+            return
+        holes = [i for i in range(len(occupied)) if self.owner[i] is None]
+        movers = [i for i in occupied if i >= len(occupied)]
+        src = torch.tensor(movers, device=self.device)
+        dst = torch.tensor(holes, device=self.device)
+        tokens = max(self.host_position[i] for i in movers) + 1
+        for cache in (*self.cache.keys, *self.cache.values):
+            cache[dst, :tokens] = cache[src, :tokens]
+        produced = min(self.plan.max_new_tokens, tokens)
+        self.codes[dst, :produced] = self.codes[src, :produced]
+        self.hidden_out[dst, :produced] = self.hidden_out[src, :produced]
+        for tensor in (self.recent, self.hidden, self.position, self.produced, self.live, self.eos, self.max_new,
+                       *(getattr(self.sampling, f.name) for f in fields(self.sampling))):  # fmt: skip
+            tensor[dst] = tensor[src]
+        self.live[src] = False
+        for old, new in zip(movers, holes, strict=True):
+            self.owner[new], self.owner[old] = self.owner[old], None
+            self.host_position[new], self.host_position[old] = self.host_position[old], 0
+        self.stats.moved += len(movers)
+
     def _prefill(self, slots: list[int], requests: list[RowRequest]) -> None:
         """Prompts of newly admitted rows, right-padded and run `prefill_chunk` tokens at a time."""
         lengths = [r.prompt.length for r in requests]
@@ -345,8 +379,9 @@ class ContinuousBatcher:
 
     def _decode_step(self) -> None:
         occupied = [i for i, o in enumerate(self.owner) if o is not None]
-        # Slots fill from the bottom, so the pool's live part is a prefix, and the step works on views of it (nothing
-        # is gathered). Bucketing (`step_shape`) trades a few idle rows and masked cache positions for fewer shapes.
+        # Slots fill from the bottom and `_compact` closes holes, so the live rows are a prefix of the pool, and the
+        # step works on views of it (nothing is gathered). Bucketing (`step_shape`) trades a few idle rows and
+        # masked cache positions for fewer shapes.
         longest = max(self.host_position[i] for i in occupied) + 1
         n, kv_len = step_shape(occupied[-1] + 1, longest, self.plan, self.compile, self.device.type)
         self._step(n, kv_len)
@@ -355,6 +390,7 @@ class ContinuousBatcher:
         self.stats.steps += 1
         self.stats.slot_steps += self.plan.slots
         self.stats.busy_slot_steps += len(occupied)
+        self.stats.computed_slot_steps += n
         self.stats.max_concurrent = max(self.stats.max_concurrent, len(occupied))
         if len(self.stats.history) < 10_000:
             self.stats.history.append(len(occupied))
