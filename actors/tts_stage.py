@@ -71,6 +71,15 @@ class TTSStage:
         self.speakers = speakers
         self.duplicates = duplicates
         self.worker = f"{_node_id()[:12]}/{os.getpid()}"
+        actors, slots = self.config.actors, self.synthesizer.plan.slots
+        if actors.batch_size * actors.max_concurrent_batches < slots:
+            log.warning(
+                "TTS stage %s: the engine has %d slots but at most %d rows reach it at once (actors.batch_size %d x "
+                "actors.max_concurrent_batches %d), so at least %d slots stay idle; raise either so that their "
+                "product is >= 1.5x the slots",
+                self.worker, slots, actors.batch_size * actors.max_concurrent_batches, actors.batch_size,
+                actors.max_concurrent_batches, slots - actors.batch_size * actors.max_concurrent_batches,
+            )  # fmt: skip
         log.info("TTS stage %s ready in %.1f s", self.worker, time.perf_counter() - started)
 
     async def __call__(self, table: pa.Table) -> pa.Table:

@@ -75,9 +75,10 @@ class ActorsConfig(_Strict):
     batch_size: int = Field(
         64,
         ge=1,
-        description="Rows per block and per call into an actor; make it >= the engine's slots. Input is repartitioned "
-        "to this many rows per block, so each actor task is one batch: a retried task (actor or node lost) never "
-        "re-emits rows it already passed on.",
+        description="Rows per block and per call into an actor. Keep batch_size x max_concurrent_batches >= 1.5x the "
+        "engine's slots (an actor warns when it is below them). Input is repartitioned to this many rows per "
+        "block, so each actor task is one batch: a retried task (actor or node lost) never re-emits rows it already "
+        "passed on.",
     )
     max_concurrent_batches: int = Field(
         2,

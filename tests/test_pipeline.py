@@ -266,3 +266,24 @@ def test_batches_in_flight_on_one_actor_share_its_engine_slots(local_ray, tiny_c
     [(worker, stats)] = report.workers.items()
     assert stats["rows"] == 48
     assert stats["occupancy"] > 0.7, f"{worker}: engine slots {stats['occupancy']:.0%} busy, calls did not overlap"
+
+
+def test_an_actor_fed_fewer_rows_than_its_slots_says_so(tiny_checkpoint, caplog):
+    """The engine stage warns when batch_size x max_concurrent_batches cannot fill the engine's slots (e.g. a GPU
+    config with 344 slots fed 64-row calls). Built in-process: the constructor is what an actor runs."""
+    import logging
+
+    from actors.tts_stage import TTSStage
+
+    def stage(batch_size: int, concurrent: int) -> None:
+        config = _config(tiny_checkpoint, ["unused.jsonl"], "unused", batch_size=batch_size)
+        config.actors.max_concurrent_batches = concurrent
+        config.engine.max_slots = 16
+        with caplog.at_level(logging.WARNING, logger="actors.tts_stage"):
+            TTSStage(config.model_dump(), {}, {}).engine.close()
+
+    stage(batch_size=8, concurrent=2)
+    assert "slots stay idle" not in caplog.text
+    stage(batch_size=4, concurrent=2)
+    assert "the engine has 16 slots but at most 8 rows reach it at once" in caplog.text
+    assert "at least 8 slots stay idle" in caplog.text
