@@ -105,11 +105,12 @@ def test_rows_are_processed_on_every_worker_node(cluster, tiny_checkpoint, tmp_p
 def test_a_pool_larger_than_the_cluster_runs_with_the_actors_that_fit(cluster, tiny_checkpoint, tmp_path, caplog):
     """size=3 GPU actors on two GPU nodes: a warning up front, then the job completes on the two that fit (Ray
     Data starts the third when a GPU appears; on this cluster none does)."""
-    expected = _all_ids(tmp_path / "texts", 24)
+    # 24 blocks: enough that the first actor up cannot take them all (3 queued per actor) before the second starts
+    expected = _all_ids(tmp_path / "texts", 96)
     with caplog.at_level(logging.WARNING, logger="pipeline.job"):
         report = run_job(_config(tiny_checkpoint, tmp_path / "texts", tmp_path / "out", size=3))
     assert "the pool wants 3 engine actors" in caplog.text and "fit only 2" in caplog.text
-    assert report.failed == 0 and report.rows == 24
+    assert report.failed == 0 and report.rows == 96
     assert len(report.workers) == 2
     _assert_exactly_once(tmp_path / "out", expected)
 
