@@ -72,13 +72,13 @@ class TTSStage:
         self.duplicates = duplicates
         self.worker = f"{_node_id()[:12]}/{os.getpid()}"
         actors, slots = self.config.actors, self.synthesizer.plan.slots
-        if actors.batch_size * actors.max_concurrent_batches < slots:
+        fed = actors.batch_size * actors.max_concurrent_batches
+        if fed < slots:
             log.warning(
                 "TTS stage %s: the engine has %d slots but at most %d rows reach it at once (actors.batch_size %d x "
                 "actors.max_concurrent_batches %d), so at least %d slots stay idle; raise either so that their "
                 "product is >= 1.5x the slots",
-                self.worker, slots, actors.batch_size * actors.max_concurrent_batches, actors.batch_size,
-                actors.max_concurrent_batches, slots - actors.batch_size * actors.max_concurrent_batches,
+                self.worker, slots, fed, actors.batch_size, actors.max_concurrent_batches, slots - fed,
             )  # fmt: skip
         log.info("TTS stage %s ready in %.1f s", self.worker, time.perf_counter() - started)
 

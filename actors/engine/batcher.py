@@ -237,11 +237,14 @@ class ContinuousBatcher:
         """`_step_tensors` through torch.compile with dynamic pool and prefix sizes: one graph for every bucket."""
         if self.compile == "cudagraphs":
             # The step mutates these in place; marked static, CUDA graphs replay on them instead of copying.
-            for tensor in (*self.cache.keys, *self.cache.values, self.codes, self.hidden_out, self.recent, self.hidden,
-                           self.position, self.produced, self.live, self.eos, self.max_new,
-                           *(getattr(self.sampling, f.name) for f in fields(self.sampling))):  # fmt: skip
+            for tensor in (*self.cache.keys, *self.cache.values, self.codes, self.hidden_out, *self._row_state()):
                 torch._dynamo.mark_static_address(tensor)
         return torch.compile(self._step_tensors, dynamic=True, fullgraph=True, mode=COMPILE_MODES[self.compile])
+
+    def _row_state(self) -> tuple[torch.Tensor, ...]:
+        """Every per-slot tensor indexed by slot alone (the cache, codes and hidden_out also have a time axis)."""
+        sampling = (getattr(self.sampling, f.name) for f in fields(self.sampling))
+        return (self.recent, self.hidden, self.position, self.produced, self.live, self.eos, self.max_new, *sampling)
 
     # ---------------------------------------------------------------------------------------------- intake
 
@@ -344,8 +347,7 @@ class ContinuousBatcher:
         produced = min(self.plan.max_new_tokens, tokens)
         self.codes[dst, :produced] = self.codes[src, :produced]
         self.hidden_out[dst, :produced] = self.hidden_out[src, :produced]
-        for tensor in (self.recent, self.hidden, self.position, self.produced, self.live, self.eos, self.max_new,
-                       *(getattr(self.sampling, f.name) for f in fields(self.sampling))):  # fmt: skip
+        for tensor in self._row_state():
             tensor[dst] = tensor[src]
         self.live[src] = False
         for old, new in zip(movers, holes, strict=True):
