@@ -75,6 +75,30 @@ def _rows_written(output: Path) -> int:
     return total
 
 
+def _kill_processes_with_env(key: str, value: str, timeout: float = 30.0) -> None:
+    """SIGKILL every process started with `key=value` in its environment, and wait until none is left."""
+    needle = f"{key}={value}".encode()
+
+    def alive() -> list[int]:
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/environ", "rb") as f:
+                        if needle in f.read().split(b"\0"):
+                            pids.append(int(entry))
+                except OSError:  # exited meanwhile, or not ours to read
+                    continue
+        return pids
+
+    for pid in alive():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    _wait_for(lambda: not alive(), timeout=timeout)
+
+
 def _wait_for(predicate, timeout: float = 300.0, interval: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -198,6 +222,9 @@ def test_driver_killed_at_half_then_rerun_finishes_only_the_rest(tiny_checkpoint
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
+        # Ray's workers run in their own process groups: a store actor outliving the driver could still write a
+        # part after `done_before` is counted. Kill every process of that Ray (found by its private RAY_TMPDIR).
+        _kill_processes_with_env("RAY_TMPDIR", env["RAY_TMPDIR"])
     done_before = len({r for r in read_outputs(str(output), ["id"]).column("id").to_pylist()})
     assert 0 < done_before < len(expected)
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, start_new_session=True)
