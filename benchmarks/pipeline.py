@@ -8,11 +8,13 @@ one actor, in one run.
 2. job, 1 actor: `raytts run` machinery on a local Ray, one actor with 1 CPU / 1 torch thread, same rows;
 3. and 4. the same job with 1 and then 2 actors on one `ray.cluster_utils.Cluster` of two simulated GPU nodes
    (each one fake GPU for one engine actor; the head also has a CPU for the parse/store stages and the driver),
-   so only the actor count differs. Torch sees no CUDA, so the actors run on the CPU with 1 thread each.
+   so only the actor count differs; a short 2-actor warm-up job runs first, so both find the cluster's workers
+   started. Torch sees no CUDA, so the actors run on the CPU with 1 thread each.
 Every row generates exactly `--steps` frames (min = max new tokens), so all runs do identical model work.
 Reported: audio-seconds per wall-second of each, 2 vs engine alone (Ray overhead) and 4 vs 3 (actor scaling), the
 latter also in steady state: rows per second between 10% and 90% of the rows stored, sampled from the finished
-Parquet parts, i.e. without a job's fixed costs (parsing, actor start-up, the last blocks).
+Parquet parts, i.e. without a job's fixed costs (parsing, actor start-up, the last blocks). Each job's record also
+has the seconds from its start to its first part, to 10% and 90% of its rows and to its last part.
 5. and 6. (overlap) one actor on a local Ray, the first `--overlap-rows` rows at their natural lengths (EOS not
    masked, so rows end at different steps), with `actors.max_concurrent_batches` 1 and then 2: calls one at a time
    drain the engine's slots at the end of each call; two at once keep them full. Reported with engine occupancy.
@@ -107,13 +109,17 @@ class PartsMonitor(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        while not self.stopped.wait(0.5):
+            self.sample()
+        self.sample()  # the parts written in the job's last half second
+
+    def sample(self) -> None:
         import pyarrow.parquet as pq
 
-        while not self.stopped.wait(0.5):
-            for path in self.parts.glob("part-*.parquet") if self.parts.exists() else []:
-                if path.name not in self.seen:
-                    self.seen[path.name] = pq.ParquetFile(path).metadata.num_rows
-            self.samples.append((time.perf_counter(), sum(self.seen.values())))
+        for path in self.parts.glob("part-*.parquet") if self.parts.exists() else []:
+            if path.name not in self.seen:
+                self.seen[path.name] = pq.ParquetFile(path).metadata.num_rows
+        self.samples.append((time.perf_counter(), sum(self.seen.values())))
 
     def steady_rows_per_s(self, low: float = 0.1, high: float = 0.9) -> float:
         """Rows per second between the first samples at `low` and `high` of the total: the rate once the job runs,
@@ -122,6 +128,13 @@ class PartsMonitor(threading.Thread):
         t0, r0 = next((t, r) for t, r in self.samples if r >= low * total)
         t1, r1 = next((t, r) for t, r in self.samples if r >= high * total)
         return (r1 - r0) / (t1 - t0)
+
+    def phases(self, started: float) -> dict[str, float]:
+        """Seconds from the job's start to its first stored part, to 10% and 90% of the rows, and to the last part:
+        where a whole-job ratio loses against the steady-state one."""
+        total = self.samples[-1][1]
+        first = lambda share: next(t for t, r in self.samples if r >= max(1, share * total)) - started  # noqa: E731
+        return {"first_part_s": first(0), "p10_s": first(0.1), "p90_s": first(0.9), "last_part_s": first(1.0)}
 
 
 def job(config, name: str, address: str | None = None) -> dict:
@@ -142,6 +155,7 @@ def job(config, name: str, address: str | None = None) -> dict:
         "rows": report.rows,
         "workers": len(report.workers),
         "steady_rows_per_s": round(monitor.steady_rows_per_s(), 2),
+        **{k: round(v, 2) for k, v in monitor.phases(started).items()},
         "occupancy": round(sum(w["occupancy"] for w in report.workers.values()) / len(report.workers), 3),
     }
 
@@ -194,6 +208,12 @@ def main() -> None:
         cluster.add_node(num_cpus=1, num_gpus=1)
         ray.init(address=cluster.address)
         cluster.wait_for_nodes()
+        # A short 2-actor job first, so both measured runs find the same warm cluster: on a fresh one the first
+        # job's parse and store workers start cold (measured: its parse took 3.95 s, the next job's 0.33 s), which
+        # made the 1-actor run, always first, pay a start-up the 2-actor run did not.
+        warm_file = work / "warm-up.jsonl"
+        warm_file.write_text("".join(json.dumps(r) + "\n" for r in rows[:256]))
+        job(_job_config(model, warm_file, work / "out-warm-up", 16, 2, args.budget_mib, True), "warm-up")
         for size, key in ((1, "one"), (2, "two")):
             config = _job_config(
                 model, text_file, work / f"out-cluster-{size}", args.steps, size, args.budget_mib, True
