@@ -98,6 +98,9 @@ def engine_alone(model: str, rows: list[dict], steps: int, budget_mib: int) -> d
     return {"system": "engine alone (1 thread)", "wall_s": wall, "audio_s": audio, "rows": len(results)}
 
 
+ENGINE_PROCESS = "ray::MapWorker(MapBatches(TTSStage))"  # the engine actors' process title
+
+
 class PartsMonitor(threading.Thread):
     """Samples (time, rows stored) from the job's finished Parquet parts, which appear by atomic rename."""
 
@@ -106,6 +109,9 @@ class PartsMonitor(threading.Thread):
         self.parts = parts
         self.samples: list[tuple[float, int]] = []
         self.seen: dict[str, int] = {}
+        self.engine_cpu: dict[int, float] = {}  # pid -> CPU-seconds of each engine actor process, last seen
+        # engine actors of an earlier job can still be exiting when this one starts: count only what they add
+        self.engine_cpu_before = _process_cpu(ENGINE_PROCESS)
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -120,6 +126,7 @@ class PartsMonitor(threading.Thread):
             if path.name not in self.seen:
                 self.seen[path.name] = pq.ParquetFile(path).metadata.num_rows
         self.samples.append((time.perf_counter(), sum(self.seen.values())))
+        self.engine_cpu.update(_process_cpu(ENGINE_PROCESS))
 
     def steady_rows_per_s(self, low: float = 0.1, high: float = 0.9) -> float:
         """Rows per second between the first samples at `low` and `high` of the total: the rate once the job runs,
@@ -129,6 +136,9 @@ class PartsMonitor(threading.Thread):
         t1, r1 = next((t, r) for t, r in self.samples if r >= high * total)
         return (r1 - r0) / (t1 - t0)
 
+    def engine_cpu_s(self) -> float:
+        return sum(cpu - self.engine_cpu_before.get(pid, 0.0) for pid, cpu in self.engine_cpu.items())
+
     def phases(self, started: float) -> dict[str, float]:
         """Seconds from the job's start to its first stored part, to 10% and 90% of the rows, and to the last part:
         where a whole-job ratio loses against the steady-state one."""
@@ -137,14 +147,54 @@ class PartsMonitor(threading.Thread):
         return {"first_part_s": first(0), "p10_s": first(0.1), "p90_s": first(0.9), "last_part_s": first(1.0)}
 
 
+def _process_cpu(prefix: str) -> dict[int, float]:
+    """pid -> user + system CPU-seconds of the processes whose command line starts with `prefix` (Linux /proc)."""
+    found = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if not f.read(len(prefix)).decode(errors="replace").startswith(prefix):
+                    continue
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended between listing and reading
+            continue
+        found[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+def _machine_cpu() -> list[float]:
+    """Seconds the machine's CPUs spent (user, nice, system, idle, iowait, irq, softirq, steal) since boot."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:9]
+    except OSError:  # not Linux: no machine accounting
+        return []
+    return [int(v) / os.sysconf("SC_CLK_TCK") for v in fields]
+
+
+def _cpu_use(before: list[float], after: list[float], wall: float) -> dict[str, float]:
+    """Cores busy on average over the job, and CPU-seconds the hypervisor took away (steal): a job that ran with
+    fewer busy cores or more steal than its twin was not measured under the same conditions."""
+    if not before or not after:
+        return {}
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    busy = sum(spent[:3]) + sum(spent[5:7])
+    return {"busy_cores": round(busy / wall, 2), "cpu_s": round(busy, 1), "steal_s": round(spent[7], 1)}
+
+
 def job(config, name: str, address: str | None = None) -> dict:
     from pipeline.job import run_job
 
     monitor = PartsMonitor(Path(config.output.path) / "parts")
     monitor.start()
+    cpu_before = _machine_cpu()
     started = time.perf_counter()
     report = run_job(config, address=address)
     wall = time.perf_counter() - started
+    cpu = _cpu_use(cpu_before, _machine_cpu(), wall)
     monitor.stopped.set()
     monitor.join()
     assert report.failed == 0, report.failures[:3]
@@ -156,6 +206,10 @@ def job(config, name: str, address: str | None = None) -> dict:
         "workers": len(report.workers),
         "steady_rows_per_s": round(monitor.steady_rows_per_s(), 2),
         **{k: round(v, 2) for k, v in monitor.phases(started).items()},
+        **cpu,
+        # the engine actors' CPU-seconds (sampled every 0.5 s, so up to 0.5 s of each actor's last work is missed);
+        # cpu_s - engine_cpu_s is what everything else on the machine took
+        "engine_cpu_s": round(monitor.engine_cpu_s(), 1),
         "occupancy": round(sum(w["occupancy"] for w in report.workers.values()) / len(report.workers), 3),
     }
 
@@ -241,7 +295,8 @@ def main() -> None:
         r["audio_s_per_s"] = round(r["audio_s"] / r["wall_s"], 2)
         r["wall_s"] = round(r["wall_s"], 2)
         r["audio_s"] = round(r["audio_s"], 2)
-    header = ["system", "rows", "wall_s", "audio_s", "audio_s_per_s", "steady_rows_per_s", "occupancy"]
+    header = ["system", "rows", "wall_s", "audio_s", "audio_s_per_s", "steady_rows_per_s", "occupancy", "busy_cores"]
+    header += ["cpu_s", "engine_cpu_s", "steal_s"]
     print(" | ".join(header))
     for r in results.values():
         print(" | ".join(str(r.get(h, "-")) for h in header))
@@ -256,6 +311,15 @@ def main() -> None:
             f"2 actors vs 1: {summary['two_actor_speedup']}x whole job, "
             f"{summary['two_actor_steady_speedup']}x steady state"
         )
+        if "cpu_s" in two:
+            # Two saturated cores cannot finish the 2-actor run faster than all the CPU it used / 2; against the
+            # 1-actor run that is the best ratio this machine allows, given what the non-engine processes took.
+            summary["two_actor_cpu_bound"] = round(one["wall_s"] / (two["cpu_s"] / 2), 2)
+            other = two["cpu_s"] - two["engine_cpu_s"]
+            print(
+                f"  CPU bound on this machine: {summary['two_actor_cpu_bound']}x (2-actor run: {two['busy_cores']} "
+                f"cores busy, engine actors {two['engine_cpu_s']} CPU-s, everything else {other:.1f} CPU-s)"
+            )
     if "overlap" in parts:
         one, two = results["mixed_one_call"], results["mixed_two_calls"]
         # per-row seeds: the same rows give the same audio however they share the engine's steps
