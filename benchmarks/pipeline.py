@@ -2,7 +2,7 @@
 one actor, in one run.
 
     python benchmarks/pipeline.py [--rows 3200] [--model tiny] [--steps 160] [--parts overhead,scaling,overlap]
-                                  [--overlap-rows 960] [--out benchmarks/results/pipeline.json]
+                                  [--overlap-rows 960] [--repeat 1] [--out benchmarks/results/pipeline.json]
 
 1. engine alone: one Synthesizer in this process (1 torch thread) on the rows;
 2. job, 1 actor: `raytts run` machinery on a local Ray, one actor with 1 CPU / 1 torch thread, same rows;
@@ -14,7 +14,10 @@ Every row generates exactly `--steps` frames (min = max new tokens), so all runs
 Reported: audio-seconds per wall-second of each, 2 vs engine alone (Ray overhead) and 4 vs 3 (actor scaling), the
 latter also in steady state: rows per second between 10% and 90% of the rows stored, sampled from the finished
 Parquet parts, i.e. without a job's fixed costs (parsing, actor start-up, the last blocks). Each job's record also
-has the seconds from its start to its first part, to 10% and 90% of its rows and to its last part.
+has the seconds from its start to its first part, to 10% and 90% of its rows and to its last part, the machine's
+busy cores, CPU-seconds and steal, and the engine actors' CPU-seconds. With `--repeat N` the 1- and 2-actor runs
+are N back-to-back pairs; the ratios reported are the pairs' mean, each pair's with its CPU bound: the 1-actor
+wall time over half the CPU-seconds the 2-actor run used (two saturated cores cannot do better).
 5. and 6. (overlap) one actor on a local Ray, the first `--overlap-rows` rows at their natural lengths (EOS not
    masked, so rows end at different steps), with `actors.max_concurrent_batches` 1 and then 2: calls one at a time
    drain the engine's slots at the end of each call; two at once keep them full. Reported with engine occupancy.
@@ -221,6 +224,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=160)
     parser.add_argument("--budget-mib", type=int, default=256)
     parser.add_argument("--overlap-rows", type=int, default=960, help="rows of the overlap part")
+    parser.add_argument("--repeat", type=int, default=1, help="1- and 2-actor pairs of the scaling part")
     parser.add_argument(
         "--parts",
         default="overhead,scaling,overlap",
@@ -268,11 +272,15 @@ def main() -> None:
         warm_file = work / "warm-up.jsonl"
         warm_file.write_text("".join(json.dumps(r) + "\n" for r in rows[:256]))
         job(_job_config(model, warm_file, work / "out-warm-up", 16, 2, args.budget_mib, True), "warm-up")
-        for size, key in ((1, "one"), (2, "two")):
-            config = _job_config(
-                model, text_file, work / f"out-cluster-{size}", args.steps, size, args.budget_mib, True
-            )
-            results[key] = job(config, f"job, {size} actor{'s' if size > 1 else ''} on the 2-node cluster")
+        # 1 then 2 actors, `--repeat` times: pairs run back to back, so a slow spell of this shared machine hits
+        # one pair rather than one side of every comparison.
+        for r in range(args.repeat):
+            for size, key in ((1, "one"), (2, "two")):
+                config = _job_config(
+                    model, text_file, work / f"out-cluster-{size}-{r}", args.steps, size, args.budget_mib, True
+                )
+                name = f"job, {size} actor{'s' if size > 1 else ''} on the 2-node cluster"
+                results[key if r == 0 else f"{key}-{r + 1}"] = job(config, name + (f" (pair {r + 1})" if r else ""))
         ray.shutdown()
         cluster.shutdown()
 
@@ -304,22 +312,34 @@ def main() -> None:
         summary["ray_overhead"] = round(1 - results["local"]["audio_s_per_s"] / results["engine"]["audio_s_per_s"], 3)
         print(f"Ray overhead vs engine alone: {summary['ray_overhead'] * 100:.1f}%")
     if "scaling" in parts:
-        one, two = results["one"], results["two"]
-        summary["two_actor_speedup"] = round(two["audio_s_per_s"] / one["audio_s_per_s"], 2)
-        summary["two_actor_steady_speedup"] = round(two["steady_rows_per_s"] / one["steady_rows_per_s"], 2)
+        pairs = []
+        for r in range(args.repeat):
+            one, two = (results[k if r == 0 else f"{k}-{r + 1}"] for k in ("one", "two"))
+            pair = {
+                "whole": round(two["audio_s_per_s"] / one["audio_s_per_s"], 2),
+                "steady": round(two["steady_rows_per_s"] / one["steady_rows_per_s"], 2),
+            }
+            if "cpu_s" in two:
+                # Two saturated cores cannot finish the 2-actor run faster than all the CPU it used / 2; against the
+                # 1-actor run that is the best ratio this machine allows, given what the non-engine processes took.
+                pair["cpu_bound"] = round(one["wall_s"] / (two["cpu_s"] / 2), 2)
+                pair["other_cpu_s"] = round(two["cpu_s"] - two["engine_cpu_s"], 1)
+            pairs.append(pair)
+            print(f"pair {r + 1}: 2 actors vs 1: {pair['whole']}x whole job, {pair['steady']}x steady state", end="")
+            if "cpu_bound" in pair:
+                print(
+                    f"; CPU bound {pair['cpu_bound']}x (2-actor run: {two['busy_cores']} cores busy, engine actors "
+                    f"{two['engine_cpu_s']} CPU-s, everything else {pair['other_cpu_s']} CPU-s)",
+                    end="",
+                )
+            print()
+        summary["two_actor_speedup"] = round(sum(p["whole"] for p in pairs) / len(pairs), 2)
+        summary["two_actor_steady_speedup"] = round(sum(p["steady"] for p in pairs) / len(pairs), 2)
+        summary["pairs"] = pairs
         print(
-            f"2 actors vs 1: {summary['two_actor_speedup']}x whole job, "
-            f"{summary['two_actor_steady_speedup']}x steady state"
+            f"2 actors vs 1 (mean of {len(pairs)} pair{'s' if len(pairs) > 1 else ''}): "
+            f"{summary['two_actor_speedup']}x whole job, {summary['two_actor_steady_speedup']}x steady state"
         )
-        if "cpu_s" in two:
-            # Two saturated cores cannot finish the 2-actor run faster than all the CPU it used / 2; against the
-            # 1-actor run that is the best ratio this machine allows, given what the non-engine processes took.
-            summary["two_actor_cpu_bound"] = round(one["wall_s"] / (two["cpu_s"] / 2), 2)
-            other = two["cpu_s"] - two["engine_cpu_s"]
-            print(
-                f"  CPU bound on this machine: {summary['two_actor_cpu_bound']}x (2-actor run: {two['busy_cores']} "
-                f"cores busy, engine actors {two['engine_cpu_s']} CPU-s, everything else {other:.1f} CPU-s)"
-            )
     if "overlap" in parts:
         one, two = results["mixed_one_call"], results["mixed_two_calls"]
         # per-row seeds: the same rows give the same audio however they share the engine's steps
