@@ -131,13 +131,13 @@ class PartsMonitor(threading.Thread):
         self.samples.append((time.perf_counter(), sum(self.seen.values())))
         self.engine_cpu.update(_process_cpu(ENGINE_PROCESS))
 
-    def steady_rows_per_s(self, low: float = 0.1, high: float = 0.9) -> float:
+    def steady_rows_per_s(self, low: float = 0.1, high: float = 0.9) -> float | None:
         """Rows per second between the first samples at `low` and `high` of the total: the rate once the job runs,
         without its fixed costs (parsing, actor start-up, the last blocks)."""
         total = self.samples[-1][1]
         t0, r0 = next((t, r) for t, r in self.samples if r >= low * total)
         t1, r1 = next((t, r) for t, r in self.samples if r >= high * total)
-        return (r1 - r0) / (t1 - t0)
+        return (r1 - r0) / (t1 - t0) if t1 > t0 else None  # a job of a part or two has no steady state
 
     def engine_cpu_s(self) -> float:
         return sum(cpu - self.engine_cpu_before.get(pid, 0.0) for pid, cpu in self.engine_cpu.items())
@@ -207,7 +207,7 @@ def job(config, name: str, address: str | None = None) -> dict:
         "audio_s": report.audio_seconds,
         "rows": report.rows,
         "workers": len(report.workers),
-        "steady_rows_per_s": round(monitor.steady_rows_per_s(), 2),
+        "steady_rows_per_s": _round(monitor.steady_rows_per_s()),
         **{k: round(v, 2) for k, v in monitor.phases(started).items()},
         **cpu,
         # the engine actors' CPU-seconds (sampled every 0.5 s, so up to 0.5 s of each actor's last work is missed);
@@ -215,6 +215,15 @@ def job(config, name: str, address: str | None = None) -> dict:
         "engine_cpu_s": round(monitor.engine_cpu_s(), 1),
         "occupancy": round(sum(w["occupancy"] for w in report.workers.values()) / len(report.workers), 3),
     }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def _pair_key(key: str, pair: int) -> str:
+    """Results key of a scaling run: "one"/"two" for the first pair (the keys before `--repeat`), then "one-2", ..."""
+    return key if pair == 0 else f"{key}-{pair + 1}"
 
 
 def main() -> None:
@@ -280,7 +289,7 @@ def main() -> None:
                     model, text_file, work / f"out-cluster-{size}-{r}", args.steps, size, args.budget_mib, True
                 )
                 name = f"job, {size} actor{'s' if size > 1 else ''} on the 2-node cluster"
-                results[key if r == 0 else f"{key}-{r + 1}"] = job(config, name + (f" (pair {r + 1})" if r else ""))
+                results[_pair_key(key, r)] = job(config, name + (f" (pair {r + 1})" if r else ""))
         ray.shutdown()
         cluster.shutdown()
 
@@ -314,10 +323,12 @@ def main() -> None:
     if "scaling" in parts:
         pairs = []
         for r in range(args.repeat):
-            one, two = (results[k if r == 0 else f"{k}-{r + 1}"] for k in ("one", "two"))
+            one, two = results[_pair_key("one", r)], results[_pair_key("two", r)]
             pair = {
                 "whole": round(two["audio_s_per_s"] / one["audio_s_per_s"], 2),
-                "steady": round(two["steady_rows_per_s"] / one["steady_rows_per_s"], 2),
+                "steady": _round(two["steady_rows_per_s"] / one["steady_rows_per_s"])
+                if one["steady_rows_per_s"] and two["steady_rows_per_s"]
+                else None,
             }
             if "cpu_s" in two:
                 # Two saturated cores cannot finish the 2-actor run faster than all the CPU it used / 2; against the
@@ -325,7 +336,8 @@ def main() -> None:
                 pair["cpu_bound"] = round(one["wall_s"] / (two["cpu_s"] / 2), 2)
                 pair["other_cpu_s"] = round(two["cpu_s"] - two["engine_cpu_s"], 1)
             pairs.append(pair)
-            print(f"pair {r + 1}: 2 actors vs 1: {pair['whole']}x whole job, {pair['steady']}x steady state", end="")
+            steady_text = f"{pair['steady']}x" if pair["steady"] is not None else "no"
+            print(f"pair {r + 1}: 2 actors vs 1: {pair['whole']}x whole job, {steady_text} steady state", end="")
             if "cpu_bound" in pair:
                 print(
                     f"; CPU bound {pair['cpu_bound']}x (2-actor run: {two['busy_cores']} cores busy, engine actors "
@@ -334,11 +346,13 @@ def main() -> None:
                 )
             print()
         summary["two_actor_speedup"] = round(sum(p["whole"] for p in pairs) / len(pairs), 2)
-        summary["two_actor_steady_speedup"] = round(sum(p["steady"] for p in pairs) / len(pairs), 2)
+        steady = [p["steady"] for p in pairs if p["steady"] is not None]
+        summary["two_actor_steady_speedup"] = _round(sum(steady) / len(steady)) if steady else None
         summary["pairs"] = pairs
+        steady_text = f"{summary['two_actor_steady_speedup']}x" if steady else "no"
         print(
             f"2 actors vs 1 (mean of {len(pairs)} pair{'s' if len(pairs) > 1 else ''}): "
-            f"{summary['two_actor_speedup']}x whole job, {summary['two_actor_steady_speedup']}x steady state"
+            f"{summary['two_actor_speedup']}x whole job, {steady_text} steady state"
         )
     if "overlap" in parts:
         one, two = results["mixed_one_call"], results["mixed_two_calls"]
