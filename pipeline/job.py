@@ -22,8 +22,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from .config import JobConfig
-from .parts import drop_failed_rows, filesystem, read_outputs, row_key
+from .parts import drop_failed_rows, filesystem, iter_outputs, key_array, read_outputs
 from .resources import STORE_ACTOR_CPUS, pool_problems
 from .sources import SPEAKER_EXTENSIONS, TEXT_EXTENSIONS, expand_paths, parse_speaker_shard, parse_text_shard
 
@@ -69,16 +72,15 @@ class JobReport:
         }
 
 
-def finished_keys(output: str, retry_failed: bool) -> set[str]:
-    """Keys of rows earlier runs already wrote. With `retry_failed`, failed rows are first removed from their parts
-    (so the redone rows do not appear twice) and are not counted as finished."""
+def finished_keys(output: str, retry_failed: bool) -> pa.Array:
+    """Keys (`row_key`) of rows earlier runs already wrote, as one Arrow array: a million keys stay ~30 MB, not a
+    Python set of string objects. With `retry_failed`, failed rows are first removed from their parts (so the
+    redone rows do not appear twice) and are not counted as finished."""
     table = read_outputs(output, ["id", "source", "error"], clean=True)
     if retry_failed and table.column("error").null_count != table.num_rows:
         log.info("retry_failed: removed %d failed rows from earlier parts to redo them", drop_failed_rows(output))
         table = read_outputs(output, ["id", "source", "error"], clean=True)
-    return {
-        row_key(i, s) for i, s in zip(table.column("id").to_pylist(), table.column("source").to_pylist(), strict=True)
-    }
+    return pc.unique(key_array(table.column("id"), table.column("source")))
 
 
 def _source_order(source: str) -> tuple[str, int]:
@@ -86,19 +88,45 @@ def _source_order(source: str) -> tuple[str, int]:
     return (match.group(1), int(match.group(2))) if match else (source, 0)
 
 
-def find_duplicates(rows: list[tuple[str | None, str]]) -> dict[str, str]:
-    """source -> error for every row whose id was already used by an earlier (file, line)."""
+def find_duplicates(ids: pa.ChunkedArray, sources: pa.ChunkedArray) -> dict[str, str]:
+    """source -> error for every row whose id was already used by an earlier (file, line). Counting happens in
+    Arrow; only the rows of repeated ids (usually none) become Python objects."""
+    rows = pa.table({"id": ids.cast(pa.string()), "source": sources.cast(pa.string())})
+    rows = rows.filter(pc.fill_null(pc.not_equal(rows.column("id"), ""), False))
+    counts = rows.group_by("id").aggregate([("source", "count")])
+    repeated = counts.filter(pc.greater(counts.column("source_count"), 1)).column("id")
+    if len(repeated) == 0:
+        return {}
     by_id: dict[str, list[str]] = defaultdict(list)
-    for row_id, source in rows:
-        if row_id:
-            by_id[row_id].append(source)
+    for row in rows.filter(pc.is_in(rows.column("id"), value_set=repeated.combine_chunks())).to_pylist():
+        by_id[row["id"]].append(row["source"])
     duplicates = {}
-    for row_id, sources in by_id.items():
-        if len(sources) > 1:
-            first, *rest = sorted(sources, key=_source_order)
-            for source in rest:
-                duplicates[source] = f"{source}: duplicate id {row_id!r} (first seen at {first}); ids must be unique"
+    for row_id, sources_of_id in by_id.items():
+        first, *rest = sorted(sources_of_id, key=_source_order)
+        for source in rest:
+            duplicates[source] = f"{source}: duplicate id {row_id!r} (first seen at {first}); ids must be unique"
     return duplicates
+
+
+def unfinished_plan(sizes: list[int], done: pa.ChunkedArray) -> list[tuple[int, pa.Array | None]]:
+    """(block index, rows to keep) for the blocks that still have work: `None` keeps a block whole (none of its rows
+    is finished), a mask keeps its unfinished rows; a block whose rows are all finished is left out. `done` holds
+    one flag per row of the blocks in order (`sizes` rows each)."""
+    plan: list[tuple[int, pa.Array | None]] = []
+    offset = 0
+    for index, size in enumerate(sizes):
+        flags = done.slice(offset, size)
+        offset += size
+        finished = pc.sum(flags).as_py() or 0
+        if finished == 0 and size:
+            plan.append((index, None))
+        elif finished < size:
+            plan.append((index, pc.invert(flags).combine_chunks()))
+    return plan
+
+
+def keep_rows(block: pa.Table, mask: pa.Array) -> pa.Table:
+    return block.filter(mask)
 
 
 def _encode_speakers(config: JobConfig, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -222,18 +250,30 @@ def _run(config: JobConfig, started: float) -> JobReport:
         return _finish_report(report, output, finished)
 
     parsed = ray.data.read_binary_files(text_files, include_paths=True).flat_map(_parse_text).materialize()
-    # Keys straight from the parsed blocks (zero-copy reads of the object store), not through another Ray Data op.
-    blocks = [ray.get(ref).select(["id", "source"]) for ref in parsed.to_arrow_refs()]
-    keys = [k for b in blocks for k in zip(b.column("id").to_pylist(), b.column("source").to_pylist(), strict=True)]
-    log.info("parsed %d input rows in %.1f s", len(keys), time.perf_counter() - started)
-    duplicates = find_duplicates(keys)
-    todo = [k for k in keys if row_key(*k) not in finished]
-    report.skipped_finished = len(keys) - len(todo)
-    report.this_run = len(todo)
+    # Keys straight from the parsed blocks (zero-copy reads of the object store), not through another Ray Data op;
+    # the bookkeeping stays in Arrow, so the driver holds a few bytes per row, not Python objects.
+    refs = parsed.to_arrow_refs()
+    blocks = [ray.get(ref) for ref in refs]
+    sizes = [b.num_rows for b in blocks]
+    ids = pa.chunked_array([b.column("id").cast(pa.string()) for b in blocks], type=pa.string())
+    sources = pa.chunked_array([b.column("source") for b in blocks], type=pa.string())
+    del blocks
+    log.info("parsed %d input rows in %.1f s", len(ids), time.perf_counter() - started)
+    duplicates = find_duplicates(ids, sources)
+    done = pc.is_in(key_array(ids, sources), value_set=finished)  # one hash lookup per row, one hash table
+    todo = len(ids) - (pc.sum(done).as_py() or 0)
+    report.skipped_finished = len(ids) - todo
+    report.this_run = todo
     if todo:
         pending = parsed
-        if finished:
-            pending = parsed.filter(fn=lambda r: row_key(r["id"], r["source"]) not in finished)
+        if todo < len(ids):
+            # Finished rows are removed per block by the driver's flags: blocks with none pass as they are, the
+            # others are filtered by a task with the block's mask; no task has to hold every finished key.
+            keep = ray.remote(keep_rows)
+            pending = ray.data.from_arrow_refs([
+                refs[index] if mask is None else keep.remote(refs[index], mask)
+                for index, mask in unfinished_plan(sizes, done)
+            ])  # fmt: skip
         actors = config.actors
         # max_concurrent_batches calls run at once on each actor (Ray Data's default is one at a time, however
         # many tasks are queued), all awaiting its one engine: a call's last rows finish while the next call's rows
@@ -279,39 +319,59 @@ def _run(config: JobConfig, started: float) -> JobReport:
     return _finish_report(report, output, finished)
 
 
-def _finish_report(report: JobReport, output: str, finished_before: set[str]) -> JobReport:
+def _finish_report(report: JobReport, output: str, finished_before: pa.Array) -> JobReport:
+    """Totals, per-worker stats, failures and the manifest from the parts, one part at a time: the driver never
+    holds every row of a million-row job."""
     # Only the audio's path: reading the `audio` struct would pull every row's encoded bytes back in.
-    table = read_outputs(output, ["id", "source", "error", "duration_s", "worker", "engine_occupancy", "audio.path"])
-    rows = table.select(["id", "source", "error", "duration_s", "worker", "engine_occupancy"]).to_pylist()
-    paths = table.column("path").to_pylist()
-    report.rows = len(rows)
+    columns = ["id", "source", "error", "duration_s", "worker", "engine_occupancy", "audio.path"]
     workers: dict[str, dict[str, float]] = {}
-    manifest_lines = []
-    for row, path in zip(rows, paths, strict=True):
-        if row["error"]:
-            report.failed += 1
-            report.failures.append({"id": row["id"], "source": row["source"], "error": row["error"]})
-        else:
-            report.ok += 1
-            report.audio_seconds += row["duration_s"] or 0.0
-            if row_key(row["id"], row["source"]) not in finished_before:
-                report.audio_seconds_this_run += row["duration_s"] or 0.0
-        if row["worker"]:
-            w = workers.setdefault(row["worker"], {"rows": 0, "audio_seconds": 0.0, "occupancy": 0.0})
-            w["rows"] += 1
-            w["audio_seconds"] = round(w["audio_seconds"] + (row["duration_s"] or 0.0), 3)
-            w["occupancy"] = round(max(w["occupancy"], row["engine_occupancy"] or 0.0), 3)
-        manifest_lines.append(
-            json.dumps(
-                {"id": row["id"], "audio": path, "duration_s": row["duration_s"], "error": row["error"]},
-                ensure_ascii=False,
-            )
-        )
-    report.workers = workers
+    ok_keys: list[pa.ChunkedArray] = []  # of the ok rows, to tell this run's from earlier ones in one lookup
+    ok_seconds: list[pa.ChunkedArray] = []
     fs, base = filesystem(output)
     fs.create_dir(base, recursive=True)
-    with fs.open_output_stream(f"{base}/manifest.jsonl") as f:
-        f.write(("\n".join(manifest_lines) + ("\n" if manifest_lines else "")).encode())
+    with fs.open_output_stream(f"{base}/manifest.jsonl") as manifest:
+        for table in iter_outputs(output, columns):
+            ok = _account_part(report, table, workers)
+            ok_keys.append(key_array(ok.column("id"), ok.column("source")))
+            ok_seconds.append(pc.fill_null(ok.column("duration_s"), 0.0))
+            lines = [
+                json.dumps({"id": i, "audio": p, "duration_s": d, "error": e}, ensure_ascii=False) + "\n"
+                for i, p, d, e in zip(*(table.column(c).to_pylist() for c in ("id", "path", "duration_s", "error")),
+                                      strict=True)
+            ]  # fmt: skip
+            manifest.write("".join(lines).encode())
+    if ok_keys:
+        keys = pa.chunked_array([c for k in ok_keys for c in k.chunks], type=pa.string())
+        seconds = pa.chunked_array([c for s in ok_seconds for c in s.chunks], type=pa.float64())
+        new = pc.invert(pc.is_in(keys, value_set=finished_before))
+        report.audio_seconds_this_run = pc.sum(pc.filter(seconds, new)).as_py() or 0.0
+    report.workers = {
+        name: {"rows": w["rows"], "audio_seconds": round(w["audio_seconds"], 3), "occupancy": round(w["occupancy"], 3)}
+        for name, w in sorted(workers.items())
+    }
     with fs.open_output_stream(f"{base}/_report.json") as f:
         f.write(json.dumps(report.to_dict(), indent=2, ensure_ascii=False).encode() + b"\n")
     return report
+
+
+def _account_part(report: JobReport, table: pa.Table, workers: dict[str, dict[str, float]]) -> pa.Table:
+    """Adds one part's rows to the report's totals, failures and per-worker stats; returns its ok rows."""
+    failed = pc.is_valid(table.column("error"))
+    report.rows += table.num_rows
+    report.failed += pc.sum(failed).as_py() or 0
+    report.failures.extend(table.filter(failed).select(["id", "source", "error"]).to_pylist())
+    ok = table.filter(pc.invert(failed))
+    report.ok += ok.num_rows
+    report.audio_seconds += pc.sum(pc.fill_null(ok.column("duration_s"), 0.0)).as_py() or 0.0
+    named = table.filter(pc.fill_null(pc.not_equal(table.column("worker"), ""), False))
+    stats = pa.table({
+        "worker": named.column("worker"),
+        "seconds": pc.fill_null(named.column("duration_s"), 0.0),
+        "occupancy": pc.fill_null(named.column("engine_occupancy"), 0.0),
+    }).group_by("worker").aggregate([("seconds", "count"), ("seconds", "sum"), ("occupancy", "max")])  # fmt: skip
+    for row in stats.to_pylist():
+        w = workers.setdefault(row["worker"], {"rows": 0, "audio_seconds": 0.0, "occupancy": 0.0})
+        w["rows"] += row["seconds_count"]
+        w["audio_seconds"] += row["seconds_sum"]
+        w["occupancy"] = max(w["occupancy"], row["occupancy_max"])
+    return ok

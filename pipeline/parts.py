@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -74,16 +75,25 @@ def write_part(table: pa.Table, parts: str) -> str:
     return path
 
 
-def read_outputs(output: str, columns: list[str], clean: bool = False) -> pa.Table:
-    """Readable part files under {output}/parts. With `clean` (no writer may be running: the start of a run),
-    unreadable parts and temporaries left by killed writers are deleted so their rows are redone."""
+def key_array(ids: pa.Array | pa.ChunkedArray, sources: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """`row_key` over whole columns (no Python objects per row): the id, or "@" + source where it is null or empty."""
+    ids = pa.chunked_array([ids]) if isinstance(ids, pa.Array) else ids
+    sources = pa.chunked_array([sources]) if isinstance(sources, pa.Array) else sources
+    ids = ids.cast(pa.string())  # a shard without ids parses to an all-null (type null) column
+    has_id = pc.fill_null(pc.not_equal(ids, ""), False)
+    return pc.if_else(has_id, ids, pc.binary_join_element_wise("@", sources.cast(pa.string()), ""))
+
+
+def iter_outputs(output: str, columns: list[str], clean: bool = False) -> Iterator[pa.Table]:
+    """Readable part files under {output}/parts, one table each, so a reader holds one part at a time. With `clean`
+    (no writer may be running: the start of a run), unreadable parts and temporaries left by killed writers are
+    deleted so their rows are redone."""
     fs, base = filesystem(output)
     parts = f"{base}/parts"
     try:
         infos = fs.get_file_info(pafs.FileSelector(parts, recursive=True, allow_not_found=True))
     except (OSError, pa.ArrowInvalid):
         infos = []
-    tables = []
     for info in infos:
         if info.type != pafs.FileType.File:
             continue
@@ -94,18 +104,30 @@ def read_outputs(output: str, columns: list[str], clean: bool = False) -> pa.Tab
         if not info.path.endswith(".parquet"):
             continue
         try:
-            tables.append(pq.read_table(info.path, filesystem=fs, columns=columns))
+            table = pq.read_table(info.path, filesystem=fs, columns=columns)
         except (OSError, pa.ArrowInvalid) as err:
             if clean:
                 log.warning("removing unreadable part %s (%s): its rows will be redone", info.path, err)
                 fs.delete_file(info.path)
             else:
                 log.warning("skipping unreadable part %s (%s); the next run redoes its rows", info.path, err)
+            continue
+        yield table
+
+
+def read_outputs(output: str, columns: list[str], clean: bool = False) -> pa.Table:
+    """All readable parts under {output}/parts as one table (see `iter_outputs`); a nested column such as
+    "audio.path" comes back under its leaf name ("path")."""
+    tables = list(iter_outputs(output, columns, clean))
     if not tables:
-        return pa.table({c: pa.array([], type=_column_type(c)) for c in columns}).rename_columns(
-            [c.split(".")[-1] for c in columns]
-        )
+        return empty_outputs(columns)
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def empty_outputs(columns: list[str]) -> pa.Table:
+    return pa.table({c: pa.array([], type=_column_type(c)) for c in columns}).rename_columns(
+        [c.split(".")[-1] for c in columns]
+    )
 
 
 def _column_type(column: str) -> pa.DataType:
