@@ -39,6 +39,16 @@ def tiny_model(tiny_checkpoint: Path):
 
 
 @pytest.fixture(scope="session")
+def tiny_model_fp16(tiny_checkpoint: Path):
+    """The tiny model in float16 (the CUDA default) on the CPU: the half-precision code path without a GPU."""
+    import torch
+
+    from actors.checkpoint import load_model
+
+    return load_model(tiny_checkpoint / "asset", device="cpu", dtype=torch.float16)
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_checkpoint: Path):
     from actors.tokenizer import TextTokenizer
 

@@ -18,9 +18,12 @@ def test_receptive_field_of_the_full_model():
     assert receptive_field_mel_frames(full, use_decoder=True) == 75 + 27
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("use_decoder", [True, False])
 @pytest.mark.parametrize("chunk", [1, 7, 24])
-def test_streamed_chunks_join_to_the_one_shot_waveform(tiny_model, tiny_tokenizer, use_decoder, chunk):
+def test_streamed_chunks_join_to_the_one_shot_waveform(request, tiny_tokenizer, dtype, use_decoder, chunk):
+    """Also in float16, the online path's default dtype on CUDA (run here on the CPU)."""
+    tiny_model = request.getfixturevalue("tiny_model" if dtype == "float32" else "tiny_model_fp16")
     prompt = CodePrompt(tiny_tokenizer.encode(decorate("a streaming test sentence.", "[speed_5]", False)))
     row = generate(
         tiny_model,
