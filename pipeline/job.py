@@ -73,7 +73,7 @@ class JobReport:
 
 
 def finished_keys(output: str, retry_failed: bool) -> pa.Array:
-    """Keys (`row_key`) of rows earlier runs already wrote, as one Arrow array: a million keys stay ~30 MB, not a
+    """Keys (`key_array`) of rows earlier runs already wrote, as one Arrow array: a million keys stay ~30 MB, not a
     Python set of string objects. With `retry_failed`, failed rows are first removed from their parts (so the
     redone rows do not appear twice) and are not counted as finished."""
     table = read_outputs(output, ["id", "source", "error"], clean=True)

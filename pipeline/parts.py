@@ -48,11 +48,6 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
 
 
-def row_key(row_id: str | None, source: str) -> str:
-    """A row's identity across runs: its id, or its source line when it has none."""
-    return row_id if row_id else f"@{source}"
-
-
 def part_name(keys: list[str]) -> str:
     digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:24]
     return f"part-{digest}.parquet"
@@ -60,9 +55,7 @@ def part_name(keys: list[str]) -> str:
 
 def write_part(table: pa.Table, parts: str) -> str:
     """Write one block of output rows under `parts` (a folder or URI); returns the part's path."""
-    keys = [
-        row_key(i, s) for i, s in zip(table.column("id").to_pylist(), table.column("source").to_pylist(), strict=True)
-    ]
+    keys = key_array(table.column("id"), table.column("source")).to_pylist()
     fs, base = filesystem(parts)
     path = f"{base}/{part_name(keys)}"
     if isinstance(fs, pafs.LocalFileSystem):
@@ -76,7 +69,8 @@ def write_part(table: pa.Table, parts: str) -> str:
 
 
 def key_array(ids: pa.Array | pa.ChunkedArray, sources: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
-    """`row_key` over whole columns (no Python objects per row): the id, or "@" + source where it is null or empty."""
+    """Each row's identity across runs, over whole columns (no Python objects per row): its id, or "@" + its source
+    line where the id is null or empty."""
     ids = pa.chunked_array([ids]) if isinstance(ids, pa.Array) else ids
     sources = pa.chunked_array([sources]) if isinstance(sources, pa.Array) else sources
     ids = ids.cast(pa.string())  # a shard without ids parses to an all-null (type null) column
@@ -120,14 +114,10 @@ def read_outputs(output: str, columns: list[str], clean: bool = False) -> pa.Tab
     "audio.path" comes back under its leaf name ("path")."""
     tables = list(iter_outputs(output, columns, clean))
     if not tables:
-        return empty_outputs(columns)
+        return pa.table({c: pa.array([], type=_column_type(c)) for c in columns}).rename_columns(
+            [c.split(".")[-1] for c in columns]
+        )
     return pa.concat_tables(tables, promote_options="permissive")
-
-
-def empty_outputs(columns: list[str]) -> pa.Table:
-    return pa.table({c: pa.array([], type=_column_type(c)) for c in columns}).rename_columns(
-        [c.split(".")[-1] for c in columns]
-    )
 
 
 def _column_type(column: str) -> pa.DataType:

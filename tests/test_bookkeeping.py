@@ -16,11 +16,16 @@ import pyarrow.compute as pc
 import pytest
 
 from pipeline.job import JobReport, _finish_report, find_duplicates, finished_keys, keep_rows, unfinished_plan
-from pipeline.parts import RUN_SCHEMA, key_array, read_outputs, row_key, write_part
+from pipeline.parts import RUN_SCHEMA, key_array, read_outputs, write_part
 
 IDS = ["a", None, "", "b", "a", "c", "b", None, "a"]
 SOURCES = ["x.jsonl:9", "x.jsonl:10", "x.jsonl:11", "y.csv:row2", "x.jsonl:10", "y.csv:row10", "y.csv:row3",
            "z.txt:1", "w.parquet:0"]  # fmt: skip
+
+
+def row_key(row_id: str | None, source: str) -> str:
+    """Per-row definition of a row's key: its id, or its source line when it has none."""
+    return row_id if row_id else f"@{source}"
 
 
 def _reference_duplicates(ids: list[str | None], sources: list[str]) -> dict[str, str]:
@@ -37,7 +42,7 @@ def _reference_duplicates(ids: list[str | None], sources: list[str]) -> dict[str
     return expected
 
 
-def test_key_array_is_row_key_per_row():
+def test_key_array_is_the_per_row_key():
     keys = key_array(pa.array(IDS), pa.array(SOURCES)).to_pylist()
     assert keys == [row_key(i, s) for i, s in zip(IDS, SOURCES, strict=True)]
     assert keys[1] == "@x.jsonl:10" and keys[2] == "@x.jsonl:11"
