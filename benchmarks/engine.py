@@ -77,15 +77,21 @@ def ensure_checkpoint(preset: str, seed: int, eos_gain: float | None = None) -> 
     return root
 
 
-def run_upstream(root: Path, text_file: Path, max_new: int, threads: int) -> dict:
-    venv = (
-        os.environ.get("UPSTREAM_VENV")
-        or subprocess.run(
-            ["bash", str(REPO / "tools" / "upstream_venv.sh")], check=True, capture_output=True, text=True
-        ).stdout.strip()
-    )
+def run_upstream(root: Path, text_file: Path, max_new: int, threads: int, device: str = "cpu") -> dict:
+    """Upstream `Chat.infer` in its own interpreter: UPSTREAM_PYTHON (one that can import ChatTTS, e.g. on a GPU
+    machine with the upstream wheels of tools/gpu_wheels.sh on its path), else the virtualenv of
+    tools/upstream_venv.sh (UPSTREAM_VENV, created when missing)."""
+    python = os.environ.get("UPSTREAM_PYTHON")
+    if not python:
+        venv = (
+            os.environ.get("UPSTREAM_VENV")
+            or subprocess.run(
+                ["bash", str(REPO / "tools" / "upstream_venv.sh")], check=True, capture_output=True, text=True
+            ).stdout.strip()
+        )
+        python = f"{venv}/bin/python"
     out = subprocess.run(
-        [f"{venv}/bin/python", str(REPO / "benchmarks" / "upstream_infer.py"), str(root), str(text_file), str(max_new), str(threads)],
+        [python, str(REPO / "benchmarks" / "upstream_infer.py"), str(root), str(text_file), str(max_new), str(threads), device],
         check=True, capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -231,7 +237,7 @@ def main() -> None:
         rows.append(
             summarise(
                 "upstream chattts 0.2.5 (static batch)",
-                run_upstream(root, all_texts, args.max_new_tokens, args.threads),
+                run_upstream(root, all_texts, args.max_new_tokens, args.threads, args.device),
             )
         )
     dtypes = args.dtypes.split(",") if args.dtypes else [args.dtype]

@@ -2,7 +2,8 @@
 
 Runs inside the upstream virtualenv (tools/upstream_venv.sh); imports nothing from raytts except the golden
 script's `configure` (shapes from raytts.json), which is plain Python.
-Usage: python upstream_infer.py CHECKPOINT_ROOT TEXTS_JSON MAX_NEW_TOKEN THREADS
+Usage: python upstream_infer.py CHECKPOINT_ROOT TEXTS_JSON MAX_NEW_TOKEN THREADS [DEVICE]
+(DEVICE: cpu by default, or cuda: upstream's own choices there, as `Chat.load` makes them.)
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from upstream_reference import configure
 
 def main() -> None:
     root, texts_path, max_new, threads = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    device = torch.device(sys.argv[5] if len(sys.argv) > 5 else "cpu")
     torch.set_num_threads(threads)
     texts = json.loads(texts_path.read_text())
     chat = Chat()
     configure(chat, root / "asset")
     paths = {k: str(root / v) for k, v in asdict(chat.config.path).items()}
-    assert chat._load(device=torch.device("cpu"), **paths)
+    assert chat._load(device=device, **paths)
     params = Chat.InferCodeParams(
         temperature=1e-6, max_new_token=max_new, min_new_token=2, show_tqdm=False, manual_seed=0
     )
@@ -44,6 +46,9 @@ def main() -> None:
             yield result
 
     chat._infer_code = counting
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     wavs = chat.infer(
         texts,
@@ -52,6 +57,8 @@ def main() -> None:
         do_homophone_replacement=False,
         params_infer_code=params,
     )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     wall = time.perf_counter() - started
     print(
         json.dumps(
@@ -61,6 +68,7 @@ def main() -> None:
                 "rows": len(texts),
                 "returned_rows": len(wavs),
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
                 "torch": torch.__version__,
             }
         )
