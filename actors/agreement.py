@@ -5,6 +5,11 @@ flips one sample; after that a row's codes (and length) diverge. So agreement is
 rows whose codes are identical, the share of (frame, codebook) positions that match over each pair's longer
 length, and the frame of each row's first difference. Waveforms are only comparable where the codes are
 identical; for those rows the signal-to-noise ratio of the other waveform against the reference is reported.
+
+Free-running agreement mixes how often logits differ with where the first flip happens. `teacher_forced` measures
+the logits themselves: both models read the reference's own codes as their history (one forward pass each) and
+the share of (frame, codebook) positions whose top-1 code is the same is reported, with the mean absolute logit
+difference.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .replica import SynthesisResult
+    import torch
+
+    from .replica import SynthesisRequest, SynthesisResult, Synthesizer
 
 
 @dataclass
@@ -82,3 +89,69 @@ def compare(reference: list[SynthesisResult], other: list[SynthesisResult]) -> A
         else:
             out.first_difference.append(int(differs[0]) if len(differs) else common)
     return out
+
+
+def forced_logits(
+    synth: Synthesizer, requests: list[SynthesisRequest], results: list[SynthesisResult]
+) -> list[torch.Tensor | None]:
+    """Code logits [T, num_vq, codes] (float32, on the host) of `synth`'s model along the codes in `results`
+    (usually another replica's: the reference's), one forward pass per row. None for a row without codes or split
+    into several segments (its codes are concatenated in the result)."""
+    import torch
+
+    from .engine.generate import prompt_embeddings
+    from .model.gpt import KVCache
+
+    _, segments = synth.prepare(requests)
+    by_row: dict[int, list] = {}
+    for segment in segments:
+        by_row.setdefault(segment.request, []).append(segment)
+    model = synth.model
+    out: list[torch.Tensor | None] = []
+    for row, result in enumerate(results):
+        if result.codes is None or len(result.codes) == 0 or len(by_row.get(row, [])) != 1:
+            out.append(None)
+            continue
+        prompt = by_row[row][0].prompt
+        with torch.inference_mode():
+            codes = torch.from_numpy(np.asarray(result.codes, dtype=np.int64)).to(model.device)
+            embeds = prompt_embeddings(model, prompt, synth.tokenizer.spk_emb_id)
+            embeds = torch.cat([embeds, model.embed.embed_codes(codes).to(embeds.dtype)]).unsqueeze(0)
+            total = embeds.shape[1]
+            cache = KVCache(model.config.gpt, 1, total, model.device, embeds.dtype)
+            hidden = model.gpt(embeds, torch.arange(total, device=model.device).unsqueeze(0), cache, total)[0]
+            # the hidden state that produced frame j sits at position prompt.length - 1 + j
+            steps = hidden[prompt.length - 1 : prompt.length - 1 + len(codes)]
+            out.append(model.embed.code_logits(steps).float().cpu())
+    return out
+
+
+def teacher_forced(
+    reference: list[torch.Tensor | None], other: list[torch.Tensor | None], results: list[SynthesisResult], eos: int
+) -> dict[str, float | int | None]:
+    """Top-1 agreement and mean |logit difference| of `other`'s forced logits against `reference`'s, both along the
+    codes in `results` (see `forced_logits`); `eos` is the model's end code."""
+    import torch
+
+    positions = matching = own = skipped = 0
+    abs_diff = 0.0
+    for ref, oth, result in zip(reference, other, results, strict=True):
+        if ref is None or oth is None:
+            skipped += 1
+            continue
+        positions += ref.shape[0] * ref.shape[1]
+        matching += int((ref.argmax(-1) == oth.argmax(-1)).sum())
+        abs_diff += float((ref - oth).abs().mean(-1).sum())
+        # generated frames never hold the end code, which min_new_tokens may have masked: compare without it
+        ref_no_eos = ref.clone()
+        ref_no_eos[..., eos] = -torch.inf
+        own += int((ref_no_eos.argmax(-1) == torch.from_numpy(np.asarray(result.codes, dtype=np.int64))).sum())
+    return {
+        "teacher_forced_rows": len(results) - skipped,
+        "teacher_forced_skipped_rows": skipped,
+        "teacher_forced_top1_agreement": round(matching / positions, 4) if positions else None,
+        "teacher_forced_mean_abs_logit_diff": round(abs_diff / positions, 5) if positions else None,
+        # the reference's own top-1 (end code excluded) vs the codes it generated: 1.0 under deterministic sampling
+        # without a repetition penalty (a check that the positions line up); lower with sampling, as expected
+        "teacher_forced_reference_top1_is_code": round(own / positions, 4) if positions else None,
+    }

@@ -8,7 +8,9 @@ Runs one Synthesizer in float32 (the reference; on CUDA with TF32 off for matmul
 per `--dtypes` entry, all on `--device`, with the engine benchmark's checkpoint and texts (benchmarks/engine.py)
 and per-row seeds, and compares each with the reference (actors/agreement.py): rows with identical codes,
 (frame, codebook) positions that match, the frame of each row's first difference, and the waveform SNR of rows
-whose codes are identical. Prints a table and writes JSON.
+whose codes are identical, and the teacher-forced numbers: the share of (frame, codebook) positions where both
+precisions' top-1 code is the same when both read float32's codes as their history, and the mean |logit difference|
+there. Prints a table and writes JSON.
 
 On CPU this checks the half-precision code path (float16 is the CUDA default) for dtype bugs and gives a first
 agreement number; the number that counts for deployment is the one measured on a CUDA GPU.
@@ -28,9 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def run(checkpoint: Path, rows: list[str], args: argparse.Namespace, dtype: str) -> tuple[list, float]:
+def run(
+    checkpoint: Path, rows: list[str], args: argparse.Namespace, dtype: str, forced_along: list | None = None
+) -> tuple[list, float, list]:
+    """Synthesise `rows` in `dtype`; also the replica's forced logits along `forced_along`'s codes (its own codes
+    when None), taken before the replica is freed."""
     import torch
 
+    from actors.agreement import forced_logits
     from actors.engine.sampling import SamplingParams
     from actors.replica import SynthesisRequest, Synthesizer
 
@@ -60,12 +67,13 @@ def run(checkpoint: Path, rows: list[str], args: argparse.Namespace, dtype: str)
     failed = [r.error for r in results if r.error]
     if failed:
         raise SystemExit(f"{dtype}: {len(failed)} rows failed, e.g. {failed[0]}")
+    logits = forced_logits(synth, requests, forced_along or results)
     del synth
     if args.device.startswith("cuda"):
         # The next precision's replica sizes its default budget from the free memory: give this one's back first.
         gc.collect()
         torch.cuda.empty_cache()
-    return results, wall
+    return results, wall, logits
 
 
 def main() -> None:
@@ -85,7 +93,8 @@ def main() -> None:
 
     import torch
 
-    from actors.agreement import compare
+    from actors.agreement import compare, teacher_forced
+    from actors.checkpoint import read_model_config
     from benchmarks.engine import ensure_checkpoint, texts
 
     torch.set_num_threads(args.threads)
@@ -93,17 +102,19 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     checkpoint = ensure_checkpoint(args.preset, args.seed, args.eos_gain)
+    eos = read_model_config(checkpoint / "asset").gpt.eos_code
     rows = texts(args.texts)
-    reference, reference_wall = run(checkpoint, rows, args, "float32")
+    reference, reference_wall, reference_logits = run(checkpoint, rows, args, "float32")
     table = [{"dtype": "float32", "wall_s": round(reference_wall, 2), "frames": sum(len(r.codes) for r in reference)}]
     for dtype in [d for d in args.dtypes.split(",") if d]:
-        results, wall = run(checkpoint, rows, args, dtype)
+        results, wall, logits = run(checkpoint, rows, args, dtype, forced_along=reference)
         agreement = compare(reference, results)
         table.append({
             "dtype": dtype,
             "wall_s": round(wall, 2),
             "frames": sum(len(r.codes) for r in results),
             **agreement.to_dict(),
+            **teacher_forced(reference_logits, logits, reference, eos),
         })  # fmt: skip
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
@@ -121,7 +132,12 @@ def main() -> None:
             if r.get("waveform_snr_db_min") is not None
             else ""
         )
-        print(f"{r['dtype']:>9} {r['wall_s']:>7} {r['frames']:>7} {same:>15} {agree:>15} {snr:>18}")
+        top1 = r.get("teacher_forced_top1_agreement", "")
+        dlogit = r.get("teacher_forced_mean_abs_logit_diff", "")
+        print(
+            f"{r['dtype']:>9} {r['wall_s']:>7} {r['frames']:>7} {same:>15} {agree:>15} {snr:>18} {top1!s:>13}"
+            f" {dlogit!s:>16}"
+        )
     out = args.out or REPO / "benchmarks" / "results" / f"agreement-{args.device.split(':')[0]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {
