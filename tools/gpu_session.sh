@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every CUDA check of issue #3, staged for the device tool's GPU machines (one stage per call, each well inside a
-# call's 10 minutes); results and logs land in $OUT and come back. Prepare once per session, here:
+# Every CUDA check of issue #3, staged for the device tool's GPU machines (one stage per call, each meant to fit a
+# call's 10 minutes: not yet timed on a GPU); results and logs land in $OUT and come back. Prepare once per session, here:
 #     bash tools/gpu_wheels.sh
 # then, with the device tool:
 #     run(command="bash tools/gpu_session.sh tests", carry=[".whl"])    gpu-marked tests + the engine/stream/half
