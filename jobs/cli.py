@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from actors.checkpoint import CheckpointError
+from pipeline.output import AUDIO_FORMATS
 
 
 def _synth_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +43,7 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compile", choices=("off", "inductor", "cudagraphs"), default="off", help="torch.compile the decode step"
     )
-    p.add_argument("--audio-format", choices=("flac", "wav", "ogg"), default="flac")
+    p.add_argument("--audio-format", choices=tuple(AUDIO_FORMATS), default="flac")
 
 
 def _run_parser(sub: argparse._SubParsersAction) -> None:

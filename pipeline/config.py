@@ -102,7 +102,9 @@ class OutputConfig(_Strict):
     path: str = Field(
         description="Output folder or URI: Parquet under parts/, audio under audio/, manifest and report."
     )
-    audio_format: Literal["flac", "wav", "ogg"] = Field("flac", description="Encoding of audio bytes and files.")
+    audio_format: Literal["flac", "wav", "ogg", "opus"] = Field(
+        "flac", description="Encoding of audio bytes and files: flac/wav lossless 16-bit, ogg (Vorbis)/opus lossy."
+    )
     audio_files: bool = Field(True, description="Also write {path}/audio/{id}.{format} objects.")
     save_codes: bool = Field(False, description="Keep the [T, 4] codes column.")
     writers: int = Field(

@@ -22,7 +22,15 @@ from actors.model.config import SAMPLE_RATE
 if TYPE_CHECKING:  # torch-free at import: the store stage encodes audio without loading the model
     from actors.replica import SynthesisResult
 
-AUDIO_FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16"), "ogg": ("OGG", "VORBIS")}
+# Format name (also the file extension) -> soundfile container and subtype. flac and wav are lossless 16-bit; ogg
+# (Vorbis) and opus (Ogg Opus, 24 kHz is one of Opus' native rates) are lossy and several times smaller. Each decodes to
+# exactly the stored `num_samples` (libsndfile trims Opus' pre-skip and padding).
+AUDIO_FORMATS = {
+    "flac": ("FLAC", "PCM_16"),
+    "wav": ("WAV", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "opus": ("OGG", "OPUS"),
+}
 
 AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SCHEMA = pa.schema(

@@ -156,9 +156,10 @@ def test_bad_inputs_each_get_an_error_and_the_job_completes(local_ray, tiny_chec
     assert report.rows == len(BAD_ROWS) + 4  # 10 + utf8 + good + second dup + parquet row
 
 
-def test_hugging_face_datasets_reads_the_output_as_audio(local_ray, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("audio_format", ["flac", "opus"])
+def test_hugging_face_datasets_reads_the_output_as_audio(local_ray, tiny_checkpoint, tmp_path, audio_format):
     """`datasets` loads the Parquet parts, types `audio` as its Audio feature (from our schema metadata) and
-    decodes it with no extra code.
+    decodes it with no extra code, lossless (flac) or lossy (opus); the audio files hold the same bytes.
 
     The test extra pins `datasets` 3.x, whose Audio decoding uses soundfile: 4.x and later decode through
     torchcodec, whose PyPI wheels need a CUDA build of torch (libnvrtc), which these CPU-only machines lack. The
@@ -170,7 +171,9 @@ def test_hugging_face_datasets_reads_the_output_as_audio(local_ray, tiny_checkpo
     texts = tmp_path / "texts"
     texts.mkdir()
     (texts / "t.txt").write_text("hello there.\n你好。\nthe quick brown fox.\n")
-    report = run_job(_config(tiny_checkpoint, [str(texts)], str(tmp_path / "out")))
+    config = _config(tiny_checkpoint, [str(texts)], str(tmp_path / "out"))
+    config.output.audio_format = audio_format
+    report = run_job(config)
     assert report.exit_status == 0
     files = sorted(str(p) for p in (tmp_path / "out" / "parts").glob("*.parquet"))
     ds = datasets.load_dataset("parquet", data_files=files, split="train")
@@ -182,9 +185,31 @@ def test_hugging_face_datasets_reads_the_output_as_audio(local_ray, tiny_checkpo
         decoded = row["audio"]
         assert decoded["sampling_rate"] == 24_000
         assert decoded["array"].shape == (row["num_samples"],)
+        assert stored["audio"]["path"] == str(tmp_path / "out" / "audio" / f"{row['id']}.{audio_format}")
+        assert Path(stored["audio"]["path"]).read_bytes() == stored["audio"]["bytes"]
         reference, rate = sf.read(io.BytesIO(stored["audio"]["bytes"]), dtype="float32")
         assert rate == 24_000
         np.testing.assert_allclose(decoded["array"], reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["flac", "wav", "ogg", "opus"])
+def test_every_audio_format_decodes_to_its_stored_length(fmt):
+    """Each output format decodes at 24 kHz to exactly the samples written (the `num_samples` column), whether fed
+    int16 PCM (the offline job) or float32 (`raytts synth`); lossless formats give back the 16-bit samples exactly,
+    lossy ones stay close to them."""
+    from pipeline.output import encode_audio
+
+    t = np.arange(30_011) / 24_000  # an odd length: no frame or packet boundary to hide a trimming error
+    audio = (0.4 * np.sin(2 * np.pi * 330 * t) * np.hanning(t.size)).astype(np.float32)
+    pcm = np.round(audio * 32767).astype(np.int16)
+    for source, tolerance in ((pcm, 0), (audio, 1)):  # libsndfile rounds float32 input to 16 bits
+        decoded, rate = sf.read(pa.BufferReader(encode_audio(source, 24_000, fmt)), dtype="int16")
+        assert rate == 24_000 and decoded.shape == pcm.shape
+        if fmt in ("flac", "wav"):
+            assert np.abs(decoded.astype(np.int32) - pcm).max() <= tolerance
+        else:
+            error = (decoded.astype(np.float64) - pcm) / 32767
+            assert 10 * np.log10(np.sum((pcm / 32767) ** 2) / np.sum(error**2)) > 15
 
 
 def test_cpu_stages_do_not_load_torch():
