@@ -56,24 +56,11 @@ def texts(n: int) -> list[str]:
 def ensure_checkpoint(preset: str, seed: int, eos_gain: float | None = None) -> Path:
     name = f"{preset}-seed{seed}" + (f"-eos{eos_gain:g}" if eos_gain is not None else "")
     root = REPO / ".cache" / "bench" / name
-    gain = [] if eos_gain is None else ["--eos-gain", str(eos_gain)]
     if not (root / "asset" / "Vocos.safetensors").exists():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "jobs.cli",
-                "make-checkpoint",
-                str(root),
-                "--preset",
-                preset,
-                "--seed",
-                str(seed),
-                *gain,
-            ],
-            check=True,
-            cwd=REPO,
-        )
+        # In-process, not through the CLI: a GPU image has torch and safetensors but not the CLI's other imports.
+        from actors.make_checkpoint import EOS_GAIN, write_checkpoint
+
+        write_checkpoint(root, preset, seed, EOS_GAIN if eos_gain is None else eos_gain)
     return root
 
 

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import soundfile as sf
 
 from actors.model.config import SAMPLE_RATE
 
@@ -81,6 +80,8 @@ def encode_audio(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, fmt: str = "
     """float32 mono (clipped to [-1, 1] first: 16-bit formats would wrap) or int16 PCM -> an encoded file."""
     if fmt not in AUDIO_FORMATS:
         raise ValueError(f"audio format must be one of {sorted(AUDIO_FORMATS)}, got {fmt!r}")
+    import soundfile as sf  # here, not at import: the CLI imports this module and GPU images may lack soundfile
+
     container, subtype = AUDIO_FORMATS[fmt]
     buffer = io.BytesIO()
     samples = audio if audio.dtype == np.int16 else np.clip(audio, -1.0, 1.0)
