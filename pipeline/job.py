@@ -171,8 +171,9 @@ def _parse_text(row: dict[str, Any]) -> list[dict[str, Any]]:
     return parse_text_shard(row["path"], row["bytes"])
 
 
-def _parse_speakers(row: dict[str, Any]) -> list[dict[str, Any]]:
-    return parse_speaker_shard(row["path"], row["bytes"])
+def _parse_speakers(row: dict[str, Any], uris: dict[str, str]) -> list[dict[str, Any]]:
+    # Ray reports object-storage files without their scheme; the manifest's relative audio paths need it back.
+    return parse_speaker_shard(uris.get(row["path"], row["path"]), row["bytes"])
 
 
 class PoolDoesNotFit(ValueError):
@@ -238,11 +239,17 @@ def _run(config: JobConfig, started: float) -> JobReport:
         speaker_files, speaker_problems = expand_paths(config.inputs.speakers, SPEAKER_EXTENSIONS)
         report.problems.extend(speaker_problems)
         if speaker_files:
-            rows = ray.data.read_binary_files(speaker_files, include_paths=True).flat_map(_parse_speakers).take_all()
+            uris = {f.split("://", 1)[1]: f for f in speaker_files if "://" in f}
+            rows = (
+                ray.data.read_binary_files(speaker_files, include_paths=True)
+                .flat_map(_parse_speakers, fn_kwargs={"uris": uris})
+                .take_all()
+            )
             speakers = ray.get(ray.remote(num_cpus=1)(_encode_speakers).remote(config, rows))
-            bad = {k: v["error"] for k, v in speakers.items() if "error" in v}
-            for name, error in bad.items():
-                log.error("speaker %s unusable: %s", name, error)
+            for name, entry in speakers.items():
+                if "error" in entry:  # rows naming it fail; the report names the cause even if none does
+                    log.error("speaker %s unusable: %s", name, entry["error"])
+                    report.problems.append(f"speaker {name!r} unusable: {entry['error']}")
 
     finished = finished_keys(output, config.retry_failed)
     if not text_files:

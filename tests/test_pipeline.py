@@ -87,6 +87,29 @@ def test_500_rows_three_formats_and_three_speakers_to_s3(local_ray, s3_server, t
     )
 
 
+def test_inputs_from_object_storage_globs_and_relative_speaker_audio(local_ray, s3_server, tiny_checkpoint, tmp_path):
+    """Text shards named by an s3:// glob and a speaker manifest in the bucket whose audio paths are relative to it
+    (resolved in the same bucket); a missing s3:// shard is a reported problem, not a crash."""
+    client = s3_server.client()
+    client.create_bucket(Bucket="tts-in")
+    speaker_manifest = write_speakers(tmp_path / "in" / "voices", ["ann", "ben"])
+    expected = write_text_shards(tmp_path / "in" / "texts", 24, ["ann", "ben"])
+    (tmp_path / "in" / "texts" / "c.txt").unlink()  # .txt ids hash the shard path: keep the check to real ids
+    s3_server.upload_dir("tts-in", "job", tmp_path / "in")
+    config = _config(
+        tiny_checkpoint,
+        ["s3://tts-in/job/texts/*.jsonl", "s3://tts-in/job/texts/[bd].*", "s3://tts-in/job/texts/missing.jsonl"],
+        str(tmp_path / "out"),
+        ["s3://tts-in/job/voices/" + speaker_manifest.name],
+    )
+    report = run_job(config)
+    assert report.problems == ["s3://tts-in/job/texts/missing.jsonl: no such object or prefix"]
+    assert report.failed == 0, report.failures[:3]
+    table = read_outputs(str(tmp_path / "out"), ["id", "speaker", "error"])
+    assert Counter(table.column("id").to_pylist()) == Counter(expected)
+    assert {"ann", "ben"} <= set(table.column("speaker").to_pylist())
+
+
 BAD_ROWS = [
     {"id": "empty", "text": ""},
     {"id": "blank", "text": "   "},

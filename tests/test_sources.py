@@ -1,0 +1,151 @@
+"""Shard listing and parsing without Ray: local and object-storage (SeaweedFS on loopback) paths, and the inputs
+that used to kill a shard's parse or swallow rows."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from pipeline.sources import (
+    TEXT_EXTENSIONS,
+    csv_records,
+    expand_paths,
+    parse_speaker_shard,
+    parse_text_shard,
+)
+
+
+def test_overlapping_specs_name_each_file_once(tmp_path):
+    """A folder plus a glob inside it (or the same file twice) must not read a shard twice: its rows would all be
+    flagged as duplicates of themselves."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.jsonl").write_text('{"id": "a", "text": "x"}\n')
+    (tmp_path / "sub" / "b.csv").write_text("id,text\nb,y\n")
+    specs = [str(tmp_path), str(tmp_path / "*.jsonl"), str(tmp_path / "a.jsonl"), f"file://{tmp_path}/sub/b.csv"]
+    files, problems = expand_paths(specs, TEXT_EXTENSIONS)
+    assert problems == []
+    assert files == [str(tmp_path / "a.jsonl"), str(tmp_path / "sub" / "b.csv")]
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server, monkeypatch_module):
+    for key, value in s3_server.env().items():
+        monkeypatch_module.setenv(key, value)
+    client = s3_server.client()
+    client.create_bucket(Bucket="shards")
+    for key in ("texts/a.jsonl", "texts/b.csv", "texts/notes.md", "texts/deep/c.txt", "texts/deep/d.parquet"):
+        client.put_object(Bucket="shards", Key=key, Body=b"id,text\nx,y\n")
+    return "s3://shards"
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("texts/*.jsonl", ["texts/a.jsonl"]),
+        ("texts/*", ["texts/a.jsonl", "texts/b.csv"]),  # one segment; notes.md is not a shard format
+        ("texts/**/*.parquet", ["texts/deep/d.parquet"]),
+        ("texts/**", ["texts/a.jsonl", "texts/b.csv", "texts/deep/c.txt", "texts/deep/d.parquet"]),
+        ("texts/[ab].*", ["texts/a.jsonl", "texts/b.csv"]),
+        ("texts", ["texts/a.jsonl", "texts/b.csv", "texts/deep/c.txt", "texts/deep/d.parquet"]),
+        ("texts/", ["texts/a.jsonl", "texts/b.csv", "texts/deep/c.txt", "texts/deep/d.parquet"]),
+        ("texts/b.csv", ["texts/b.csv"]),
+    ],
+)
+def test_object_storage_files_folders_and_globs(bucket, spec, expected):
+    files, problems = expand_paths([f"{bucket}/{spec}"], TEXT_EXTENSIONS)
+    assert problems == []
+    assert files == [f"{bucket}/{key}" for key in expected]
+
+
+def test_object_storage_problems_are_reported_not_raised(bucket):
+    specs = [f"{bucket}/missing.jsonl", f"{bucket}/texts/*.tsv", f"{bucket}/texts/notes.md", "s3://no-such-bucket/x/"]
+    files, problems = expand_paths(specs, TEXT_EXTENSIONS)
+    assert files == []
+    assert len(problems) == 4
+    assert problems[0].startswith(f"{bucket}/missing.jsonl: no such object")
+    assert "matches no" in problems[1]
+    assert "unknown shard format" in problems[2]
+    assert problems[3].startswith("s3://no-such-bucket/x/: ")
+
+
+def test_csv_with_a_byte_order_mark_reads_its_header():
+    rows = parse_text_shard("/d/b.csv", "\ufeffid,text\nr1,hello\n".encode())
+    assert [(r["id"], r["text"], r["error"]) for r in rows] == [("r1", "hello", None)]
+
+
+def test_csv_field_longer_than_the_csv_module_limit_is_a_row():
+    """Python's csv refuses fields over 131,072 characters by raising for the whole file; such a row must reach
+    the job (where max_chars fails it alone)."""
+    text = "y" * 200_000
+    rows = parse_text_shard("/d/b.csv", f"id,text\nlong,{text}\nshort,ok\n".encode())
+    assert [(r["id"], len(r["text"]), r["error"]) for r in rows] == [("long", 200_000, None), ("short", 2, None)]
+
+
+def test_unterminated_quote_fails_one_row_and_keeps_the_rest():
+    data = 'id,text\na,"never closed\nb,second\nc,"multi\nline"\nd,"bad"x,\ne,last\n'
+    rows = parse_text_shard("/d/b.csv", data.encode())
+    by_source = {r["source"]: r for r in rows}
+    assert "malformed CSV record" in by_source["/d/b.csv:2"]["error"]
+    assert [(r["id"], r["text"]) for r in rows if r["error"] is None] == [
+        ("b", "second"),
+        ("c", "multi\nline"),
+        ("e", "last"),
+    ]
+    assert "malformed CSV record" in by_source["/d/b.csv:6"]["error"]  # a quote inside a quoted field
+    assert len(rows) == 5  # a, b, c, d, e: nothing vanished
+
+
+def test_csv_lines_split_only_at_newlines():
+    """Unicode line separators inside a field are text, not line ends."""
+    rows = parse_text_shard("/d/b.csv", "id,text\nr1,one\u2028two\x1cthree\nr2,four\n".encode())
+    assert [(r["id"], r["text"], r["source"]) for r in rows] == [
+        ("r1", "one\u2028two\x1cthree", "/d/b.csv:2"),
+        ("r2", "four", "/d/b.csv:3"),
+    ]
+
+
+def test_csv_records_report_the_last_line_of_a_multiline_record():
+    assert list(csv_records('h\n"a\nb"\nc\n')) == [(1, ["h"], None), (3, ["a\nb"], None), (4, ["c"], None)]
+
+
+def test_unreadable_parquet_is_one_error_row():
+    rows = parse_text_shard("/d/x.parquet", b"PAR1 this is not parquet PAR1")
+    assert len(rows) == 1 and "not a readable Parquet file" in rows[0]["error"]
+
+
+def test_speaker_manifests_csv_parquet_and_bad_records(tmp_path):
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(2400, np.float32), 24_000, format="FLAC")
+    flac = buffer.getvalue()
+    csv_rows = parse_speaker_shard(
+        "s3://voices/set/speakers.csv",
+        '\ufeffspeaker,audio,text\nann,ann.ogg,hi\nbob,"never closed\nbad name!,x.wav,t\n'.encode(),
+    )
+    assert csv_rows[0]["speaker"] == "ann" and csv_rows[0]["audio_path"] == "s3://voices/set/ann.ogg"
+    assert csv_rows[0]["error"] is None
+    assert "malformed CSV record" in csv_rows[1]["error"]
+    assert "speaker name must be" in csv_rows[2]["error"]
+
+    table = pa.table({"speaker": ["cat", "dan"], "audio": [flac, None], "text": ["t", "t"]})
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    pq_rows = parse_speaker_shard("/v/speakers.parquet", buf.getvalue().to_pybytes())
+    assert pq_rows[0]["audio_bytes"] == flac and pq_rows[0]["error"] is None
+    assert "has no audio" in pq_rows[1]["error"]
+
+    json_rows = parse_speaker_shard("/v/s.jsonl", b'[1, 2]\n{"speaker": "eve", "audio": "/abs/eve.mp3"}\n')
+    assert "expected an object, got list" in json_rows[0]["error"]
+    assert json_rows[1]["audio_path"] == "/abs/eve.mp3"
+    assert json.dumps(json_rows[1]["text"]) == '""'
