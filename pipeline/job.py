@@ -5,7 +5,8 @@ TTS actors (one engine replica each, several batches in flight) -> store actors 
 write audio objects and the block's Parquet part. The driver only sees one small summary row per block.
 
 Exactly-once: each run adds Parquet parts under `{output}/parts/`, each named by a digest of its rows' keys (a
-block that Ray Data retries rewrites its own part); a row's key is its id (or its source line when it has none).
+block that Ray Data retries rewrites its own part); a row's key is its id (or its source line when it has none or
+when an earlier row has the same id: that row owns the id).
 Before running, the job reads the keys already present in readable parts (leftovers of killed writers are removed
 first) and skips them, so a re-run after any crash finishes only the missing rows and the union of parts holds
 every input key exactly once.
@@ -72,15 +73,15 @@ class JobReport:
         }
 
 
-def finished_keys(output: str, retry_failed: bool) -> pa.Array:
-    """Keys (`key_array`) of rows earlier runs already wrote, as one Arrow array: a million keys stay ~30 MB, not a
-    Python set of string objects. With `retry_failed`, failed rows are first removed from their parts (so the
-    redone rows do not appear twice) and are not counted as finished."""
+def finished_keys(output: str, retry_failed: bool, duplicates: pa.Array | None = None) -> pa.Array:
+    """Keys (`key_array`, with this input's `duplicates` sources) of rows earlier runs already wrote, as one Arrow
+    array: a million keys stay ~30 MB, not a Python set of string objects. With `retry_failed`, failed rows are
+    first removed from their parts (so the redone rows do not appear twice) and are not counted as finished."""
     table = read_outputs(output, ["id", "source", "error"], clean=True)
     if retry_failed and table.column("error").null_count != table.num_rows:
         log.info("retry_failed: removed %d failed rows from earlier parts to redo them", drop_failed_rows(output))
         table = read_outputs(output, ["id", "source", "error"], clean=True)
-    return pc.unique(key_array(table.column("id"), table.column("source")))
+    return pc.unique(key_array(table.column("id"), table.column("source"), duplicates))
 
 
 def _source_order(source: str) -> tuple[str, int]:
@@ -251,10 +252,9 @@ def _run(config: JobConfig, started: float) -> JobReport:
                     log.error("speaker %s unusable: %s", name, entry["error"])
                     report.problems.append(f"speaker {name!r} unusable: {entry['error']}")
 
-    finished = finished_keys(output, config.retry_failed)
     if not text_files:
         report.wall_seconds = time.perf_counter() - started
-        return _finish_report(report, output, finished)
+        return _finish_report(report, output, finished_keys(output, config.retry_failed))
 
     parsed = ray.data.read_binary_files(text_files, include_paths=True).flat_map(_parse_text).materialize()
     # Keys straight from the parsed blocks (zero-copy reads of the object store), not through another Ray Data op;
@@ -267,7 +267,9 @@ def _run(config: JobConfig, started: float) -> JobReport:
     del blocks
     log.info("parsed %d input rows in %.1f s", len(ids), time.perf_counter() - started)
     duplicates = find_duplicates(ids, sources)
-    done = pc.is_in(key_array(ids, sources), value_set=finished)  # one hash lookup per row, one hash table
+    repeats = pa.array(list(duplicates), type=pa.string())
+    finished = finished_keys(output, config.retry_failed, repeats)
+    done = pc.is_in(key_array(ids, sources, repeats), value_set=finished)  # one hash lookup per row, one hash table
     todo = len(ids) - (pc.sum(done).as_py() or 0)
     report.skipped_finished = len(ids) - todo
     report.this_run = todo

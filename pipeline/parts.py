@@ -68,14 +68,20 @@ def write_part(table: pa.Table, parts: str) -> str:
     return path
 
 
-def key_array(ids: pa.Array | pa.ChunkedArray, sources: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+def key_array(
+    ids: pa.Array | pa.ChunkedArray, sources: pa.Array | pa.ChunkedArray, duplicates: pa.Array | None = None
+) -> pa.ChunkedArray:
     """Each row's identity across runs, over whole columns (no Python objects per row): its id, or "@" + its source
-    line where the id is null or empty."""
+    line where the id is null or empty or where the source is one of `duplicates` (rows that repeat an earlier
+    row's id: the id belongs to the first row, so a finished duplicate never makes the first row count as done)."""
     ids = pa.chunked_array([ids]) if isinstance(ids, pa.Array) else ids
     sources = pa.chunked_array([sources]) if isinstance(sources, pa.Array) else sources
+    sources = sources.cast(pa.string())
     ids = ids.cast(pa.string())  # a shard without ids parses to an all-null (type null) column
     has_id = pc.fill_null(pc.not_equal(ids, ""), False)
-    return pc.if_else(has_id, ids, pc.binary_join_element_wise("@", sources.cast(pa.string()), ""))
+    if duplicates is not None and len(duplicates):
+        has_id = pc.and_(has_id, pc.invert(pc.is_in(sources, value_set=duplicates)))
+    return pc.if_else(has_id, ids, pc.binary_join_element_wise("@", sources, ""))
 
 
 def iter_outputs(output: str, columns: list[str], clean: bool = False) -> Iterator[pa.Table]:

@@ -162,3 +162,20 @@ def test_finished_keys_are_unique_and_drop_failed_rows_when_retrying(tmp_path: P
     keys = finished_keys(str(output), retry_failed=True)
     assert sorted(keys.to_pylist()) == sorted(["@in.jsonl:1", "r2", "r3", "@in.jsonl:6"])
     assert read_outputs(str(output), ["error"]).column("error").null_count == 4
+
+
+def test_a_finished_duplicate_does_not_mark_the_first_row_of_its_id_done(tmp_path: Path):
+    """Two rows share id "d": the first (a.jsonl:1) is synthesised, the second (b.jsonl:1) becomes an error row.
+    If a crash keeps only the duplicate's part, the re-run must still redo the first row: keys of duplicates are
+    their source lines, so the id stays the first row's."""
+    output = tmp_path / "out"
+    duplicate = {"id": "d", "text": "t", "source": "b.jsonl:1", "error": "b.jsonl:1: duplicate id 'd' (...)"}
+    write_part(_part([duplicate]), str(output / "parts"))
+    ids = pa.chunked_array([["d", "e", "d"]])
+    sources = pa.chunked_array([["a.jsonl:1", "a.jsonl:2", "b.jsonl:1"]])
+    repeats = pa.array(list(find_duplicates(ids, sources)), type=pa.string())
+    assert repeats.to_pylist() == ["b.jsonl:1"]
+    finished = finished_keys(str(output), retry_failed=False, duplicates=repeats)
+    assert finished.to_pylist() == ["@b.jsonl:1"]
+    done = pc.is_in(key_array(ids, sources, repeats), value_set=finished).to_pylist()
+    assert done == [False, False, True]  # the first "d" and "e" are redone, the finished duplicate is not
