@@ -174,19 +174,20 @@ def _run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from pipeline.config import JobConfig
-    from pipeline.job import PoolDoesNotFit, run_job
+    from pipeline.job import OutputUnusable, PoolDoesNotFit, run_job
 
     overrides = _overrides("run", args.set)
     if overrides is None:
         return 2
+    # Paths given as flags are relative to where the command runs (paths in the YAML: to the YAML's folder).
     if args.input:
-        overrides["inputs.text"] = args.input
+        overrides["inputs.text"] = [_from_cwd(p) for p in args.input]
     if args.speakers:
-        overrides["inputs.speakers"] = args.speakers
+        overrides["inputs.speakers"] = [_from_cwd(p) for p in args.speakers]
     if args.output:
-        overrides["output.path"] = args.output
+        overrides["output.path"] = _from_cwd(args.output)
     if args.model:
-        overrides["model"] = args.model
+        overrides["model"] = _from_cwd(args.model)
     try:
         config = JobConfig.load(args.config, overrides)
     except (ValidationError, ValueError, OSError) as err:
@@ -194,12 +195,13 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         report = run_job(config, address=args.address)
-    except PoolDoesNotFit as err:
+    except (PoolDoesNotFit, OutputUnusable, OSError) as err:
         print(f"raytts run: {err}", file=sys.stderr)
         return 2
     summary = report.to_dict()
     failures = summary.pop("failures")
     print(json.dumps(summary, indent=2, ensure_ascii=False))
+    print(report_table(summary), file=sys.stderr)
     for problem in report.problems:
         print(f"INPUT PROBLEM {problem}", file=sys.stderr)
     for failure in failures[:20]:
@@ -207,6 +209,29 @@ def _run(args: argparse.Namespace) -> int:
     if len(failures) > 20:
         print(f"... and {len(failures) - 20} more failures (see {report.output}/_report.json)", file=sys.stderr)
     return report.exit_status
+
+
+def _from_cwd(path: str) -> str:
+    if "://" in path or path == "tiny" or Path(path).is_absolute():
+        return path
+    return str(Path(path).resolve())
+
+
+def report_table(summary: dict) -> str:
+    """The job report as aligned text: totals, then one line per engine worker."""
+    lines = [
+        f"rows {summary['rows']}  ok {summary['ok']}  failed {summary['failed']}  this run {summary['this_run']}  "
+        f"skipped (finished earlier) {summary['skipped_finished']}",
+        f"audio {summary['audio_seconds']:.1f} s ({summary['audio_seconds_this_run']:.1f} s this run)  wall "
+        f"{summary['wall_seconds']:.1f} s  audio-seconds per second {summary['audio_seconds_per_second']:.2f}",
+    ]
+    workers = summary["workers"]
+    if workers:
+        width = max(len("worker"), *(len(name) for name in workers))
+        lines.append(f"{'worker':<{width}}  {'rows':>8}  {'audio s':>10}  {'occupancy':>9}")
+        for name, w in workers.items():
+            lines.append(f"{name:<{width}}  {w['rows']:>8}  {w['audio_seconds']:>10.1f}  {w['occupancy']:>9.2f}")
+    return "\n".join(lines)
 
 
 def _synth(args: argparse.Namespace) -> int:

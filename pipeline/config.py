@@ -111,6 +111,11 @@ class OutputConfig(_Strict):
         4, ge=1, description="Most store actors (encode audio, write objects and Parquet parts); autoscaled from 1."
     )
 
+    @field_validator("path")
+    @classmethod
+    def _local_path(cls, value: str) -> str:
+        return value.removeprefix("file://")  # one spelling of a local folder, for parts, audio files and keys
+
 
 class JobConfig(_Strict):
     model: str = Field("tiny", description="Checkpoint folder, URI, hf://2Noise/ChatTTS[@rev], or 'tiny'.")

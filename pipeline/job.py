@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from .config import JobConfig
 from .parts import drop_failed_rows, filesystem, iter_outputs, key_array, read_outputs
@@ -55,6 +56,7 @@ class JobReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "status": "finished",
             "rows": self.rows,
             "ok": self.ok,
             "failed": self.failed,
@@ -181,6 +183,47 @@ class PoolDoesNotFit(ValueError):
     """The engine actor pool cannot run on this Ray: raised before the job reads or writes anything."""
 
 
+class OutputUnusable(ValueError):
+    """The output location cannot be written or listed: raised before any synthesis."""
+
+
+def check_output(config: JobConfig) -> None:
+    """Fail before any synthesis when the output cannot take parts (pyarrow) or audio files (smart-open), or when
+    the report cannot be written there (wrong credentials, read-only bucket, missing bucket)."""
+    output = config.output.path.rstrip("/")
+    try:
+        fs, base = filesystem(output)
+    except (pa.ArrowException, OSError) as err:
+        raise OutputUnusable(
+            f"output.path {output!r}: Parquet parts cannot be written there ({err}); use a local folder or an "
+            f"s3:// or gs:// URI"
+        ) from err
+    if config.output.audio_files and "://" in output:
+        from smart_open.transport import get_transport
+
+        scheme = output.split("://", 1)[0]
+        try:
+            get_transport(scheme)
+        except (ImportError, NotImplementedError) as err:
+            raise OutputUnusable(
+                f"output.path {output!r}: audio files cannot be written to {scheme}:// ({err}); install smart-open's "
+                f"extra for it (e.g. pip install 'smart-open[gcs]') or set output.audio_files: false"
+            ) from err
+    # The probe is the report itself, marked running until the job overwrites it with the final report: a job that
+    # died leaves a report saying so, and object stores get no marker objects from creating or deleting anything.
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            fs.create_dir(base, recursive=True)
+        with fs.open_output_stream(f"{base}/_report.json") as f:
+            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            f.write(json.dumps({"status": "running", "started": started, "output": output}).encode() + b"\n")
+    except (pa.ArrowException, OSError) as err:
+        raise OutputUnusable(
+            f"output.path {output!r}: writing {output}/_report.json failed ({err}); check that the location exists "
+            f"and that this machine's and the Ray workers' credentials may write there"
+        ) from err
+
+
 def check_pool(config: JobConfig, local: bool) -> None:
     """Refuse (local Ray) or warn (cluster: an autoscaler may still add nodes) when the engine actors cannot be
     placed or would leave the CPU stages no CPU; Ray Data itself would just wait at 0 rows forever."""
@@ -202,6 +245,7 @@ def run_job(config: JobConfig, address: str | None = None) -> JobReport:
     import ray
 
     started = time.perf_counter()
+    check_output(config)
     owns_ray = not ray.is_initialized()
     local = owns_ray and not address and not os.environ.get("RAY_ADDRESS")
     if owns_ray:
@@ -215,10 +259,24 @@ def run_job(config: JobConfig, address: str | None = None) -> JobReport:
             ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1))
     try:
         check_pool(config, local)
+        _warn_if_local_output_on_a_cluster(config)
         return _run(config, started)
     finally:
         if owns_ray:
             ray.shutdown()
+
+
+def _warn_if_local_output_on_a_cluster(config: JobConfig) -> None:
+    import ray
+
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if "://" not in config.output.path and nodes > 1:
+        log.warning(
+            "output.path %s is a local folder and this Ray has %d nodes: every node writes its parts and audio there, "
+            "so it must be one shared filesystem (e.g. NFS) mounted at the same path on every node; otherwise the "
+            "driver does not see other nodes' output and a re-run redoes those rows. Use an s3:// or gs:// URI.",
+            config.output.path, nodes,
+        )  # fmt: skip
 
 
 def _run(config: JobConfig, started: float) -> JobReport:

@@ -89,12 +89,7 @@ def iter_outputs(output: str, columns: list[str], clean: bool = False) -> Iterat
     (no writer may be running: the start of a run), unreadable parts and temporaries left by killed writers are
     deleted so their rows are redone."""
     fs, base = filesystem(output)
-    parts = f"{base}/parts"
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(parts, recursive=True, allow_not_found=True))
-    except (OSError, pa.ArrowInvalid):
-        infos = []
-    for info in infos:
+    for info in _list_parts(fs, f"{base}/parts"):
         if info.type != pafs.FileType.File:
             continue
         if info.base_name.startswith(".") and info.base_name.endswith(".tmp"):
@@ -113,6 +108,18 @@ def iter_outputs(output: str, columns: list[str], clean: bool = False) -> Iterat
                 log.warning("skipping unreadable part %s (%s); the next run redoes its rows", info.path, err)
             continue
         yield table
+
+
+def _list_parts(fs: pafs.FileSystem, parts: str) -> list[pafs.FileInfo]:
+    """Everything under the parts folder (none when it does not exist yet). A listing that fails is an error, never
+    "no parts": a run that saw no finished rows would redo them all and write every row a second time."""
+    try:
+        return fs.get_file_info(pafs.FileSelector(parts, recursive=True, allow_not_found=True))
+    except (OSError, pa.ArrowException) as err:
+        raise OSError(
+            f"cannot list the job's finished parts under {parts} ({err}); the job stops rather than redo and duplicate "
+            f"rows: check the output location and its credentials, then run again"
+        ) from err
 
 
 def read_outputs(output: str, columns: list[str], clean: bool = False) -> pa.Table:
@@ -140,12 +147,8 @@ def drop_failed_rows(output: str) -> int:
     between loses only output that the next run recomputes, never leaves a row twice.
     """
     fs, base = filesystem(output)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(f"{base}/parts", recursive=True, allow_not_found=True))
-    except (OSError, pa.ArrowInvalid):
-        return 0
     dropped = 0
-    for info in infos:
+    for info in _list_parts(fs, f"{base}/parts"):
         if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
             continue
         errors = pq.read_table(info.path, filesystem=fs, columns=["error"]).column("error")

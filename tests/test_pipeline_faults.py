@@ -201,18 +201,20 @@ def test_a_worker_node_removed_mid_job(cluster, tiny_checkpoint, tmp_path):
 
 
 def test_driver_killed_at_half_then_rerun_finishes_only_the_rest(tiny_checkpoint, tmp_path):
-    """The driver (and its local Ray) dies by SIGKILL at ~50%; the same command again completes the job."""
+    """The driver (and its local Ray) dies by SIGKILL at ~50%; the same command again completes the job. The re-run
+    names the output with a relative --output flag: relative to where the command runs, not to the YAML's folder."""
     expected = _all_ids(tmp_path / "texts", 200)
     output = tmp_path / "out"
     config = _config(tiny_checkpoint, tmp_path / "texts", output, size=1, num_gpus=0, num_cpus=1).model_dump()
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "job.yaml").write_text(yaml.safe_dump(config))
     env = {
         **os.environ,
         "RAY_TMPDIR": tempfile.mkdtemp(prefix="rd", dir="/tmp"),
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "jobs.cli", "run", str(tmp_path / "job.yaml")]
+    cmd = [sys.executable, "-m", "jobs.cli", "run", str(tmp_path / "conf" / "job.yaml")]
     first = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(lambda: _rows_written(output) >= len(expected) // 2 or first.poll() is not None, timeout=600)
@@ -227,8 +229,10 @@ def test_driver_killed_at_half_then_rerun_finishes_only_the_rest(tiny_checkpoint
         _kill_processes_with_env("RAY_TMPDIR", env["RAY_TMPDIR"])
     done_before = len({r for r in read_outputs(str(output), ["id"]).column("id").to_pylist()})
     assert 0 < done_before < len(expected)
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, start_new_session=True)
+    second = subprocess.run([*cmd, "--output", "out"], env=env, capture_output=True, text=True, timeout=600,
+                            start_new_session=True, cwd=tmp_path)  # fmt: skip
     assert second.returncode == 0, second.stderr[-3000:]
+    assert "audio-seconds per second" in second.stderr and "occupancy" in second.stderr  # the printed table
     _assert_exactly_once(output, expected)
     report = yaml.safe_load((output / "_report.json").read_text())
     assert report["skipped_finished"] == done_before

@@ -1,0 +1,74 @@
+"""The output location is checked before any synthesis (no Ray needed): schemes that cannot take parts or audio
+files, and buckets that cannot be written, fail up front with what to do; a parts listing that fails is an error,
+never "nothing finished yet" (which would redo and duplicate every row)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.config import JobConfig
+from pipeline.job import OutputUnusable, check_output
+from pipeline.parts import read_outputs
+
+
+def _config(output: str, audio_files: bool = True) -> JobConfig:
+    return JobConfig.model_validate(
+        {"inputs": {"text": ["x.txt"]}, "output": {"path": output, "audio_files": audio_files}}
+    )
+
+
+def test_file_uri_output_is_a_local_folder(tmp_path):
+    config = _config(f"file://{tmp_path}/out")
+    assert config.output.path == f"{tmp_path}/out"
+    check_output(config)
+    report = json.loads((tmp_path / "out" / "_report.json").read_text())
+    assert report["status"] == "running"  # until the job overwrites it with the final report
+
+
+def test_a_scheme_pyarrow_cannot_write_parts_to_fails_up_front():
+    with pytest.raises(OutputUnusable, match=r"azure://c/out.*Parquet parts cannot be written there"):
+        check_output(_config("azure://c/out"))
+
+
+def test_a_scheme_without_its_smart_open_extra_names_the_package():
+    pytest.importorskip("pyarrow._gcsfs")
+    try:
+        import google.cloud.storage  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("google-cloud-storage is installed here, so gs:// audio files are writable")
+    with pytest.raises(OutputUnusable, match=r"smart-open\[gcs\]"):
+        check_output(_config("gs://bucket/out"))
+
+
+@pytest.fixture()
+def s3_env(s3_server, monkeypatch):
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+def test_an_unwritable_bucket_fails_up_front(s3_env, monkeypatch):
+    s3_env.client().create_bucket(Bucket="locked")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(OutputUnusable, match=r"s3://locked/out'?: writing s3://locked/out/_report.json failed"):
+        check_output(_config("s3://locked/out"))
+
+
+def test_a_writable_bucket_passes_and_holds_only_the_running_report(s3_env):
+    client = s3_env.client()
+    client.create_bucket(Bucket="checked")
+    check_output(_config("s3://checked/out"))
+    assert [o["Key"] for o in client.list_objects_v2(Bucket="checked")["Contents"]] == ["out/_report.json"]
+
+
+def test_a_failed_parts_listing_raises_instead_of_reading_as_empty(s3_env, monkeypatch):
+    client = s3_env.client()
+    client.create_bucket(Bucket="listed")
+    client.put_object(Bucket="listed", Key="out/parts/part-x.parquet", Body=b"x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(OSError, match=r"cannot list the job's finished parts under listed/out/parts"):
+        read_outputs("s3://listed/out", ["id"])
