@@ -86,7 +86,7 @@ class TTSStage:
         from actors.engine.sampling import SamplingParams
         from pipeline.inputs import InputRow, to_request
 
-        from .replica import RequestError, SynthesisResult
+        from .replica import RequestError, SynthesisResult, reference_codes_from_prompt
         from .speaker import SpeakerError, decode_prompt
 
         sampling = SamplingParams(**self.config.sampling.model_dump())
@@ -113,7 +113,16 @@ class TTSStage:
                     self.config.normalize,
                 )
                 name = request.speaker
-                if name is not None and name in self.speakers:
+                if fields.get("reference_audio"):
+                    raise RequestError(
+                        "reference_audio per row is not read by `raytts run` (it would re-encode the audio for "
+                        "every row): list the audio in inputs.speakers, where each speaker is encoded once, and "
+                        "name it in the row's `speaker`"
+                    )
+                if fields.get("reference_codes"):  # an upstream prompt string, as in `raytts synth`: no encoding
+                    request.reference_codes = reference_codes_from_prompt(str(fields["reference_codes"]))
+                    speakers_out[i] = name
+                elif name is not None and name in self.speakers:
                     entry = self.speakers[name]
                     if entry.get("error"):
                         raise RequestError(f"speaker {name!r} is unusable: {entry['error']}")

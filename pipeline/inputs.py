@@ -111,7 +111,7 @@ def to_request(row: InputRow, defaults: SamplingParams, speaker: str | None, nor
             )
     if data.get("seed") is not None:
         overrides["seed"] = _number(row, "seed", data["seed"], integer=True)
-    row_speaker = data.get("speaker", speaker)
+    row_speaker = data.get("speaker") if data.get("speaker") not in (None, "") else speaker  # null/"": the default
     if row_speaker is not None and not isinstance(row_speaker, str):
         raise RequestError(f"{row.source}: speaker must be a string ('seed:N' or a speaker string)")
     params = dataclasses.replace(defaults, **overrides)

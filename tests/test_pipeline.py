@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from actors.speaker import encode_prompt
 from pipeline.config import JobConfig
 from pipeline.job import read_outputs, run_job
 from tests.support.jobdata import txt_ids, write_speakers, write_text_shards
@@ -121,6 +122,8 @@ BAD_ROWS = [
     {"id": "dup", "text": "first"},
     {"id": "../x", "text": "path traversal"},
     {"id": "typed", "text": "hello", "seed": "abc"},
+    {"id": "row-audio", "text": "hello", "reference_audio": "voice.wav"},
+    {"id": "row-codes-bad", "text": "hello", "reference_codes": "not a prompt"},
 ]
 
 
@@ -132,6 +135,9 @@ def test_bad_inputs_each_get_an_error_and_the_job_completes(local_ray, tiny_chec
             f.write(json.dumps(row).encode() + b"\n")
         f.write(b'{"id": "utf8", "text": "caf\xe9"}\n')
         f.write(json.dumps({"id": "good", "text": "a good row."}).encode() + b"\n")
+        prompt = encode_prompt(np.arange(4 * 30, dtype=np.int64).reshape(4, 30) % 50)
+        f.write(json.dumps({"id": "row-codes", "text": "hello", "reference_codes": prompt, "speaker": None}).encode())
+        f.write(b"\n")
     with open(folder / "more.jsonl", "w") as f:
         f.write(json.dumps({"id": "dup", "text": "second"}) + "\n")
     pq.write_table(pa.table({"id": ["pq-typed"], "text": [12345]}), folder / "typed.parquet")
@@ -163,6 +169,8 @@ def test_bad_inputs_each_get_an_error_and_the_job_completes(local_ray, tiny_chec
         "silent-voice": "speaker 'silent' is unusable",
         "low-rate-voice": "too low",
         "typed": "seed must be a number",
+        "row-audio": "reference_audio per row is not read by `raytts run`",
+        "row-codes-bad": "reference prompt 'not a prompt'",
         "utf8": "invalid UTF-8",
         "pq-typed": None,
     }
@@ -176,7 +184,8 @@ def test_bad_inputs_each_get_an_error_and_the_job_completes(local_ray, tiny_chec
     assert len(dups) == 2 and sum(1 for r in dups if r["error"] and "duplicate id 'dup'" in r["error"]) == 1
     assert any("not a safe file name" in (r["error"] or "") for r in rows.values())
     assert by_id["good"]["error"] is None
-    assert report.rows == len(BAD_ROWS) + 4  # 10 + utf8 + good + second dup + parquet row
+    assert by_id["row-codes"]["error"] is None  # a per-row upstream prompt string, as `raytts synth` takes
+    assert report.rows == len(BAD_ROWS) + 5  # + utf8 + good + row-codes + second dup + parquet row
 
 
 @pytest.mark.parametrize("audio_format", ["flac", "opus"])

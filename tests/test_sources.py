@@ -149,3 +149,16 @@ def test_speaker_manifests_csv_parquet_and_bad_records(tmp_path):
     assert "expected an object, got list" in json_rows[0]["error"]
     assert json_rows[1]["audio_path"] == "/abs/eve.mp3"
     assert json.dumps(json_rows[1]["text"]) == '""'
+
+
+def test_a_null_or_empty_speaker_takes_the_job_default():
+    from actors.engine.sampling import SamplingParams
+    from pipeline.inputs import InputRow, to_request
+
+    def speaker_of(fields: dict) -> str | None:
+        return to_request(InputRow("a.jsonl:1", "a", {"text": "hi", **fields}), SamplingParams(), "seed:7", True).speaker
+
+    assert speaker_of({}) == "seed:7"
+    assert speaker_of({"speaker": None}) == "seed:7"
+    assert speaker_of({"speaker": ""}) == "seed:7"
+    assert speaker_of({"speaker": "seed:3"}) == "seed:3"
