@@ -156,7 +156,9 @@ def test_a_null_or_empty_speaker_takes_the_job_default():
     from pipeline.inputs import InputRow, to_request
 
     def speaker_of(fields: dict) -> str | None:
-        return to_request(InputRow("a.jsonl:1", "a", {"text": "hi", **fields}), SamplingParams(), "seed:7", True).speaker
+        return to_request(
+            InputRow("a.jsonl:1", "a", {"text": "hi", **fields}), SamplingParams(), "seed:7", True
+        ).speaker
 
     assert speaker_of({}) == "seed:7"
     assert speaker_of({"speaker": None}) == "seed:7"
