@@ -120,7 +120,12 @@ class Synthesizer:
         verify: str = "auto",
         cache_dir: Path | None = None,
         compile: str = "off",
+        device_share: float = 1.0,
     ) -> None:
+        """`device_share` (0, 1]: the part of the device this replica may use when several share it (fractional Ray
+        GPUs); it scales the default budget. `budget_bytes` given explicitly is used as is."""
+        if not 0 < device_share <= 1:
+            raise ValueError(f"device_share must be in (0, 1], got {device_share}")
         if decoder not in ("hidden", "dvae"):
             raise ValueError(f"decoder must be 'hidden' or 'dvae', got {decoder!r}")
         if max_batch_size is not None and max_batch_size < 1:
@@ -138,6 +143,13 @@ class Synthesizer:
         self.max_reference_seconds = max_reference_seconds
         self.stream_chunk_steps = max(1, stream_chunk_steps)
         self._streams: dict[object, StreamDecoder] = {}
+        if budget_bytes is None and self.device.type == "cuda" and device_share < 1:
+            budget_bytes = shared_budget_bytes(
+                total=torch.cuda.get_device_properties(self.device).total_memory,
+                share=device_share,
+                held=torch.cuda.memory_allocated(self.device),
+                free_budget=default_budget_bytes(self.device),
+            )
         self.budget_bytes = budget_bytes or default_budget_bytes(self.device)
         if max_batch_size is None and self.device.type == "cpu":
             max_batch_size = 64  # CPU throughput stops growing well before the budget's slot count
@@ -392,6 +404,20 @@ def _to_host(tensor: torch.Tensor, dtype: type) -> np.ndarray:
     out = np.empty(tuple(tensor.shape), dtype=dtype)
     torch.from_numpy(out).copy_(tensor)
     return out
+
+
+def shared_budget_bytes(total: int, share: float, held: int, free_budget: int, fraction: float = 0.85) -> int:
+    """Budget of a replica that owns `share` of a device of `total` bytes and already holds `held` (its weights):
+    `fraction` of its share, less what it holds, and never more than the free-memory default `free_budget`. Without
+    this, replicas that start together on one device would each plan 85% of the whole device's free memory."""
+    budget = min(int(total * share * fraction) - held, free_budget)
+    if budget <= 0:
+        raise ValueError(
+            f"a {share:g} share of this device ({total * share / 2**30:.1f} GiB) leaves no memory budget after the "
+            f"replica's {held / 2**30:.1f} GiB of weights; give each actor a larger actors.num_gpus or set "
+            f"engine.budget_mib"
+        )
+    return budget
 
 
 def reference_codes_from_prompt(text: str, num_vq: int = 4) -> torch.Tensor:

@@ -66,6 +66,7 @@ class TTSStage:
             fsq_variant=engine.fsq,
             verify=engine.verify,
             compile=engine.compile,
+            device_share=self.config.actors.num_gpus if 0 < self.config.actors.num_gpus < 1 else 1.0,
         )
         self.engine = AsyncSynthesizer(self.synthesizer)
         self.speakers = speakers

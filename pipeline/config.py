@@ -70,7 +70,12 @@ class ActorsConfig(_Strict):
     size: int | None = Field(None, ge=1, description="Fixed actor pool size (one engine replica each).")
     min_size: int | None = Field(None, ge=1, description="Autoscaling pool minimum (with max_size).")
     max_size: int | None = Field(None, ge=1, description="Autoscaling pool maximum (with min_size).")
-    num_gpus: float = Field(1.0, ge=0, description="GPUs per actor; fractional shares a device; 0 runs on CPU.")
+    num_gpus: float = Field(
+        1.0,
+        ge=0,
+        description="GPUs per actor; fractional shares a device (each replica's default memory budget is then 85% of its "
+        "share, less its weights); 0 runs on CPU.",
+    )
     num_cpus: float = Field(1.0, ge=0, description="CPUs per actor.")
     batch_size: int = Field(
         64,

@@ -29,13 +29,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, s3_server):
     import ray
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # AF_UNIX paths must stay short
+    os.environ.update(s3_server.env())  # every node's workers can reach the loopback S3 server
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 0})
     workers = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
     ray.init(address=cluster.address)
@@ -112,18 +113,52 @@ def _assert_exactly_once(output: Path, expected: list[str]) -> None:
     assert Counter(ids) == Counter(expected)
 
 
-def test_rows_are_processed_on_every_worker_node(cluster, tiny_checkpoint, tmp_path):
+def test_rows_are_processed_on_every_worker_node(cluster, s3_server, tiny_checkpoint, tmp_path):
+    """The issue's job on the 3-node cluster: text shards in every format, three reference speakers, output to the
+    loopback S3 bucket; both GPU worker nodes run an engine replica and every id is written exactly once."""
     import ray
 
+    from tests.support.jobdata import txt_ids, write_speakers
+
     _, workers = cluster
-    expected = _all_ids(tmp_path / "texts", 120)
-    report = run_job(_config(tiny_checkpoint, tmp_path / "texts", tmp_path / "out", size=2))
-    assert report.failed == 0 and report.rows == 120
-    _assert_exactly_once(tmp_path / "out", expected)
+    s3_server.client().create_bucket(Bucket="cluster-out")
+    names = ["alice", "bob", "carol"]
+    manifest = write_speakers(tmp_path / "speakers", names)
+    expected = write_text_shards(tmp_path / "texts", 120, names) + txt_ids(tmp_path / "texts" / "c.txt", 30)
+    config = _config(tiny_checkpoint, tmp_path / "texts", tmp_path / "unused", size=2)
+    config.inputs.speakers = [str(manifest)]
+    config.output.path = "s3://cluster-out/job"
+    report = run_job(config)
+    assert report.failed == 0 and report.rows == 120, report.failures[:3]
+    table = read_outputs("s3://cluster-out/job", ["id", "speaker", "audio.path"])
+    assert Counter(table.column("id").to_pylist()) == Counter(expected)
+    assert set(names) <= set(table.column("speaker").to_pylist())
+    keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket="cluster-out", Prefix="job/audio/")["Contents"]}
+    assert keys == {f"job/audio/{i}.flac" for i in expected}
     nodes_used = {worker.split("/")[0] for worker in report.workers}
     worker_nodes = {w.node_id[:12] for w in workers}
     assert nodes_used == worker_nodes, "both GPU worker nodes ran an engine replica"
     assert ray.cluster_resources().get("GPU") == 2
+
+
+def test_fractional_gpus_put_two_replicas_on_each_gpu(cluster, tiny_checkpoint, tmp_path):
+    """num_gpus 0.5: four engine actors on the two one-GPU nodes, two per node (fake GPUs, CPU engines)."""
+    _, workers = cluster
+    expected = _all_ids(tmp_path / "texts", 80)
+    report = run_job(_config(tiny_checkpoint, tmp_path / "texts", tmp_path / "out", size=4, num_gpus=0.5))
+    assert report.failed == 0 and report.rows == 80
+    _assert_exactly_once(tmp_path / "out", expected)
+    per_node = Counter(worker.split("/")[0] for worker in report.workers)
+    assert per_node == {w.node_id[:12]: 2 for w in workers}
+
+
+def test_an_autoscaling_pool_completes_the_job(cluster, tiny_checkpoint, tmp_path):
+    """actors.min_size/max_size: Ray Data's autoscaling actor pool (1 to 2 replicas) runs the whole job."""
+    expected = _all_ids(tmp_path / "texts", 80)
+    report = run_job(_config(tiny_checkpoint, tmp_path / "texts", tmp_path / "out", min_size=1, max_size=2))
+    assert report.failed == 0 and report.rows == 80
+    _assert_exactly_once(tmp_path / "out", expected)
+    assert 1 <= len(report.workers) <= 2
 
 
 def test_a_pool_larger_than_the_cluster_runs_with_the_actors_that_fit(cluster, tiny_checkpoint, tmp_path, caplog):

@@ -84,3 +84,20 @@ def test_raytts_run_with_gpu_actors_on_a_gpu_less_local_ray_exits_2_at_once(tiny
     assert "no node can host an engine actor (each needs num_gpus=1, num_cpus=1)" in done.stderr
     assert "set actors.num_gpus: 0" in done.stderr
     assert not (tmp_path / "out" / "parts").exists()
+
+
+def test_replicas_sharing_a_device_split_its_memory():
+    """Two 0.5-GPU actors that start together both see the whole device free; each must budget from its share.
+    (Pure arithmetic: the CUDA calls that feed it cannot run here.)"""
+    from actors.replica import shared_budget_bytes
+
+    gib = 1 << 30
+    # an 80 GiB device, half of it, 1 GiB of weights held, 67 GiB free-memory default: 0.85 * 40 - 1 = 33 GiB
+    assert shared_budget_bytes(total=80 * gib, share=0.5, held=gib, free_budget=67 * gib) == int(0.85 * 40 * gib) - gib
+    # the default stays the cap when less is free than the share would allow
+    assert shared_budget_bytes(total=80 * gib, share=0.5, held=gib, free_budget=10 * gib) == 10 * gib
+    # two halves never plan more than the device
+    halves = 2 * shared_budget_bytes(total=80 * gib, share=0.5, held=gib, free_budget=80 * gib) + 2 * gib
+    assert halves <= 80 * gib
+    with pytest.raises(ValueError, match="larger actors.num_gpus or set engine.budget_mib"):
+        shared_budget_bytes(total=8 * gib, share=0.1, held=gib, free_budget=7 * gib)
