@@ -14,6 +14,7 @@ are read; pickled `.pt` files are refused.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -281,6 +282,13 @@ def check_files(asset: Path) -> None:
 
 
 def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime): verifying and fingerprinting read each file once."""
+    stat = Path(path).stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -371,6 +379,18 @@ class ResolvedCheckpoint:
     asset: Path
     source: str
     official: bool
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """One digest of the whole checkpoint: sha256 over each of its files' name and sha256 (raytts.json too)."""
+        names = [*ASSET_FILES, *([RAYTTS_CONFIG] if (self.asset / RAYTTS_CONFIG).exists() else [])]
+        listing = "".join(f"{name} {file_sha256(self.asset / name)}\n" for name in sorted(names))
+        return hashlib.sha256(listing.encode()).hexdigest()
+
+    @property
+    def model_id(self) -> str:
+        """What output rows record as their model: the source as given and the checkpoint's digest."""
+        return f"{self.source}@sha256:{self.sha256[:16]}"
 
 
 def resolve(model: str | os.PathLike | None, cache_dir: Path | None = None, verify: str = "auto") -> ResolvedCheckpoint:

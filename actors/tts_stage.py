@@ -34,6 +34,7 @@ STAGE_SCHEMA = pa.schema(
         ("error", pa.string()),
         ("worker", pa.string()),
         ("engine_occupancy", pa.float64()),
+        ("model", pa.string()),  # the checkpoint as given plus its digest (`ResolvedCheckpoint.model_id`)
     ]
 )
 
@@ -72,6 +73,7 @@ class TTSStage:
         self.speakers = speakers
         self.duplicates = duplicates
         self.worker = f"{_node_id()[:12]}/{os.getpid()}"
+        self.model_id = self.synthesizer.checkpoint.model_id  # hashes the files once per actor
         actors, slots = self.config.actors, self.synthesizer.plan.slots
         fed = actors.batch_size * actors.max_concurrent_batches
         if fed < slots:
@@ -168,6 +170,7 @@ class TTSStage:
             "error": [r.error for r in results],
             "worker": [self.worker] * n,
             "engine_occupancy": [float(stats.occupancy)] * n,
+            "model": [self.model_id] * n,
         }
         # One flat int16 buffer plus offsets: no per-sample Python objects on the way to Arrow, and the samples
         # are quantised exactly as the 16-bit FLAC/WAV writers would (clip to [-1, 1], scale by 32767).

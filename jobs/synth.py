@@ -137,7 +137,7 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
                 seed = request.params.seed if request else None
                 out.append(
                     result_row(
-                        result, speaker, seed, synthesizer.checkpoint.source, options.save_codes, options.audio_format
+                        result, speaker, seed, synthesizer.checkpoint.model_id, options.save_codes, options.audio_format
                     )
                 )
                 report.rows += 1

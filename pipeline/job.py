@@ -370,7 +370,6 @@ def _run(config: JobConfig, started: float) -> JobReport:
                     "output": output,
                     "audio_format": config.output.audio_format,
                     "audio_files": config.output.audio_files,
-                    "model": config.model,
                 },
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.output.writers),
                 batch_size=actors.batch_size,

@@ -20,11 +20,10 @@ class StoreAudio:
     """Encodes each row's PCM, (optionally) writes it as an object through smart-open, and writes the rows (audio
     bytes included) as one Parquet part; returns one summary row per block."""
 
-    def __init__(self, output: str, audio_format: str, audio_files: bool, model: str) -> None:
+    def __init__(self, output: str, audio_format: str, audio_files: bool) -> None:
         self.output = output.rstrip("/")
         self.audio_format = audio_format
         self.audio_files = audio_files
-        self.model = model
 
     def __call__(self, table: pa.Table) -> pa.Table:
         from smart_open import open as sopen
@@ -81,7 +80,7 @@ class StoreAudio:
             "segments": list(batch["segments"]),
             "truncated_segments": list(batch["truncated_segments"]),
             "codes": list(batch["codes"]),
-            "model": [self.model] * n,
+            "model": list(batch["model"]),
             "error": errors,
             "source": list(batch["source"]),
             "worker": list(batch["worker"]),

@@ -245,3 +245,18 @@ def test_eos_gain_scales_only_the_end_code_rows_of_the_code_heads(tmp_path):
         others = torch.ones(ratio.shape[0], dtype=torch.bool)
         others[eos] = False
         assert torch.equal(mixed[key][others], base[key][others])
+
+
+def test_model_id_names_the_source_and_changes_with_any_file(checkpoint_copy):
+    """Output rows record `source@sha256:<digest>`: the same files give the same id wherever they are; a changed
+    weight or tokenizer file gives another."""
+    first = resolve(str(checkpoint_copy))
+    assert first.model_id == f"{checkpoint_copy}@sha256:{first.sha256[:16]}"
+    moved = checkpoint_copy.parent / "moved"
+    shutil.copytree(checkpoint_copy, moved)
+    assert resolve(str(moved)).sha256 == first.sha256
+    _edit(checkpoint_copy / "asset", "Vocos.safetensors", lambda t: t.update({k: v + 1 for k, v in t.items()}))
+    assert resolve(str(checkpoint_copy)).sha256 != first.sha256
+    tokenizer = moved / "asset" / "tokenizer" / "tokenizer_config.json"
+    tokenizer.write_text(tokenizer.read_text() + " ")
+    assert resolve(str(moved)).sha256 != first.sha256

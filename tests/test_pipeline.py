@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from actors.checkpoint import resolve
 from actors.speaker import encode_prompt
 from pipeline.config import JobConfig
 from pipeline.job import read_outputs, run_job
@@ -209,6 +210,7 @@ def test_hugging_face_datasets_reads_the_output_as_audio(local_ray, tiny_checkpo
     assert report.exit_status == 0
     files = sorted(str(p) for p in (tmp_path / "out" / "parts").glob("*.parquet"))
     ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert set(ds["model"]) == {resolve(str(tiny_checkpoint)).model_id}  # source@sha256:... of the files used
     assert isinstance(ds.features["audio"], datasets.Audio)
     assert ds.features["audio"].sampling_rate == 24_000
     assert len(ds) == 3
