@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -198,8 +199,6 @@ def test_hugging_face_datasets_reads_the_output_as_audio(local_ray, tiny_checkpo
     torchcodec, whose PyPI wheels need a CUDA build of torch (libnvrtc), which these CPU-only machines lack. The
     Parquet layout (struct {bytes, path} + `huggingface` features metadata) is the same for every version.
     """
-    import io
-
     datasets = pytest.importorskip("datasets")
     texts = tmp_path / "texts"
     texts.mkdir()
@@ -224,6 +223,28 @@ def test_hugging_face_datasets_reads_the_output_as_audio(local_ray, tiny_checkpo
         reference, rate = sf.read(io.BytesIO(stored["audio"]["bytes"]), dtype="float32")
         assert rate == 24_000
         np.testing.assert_allclose(decoded["array"], reference, atol=1e-6)
+
+
+def test_pandas_and_duckdb_read_the_parts_as_plain_columns(local_ray, tiny_checkpoint, tmp_path):
+    """The Parquet parts are ordinary Parquet: pandas and duckdb read every column, audio bytes included."""
+    import duckdb
+    import pandas as pd
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "t.jsonl").write_text('{"id": "a", "text": "hello."}\n{"id": "b", "text": ""}\n')
+    assert run_job(_config(tiny_checkpoint, [str(texts)], str(tmp_path / "out"))).rows == 2
+    parts = str(tmp_path / "out" / "parts")
+    frame = pd.read_parquet(parts).set_index("id").sort_index()
+    assert pd.isna(frame.loc["a", "error"]) and "text is empty" in frame.loc["b", "error"]
+    audio = frame.loc["a", "audio"]
+    assert sf.read(io.BytesIO(audio["bytes"]))[0].shape == (frame.loc["a", "num_samples"],)
+    rows = duckdb.sql(
+        f"select id, octet_length(audio.bytes), num_samples, duration_s from read_parquet('{parts}/*.parquet') "
+        "where error is null"
+    ).fetchall()
+    assert len(rows) == 1 and rows[0][0] == "a" and rows[0][1] == len(audio["bytes"])
+    assert rows[0][3] == pytest.approx(rows[0][2] / 24_000)
 
 
 @pytest.mark.parametrize("fmt", ["flac", "wav", "ogg", "opus"])
