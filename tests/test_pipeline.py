@@ -91,26 +91,44 @@ def test_500_rows_three_formats_and_three_speakers_to_s3(local_ray, s3_server, t
 
 
 def test_inputs_from_object_storage_globs_and_relative_speaker_audio(local_ray, s3_server, tiny_checkpoint, tmp_path):
-    """Text shards named by an s3:// glob and a speaker manifest in the bucket whose audio paths are relative to it
-    (resolved in the same bucket); a missing s3:// shard is a reported problem, not a crash."""
+    """Text shards named by s3:// globs, and reference speakers from the bucket in every manifest and audio
+    format: a JSONL manifest with relative wav paths, a CSV manifest with an ogg and an mp3 file, a Parquet
+    manifest with flac bytes. Relative paths resolve in the same bucket; a missing s3:// shard is a reported
+    problem, not a crash."""
+    from tests.support.jobdata import voice
+
     client = s3_server.client()
     client.create_bucket(Bucket="tts-in")
-    speaker_manifest = write_speakers(tmp_path / "in" / "voices", ["ann", "ben"])
-    expected = write_text_shards(tmp_path / "in" / "texts", 24, ["ann", "ben"])
+    names = ["ann", "ben", "cat", "dan", "eve"]
+    voices = tmp_path / "in" / "voices"
+    write_speakers(voices, names[:2])
+    sf.write(voices / "cat.ogg", voice(1.2, 22_050, 180), 22_050, format="OGG", subtype="VORBIS")
+    sf.write(voices / "dan.mp3", voice(1.2, 24_000, 140), 24_000, format="MP3")
+    (voices / "more.csv").write_text("speaker,audio,text\ncat,cat.ogg,reference cat\ndan,dan.mp3,reference dan\n")
+    flac = io.BytesIO()
+    sf.write(flac, voice(1.2, 16_000, 200), 16_000, format="FLAC")
+    pq.write_table(pa.table({"speaker": ["eve"], "audio": [flac.getvalue()], "text": ["reference eve"]}),
+                   voices / "bytes.parquet")  # fmt: skip
+    expected = write_text_shards(tmp_path / "in" / "texts", 40, names)
     (tmp_path / "in" / "texts" / "c.txt").unlink()  # .txt ids hash the shard path: keep the check to real ids
+    with open(tmp_path / "in" / "texts" / "voices.jsonl", "w") as f:  # one row per reference speaker
+        for name in names:
+            f.write(json.dumps({"id": f"by-{name}", "text": "hello there.", "speaker": name}) + "\n")
+            expected.append(f"by-{name}")
     s3_server.upload_dir("tts-in", "job", tmp_path / "in")
     config = _config(
         tiny_checkpoint,
         ["s3://tts-in/job/texts/*.jsonl", "s3://tts-in/job/texts/[bd].*", "s3://tts-in/job/texts/missing.jsonl"],
         str(tmp_path / "out"),
-        ["s3://tts-in/job/voices/" + speaker_manifest.name],
+        ["s3://tts-in/job/voices/"],
     )
     report = run_job(config)
     assert report.problems == ["s3://tts-in/job/texts/missing.jsonl: no such object or prefix"]
     assert report.failed == 0, report.failures[:3]
     table = read_outputs(str(tmp_path / "out"), ["id", "speaker", "error"])
     assert Counter(table.column("id").to_pylist()) == Counter(expected)
-    assert {"ann", "ben"} <= set(table.column("speaker").to_pylist())
+    spoken = {r["id"]: r["speaker"] for r in table.to_pylist()}
+    assert all(spoken[f"by-{name}"] == name for name in names)
 
 
 BAD_ROWS = [
