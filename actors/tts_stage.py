@@ -8,6 +8,8 @@ Encoding and storing audio are the next, CPU-only stage (pipeline/store.py).
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import logging
 import os
@@ -46,30 +48,13 @@ class TTSStage:
 
         from pipeline.config import JobConfig
 
-        from .async_engine import AsyncSynthesizer
-        from .replica import Synthesizer
-
         self.config = JobConfig.model_validate(job)
         engine = self.config.engine
         threads = engine.threads or max(1, int(self.config.actors.num_cpus) or 1)
         torch.set_num_threads(threads)
-        self.synthesizer = Synthesizer(
-            model=self.config.model,
-            device=engine.device,
-            dtype=engine.dtype,
-            decoder=engine.decoder,
-            max_batch_size=engine.max_slots,
-            budget_bytes=engine.budget_mib << 20 if engine.budget_mib else None,
-            max_prompt_tokens=engine.max_prompt_tokens,
-            max_new_tokens=self.config.sampling.max_new_tokens,
-            max_segment_tokens=engine.max_segment_tokens,
-            max_chars=self.config.max_chars,
-            fsq_variant=engine.fsq,
-            verify=engine.verify,
-            compile=engine.compile,
-            device_share=self.config.actors.num_gpus if 0 < self.config.actors.num_gpus < 1 else 1.0,
-        )
-        self.engine = AsyncSynthesizer(self.synthesizer)
+        self._build_engine()
+        self._rebuilding = asyncio.Lock()
+        self.rebuilds = 0
         self.speakers = speakers
         self.duplicates = duplicates
         self.worker = f"{_node_id()[:12]}/{os.getpid()}"
@@ -84,6 +69,60 @@ class TTSStage:
                 self.worker, slots, fed, actors.batch_size, actors.max_concurrent_batches, slots - fed,
             )  # fmt: skip
         log.info("TTS stage %s ready in %.1f s", self.worker, time.perf_counter() - started)
+
+    def _build_engine(self) -> None:
+        from .async_engine import AsyncSynthesizer
+        from .replica import Synthesizer
+
+        engine, actors = self.config.engine, self.config.actors
+        self.synthesizer = Synthesizer(
+            model=self.config.model,
+            device=engine.device,
+            dtype=engine.dtype,
+            decoder=engine.decoder,
+            max_batch_size=engine.max_slots,
+            budget_bytes=engine.budget_mib << 20 if engine.budget_mib else None,
+            max_prompt_tokens=engine.max_prompt_tokens,
+            max_new_tokens=self.config.sampling.max_new_tokens,
+            max_segment_tokens=engine.max_segment_tokens,
+            max_chars=self.config.max_chars,
+            fsq_variant=engine.fsq,
+            verify=engine.verify,
+            compile=engine.compile,
+            device_share=actors.num_gpus if 0 < actors.num_gpus < 1 else 1.0,
+        )
+        self.engine = AsyncSynthesizer(self.synthesizer)
+
+    async def _synthesize(self, requests: list) -> list:
+        """The engine's results; if its loop dies (a bug, a device error) the rows in flight fail with the reason,
+        the engine is rebuilt once, and the job goes on: one bad step must not kill a million-row job."""
+        from .replica import SynthesisResult
+
+        async with self._rebuilding:  # a call arriving during a rebuild waits for the new engine
+            engine = self.engine
+        try:
+            return await engine.synthesize(requests)
+        except RuntimeError:
+            if engine.error is None:
+                raise  # not the engine loop: let Ray Data report it
+            cause = repr(engine.error)
+            async with self._rebuilding:
+                if self.engine is engine:  # the first call to get here rebuilds; the others find it done
+                    log.error("TTS stage %s: the engine loop died (%s); rebuilding it", self.worker, cause)
+                    engine.close()
+                    # Let go of the old model and cache before loading the new one (the error's frames hold them).
+                    engine.error.__traceback__ = None
+                    engine.synthesizer = self.synthesizer = self.engine = None
+                    gc.collect()
+                    _release_device_cache()
+                    await asyncio.to_thread(self._build_engine)
+                    self.rebuilds += 1
+            message = (
+                f"the engine failed while this row was being synthesised ({cause}), and with it every row in "
+                f"flight on {self.worker}; the engine was rebuilt and the job went on. Re-run with retry_failed: "
+                f"true to redo these rows"
+            )
+            return [SynthesisResult(id=r.id, text=r.text, error=message) for r in requests]
 
     async def __call__(self, table: pa.Table) -> pa.Table:
         from actors.engine.sampling import SamplingParams
@@ -149,7 +188,7 @@ class TTSStage:
             requests.append(request)
             positions.append(i)
         if requests:
-            for i, result in zip(positions, await self.engine.synthesize(requests), strict=True):
+            for i, result in zip(positions, await self._synthesize(requests), strict=True):
                 if result.error and not result.error.startswith(str(batch["source"][i])):
                     result.error = f"{batch['source'][i]}: {result.error}"
                 results[i] = result
@@ -192,6 +231,13 @@ def _looks_like_a_name(value: str) -> bool:
         and all(ch.isalnum() and ch.isascii() or ch in "._-" for ch in value)
         and not value.startswith("seed")
     )
+
+
+def _release_device_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _node_id() -> str:

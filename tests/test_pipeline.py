@@ -385,3 +385,35 @@ def test_an_actor_fed_fewer_rows_than_its_slots_says_so(tiny_checkpoint, caplog)
     stage(batch_size=4, concurrent=2)
     assert "the engine has 16 slots but at most 8 rows reach it at once" in caplog.text
     assert "at least 8 slots stay idle" in caplog.text
+
+
+def test_an_engine_that_dies_fails_the_rows_in_flight_and_is_rebuilt(tiny_checkpoint, tmp_path):
+    """Fault injection into the real TTS stage (in-process, no Ray): the engine's step raises once, as a device
+    error or a bug would. The rows in flight come back as error rows naming the cause, the stage rebuilds its
+    engine, and the next batch is synthesised: the job goes on instead of dying on one bad step."""
+    import asyncio
+
+    from actors.tts_stage import TTSStage
+
+    stage = TTSStage(_config(tiny_checkpoint, ["x"], str(tmp_path)).model_dump(), speakers={}, duplicates={})
+    first_engine = stage.engine
+
+    def failing_step():
+        raise RuntimeError("injected device error")
+
+    stage.synthesizer.pump = failing_step
+    rows = pa.table({
+        "id": ["a", "b"], "text": ["hello there.", "good morning."], "source": ["t.jsonl:1", "t.jsonl:2"],
+        "fields": ["{}", "{}"], "error": pa.array([None, None], pa.string()),
+    })  # fmt: skip
+
+    async def two_batches() -> tuple[pa.Table, pa.Table]:
+        return await stage(rows), await stage(rows)
+
+    failed, redone = asyncio.run(two_batches())
+    errors = failed.column("error").to_pylist()
+    assert all("injected device error" in e and "engine was rebuilt" in e and e.startswith("t.jsonl:") for e in errors)
+    assert stage.rebuilds == 1 and stage.engine is not first_engine
+    assert redone.column("error").to_pylist() == [None, None]
+    assert all(len(p) > 0 for p in redone.column("pcm").to_pylist())
+    stage.engine.close()
