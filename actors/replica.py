@@ -32,7 +32,7 @@ from .engine.sampling import SamplingParams
 from .engine.stream import StreamDecoder
 from .model.config import SAMPLE_RATE
 from .speaker import SpeakerError, decode_prompt, normalized_speaker, parse_speaker
-from .text import clean_text, decorate, split_segments
+from .text import clean_text, decorate, segment_token_ids
 from .tokenizer import TextTokenizer
 from .validation import RequestError
 
@@ -51,6 +51,9 @@ class SynthesisRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     normalize: bool = True
     prompt: str = "[speed_5]"  # control tags placed before the text, e.g. "[speed_3][oral_2]"
+    # Token ids of each segment's decorated prompt when a CPU stage already ran `segment_token_ids` (the offline
+    # job); None: the engine cleans, splits and tokenises `text` itself.
+    segment_ids: list[list[int]] | None = None
 
 
 @dataclass
@@ -220,44 +223,41 @@ class Synthesizer:
         return self.model.dvae.encode(torch.from_numpy(wave).to(self.device)).cpu()
 
     def _segments(self, row: int, request: SynthesisRequest) -> list[_Segment]:
-        if not isinstance(request.text, str):
+        if request.segment_ids is None and not isinstance(request.text, str):
             raise RequestError(f"text must be a string, got {type(request.text).__name__}")
-        if not request.text.strip():
-            raise RequestError("text is empty")
-        if len(request.text) > self.max_chars:
-            raise RequestError(
-                f"text has {len(request.text)} characters; the limit is {self.max_chars}: split it into several rows"
-            )
         request.params.validate(self.config.gpt.num_vq)
         if not re.fullmatch(r"(\[[\w]+\])*", request.prompt or ""):
             raise RequestError(f"prompt must be a run of control tags such as [speed_5], got {request.prompt!r:.60}")
         hidden = self.config.gpt.hidden_size
         speaker = parse_speaker(request.speaker, hidden)
         speaker = None if speaker is None else normalized_speaker(speaker)
-        transcript = clean_text(request.reference_text, request.normalize) if request.reference_text else ""
         reference = request.reference_codes
         if reference is not None and (reference.ndim != 2 or reference.shape[0] != self.config.gpt.num_vq):
             raise RequestError(f"reference codes must be [{self.config.gpt.num_vq}, T], got {tuple(reference.shape)}")
-        text = clean_text(request.text, request.normalize)
-        if not re.sub(r"\[[\w_]+\]", "", text).strip(" ，。、,."):
-            raise RequestError(
-                f"text {request.text[:40]!r} has nothing speakable after cleaning (digits and most symbols are "
-                f"removed): spell numbers out"
+        segment_ids = request.segment_ids
+        if segment_ids is None:
+            segment_ids = segment_token_ids(
+                request.text,
+                self.tokenizer,
+                prompt=request.prompt,
+                has_speaker=speaker is not None,
+                reference_text=request.reference_text,
+                normalize=request.normalize,
+                max_segment_tokens=self.max_segment_tokens,
+                max_chars=self.max_chars,
             )
-        overhead = self.tokenizer.count(decorate("", request.prompt, speaker is not None, transcript))
-        budget = self.max_segment_tokens
-        pieces = split_segments(text, budget, self.tokenizer.count)
         segments = []
-        for index, piece in enumerate(pieces):
-            ids = self.tokenizer.encode(decorate(piece, request.prompt, speaker is not None, transcript))
+        for index, ids in enumerate(segment_ids):
             seed = request.params.seed if index == 0 else (request.params.seed ^ (index * _SEGMENT_SEED_STEP)) % 2**63
             prompt = CodePrompt(ids, speaker, reference)
             prompt_room = self.plan.slot_tokens - self.plan.max_new_tokens
             if prompt.length > prompt_room:
+                transcript = clean_text(request.reference_text, request.normalize) if request.reference_text else ""
+                overhead = self.tokenizer.count(decorate("", request.prompt, speaker is not None, transcript))
                 raise RequestError(
-                    f"prompt of {prompt.length} tokens ({overhead} of them decoration, transcript and reference "
-                    f"codes) exceeds this replica's {prompt_room} prompt tokens: use a shorter reference clip "
-                    f"or transcript, or raise max_prompt_tokens"
+                    f"prompt of {prompt.length} tokens ({overhead} of them decoration and transcript, plus the "
+                    f"reference codes) exceeds this replica's {prompt_room} prompt tokens: use a shorter reference "
+                    f"clip or transcript, or raise max_prompt_tokens"
                 )
             if request.params.max_new_tokens > self.plan.max_new_tokens:
                 raise RequestError(

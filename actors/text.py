@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any, Protocol
+
+from .validation import RequestError
 
 _REJECT = re.compile(r"[^\u4e00-\u9fffA-Za-z，。、,\. ]")
 _TAG = re.compile(r"\[[\w_]+\]")
@@ -137,3 +140,39 @@ def _fit(piece: str, max_tokens: int, count_tokens: Callable[[str], int]) -> lis
                 out.extend(_fit(part, max_tokens, count_tokens))
             return out
     return [piece[i : i + max_tokens] for i in range(0, len(piece), max_tokens)]
+
+
+class _Tokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+    def count(self, text: str) -> int: ...
+
+
+def segment_token_ids(
+    text: Any,
+    tokenizer: _Tokenizer,
+    *,
+    prompt: str,
+    has_speaker: bool,
+    reference_text: str,
+    normalize: bool,
+    max_segment_tokens: int,
+    max_chars: int,
+) -> list[list[int]]:
+    """A row's text -> the token ids of each segment's decorated prompt; raises RequestError for text that cannot be
+    synthesised. Torch-free: the offline job runs it in a CPU stage, the engine for requests that arrive as text."""
+    if not isinstance(text, str):
+        raise RequestError(f"text must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise RequestError("text is empty")
+    if len(text) > max_chars:
+        raise RequestError(f"text has {len(text)} characters; the limit is {max_chars}: split it into several rows")
+    transcript = clean_text(reference_text, normalize) if reference_text else ""
+    cleaned = clean_text(text, normalize)
+    if not re.sub(r"\[[\w_]+\]", "", cleaned).strip(" ，。、,."):
+        raise RequestError(
+            f"text {text[:40]!r} has nothing speakable after cleaning (digits and most symbols are removed): spell "
+            f"numbers out"
+        )
+    pieces = split_segments(cleaned, max_segment_tokens, tokenizer.count)
+    return [tokenizer.encode(decorate(piece, prompt, has_speaker, transcript)) for piece in pieces]

@@ -13,9 +13,10 @@ from tokenizers import Tokenizer
 
 
 class TextTokenizer:
-    def __init__(self, folder: Path, num_text_tokens: int) -> None:
-        path = Path(folder) / "tokenizer.json"
-        self._tokenizer = Tokenizer.from_file(str(path))
+    def __init__(self, folder: Path | None, num_text_tokens: int, json_text: str | None = None) -> None:
+        """From `folder`/tokenizer.json, or from that file's text (`json_text`: a CPU stage gets it shipped)."""
+        path = "tokenizer.json (text)" if json_text is not None else Path(folder) / "tokenizer.json"
+        self._tokenizer = Tokenizer.from_str(json_text) if json_text is not None else Tokenizer.from_file(str(path))
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         size = self._tokenizer.get_vocab_size(with_added_tokens=True)

@@ -126,13 +126,14 @@ class TTSStage:
 
     async def __call__(self, table: pa.Table) -> pa.Table:
         from actors.engine.sampling import SamplingParams
-        from pipeline.inputs import InputRow, to_request
+        from pipeline.inputs import InputRow, row_voice, to_request
 
         from .replica import RequestError, SynthesisResult, reference_codes_from_prompt
         from .speaker import SpeakerError, decode_prompt
 
         sampling = SamplingParams(**self.config.sampling.model_dump())
         batch = {name: table.column(name).to_pylist() for name in ("id", "text", "source", "fields", "error")}
+        segment_ids = table.column("segment_ids").to_pylist()  # pipeline/prepare.py: cleaned, split, tokenised
         n = table.num_rows
         results: list[SynthesisResult | None] = [None] * n
         requests, positions = [], []
@@ -169,8 +170,7 @@ class TTSStage:
                     if entry.get("error"):
                         raise RequestError(f"speaker {name!r} is unusable: {entry['error']}")
                     request.reference_codes = decode_prompt(entry["prompt"])
-                    request.reference_text = request.reference_text or entry["text"]
-                    request.speaker = None
+                    request.speaker, request.reference_text = row_voice(fields, self.config.speaker, self.speakers)
                     speakers_out[i] = name
                 else:
                     if name is not None and _looks_like_a_name(name):
@@ -181,6 +181,12 @@ class TTSStage:
                         )
                     speakers_out[i] = name
                 seeds[i] = request.params.seed
+                request.segment_ids = segment_ids[i]
+                if request.segment_ids is None:  # the prepare stage tokenises every row it does not fail
+                    raise RequestError(
+                        "reached the TTS stage without token ids from the prepare stage; this is a raytts bug, "
+                        "please report it with the row"
+                    )
             except (RequestError, SpeakerError, ValueError) as err:
                 message = str(err) if str(err).startswith(source) else f"{source}: {err}"
                 results[i] = SynthesisResult(id=row_id or "", text=text or "", error=message)

@@ -174,7 +174,7 @@ def _run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from pipeline.config import JobConfig
-    from pipeline.job import OutputUnusable, PoolDoesNotFit, run_job
+    from pipeline.job import ModelUnusable, OutputUnusable, PoolDoesNotFit, run_job
 
     overrides = _overrides("run", args.set)
     if overrides is None:
@@ -195,7 +195,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         report = run_job(config, address=args.address)
-    except (PoolDoesNotFit, OutputUnusable, OSError) as err:
+    except (PoolDoesNotFit, OutputUnusable, ModelUnusable, OSError) as err:
         print(f"raytts run: {err}", file=sys.stderr)
         return 2
     summary = report.to_dict()

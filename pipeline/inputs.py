@@ -136,6 +136,19 @@ def to_request(row: InputRow, defaults: SamplingParams, speaker: str | None, nor
     )
 
 
+def row_voice(fields: dict[str, Any], default_speaker: str | None, references: dict[str, Any]) -> tuple[Any, str]:
+    """(speaker, transcript) a row is synthesised with: the row's speaker (null/"" -> the job's default) and
+    reference_text, except that a reference speaker's name (in `references`, when the row carries no
+    reference_codes of its own) becomes its encoded codes: no speaker embedding, and its transcript unless the row
+    gives one. Shared by the CPU stage that tokenises (the prompt depends on both) and the TTS stage."""
+    name = fields.get("speaker") if fields.get("speaker") not in (None, "") else default_speaker
+    transcript = fields.get("reference_text") or ""
+    if not fields.get("reference_codes") and isinstance(name, str) and name in references:
+        entry = references[name]
+        return None, transcript or (entry.get("text") or "")
+    return name, transcript
+
+
 def _number(row: InputRow, name: str, value: Any, integer: bool) -> int | float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RequestError(f"{row.source}: {name} must be a number, got {type(value).__name__} {value!r:.30}")

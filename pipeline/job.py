@@ -1,8 +1,9 @@
 """`raytts run`: the offline job as a Ray Data graph, resumable, with every input row accounted for exactly once.
 
 Graph: read shards as bytes -> parse rows (CPU) -> drop rows finished by earlier runs -> repartition by rows ->
-TTS actors (one engine replica each, several batches in flight) -> store actors (CPU, autoscaled): encode audio,
-write audio objects and the block's Parquet part. The driver only sees one small summary row per block.
+prepare (CPU: normalise, split, tokenise) -> TTS actors (one engine replica each, several batches in flight) ->
+store actors (CPU, autoscaled): encode audio, write audio objects and the block's Parquet part. The driver only
+sees one small summary row per block.
 
 Exactly-once: each run adds Parquet parts under `{output}/parts/`, each named by a digest of its rows' keys (a
 block that Ray Data retries rewrites its own part); a row's key is its id (or its source line when it has none or
@@ -29,6 +30,7 @@ import pyarrow.fs as pafs
 
 from .config import JobConfig
 from .parts import drop_failed_rows, filesystem, iter_outputs, key_array, read_outputs
+from .prepare import prepare_rows
 from .resources import STORE_ACTOR_CPUS, pool_problems
 from .sources import SPEAKER_EXTENSIONS, TEXT_EXTENSIONS, expand_paths, parse_speaker_shard, parse_text_shard
 
@@ -170,6 +172,18 @@ def _encode_speakers(config: JobConfig, rows: list[dict[str, Any]]) -> dict[str,
     return speakers
 
 
+def _tokenizer_of(model: str, verify: str) -> dict[str, Any]:
+    """The checkpoint's tokenizer file and vocabulary size, for the prepare stage (runs as a task: it resolves, and
+    if needed downloads, the checkpoint on a worker, never in the driver)."""
+    from actors.checkpoint import read_model_config, resolve
+
+    checkpoint = resolve(model, verify=verify)
+    return {
+        "json": (checkpoint.asset / "tokenizer" / "tokenizer.json").read_text(),
+        "num_text_tokens": read_model_config(checkpoint.asset).gpt.num_text_tokens,
+    }
+
+
 def _parse_text(row: dict[str, Any]) -> list[dict[str, Any]]:
     return parse_text_shard(row["path"], row["bytes"])
 
@@ -181,6 +195,10 @@ def _parse_speakers(row: dict[str, Any], uris: dict[str, str]) -> list[dict[str,
 
 class PoolDoesNotFit(ValueError):
     """The engine actor pool cannot run on this Ray: raised before the job reads or writes anything."""
+
+
+class ModelUnusable(ValueError):
+    """The job's model cannot be resolved or read: raised before the engine actors start."""
 
 
 class OutputUnusable(ValueError):
@@ -313,6 +331,8 @@ def _run(config: JobConfig, started: float) -> JobReport:
     if not text_files:
         report.wall_seconds = time.perf_counter() - started
         return _finish_report(report, output, finished_keys(output, config.retry_failed))
+    # Started now, used after parsing: fetching the tokenizer overlaps with reading the shards.
+    tokenizer = ray.remote(num_cpus=1)(_tokenizer_of).remote(config.model, config.engine.verify)
 
     parsed = ray.data.read_binary_files(text_files, include_paths=True).flat_map(_parse_text).materialize()
     # Keys straight from the parsed blocks (zero-copy reads of the object store), not through another Ray Data op;
@@ -353,8 +373,28 @@ def _run(config: JobConfig, started: float) -> JobReport:
             pool = ray.data.ActorPoolStrategy(size=actors.size, **overlap)
         else:
             pool = ray.data.ActorPoolStrategy(min_size=actors.min_size or 1, max_size=actors.max_size or 1, **overlap)
+        try:
+            tokenizer = ray.get(tokenizer)
+        except ray.exceptions.RayTaskError as err:  # the model cannot be resolved: stop before any actor starts
+            raise ModelUnusable(f"model {config.model!r}: {err.cause}") from err
+        references = {name: {"text": entry.get("text")} for name, entry in speakers.items()}
         summaries = (
             pending.repartition(target_num_rows_per_block=actors.batch_size)
+            .map_batches(
+                prepare_rows,
+                fn_kwargs={
+                    "tokenizer": tokenizer,  # ~0.5 MB, shipped once with the operator, not per task
+                    "settings": {
+                        "speaker": config.speaker,
+                        "normalize": config.normalize,
+                        "max_segment_tokens": config.engine.max_segment_tokens,
+                        "max_chars": config.max_chars,
+                        "references": references,
+                    },
+                },
+                batch_size=None,
+                batch_format="pyarrow",
+            )
             .map_batches(
                 TTSStage,
                 fn_constructor_kwargs={"job": config.model_dump(), "speakers": speakers, "duplicates": duplicates},

@@ -292,7 +292,7 @@ def test_cpu_stages_do_not_load_torch():
     import sys
 
     code = (
-        "import sys; import pipeline.job, pipeline.store, pipeline.sources, pipeline.output, pipeline.inputs; "
+        "import sys; import pipeline.job, pipeline.store, pipeline.sources, pipeline.output, pipeline.inputs, pipeline.prepare; "
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
@@ -394,8 +394,11 @@ def test_an_engine_that_dies_fails_the_rows_in_flight_and_is_rebuilt(tiny_checkp
     import asyncio
 
     from actors.tts_stage import TTSStage
+    from pipeline.job import _tokenizer_of
+    from pipeline.prepare import prepare_rows
 
-    stage = TTSStage(_config(tiny_checkpoint, ["x"], str(tmp_path)).model_dump(), speakers={}, duplicates={})
+    config = _config(tiny_checkpoint, ["x"], str(tmp_path))
+    stage = TTSStage(config.model_dump(), speakers={}, duplicates={})
     first_engine = stage.engine
 
     def failing_step():
@@ -406,6 +409,8 @@ def test_an_engine_that_dies_fails_the_rows_in_flight_and_is_rebuilt(tiny_checkp
         "id": ["a", "b"], "text": ["hello there.", "good morning."], "source": ["t.jsonl:1", "t.jsonl:2"],
         "fields": ["{}", "{}"], "error": pa.array([None, None], pa.string()),
     })  # fmt: skip
+    settings = {"speaker": None, "normalize": True, "max_segment_tokens": 120, "max_chars": 1000, "references": {}}
+    rows = prepare_rows(rows, _tokenizer_of(config.model, "auto"), settings)
 
     async def two_batches() -> tuple[pa.Table, pa.Table]:
         return await stage(rows), await stage(rows)
@@ -417,3 +422,52 @@ def test_an_engine_that_dies_fails_the_rows_in_flight_and_is_rebuilt(tiny_checkp
     assert redone.column("error").to_pylist() == [None, None]
     assert all(len(p) > 0 for p in redone.column("pcm").to_pylist())
     stage.engine.close()
+
+
+def test_the_prepare_stage_tokenises_exactly_as_the_engine_does(local_ray, tiny_checkpoint, tmp_path):
+    """The job cleans, splits and tokenises text in a CPU stage; the engine does it itself for `raytts synth` and
+    Serve. Same rows, same codes: default and per-row speakers, control tags, a transcript, per-row reference
+    codes, long text split into segments, Chinese."""
+    from actors.engine.sampling import SamplingParams
+    from actors.replica import Synthesizer, reference_codes_from_prompt
+    from pipeline.inputs import InputRow, to_request
+
+    codes = encode_prompt(np.arange(4 * 20, dtype=np.int64).reshape(4, 20) % 40)
+    long_text = " ".join(f"sentence number {w} is here." for w in "one two three four five six seven".split())
+    rows = [
+        {"id": "plain", "text": "hello there, how are you."},
+        {"id": "seeded", "text": "good morning.", "speaker": "seed:5", "seed": 3},
+        {"id": "tags", "text": "a quick [uv_break] brown fox.", "prompt": "[speed_3][oral_2]"},
+        {"id": "codes", "text": "with codes.", "reference_codes": codes, "reference_text": "the transcript."},
+        {"id": "long", "text": long_text * 3},
+        {"id": "zh", "text": "你好，欢迎使用语音合成。今天天气很好！"},
+        {"id": "null-speaker", "text": "default voice.", "speaker": None},
+    ]
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "t.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    config = _config(tiny_checkpoint, [str(texts)], str(tmp_path / "out"))
+    config.speaker = "seed:11"
+    config.output.save_codes = True
+    config.engine.max_segment_tokens = 24  # the long row becomes several segments
+    config.sampling.min_new_tokens = 8  # a random checkpoint may otherwise end a segment at its first step
+    report = run_job(config)
+    assert report.failed == 0, report.failures
+    job = {r["id"]: r for r in read_outputs(str(tmp_path / "out"), ["id", "codes", "segments"]).to_pylist()}
+    assert job["long"]["segments"] > 2
+
+    engine = config.engine
+    synth = Synthesizer(model=config.model, device="cpu", max_batch_size=engine.max_slots,
+                        budget_bytes=engine.budget_mib << 20, max_prompt_tokens=engine.max_prompt_tokens,
+                        max_new_tokens=config.sampling.max_new_tokens, max_segment_tokens=24)  # fmt: skip
+    defaults = SamplingParams(**config.sampling.model_dump())
+    requests = []
+    for number, row in enumerate(rows, start=1):
+        request = to_request(InputRow(f"t.jsonl:{number}", row["id"], row), defaults, config.speaker, True)
+        if row.get("reference_codes"):
+            request.reference_codes = reference_codes_from_prompt(row["reference_codes"])
+        requests.append(request)
+    for row, result in zip(rows, synth.synthesize(requests), strict=True):
+        assert result.error is None
+        assert job[row["id"]]["segments"] == result.segments, row["id"]
+        assert job[row["id"]]["codes"] == result.codes.tolist(), row["id"]

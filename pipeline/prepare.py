@@ -1,0 +1,69 @@
+"""CPU stage before the GPU stage: normalise, split and tokenise each row's text, so the engine actors spend their
+CPU time on the model only. Torch-free: it runs in plain Ray Data tasks.
+
+Each row gets `segment_ids` (token ids of every segment's decorated prompt, exactly what the engine would compute
+from the text: `actors.text.segment_token_ids`) or, for text that cannot be synthesised, an `error`. Rows whose
+other fields are malformed keep null ids and reach the TTS stage, which reports the field's problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from actors.text import segment_token_ids
+from actors.tokenizer import TextTokenizer
+from actors.validation import RequestError
+
+from .inputs import row_voice
+
+SEGMENT_IDS = pa.list_(pa.list_(pa.int32()))
+
+_TOKENIZERS: dict[str, TextTokenizer] = {}  # per worker process, by the tokenizer file's digest
+
+
+def _tokenizer(json_text: str, num_text_tokens: int) -> TextTokenizer:
+    key = hashlib.sha256(json_text.encode()).hexdigest()
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = TextTokenizer(None, num_text_tokens, json_text=json_text)
+    return _TOKENIZERS[key]
+
+
+def prepare_rows(block: pa.Table, tokenizer: dict[str, Any], settings: dict[str, Any]) -> pa.Table:
+    """`block` with a `segment_ids` column added and text errors filled in.
+
+    tokenizer: {"json": tokenizer.json text, "num_text_tokens": int}; settings: {"speaker", "normalize",
+    "max_segment_tokens", "max_chars", "references": {reference speaker name: {"text": transcript}}}.
+    """
+    tok = _tokenizer(tokenizer["json"], tokenizer["num_text_tokens"])
+    texts = block.column("text").to_pylist()
+    fields_json = block.column("fields").to_pylist()
+    sources = block.column("source").to_pylist()
+    errors = block.column("error").to_pylist()
+    ids: list[list[list[int]] | None] = [None] * block.num_rows
+    for i, (text, raw, source) in enumerate(zip(texts, fields_json, sources, strict=True)):
+        if errors[i] is not None:
+            continue
+        fields = json.loads(raw) if raw else {}
+        speaker, transcript = row_voice(fields, settings["speaker"], settings["references"])
+        prompt = fields.get("prompt", "[speed_5]")
+        if not isinstance(prompt, str) or not isinstance(transcript, str) or not isinstance(speaker, str | None):
+            continue  # a malformed field: the TTS stage's validation names it
+        try:
+            ids[i] = segment_token_ids(
+                text,
+                tok,
+                prompt=prompt,
+                has_speaker=speaker is not None and bool(speaker.strip()),
+                reference_text=transcript,
+                normalize=settings["normalize"],
+                max_segment_tokens=settings["max_segment_tokens"],
+                max_chars=settings["max_chars"],
+            )
+        except RequestError as err:
+            errors[i] = f"{source}: {err}"
+    block = block.set_column(block.schema.get_field_index("error"), "error", pa.array(errors, type=pa.string()))
+    return block.append_column("segment_ids", pa.array(ids, type=SEGMENT_IDS))
