@@ -109,8 +109,10 @@ def _wait_for(predicate, timeout: float = 300.0, interval: float = 0.2) -> None:
 
 
 def _assert_exactly_once(output: Path, expected: list[str]) -> None:
+    """Every id once in the parts, and one audio file per row (the fault tests' rows all succeed)."""
     ids = read_outputs(str(output), ["id"]).column("id").to_pylist()
     assert Counter(ids) == Counter(expected)
+    assert sorted(p.name for p in (output / "audio").iterdir()) == sorted(f"{i}.flac" for i in expected)
 
 
 def test_rows_are_processed_on_every_worker_node(cluster, s3_server, tiny_checkpoint, tmp_path):
