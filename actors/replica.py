@@ -180,7 +180,8 @@ class Synthesizer:
 
     def _warm_up(self) -> None:
         """Compile the decode step before the first request: throwaway rows run through the batcher alone and then
-        two at a time (a size-1 pool is its own graph: torch specialises sizes 0 and 1), with growing prefixes."""
+        two at a time (a size-1 pool is its own graph: torch specialises sizes 0 and 1), with growing prefixes.
+        With CUDA graphs every shape bucket is a graph of its own: all of them are recorded here, not while serving."""
         started = time.perf_counter()
         params = SamplingParams(max_new_tokens=min(4, self.plan.max_new_tokens), min_new_tokens=1)
         for rows in (1, min(self.plan.slots, 2)):
@@ -189,8 +190,14 @@ class Synthesizer:
                 self.batcher.submit(("warm-up", row), prompt, params)
             for _ in self.batcher.run():
                 pass
+        graphs = len(self.batcher.record_cuda_graphs()) if self.batcher.compile == "cudagraphs" else 0
         self.batcher.stats = BatcherStats()
-        log.info("decode step compiled (%s) in %.1f s", self.batcher.compile, time.perf_counter() - started)
+        log.info(
+            "decode step compiled (%s%s) in %.1f s",
+            self.batcher.compile,
+            f", {graphs} CUDA graphs" if graphs else "",
+            time.perf_counter() - started,
+        )
 
     # ---------------------------------------------------------------------------------------------- requests
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
+from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
 from actors.engine.batcher import ContinuousBatcher, plan_slots, slot_bytes
@@ -57,12 +60,19 @@ def test_slots_stay_busy_on_a_long_queue(tiny_model, tiny_tokenizer):
     batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
     for i, prompt in enumerate(_prompts(tiny_tokenizer, 40)):
         batcher.submit(i, prompt, SamplingParams(temperature=0.8, max_new_tokens=40, seed=i))
-    finished = [row.key for row in batcher.run()]
+    finished, queued = [], []
+    while batcher.busy:
+        finished += [row.key for row in batcher.step()]
+        queued.append(len(batcher.queue))  # rows still waiting after this step's admission
     assert sorted(finished) == list(range(40))
     assert batcher.stats.max_concurrent == 8
-    # steady state: every step before the queue drained had all 8 slots busy
-    drained = batcher.stats.history.index(max(batcher.stats.history)) if batcher.stats.history else 0
-    assert drained == 0
+    # steady state: a slot freed by a finished row is refilled at the next step, so every step that left rows
+    # waiting ran all 8 slots (static batching, or admission only when the pool is empty, would not)
+    steps = batcher.stats.history
+    assert len(steps) == len(queued)
+    waiting = [busy for busy, left in zip(steps, queued, strict=True) if left]
+    assert len(waiting) >= 40, f"only {len(waiting)} steps ran with rows waiting"
+    assert all(busy == 8 for busy in waiting), waiting
     assert batcher.stats.occupancy >= 0.85, batcher.stats.occupancy
 
 
@@ -91,15 +101,81 @@ def test_rows_that_end_early_are_closed_up_so_steps_compute_only_live_rows(tiny_
         torch.testing.assert_close(alone.hidden, rows[i][1], rtol=1e-4, atol=1e-4)
 
 
+def test_steps_over_the_idle_pool_change_no_later_row(tiny_model, tiny_tokenizer):
+    """What `ContinuousBatcher.record_cuda_graphs` relies on (it runs the step at every CUDA-graph shape before any
+    row arrives): a step over idle slots, at any pool and prefix size, leaves nothing a later row can see."""
+    prompts = _prompts(tiny_tokenizer, 6)
+    params = [SamplingParams(temperature=0.7, max_new_tokens=20, min_new_tokens=4, seed=i) for i in range(6)]
+    plan = plan_slots(TINY, torch.float32, 64 << 20, 64, 20, max_slots=8)
+    batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
+    with torch.inference_mode():
+        for n in range(1, plan.slots + 1):
+            for kv_len in (1, plan.slot_tokens // 2, plan.slot_tokens):
+                batcher._step(n, kv_len)
+    for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+        batcher.submit(i, prompt, p)
+    rows = {r.key: r.codes.clone() for r in batcher.run()}
+    for i, fresh in enumerate(generate(tiny_model, prompts, params, tiny_tokenizer.spk_emb_id)):
+        assert torch.equal(fresh.codes, rows[i]), f"row {i} changed after idle steps"
+
+
+def test_prefill_in_passes_of_a_few_tokens_equals_one_pass(tiny_model, tiny_tokenizer):
+    """Prompts longer than `prefill_chunk` run in several chunks and short ones share a pass, never more than
+    `prefill_chunk` tokens a pass; every row's codes equal those of a one-pass prefill (`generate`: 512 tokens)."""
+    words = "one two three four five six seven eight nine ten".split()
+    texts = [" ".join(words[: 1 + i]) for i in range(3)] + [" ".join(words * (1 + i % 4)) for i in range(7)]
+    prompts = [CodePrompt(tiny_tokenizer.encode(decorate(t + ".", "[speed_5]", False))) for t in texts]
+    params = [SamplingParams(temperature=0.7, max_new_tokens=24, min_new_tokens=4, seed=i) for i in range(len(texts))]
+    chunk = 16
+    assert min(p.length for p in prompts) * 2 <= chunk and max(p.length for p in prompts) > 2 * chunk
+    plan = plan_slots(TINY, torch.float32, 64 << 20, 64, 24, prefill_chunk=chunk, max_slots=len(prompts))
+    batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
+    passes: list[tuple[int, int]] = []  # (rows, tokens) of every prefill pass
+
+    def record(module, args, kwargs):
+        if kwargs.get("slots") is not None:
+            passes.append(tuple(args[0].shape[:2]))
+
+    for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+        batcher.submit(i, prompt, p)
+    hook = tiny_model.gpt.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        rows = {r.key: (r.codes.clone(), r.hidden.clone()) for r in batcher.run()}
+    finally:
+        hook.remove()
+    assert batcher.stats.max_concurrent == len(prompts), "every row is admitted in the first step"
+    assert all(n * tokens <= chunk for n, tokens in passes), passes
+    assert any(n > 1 for n, _ in passes), "short prompts share a pass"
+    assert sum(n * tokens for n, tokens in passes) >= sum(p.length for p in prompts)
+    one_pass = generate(tiny_model, prompts, params, tiny_tokenizer.spk_emb_id)
+    for i, row in enumerate(one_pass):
+        assert torch.equal(row.codes, rows[i][0]), f"row {i} ({prompts[i].length} tokens) changed with chunked prefill"
+        torch.testing.assert_close(row.hidden, rows[i][1], rtol=1e-4, atol=1e-4)
+
+
 def _peak_transient_bytes(fn) -> tuple[int, object]:
+    """Peak of the CPU bytes allocated inside `fn`: every allocation and free the profiler recorded, in time order
+    (per-op totals would hide temporaries an op frees itself, such as the contiguous copies inside a matmul)."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()
-    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    allocations, pending = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while pending:
+        event = pending.pop()
+        pending.extend(event.children)
+        if event.tag == _EventType.Allocation and event.extra_fields.device.type == "cpu":
+            allocations.append((event.start_time_ns, -event.extra_fields.alloc_size))  # ties: allocations first
+    assert allocations, "the profiler recorded no allocations"
     live = peak = 0
-    for event in events:
-        live += event.self_cpu_memory_usage
+    for _, size in sorted(allocations):
+        live -= size
         peak = max(peak, live)
     return peak, result
+
+
+def _preallocated_bytes(batcher: ContinuousBatcher) -> int:
+    """Every buffer the batcher allocates once: cache, outputs and per-slot state."""
+    cache = (*batcher.cache.keys, *batcher.cache.values)
+    return sum(t.numel() * t.element_size() for t in (*cache, batcher.codes, batcher.hidden_out, *batcher._row_state()))
 
 
 def test_measured_memory_stays_within_the_budget(tiny_checkpoint, tmp_path):
@@ -108,10 +184,7 @@ def test_measured_memory_stays_within_the_budget(tiny_checkpoint, tmp_path):
     synth = Synthesizer(model=str(tiny_checkpoint), device="cpu", budget_bytes=budget, max_prompt_tokens=128,
                         max_new_tokens=96, max_batch_size=None, cache_dir=tmp_path)  # fmt: skip
     batcher = synth.batcher
-    preallocated = sum(
-        t.numel() * t.element_size()
-        for t in (*batcher.cache.keys, *batcher.cache.values, batcher.codes, batcher.hidden_out, batcher.recent)
-    )
+    preallocated = _preallocated_bytes(batcher)
     assert preallocated <= synth.plan.kv_bytes + synth.plan.buffer_bytes
     assert synth.plan.slots >= 4
     requests = [
@@ -125,6 +198,32 @@ def test_measured_memory_stays_within_the_budget(tiny_checkpoint, tmp_path):
     )
     assert preallocated + peak <= budget, f"{(preallocated + peak) / 2**20:.1f} MiB > {budget / 2**20:.0f} MiB"
     assert batcher.stats.max_concurrent == synth.plan.slots
+
+
+def test_admitting_every_slot_with_long_prompts_stays_within_the_budget(tiny_model, tiny_tokenizer):
+    """A cold start admits a row into every slot at once. Prefill runs them in passes of at most `prefill_chunk`
+    tokens, the size the activation reserve covers: one pass of every row's first 256 tokens, attending to ~450
+    cached tokens each, would need several times the budget."""
+    budget = 64 << 20
+    plan = plan_slots(TINY, torch.float32, budget, 480, 32)
+    batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
+    preallocated = _preallocated_bytes(batcher)
+    assert preallocated <= plan.kv_bytes + plan.buffer_bytes
+    assert plan.slots >= 16 and plan.prefill_chunk == 256
+    ids = torch.randint(1, TINY.gpt.num_text_tokens, (plan.slots, 480), generator=torch.Generator().manual_seed(0))
+    for i in range(plan.slots):
+        prompt = CodePrompt(ids[i, : 380 + i % 100].tolist())
+        batcher.submit(i, prompt, SamplingParams(max_new_tokens=32, min_new_tokens=32, seed=i))
+    peak, finished = _peak_transient_bytes(lambda: [row.key for row in batcher.run()])
+    assert sorted(finished) == list(range(plan.slots))
+    assert batcher.stats.history[0] == plan.slots, "every slot is admitted in the first step"
+    report = (
+        f"preallocated {preallocated / 2**20:.1f} MiB + transient peak {peak / 2**20:.1f} MiB "
+        f"(reserve {plan.reserve_bytes / 2**20:.1f} MiB, budget {budget >> 20} MiB)"
+    )
+    print(report)
+    assert peak <= plan.reserve_bytes, report
+    assert preallocated + peak <= budget, report
 
 
 @pytest.mark.gpu
@@ -160,12 +259,19 @@ def test_rows_that_do_not_fit_a_slot_are_refused(tiny_model, tiny_tokenizer):
         batcher.submit(0, CodePrompt([1, 2, 3]), SamplingParams(max_new_tokens=21))
 
 
+# Ops after which the host waits for the device: a scalar read (.item(), float(t), bool(t)), torch.equal, and every op
+# whose output size depends on the values (nonzero, masked_select, unique), as boolean-mask indexing does.
+_HOST_SYNCS = {"item", "_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select"}
+_HOST_SYNCS |= {"_unique", "_unique2", "unique_dim", "unique_consecutive", "unique_dim_consecutive"}
+
+
 class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts clones, host syncs and cross-device copies dispatched inside the block."""
+    """Counts clones, host syncs, copies on one device, device<->host transfers and cross-device ops dispatched inside
+    the block."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.clones = self.syncs = self.cross_device = self.ops = 0
+        self.clones = self.syncs = self.cross_device = self.copies = self.to_host = self.to_device = self.ops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -174,8 +280,18 @@ class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
         name = func.overloadpacket.__name__
         if name == "clone":
             self.clones += 1
-        if name in ("item", "_local_scalar_dense", "is_nonzero", "equal"):
-            self.syncs += 1  # .item(), float(t), bool(t), torch.equal: the host waits for the device
+        indices = args[1] if name in ("index", "index_put", "index_put_") else ()
+        if name in _HOST_SYNCS or any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in indices):
+            self.syncs += 1
+        # copy_(target, source); _to_copy(source) -> target, and so does `to` (how .to(), .cpu() and .float() dispatch
+        # under inference mode), which returns its input when nothing changes. A dtype conversion is not a copy.
+        if name == "copy_" or (name in ("_to_copy", "to") and out is not args[0]):
+            source, target = (args[1], args[0]) if name == "copy_" else (args[0], out)
+            if source.device != target.device:
+                self.to_host += target.device.type == "cpu"
+                self.to_device += source.device.type == "cpu"
+            elif name == "copy_" or source.dtype == target.dtype:
+                self.copies += 1
         devices = {a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
         if isinstance(out, torch.Tensor):
             devices.add(out.device)
@@ -184,7 +300,7 @@ class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
-def _count_decode_steps(model, tokenizer, device_check: str) -> _OpCounter:
+def _count_decode_steps(model, tokenizer) -> _OpCounter:
     plan = plan_slots(TINY, torch.float32, 64 << 20, 64, 40, max_slots=8)
     batcher = ContinuousBatcher(model, plan, tokenizer.spk_emb_id, check_every=4)
     for i, prompt in enumerate(_prompts(tokenizer, 8)):
@@ -202,7 +318,7 @@ def test_decode_steps_make_no_clones_no_host_syncs_and_no_device_copies(tiny_mod
 
     Cross-device copies are counted too; they can only be non-zero on a CUDA run (see the gpu-marked twin).
     """
-    counter = _count_decode_steps(tiny_model, tiny_tokenizer, "cpu")
+    counter = _count_decode_steps(tiny_model, tiny_tokenizer)
     assert counter.ops > 100, "the counter must see the decode step's ops"
     assert counter.clones == 0
     assert counter.syncs == 0
@@ -216,5 +332,78 @@ def test_decode_steps_on_cuda_make_no_device_host_copies(tiny_checkpoint):
 
     model = load_model(tiny_checkpoint / "asset", device="cuda", dtype=torch.float16)
     tokenizer = TextTokenizer(tiny_checkpoint / "asset" / "tokenizer", 21178)
-    counter = _count_decode_steps(model, tokenizer, "cuda")
+    counter = _count_decode_steps(model, tokenizer)
     assert counter.clones == 0 and counter.syncs == 0 and counter.cross_device == 0
+
+
+@dataclass
+class _Handoff:
+    pumps: int  # engine steps counted (after admission)
+    groups: list[int]  # rows of every decode group
+    done: int  # segments handed back finished
+    everything: _OpCounter  # the whole steps: decode steps, `_collect`, the handoff
+    decoding: _OpCounter  # inside `Synthesizer._decode`: finished rows -> Decoder (or DVAE) -> Vocos -> host arrays
+
+
+def _count_handoff(synth: Synthesizer, monkeypatch: pytest.MonkeyPatch) -> _Handoff:
+    """Ops of every `Synthesizer.pump` after the one that admits all rows, until the pool drains. Rows end in three
+    waves of 3, 2 and 3 (also on CUDA, which checks for finished rows every 8 steps), so finished rows go to the
+    decoder in groups."""
+    lengths = [12, 12, 12, 20, 20, 28, 28, 28]
+    requests = [
+        SynthesisRequest(id=f"r{i}", text=f"Sentence number {i} for the handoff.", params=SamplingParams(max_new_tokens=n, min_new_tokens=n, seed=i))
+        for i, n in enumerate(lengths)
+    ]  # fmt: skip
+    results, segments = synth.prepare(requests)
+    assert all(r.ok for r in results) and len(segments) == len(lengths) <= synth.plan.slots
+    for segment in segments:
+        synth.submit(segment, (segment.request, segment.index))
+    assert not any(out.done for out in synth.pump())  # admission and prefill, not counted
+    counted = _Handoff(pumps=0, groups=[], done=0, everything=_OpCounter(), decoding=_OpCounter())
+    decode = synth._decode
+
+    def counting_decode(rows):
+        counted.groups.append(len(rows))
+        with counted.decoding:
+            return decode(rows)
+
+    monkeypatch.setattr(synth, "_decode", counting_decode)
+    with torch.inference_mode(), counted.everything:
+        while synth.batcher.busy:
+            counted.done += sum(out.done for out in synth.pump())
+            counted.pumps += 1
+    return counted
+
+
+@pytest.mark.parametrize("decoder", ["hidden", "dvae"])
+def test_finished_rows_reach_host_audio_without_clones_or_host_syncs(tiny_checkpoint, tmp_path, monkeypatch, decoder):
+    """The handoff: finished rows are views of their slots; they go through the Decoder (or DVAE) and Vocos on the
+    device, padded into one batch per group (one copy per row), and reach the host as one copy of the group's audio
+    and one of its codes. Nothing is cloned and the host never waits on the device. (On CPU a device<->host copy
+    cannot be told from any other copy, so the CPU run counts every copy; the gpu-marked twin counts transfers.)"""
+    synth = Synthesizer(model=str(tiny_checkpoint), device="cpu", decoder=decoder, max_batch_size=8,
+                        max_new_tokens=32, max_prompt_tokens=64, cache_dir=tmp_path)  # fmt: skip
+    counted = _count_handoff(synth, monkeypatch)
+    assert counted.done == 8 and counted.groups == [3, 2, 3], (counted.done, counted.groups)
+    assert counted.decoding.ops > 100, "the counter must see the decoder's and vocoder's ops"
+    assert counted.everything.ops > counted.decoding.ops, "the counters must nest"
+    assert counted.everything.clones == 0
+    assert counted.everything.syncs == 0
+    assert counted.decoding.copies == sum(counted.groups) + 2 * len(counted.groups)
+    assert counted.everything.to_host == counted.everything.to_device == 0
+
+
+@pytest.mark.gpu
+def test_finished_rows_reach_the_host_in_one_transfer_per_step_and_two_per_decode_group(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    """On CUDA: one device-to-host transfer per engine step (`_collect`: which rows finished), one for each decode
+    group's audio and one for its codes; nothing goes back to the device, nothing is cloned, no host sync."""
+    synth = Synthesizer(model=str(tiny_checkpoint), device="cuda", max_batch_size=8, max_new_tokens=32,
+                        max_prompt_tokens=64, cache_dir=tmp_path)  # fmt: skip
+    counted = _count_handoff(synth, monkeypatch)
+    assert counted.done == 8 and sum(counted.groups) == 8
+    assert counted.everything.clones == 0 and counted.everything.syncs == 0
+    assert counted.everything.to_host == counted.pumps + 2 * len(counted.groups), counted.everything.to_host
+    assert counted.everything.to_device == 0
+    assert counted.decoding.to_host == 2 * len(counted.groups)

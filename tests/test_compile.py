@@ -1,16 +1,23 @@
 """The decode step through torch.compile: same codes as eager, and no recompiles once the replica is warm.
 
-CPU runs inductor (dynamic shapes); the CUDA-graph mode (bucketed shapes, replayed graphs) is the gpu-marked twin.
+CPU runs inductor (dynamic shapes) in float32. The CUDA-graph mode (bucketed shapes, replayed graphs) has two
+gpu-marked twins: in float32 with TF32 off it must give eager's codes exactly; in float16, where fused kernels round
+differently from eager's, it must follow eager closely (teacher-forced), record a graph for every shape bucket at
+warm-up and none while serving.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 
+from actors.agreement import forced_logits
+from actors.engine.batcher import cuda_graph_shapes
 from actors.engine.sampling import SamplingParams
-from actors.replica import SynthesisRequest, Synthesizer
+from actors.replica import SynthesisRequest, SynthesisResult, Synthesizer
 
 TEXTS = [
     "hello there.",
@@ -39,10 +46,23 @@ def _graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+@pytest.fixture
+def tf32_off() -> Iterator[None]:
+    """Full float32 matmuls and convolutions on CUDA (TF32 would round inputs to 10 mantissa bits)."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 def _check_compiled_matches_eager(tiny_checkpoint, device: str, mode: str) -> None:
+    """float32 on both sides: the compiled step must give eager's codes exactly."""
     torch._dynamo.reset()
-    eager = Synthesizer(model=tiny_checkpoint, device=device, max_batch_size=16, max_new_tokens=64)
-    compiled = Synthesizer(model=tiny_checkpoint, device=device, max_batch_size=16, max_new_tokens=64, compile=mode)
+    settings = dict(model=tiny_checkpoint, device=device, dtype="float32", max_batch_size=16, max_new_tokens=64)
+    eager = Synthesizer(**settings)
+    compiled = Synthesizer(**settings, compile=mode)
     warm = _graphs()
     assert warm >= 1, "the replica compiles its decode step at start-up"
 
@@ -68,8 +88,79 @@ def test_inductor_step_matches_eager_and_never_recompiles(tiny_checkpoint):
 
 
 @pytest.mark.gpu
-def test_cuda_graph_step_matches_eager_and_never_recompiles(tiny_checkpoint):
+def test_cuda_graph_step_in_float32_matches_eager_and_never_recompiles(tiny_checkpoint, tf32_off):
     _check_compiled_matches_eager(tiny_checkpoint, "cuda", "cudagraphs")
+
+
+@pytest.mark.gpu
+def test_cuda_graph_step_in_float16_records_every_bucket_at_warm_up_and_follows_eager(tiny_checkpoint, monkeypatch):
+    """float16, the CUDA default. Warm-up records one CUDA graph per shape bucket; serving rows across several
+    buckets then only replays them (no graph recorded, no recompile, no bucket skipped by inductor). Codes are not
+    compared: one rounding difference flips a sample and the rows diverge from there. Instead both read the compiled
+    run's own codes as their history: the code logits of the hidden states the compiled step produced must pick the
+    same top-1 code as eager's at nearly every position (the bounds tests/test_half_precision.py sets for float16
+    against float32, which on the CPU measures 99.6%, logits 0.002 apart on average)."""
+    from torch._dynamo.utils import counters
+
+    captures = []
+    capture_begin = torch.cuda.CUDAGraph.capture_begin
+
+    def counting_capture_begin(self, *args, **kwargs):
+        captures.append(1)
+        return capture_begin(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "capture_begin", counting_capture_begin)
+    torch._dynamo.reset()
+    skips = counters["inductor"]["cudagraph_skips"]
+    settings = dict(model=tiny_checkpoint, device="cuda", max_batch_size=16, max_new_tokens=320, max_prompt_tokens=64)
+    eager = Synthesizer(**settings)
+    compiled = Synthesizer(**settings, compile="cudagraphs")
+    assert compiled.dtype == torch.float16
+    buckets = cuda_graph_shapes(compiled.plan)
+    assert len(buckets) == 4, buckets  # rows 8 or 16, attended prefix 256 or 384
+    assert len(captures) >= len(buckets), f"warm-up recorded {len(captures)} CUDA graphs for {len(buckets)} buckets"
+    graphs, recorded = _graphs(), len(captures)
+
+    # 12 rows (more than 8: the 16-row bucket), arriving in two waves; one runs past 256 positions.
+    requests = _requests("a") + _requests("b")
+    requests[1].params = SamplingParams(temperature=0.3, max_new_tokens=300, min_new_tokens=280, seed=7)
+    _, segments = compiled.prepare(requests)
+    assert len(segments) == len(requests)
+    batcher = compiled.batcher
+    served: set[tuple[int, int]] = set()
+    step = batcher._step
+
+    def recording_step(n: int, kv_len: int) -> None:
+        served.add((n, kv_len))
+        step(n, kv_len)
+
+    monkeypatch.setattr(batcher, "_step", recording_step)
+    rows = {}
+    for segment in segments[:4]:
+        batcher.submit(segment.request, segment.prompt, segment.params)
+    for _ in range(3):
+        rows.update((r.key, (r.codes.clone(), r.hidden.clone())) for r in batcher.step())
+    for segment in segments[4:]:
+        batcher.submit(segment.request, segment.prompt, segment.params)
+    while batcher.busy:
+        rows.update((r.key, (r.codes.clone(), r.hidden.clone())) for r in batcher.step())
+    assert sorted(rows) == list(range(len(requests)))
+    assert len(served) > 1 and served <= set(buckets), served
+    assert len(captures) == recorded, "serving recorded a CUDA graph: warm-up missed a bucket"
+    assert _graphs() == graphs, "a compiled replica must not recompile after warm-up"
+    assert counters["inductor"]["cudagraph_skips"] == skips, "inductor ran the step without CUDA graphs"
+
+    along = [SynthesisResult(id=r.id, text=r.text, codes=rows[i][0].cpu().numpy()) for i, r in enumerate(requests)]
+    reference = forced_logits(eager, requests, along)
+    positions = matching = 0
+    abs_diff = 0.0
+    for i, ref in enumerate(reference):
+        own = eager.model.embed.code_logits(rows[i][1]).float().cpu()
+        positions += own.shape[0] * own.shape[1]
+        matching += int((own.argmax(-1) == ref.argmax(-1)).sum())
+        abs_diff += float((own - ref).abs().mean(-1).sum())
+    assert matching / positions >= 0.98, f"teacher-forced top-1 agreement {matching / positions:.4f}"
+    assert abs_diff / positions < 0.02, f"mean |logit difference| {abs_diff / positions:.5f}"
 
 
 def test_cuda_graphs_need_a_cuda_device(tiny_checkpoint):
@@ -88,6 +179,7 @@ def test_cuda_graph_buckets_are_few():
         step_shape(rows, tokens, plan, "cudagraphs", "cuda") for rows in range(1, 345) for tokens in range(2, 2689)
     }
     assert len({n for n, _ in shapes}) == 7 and len({k for _, k in shapes}) == 11
+    assert sorted(shapes) == cuda_graph_shapes(plan)  # what a CUDA-graph replica records at warm-up
     assert all(n >= 8 and (kv % 256 == 0 or kv == 2688) for n, kv in shapes)
     assert step_shape(9, 300, plan, "cudagraphs", "cuda") == (16, 512)
     assert step_shape(9, 300, plan, "inductor", "cpu") == (9, 300)  # dynamic shapes: exact sizes

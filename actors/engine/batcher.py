@@ -2,11 +2,12 @@
 
 `plan_slots` turns a byte budget into a slot count from the model's own KV bytes per token, the per-slot
 reservation (prompt + new tokens) and the activation reserve. `ContinuousBatcher` preallocates every buffer
-once, admits queued rows into the lowest free slots (prefilling their prompts in chunks), moves rows down into
-slots freed below them when nothing is queued (so the live rows stay a prefix of the pool), runs one decode step
-over that prefix (views, never gathered; idle rows inside a shape bucket are masked), and hands back rows as they
-finish so their slots refill at once. Per-slot state (positions, sampling parameters, random-stream keys, penalty
-windows) lives on the device; the host learns which rows finished every `check_every` steps, not every step.
+once, admits queued rows into the lowest free slots (prefilling their prompts in passes of at most `prefill_chunk`
+tokens, the size the reserve covers), moves rows down into slots freed below them when nothing is queued (so the
+live rows stay a prefix of the pool), runs one decode step over that prefix (views, never gathered; idle rows inside
+a shape bucket are masked), and hands back rows as they finish so their slots refill at once. Per-slot state
+(positions, sampling parameters, random-stream keys, penalty windows) lives on the device; the host learns which
+rows finished every `check_every` steps, not every step.
 """
 
 from __future__ import annotations
@@ -52,24 +53,58 @@ def _bytes_per_element(dtype: torch.dtype) -> int:
 
 
 def slot_bytes(config: GPTConfig, dtype: torch.dtype, slot_tokens: int, max_new_tokens: int) -> tuple[int, int]:
-    """(KV-cache bytes, other per-slot buffer bytes) of one slot."""
-    kv = config.kv_bytes_per_token(_bytes_per_element(dtype)) * slot_tokens
-    hidden = max_new_tokens * config.hidden_size * _bytes_per_element(dtype)
+    """(KV-cache bytes, other per-slot buffer bytes) of one slot: every tensor `ContinuousBatcher` preallocates."""
+    e = _bytes_per_element(dtype)
+    kv = config.kv_bytes_per_token(e) * slot_tokens
+    # outputs (codes, hidden_out), the penalty window, and the hidden state the next step samples from
+    hidden = (max_new_tokens + 1) * config.hidden_size * e
     codes = max_new_tokens * config.num_vq * 8 + PENALTY_WINDOW * config.num_vq * 8
+    # positions, counters, flags and sampling parameters (< 100 bytes)
     return kv, hidden + codes + 256
 
 
-def activation_reserve(config: GPTConfig, dtype: torch.dtype, slots: int, slot_tokens: int, prefill_chunk: int) -> int:
-    """Upper estimate of transient bytes of one decode step over `slots` or one prefill chunk, and sampling."""
+def forward_bytes(config: GPTConfig, dtype: torch.dtype, queries: int, row_keys: int, query_keys: int) -> int:
+    """Upper estimate of the transient bytes of one GPT forward (one layer's temporaries are alive at a time).
+
+    `queries`: rows x query tokens; `row_keys`: rows x attended cache positions; `query_keys`: queries x attended
+    cache positions.
+    """
     e = _bytes_per_element(dtype)
     h, inter, heads = config.hidden_size, config.intermediate_size, config.num_attention_heads
-    codes = config.num_vq * config.num_audio_tokens
-    # decode: residual, norm, q/k/v/o, MLP gate/up/act/down, fp32 attention scores over the longest slot
-    decode = slots * ((8 * h + 4 * inter) * e + heads * slot_tokens * 4 * 2)
-    # sampling in fp32/fp64: logits, scaled, sorted values+indices, cumsum, masks, uniforms, probabilities
-    sampling = slots * codes * (4 * 8 + 8 * 6)
-    # prefill chunk: same per-token terms plus its attention scores against the slot's whole prefix
-    prefill = prefill_chunk * ((8 * h + 4 * inter) * e + heads * slot_tokens * 4 * 2)
+    kv_dim = config.num_key_value_heads * config.head_dim
+    # per query token: residual stream, q/k/v/o with rotary temporaries, MLP gate/up/product in the model dtype,
+    # RMSNorm and rotary angles in float32
+    token = (12 * h + 2 * kv_dim + 3 * inter) * e + 3 * h * 4 + 4 * config.head_dim * 4
+    # per (query, key): up to three float32 copies of every head's attention scores (CPU softmax), mask and negation
+    score = heads * 3 * 4 + 2
+    # per (row, key): the CPU matmuls copy the keys, then the values, to contiguous memory (with GQA both are
+    # expanded to every head instead). CUDA's fused attention reads them in place; the estimate keeps them anyway.
+    kv = (2 * h if kv_dim < h else kv_dim) * e
+    return queries * token + query_keys * score + row_keys * kv
+
+
+def activation_reserve(config: GPTConfig, dtype: torch.dtype, slots: int, slot_tokens: int, prefill_chunk: int) -> int:
+    """Upper estimate of transient bytes of one decode step over `slots` with sampling, or one prefill pass.
+
+    A prefill pass runs at most `prefill_chunk` query tokens over all its rows (see `ContinuousBatcher._prefill`):
+    rows x their longest prompt <= `prefill_chunk`, or one row whose prompt is longer, a chunk at a time. So a
+    pass holds at most max(prefill_chunk, slot_tokens) row x cache positions and prompt embeddings. Compaction
+    (`ContinuousBatcher._compact`) copies at most half the slots' entries of one cache tensor at a time, less than
+    the decode step's per-row keys and values.
+    """
+    e = _bytes_per_element(dtype)
+    h, num_vq = config.hidden_size, config.num_vq
+    kv_dim = config.num_key_value_heads * config.head_dim
+    codes = num_vq * config.num_audio_tokens
+    decode = forward_bytes(config, dtype, slots, slots * slot_tokens, slots * slot_tokens)
+    # sampling in fp32/fp64: logits, scaled, sorted values+indices, cumsum, masks, uniforms, probabilities; the
+    # sampled codes' embeddings (one per codebook, stacked, summed)
+    sampling = slots * (codes * (4 * 8 + 8 * 6) + (num_vq + 2) * h * e)
+    pass_keys = max(prefill_chunk, slot_tokens)
+    prefill = forward_bytes(config, dtype, prefill_chunk, pass_keys, prefill_chunk * slot_tokens)
+    # the keys and values gathered from the pass's slots, its padded prompt embeddings, one prompt's embedding
+    # temporaries (ids, text, speaker, code embeddings stacked per codebook), the rows' last hidden states
+    prefill += pass_keys * (2 * kv_dim + h) * e + slot_tokens * (8 + (num_vq + 3) * h * 4) + 3 * prefill_chunk * h * e
     return max(decode + sampling, prefill) + (16 << 20)
 
 
@@ -96,8 +131,9 @@ def plan_slots(
 ) -> SlotPlan:
     """The largest slot count whose cache, buffers and activation reserve fit in `budget_bytes`.
 
-    The reserve covers the larger of one decode step / prefill chunk and the waveform decoding of finished
-    rows, which gets `decode_fraction` of the budget but never less than one row of `max_new_tokens` steps.
+    The reserve covers the largest of one decode step, one prefill pass (`activation_reserve`) and the waveform
+    decoding of finished rows, which gets `decode_fraction` of the budget but never less than one row of
+    `max_new_tokens` steps.
     """
     gpt = config.gpt
     slot_tokens = max_prompt_tokens + max_new_tokens
@@ -356,7 +392,25 @@ class ContinuousBatcher:
         self.stats.moved += len(movers)
 
     def _prefill(self, slots: list[int], requests: list[RowRequest]) -> None:
-        """Prompts of newly admitted rows, right-padded and run `prefill_chunk` tokens at a time."""
+        """Prompts of newly admitted rows, in passes of at most `prefill_chunk` tokens (what the plan's activation
+        reserve covers): consecutive rows share a pass, right-padded to the longest, while rows x longest <=
+        `prefill_chunk`; a longer prompt runs alone, `prefill_chunk` tokens at a time. Rows are independent (own
+        slot, own positions), so how they are grouped does not change any row's result."""
+        chunk = self.plan.prefill_chunk
+        group: list[tuple[int, RowRequest]] = []
+        longest = 0
+        for slot, request in zip(slots, requests, strict=True):
+            if group and (len(group) + 1) * min(chunk, max(longest, request.prompt.length)) > chunk:
+                self._prefill_group(group)
+                group, longest = [], 0
+            group.append((slot, request))
+            longest = max(longest, request.prompt.length)
+        self._prefill_group(group)
+
+    def _prefill_group(self, rows: list[tuple[int, RowRequest]]) -> None:
+        """Prompts of (slot, row) pairs, right-padded to the longest and run `prefill_chunk` tokens at a time."""
+        slots = [slot for slot, _ in rows]
+        requests = [request for _, request in rows]
         lengths = [r.prompt.length for r in requests]
         longest = max(lengths)
         embeds = torch.zeros(len(slots), longest, self.config.hidden_size, device=self.device, dtype=self.dtype)
@@ -365,7 +419,7 @@ class ContinuousBatcher:
         slot_index = torch.tensor(slots, device=self.device)
         last = torch.tensor([n - 1 for n in lengths], device=self.device)
         hidden_last = torch.zeros(len(slots), self.config.hidden_size, device=self.device, dtype=self.dtype)
-        # Rows whose prompt is shorter than the batch's longest are padded; chunks past a row's end write cache
+        # Rows whose prompt is shorter than the pass's longest are padded; chunks past a row's end write cache
         # entries that its own decode steps overwrite before any of its queries can see them.
         for start in range(0, longest, self.plan.prefill_chunk):
             end = min(longest, start + self.plan.prefill_chunk)
@@ -425,6 +479,22 @@ class ContinuousBatcher:
         self.hidden[:n] = torch.where(live.unsqueeze(-1), new_hidden, hidden)
         self.position[:n] += live.long()
 
+    @torch.inference_mode()
+    def record_cuda_graphs(self) -> list[tuple[int, int]]:
+        """Run the compiled step twice at every CUDA-graph shape (`cuda_graph_shapes`) over the idle pool, so that
+        serving only replays graphs: cudagraph trees run a new shape once without recording, then record it. No row
+        is live, so the step changes no row's state (its ignored cache writes go to position 0 of idle slots, which
+        prefill overwrites). Returns the shapes."""
+        if self.compile != "cudagraphs":
+            raise ValueError(f"only compile='cudagraphs' records CUDA graphs; this batcher runs {self.compile!r}")
+        if self.busy:
+            raise RuntimeError("record_cuda_graphs needs an idle pool: call it before submitting rows")
+        shapes = cuda_graph_shapes(self.plan)
+        for n, kv_len in shapes:
+            for _ in range(2):
+                self._step(n, kv_len)
+        return shapes
+
     def _collect(self) -> list[FinishedRow]:
         done = (self.eos | (self.produced >= self.max_new)) & self.live
         # The one host sync of a `check_every` block: which rows finished, how long every row is, and whether
@@ -474,6 +544,13 @@ def step_shape(rows: int, tokens: int, plan: SlotPlan, compile: str, device_type
     if device_type == "cuda":
         return min(slots, ceil_to(rows, 8)), min(slot_tokens, tokens)
     return rows, min(slot_tokens, tokens)
+
+
+def cuda_graph_shapes(plan: SlotPlan) -> list[tuple[int, int]]:
+    """Every (pool prefix, attended prefix) shape `step_shape` gives under CUDA graphs: one recorded graph each."""
+    rows = sorted({step_shape(r, 1, plan, "cudagraphs", "cuda")[0] for r in range(1, plan.slots + 1)})
+    tokens = sorted({step_shape(1, t, plan, "cudagraphs", "cuda")[1] for t in range(1, plan.slot_tokens + 1)})
+    return [(n, kv_len) for n in rows for kv_len in tokens]
 
 
 def ceil_to(value: int, multiple: int) -> int:
