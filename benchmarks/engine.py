@@ -2,7 +2,8 @@
 
 Same random checkpoint (`raytts make-checkpoint --preset full` by default), same texts, deterministic sampling
 (temperature 1e-6, so every system generates the same codes and the same number of frames). Each system runs in
-its own process so peak memory is its own. Prints a table and writes JSON.
+its own process so peak memory is its own, and gets one short untimed warm-up run before the timed one (so first-call
+set-up, such as CUDA's, counts against neither). Prints a table and writes JSON.
 
     python benchmarks/engine.py [--preset full] [--eos-gain 1.8] [--texts 32] [--max-new-tokens 200] [--threads 2]
         [--device cpu|cuda] [--dtype D | --dtypes D1,D2] [--budget-mib N] [--batch1-texts 4]

@@ -1,7 +1,8 @@
 """Time upstream chattts 0.2.5 `Chat.infer` on a checkpoint and a text list; print one JSON line.
 
 Runs inside the upstream virtualenv (tools/upstream_venv.sh); imports nothing from raytts except the golden
-script's `configure` (shapes from raytts.json), which is plain Python.
+script's `configure` (shapes from raytts.json), which is plain Python. Like raytts's worker in benchmarks/engine.py,
+it runs one short untimed `Chat.infer` first, so neither side's timing includes first-call set-up.
 Usage: python upstream_infer.py CHECKPOINT_ROOT TEXTS_JSON MAX_NEW_TOKEN THREADS [DEVICE]
 (DEVICE: cpu by default, or cuda: upstream's own choices there, as `Chat.load` makes them.)
 """
@@ -33,6 +34,16 @@ def main() -> None:
     assert chat._load(device=device, **paths)
     params = Chat.InferCodeParams(
         temperature=1e-6, max_new_token=max_new, min_new_token=2, show_tqdm=False, manual_seed=0
+    )
+    # The same untimed warm-up raytts gets (benchmarks/engine.py: one short row, 8 steps): one-time initialisation
+    # (CUDA context, cuBLAS/cuDNN handles, allocator pools, lazy imports) counts against neither system.
+    warm = Chat.InferCodeParams(temperature=1e-6, max_new_token=8, show_tqdm=False, manual_seed=0)
+    chat.infer(
+        ["warm up."],
+        skip_refine_text=True,
+        split_text=False,
+        do_homophone_replacement=False,
+        params_infer_code=warm,
     )
     frames = 0
 
