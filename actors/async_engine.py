@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .replica import RequestError, SegmentAudio, SynthesisRequest, SynthesisResult, Synthesizer
+from .replica import RequestError, SegmentAudio, SynthesisRequest, SynthesisResult, Synthesizer, admission_order
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,8 @@ class AsyncSynthesizer:
             self._finish(job)
             return
         self._jobs[job.id] = job
-        for segment in segments:
+        # A streamed request's segments go in order (its first audio comes from segment 0); others longest first.
+        for segment in segments if streaming else admission_order(segments):
             self.synthesizer.submit(segment, (job.id, segment.request, segment.index), stream=streaming)
 
     def _cancel(self, job: _Job) -> None:

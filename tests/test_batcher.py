@@ -407,3 +407,48 @@ def test_finished_rows_reach_the_host_in_one_transfer_per_step_and_two_per_decod
     assert counted.everything.to_host == counted.pumps + 2 * len(counted.groups), counted.everything.to_host
     assert counted.everything.to_device == 0
     assert counted.decoding.to_host == 2 * len(counted.groups)
+
+
+def test_a_calls_longest_rows_are_admitted_first_and_results_do_not_change(synthesizer, monkeypatch):
+    """Length-aware admission: within a call, rows enter the engine longest text first (so a call does not end
+    with one long row alone in the slots); every row's codes are what they are when synthesised alone."""
+    from actors.replica import SynthesisRequest
+
+    texts = {
+        "short": "hi there.",
+        "long": "one two three four five six seven eight nine ten eleven.",
+        "mid": "a b c d.",
+    }
+    requests = [
+        SynthesisRequest(id=k, text=v, params=SamplingParams(seed=7, max_new_tokens=16)) for k, v in texts.items()
+    ]
+    order: list[str] = []
+    submit = synthesizer.batcher.submit
+
+    def spy(key, prompt, params, stream=False):
+        order.append(requests[key[0]].id)
+        submit(key, prompt, params, stream)
+
+    monkeypatch.setattr(synthesizer.batcher, "submit", spy)
+    together = synthesizer.synthesize(requests)
+    assert order == ["long", "mid", "short"]
+    monkeypatch.undo()
+    for request, result in zip(requests, together, strict=True):
+        alone = synthesizer.synthesize([request])[0]
+        assert torch.equal(torch.from_numpy(alone.codes), torch.from_numpy(result.codes)), request.id
+        # waveforms decoded in a group of another size differ in float rounding only
+        torch.testing.assert_close(torch.from_numpy(alone.audio), torch.from_numpy(result.audio), rtol=1e-5, atol=1e-6)
+
+
+def test_admitted_rows_share_prefill_passes_by_prompt_length(tiny_model, tiny_tokenizer, monkeypatch):
+    """Rows admitted together are grouped shortest prompt first, so a pass pads a few similar prompts to the
+    longest of them (in admission order, [12, 3, 11, 4, 3] tokens would take four passes, two of them alone)."""
+    from actors.engine.batcher import RowRequest
+
+    plan = plan_slots(TINY, torch.float32, 64 << 20, 64, 24, prefill_chunk=16, max_slots=8)
+    batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
+    groups: list[list[int]] = []
+    monkeypatch.setattr(batcher, "_prefill_group", lambda rows: groups.append([r.prompt.length for _, r in rows]))
+    requests = [RowRequest(i, CodePrompt(list(range(n))), SamplingParams()) for i, n in enumerate([12, 3, 11, 4, 3])]
+    batcher._prefill(list(range(5)), requests)
+    assert groups == [[3, 3, 4], [11], [12]]

@@ -399,7 +399,9 @@ class ContinuousBatcher:
         chunk = self.plan.prefill_chunk
         group: list[tuple[int, RowRequest]] = []
         longest = 0
-        for slot, request in zip(slots, requests, strict=True):
+        # Shortest prompts first, so rows of similar length share a pass and little of it is padding.
+        by_length = sorted(zip(slots, requests, strict=True), key=lambda pair: pair[1].prompt.length)
+        for slot, request in by_length:
             if group and (len(group) + 1) * min(chunk, max(longest, request.prompt.length)) > chunk:
                 self._prefill_group(group)
                 group, longest = [], 0
