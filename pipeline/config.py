@@ -81,9 +81,9 @@ class ActorsConfig(_Strict):
         64,
         ge=1,
         description="Rows per block and per call into an actor. Keep batch_size x max_concurrent_batches >= 1.5x the "
-        "engine's slots (an actor warns when it is below them). Input is repartitioned to this many rows per "
-        "block, so each actor task is one batch: a retried task (actor or node lost) never re-emits rows it already "
-        "passed on.",
+        "engine's slots (an actor warns when it is below them). Input is repartitioned to about this many rows "
+        "per block, so work spreads over the actors and a retried task (actor or node lost) redoes little; a "
+        "retried block rewrites its own output part, so its rows are never written twice.",
     )
     max_concurrent_batches: int = Field(
         2,

@@ -322,6 +322,10 @@ def _run(config: JobConfig, started: float) -> JobReport:
                 .flat_map(_parse_speakers, fn_kwargs={"uris": uris})
                 .take_all()
             )
+            for row in rows:  # a manifest line without a usable name belongs to no speaker: report it here
+                if row["error"] and not row["speaker"]:
+                    log.error("speaker manifest problem: %s", row["error"])
+                    report.problems.append(row["error"])
             speakers = ray.get(ray.remote(num_cpus=1)(_encode_speakers).remote(config, rows))
             for name, entry in speakers.items():
                 if "error" in entry:  # rows naming it fail; the report names the cause even if none does

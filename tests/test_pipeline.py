@@ -169,6 +169,7 @@ def test_bad_inputs_each_get_an_error_and_the_job_completes(local_ray, tiny_chec
     with open(speakers / "speakers.jsonl", "w") as f:
         for name in ("corrupt", "silent", "lowrate"):
             f.write(json.dumps({"speaker": name, "audio": f"{name}.wav", "text": "t"}) + "\n")
+        f.write(json.dumps({"speaker": "no spaces allowed", "audio": "x.wav", "text": "t"}) + "\n")
     config = _config(
         tiny_checkpoint,
         [str(folder), str(tmp_path / "missing-shard.jsonl")],
@@ -178,6 +179,8 @@ def test_bad_inputs_each_get_an_error_and_the_job_completes(local_ray, tiny_chec
     report = run_job(config)
     assert report.exit_status == 1
     assert any("missing-shard.jsonl: no such file or folder" in p for p in report.problems)
+    assert any("speakers.jsonl:4: speaker name must be" in p for p in report.problems)  # a line naming no speaker
+    assert any(p.startswith("speaker 'corrupt' unusable") for p in report.problems)
     rows = {r["source"]: r for r in read_outputs(str(tmp_path / "out"), ["id", "source", "error"]).to_pylist()}
     by_id = {r["id"]: r for r in rows.values() if r["id"]}
     expect = {
