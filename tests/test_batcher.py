@@ -76,6 +76,22 @@ def test_slots_stay_busy_on_a_long_queue(tiny_model, tiny_tokenizer):
     assert batcher.stats.occupancy >= 0.85, batcher.stats.occupancy
 
 
+@pytest.mark.parametrize("check_every", [1, 8])
+def test_occupancy_counts_only_steps_that_generate(tiny_model, tiny_tokenizer, check_every):
+    """A slot is busy for the steps its row generates: its frames plus the step that sampled EOS. With
+    `check_every` 8 (CUDA: one host sync per 8 steps) an ended row keeps its slot until the next check; those
+    steps are not busy, so the reported occupancy is the same work measure on every device."""
+    plan = plan_slots(TINY, torch.float32, 48 << 20, 64, 40, max_slots=8)
+    batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id, check_every=check_every)
+    for i, prompt in enumerate(_prompts(tiny_tokenizer, 24)):  # some rows end by EOS, some at max_new_tokens
+        batcher.submit(i, prompt, SamplingParams(temperature=0.8, max_new_tokens=4 + (i % 4) * 12, seed=i))
+    rows = list(batcher.run())
+    generated = sum(int(row.codes.shape[0]) + row.finished for row in rows)
+    assert any(row.finished for row in rows) and any(not row.finished for row in rows)
+    assert batcher.stats.busy_slot_steps == generated
+    assert batcher.stats.occupancy == generated / (batcher.stats.steps * plan.slots)
+
+
 def test_rows_that_end_early_are_closed_up_so_steps_compute_only_live_rows(tiny_model, tiny_tokenizer):
     """With nothing queued, a row that ends below others leaves a hole; the rows above it move down, so a step
     computes only live rows (CPU runs exact shapes), and every row's output equals that row generated alone."""

@@ -180,6 +180,7 @@ class RowRequest:
     prompt: object  # CodePrompt
     params: SamplingParams
     stream: bool = False  # report this row's progress (`ContinuousBatcher.progress`) while it runs
+    admitted_step: int = 0  # `stats.steps` when it entered a slot (for exact occupancy)
 
 
 @dataclass
@@ -203,7 +204,7 @@ class FinishedRow:
 class BatcherStats:
     steps: int = 0
     slot_steps: int = 0  # sum over steps of pool size
-    busy_slot_steps: int = 0  # sum over steps of slots holding a live row
+    busy_slot_steps: int = 0  # sum over steps of slots holding a generating row (not one that has ended)
     prefill_tokens: int = 0
     admitted: int = 0
     finished: int = 0
@@ -360,6 +361,7 @@ class ContinuousBatcher:
         for slot, request in admitted:
             self.owner[slot] = request
             self.host_position[slot] = request.prompt.length
+            request.admitted_step = self.stats.steps
         self.stats.admitted += len(admitted)
 
     def _compact(self) -> None:
@@ -516,6 +518,10 @@ class ContinuousBatcher:
             request = self.owner[slot]
             n = lengths[slot]
             finished.append(FinishedRow(request.key, self.codes[slot, :n], self.hidden_out[slot, :n], bool(eos[slot])))
+            # Steps this row generated (its frames, plus the step that sampled EOS); with check_every > 1 it held
+            # its slot for up to check_every - 1 more steps after ending, which are not busy.
+            held = self.stats.steps - request.admitted_step
+            self.stats.busy_slot_steps -= max(0, held - (n + eos[slot]))
             self.owner[slot] = None
             self.host_position[slot] = 0
         index = torch.tensor([s for s, f in enumerate(flags) if f], device=self.device)
