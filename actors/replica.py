@@ -157,7 +157,13 @@ class Synthesizer:
         if max_batch_size is None and self.device.type == "cpu":
             max_batch_size = 64  # CPU throughput stops growing well before the budget's slot count
         self.plan = plan_slots(
-            self.config, self.dtype, self.budget_bytes, max_prompt_tokens, max_new_tokens, max_slots=max_batch_size
+            self.config,
+            self.dtype,
+            self.budget_bytes,
+            max_prompt_tokens,
+            max_new_tokens,
+            max_slots=max_batch_size,
+            persistent_step=compile == "cudagraphs",  # the graphs' pool keeps the step's memory
         )
         self.decode_frame_bytes = decode_bytes_per_mel_frame(self.config, self.dtype)
         check_every = 1 if self.device.type == "cpu" else 8

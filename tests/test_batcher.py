@@ -39,6 +39,20 @@ def test_plan_arithmetic_uses_the_models_kv_bytes_per_token():
     assert (plan.slots + 1) * (kv + buffers) + plan.reserve_bytes > 40 << 30
 
 
+def test_cuda_graphs_reserve_the_steps_memory_on_top_of_prefill_and_waveforms():
+    """Recorded CUDA graphs keep the decode step's activations in their pool between replays, so the plan adds
+    the step to the larger of prefill and waveform decoding instead of taking the largest of the three."""
+    from actors.engine.batcher import activation_parts
+
+    full = ModelConfig.from_name("full")
+    eager = plan_slots(full, torch.float16, 40 << 30, 512, 2048)
+    graphs = plan_slots(full, torch.float16, 40 << 30, 512, 2048, persistent_step=True)
+    step, prefill = activation_parts(full.gpt, torch.float16, graphs.slots, 2560, 256)
+    assert graphs.reserve_bytes == step + max(prefill, graphs.decode_bytes) + (16 << 20)
+    assert graphs.reserve_bytes > eager.reserve_bytes and graphs.slots <= eager.slots
+    assert graphs.planned_bytes <= 40 << 30
+
+
 def test_a_budget_too_small_for_one_slot_is_refused_with_numbers():
     with pytest.raises(ValueError, match=r"cannot hold one slot of 2560 tokens \(needs [\d.]+ MiB\)"):
         plan_slots(ModelConfig.from_name("full"), torch.float16, 64 << 20, 512, 2048)

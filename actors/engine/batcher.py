@@ -84,7 +84,14 @@ def forward_bytes(config: GPTConfig, dtype: torch.dtype, queries: int, row_keys:
 
 
 def activation_reserve(config: GPTConfig, dtype: torch.dtype, slots: int, slot_tokens: int, prefill_chunk: int) -> int:
-    """Upper estimate of transient bytes of one decode step over `slots` with sampling, or one prefill pass.
+    """Upper estimate of transient bytes of one decode step over `slots` with sampling, or one prefill pass."""
+    return max(activation_parts(config, dtype, slots, slot_tokens, prefill_chunk)) + (16 << 20)
+
+
+def activation_parts(
+    config: GPTConfig, dtype: torch.dtype, slots: int, slot_tokens: int, prefill_chunk: int
+) -> tuple[int, int]:
+    """(one decode step over `slots` with sampling, one prefill pass): upper estimates of their transient bytes.
 
     A prefill pass runs at most `prefill_chunk` query tokens over all its rows (see `ContinuousBatcher._prefill`):
     rows x their longest prompt <= `prefill_chunk`, or one row whose prompt is longer, a chunk at a time. So a
@@ -105,7 +112,7 @@ def activation_reserve(config: GPTConfig, dtype: torch.dtype, slots: int, slot_t
     # the keys and values gathered from the pass's slots, its padded prompt embeddings, one prompt's embedding
     # temporaries (ids, text, speaker, code embeddings stacked per codebook), the rows' last hidden states
     prefill += pass_keys * (2 * kv_dim + h) * e + slot_tokens * (8 + (num_vq + 3) * h * 4) + 3 * prefill_chunk * h * e
-    return max(decode + sampling, prefill) + (16 << 20)
+    return decode + sampling, prefill
 
 
 def decode_bytes_per_mel_frame(config: ModelConfig, dtype: torch.dtype) -> int:
@@ -128,12 +135,15 @@ def plan_slots(
     prefill_chunk: int = 256,
     max_slots: int | None = None,
     decode_fraction: float = 0.1,
+    persistent_step: bool = False,
 ) -> SlotPlan:
     """The largest slot count whose cache, buffers and activation reserve fit in `budget_bytes`.
 
     The reserve covers the largest of one decode step, one prefill pass (`activation_reserve`) and the waveform
     decoding of finished rows, which gets `decode_fraction` of the budget but never less than one row of
-    `max_new_tokens` steps.
+    `max_new_tokens` steps. With `persistent_step` (CUDA graphs: the recorded step keeps its activations in the
+    graphs' memory pool between replays) the step's memory is never free for the other two, so it is added to
+    the larger of them instead.
     """
     gpt = config.gpt
     slot_tokens = max_prompt_tokens + max_new_tokens
@@ -148,7 +158,10 @@ def plan_slots(
     )
 
     def reserve(slots: int) -> int:
-        return max(activation_reserve(gpt, dtype, slots, slot_tokens, prefill_chunk), decode_reserve)
+        step, prefill = activation_parts(gpt, dtype, slots, slot_tokens, prefill_chunk)
+        if persistent_step:
+            return step + max(prefill, decode_reserve) + (16 << 20)
+        return max(step + (16 << 20), prefill + (16 << 20), decode_reserve)
 
     slots = budget_bytes // (kv + buffers)
     while slots > 0 and slots * (kv + buffers) + reserve(slots) > budget_bytes:
