@@ -279,9 +279,22 @@ def run_job(config: JobConfig, address: str | None = None) -> JobReport:
         check_pool(config, local)
         _warn_if_local_output_on_a_cluster(config)
         return _run(config, started)
+    except Exception as err:
+        _write_status(config.output.path.rstrip("/"), {"status": "failed", "error": f"{type(err).__name__}: {err}"})
+        raise
     finally:
         if owns_ray:
             ray.shutdown()
+
+
+def _write_status(output: str, status: dict[str, Any]) -> None:
+    """Best effort: replace the running report with why the job stopped (the error itself is raised anyway)."""
+    try:
+        fs, base = filesystem(output)
+        with fs.open_output_stream(f"{base}/_report.json") as f:
+            f.write(json.dumps(status, ensure_ascii=False).encode() + b"\n")
+    except (pa.ArrowException, OSError) as err:
+        log.warning("could not record the job's failure in %s/_report.json: %s", output, err)
 
 
 def _warn_if_local_output_on_a_cluster(config: JobConfig) -> None:

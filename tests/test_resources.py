@@ -5,6 +5,7 @@ The node dicts have the shape `ray.nodes()` returns; the end-to-end case runs `r
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -84,6 +85,8 @@ def test_raytts_run_with_gpu_actors_on_a_gpu_less_local_ray_exits_2_at_once(tiny
     assert "no node can host an engine actor (each needs num_gpus=1, num_cpus=1)" in done.stderr
     assert "set actors.num_gpus: 0" in done.stderr
     assert not (tmp_path / "out" / "parts").exists()
+    status = json.loads((tmp_path / "out" / "_report.json").read_text())  # written first as "running"
+    assert status["status"] == "failed" and status["error"].startswith("PoolDoesNotFit: no node can host")
 
 
 def test_replicas_sharing_a_device_split_its_memory():
