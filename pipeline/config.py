@@ -25,6 +25,13 @@ class InputsConfig(_Strict):
         "relative to the manifest), text (transcript); or .parquet with speaker, audio (bytes or {bytes, path}), text. "
         "Text rows name a speaker in their `speaker` field.",
     )
+    base: str | None = Field(
+        None,
+        description="Folder that local shards are named relative to (in `source`, so in the keys of rows without "
+        "ids and in .txt ids): `raytts run` sets it to the job YAML's folder (the current folder without a YAML), "
+        "so a job folder that moves, as `ray job submit --working-dir` unpacks it anew each cluster session, "
+        "resumes instead of redoing rows. Unset: absolute paths.",
+    )
 
     @field_validator("text")
     @classmethod
@@ -150,7 +157,11 @@ class JobConfig(_Strict):
             return str((base / p).resolve())
 
         inputs = self.inputs.model_copy(
-            update={"text": [fix(p) for p in self.inputs.text], "speakers": [fix(p) for p in self.inputs.speakers]}
+            update={
+                "text": [fix(p) for p in self.inputs.text],
+                "speakers": [fix(p) for p in self.inputs.speakers],
+                "base": fix(self.inputs.base) if self.inputs.base else str(base.resolve()),
+            }
         )
         output = self.output.model_copy(update={"path": fix(self.output.path)})
         model = self.model if self.model == "tiny" or self.model.startswith("hf://") else fix(self.model)

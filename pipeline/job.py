@@ -184,8 +184,23 @@ def _tokenizer_of(model: str, verify: str) -> dict[str, Any]:
     }
 
 
-def _parse_text(row: dict[str, Any]) -> list[dict[str, Any]]:
-    return parse_text_shard(row["path"], row["bytes"])
+def _parse_text(row: dict[str, Any], names: dict[str, str]) -> list[dict[str, Any]]:
+    return parse_text_shard(names.get(row["path"], row["path"]), row["bytes"])
+
+
+def source_names(files: list[str], base: str | None) -> dict[str, str]:
+    """How local shards are named in `source` (and so in the keys of rows without ids and in .txt ids): relative
+    to `base` (`inputs.base`, by default the job YAML's folder) when they lie inside it, so the keys stay the same
+    when the whole folder moves, as the package folder `ray job submit --working-dir` unpacks into does with every
+    cluster session. Other files keep their absolute path."""
+    if base is None:
+        return {}
+    base = os.path.abspath(base)
+    names = {}
+    for path in files:
+        if "://" not in path and os.path.isabs(path) and os.path.commonpath([base, path]) == base:
+            names[path] = os.path.relpath(path, base)
+    return names
 
 
 def _parse_speakers(row: dict[str, Any], uris: dict[str, str]) -> list[dict[str, Any]]:
@@ -351,7 +366,11 @@ def _run(config: JobConfig, started: float) -> JobReport:
     # Started now, used after parsing: fetching the tokenizer overlaps with reading the shards.
     tokenizer = ray.remote(num_cpus=1)(_tokenizer_of).remote(config.model, config.engine.verify)
 
-    parsed = ray.data.read_binary_files(text_files, include_paths=True).flat_map(_parse_text).materialize()
+    parsed = (
+        ray.data.read_binary_files(text_files, include_paths=True)
+        .flat_map(_parse_text, fn_kwargs={"names": source_names(text_files, config.inputs.base)})
+        .materialize()
+    )
     # Keys straight from the parsed blocks (zero-copy reads of the object store), not through another Ray Data op;
     # the bookkeeping stays in Arrow, so the driver holds a few bytes per row, not Python objects.
     refs = parsed.to_arrow_refs()

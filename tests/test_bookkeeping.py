@@ -179,3 +179,14 @@ def test_a_finished_duplicate_does_not_mark_the_first_row_of_its_id_done(tmp_pat
     assert finished.to_pylist() == ["@b.jsonl:1"]
     done = pc.is_in(key_array(ids, sources, repeats), value_set=finished).to_pylist()
     assert done == [False, False, True]  # the first "d" and "e" are redone, the finished duplicate is not
+
+
+def test_source_names_are_relative_to_the_job_folder_when_inside_it(tmp_path: Path):
+    """Rows without ids are keyed by their source line; naming local shards relative to the job's folder keeps
+    those keys (and .txt ids) when the whole folder moves, as `ray job submit --working-dir` does every session."""
+    from pipeline.job import source_names
+
+    inside, outside = str(tmp_path / "job" / "texts" / "a.txt"), "/elsewhere/b.jsonl"
+    names = source_names([inside, outside, "bucket/c.csv", "s3://bucket/d.csv"], base=str(tmp_path / "job"))
+    assert names == {inside: "texts/a.txt"}
+    assert source_names([inside], base=None) == {}  # a config built in code, without a YAML: absolute names

@@ -131,6 +131,27 @@ def test_inputs_from_object_storage_globs_and_relative_speaker_audio(local_ray, 
     assert all(spoken[f"by-{name}"] == name for name in names)
 
 
+def test_rows_without_ids_keep_their_keys_when_the_job_folder_moves(local_ray, tiny_checkpoint, tmp_path):
+    """A job folder (YAML + shards) run, then run again (finished) from a copy elsewhere, as `ray job submit
+    --working-dir` unpacks it into a new folder every cluster session: the re-run finds every row finished, .txt
+    lines and JSONL rows without ids included, instead of redoing them under new keys."""
+    import shutil
+
+    import yaml
+
+    first = tmp_path / "session1"
+    (first / "texts").mkdir(parents=True)
+    (first / "texts" / "lines.txt").write_text("hello there.\ngood morning.\n")
+    (first / "texts" / "rows.jsonl").write_text('{"text": "no id here."}\n{"text": "nor here."}\n')
+    job = _config(tiny_checkpoint, ["texts"], str(tmp_path / "out")).model_dump(exclude_none=True)
+    (first / "job.yaml").write_text(yaml.safe_dump(job))
+    assert run_job(JobConfig.load(first / "job.yaml")).this_run == 4
+    second = tmp_path / "session2"
+    shutil.copytree(first, second)
+    report = run_job(JobConfig.load(second / "job.yaml"))
+    assert (report.this_run, report.skipped_finished, report.rows) == (0, 4, 4)
+
+
 BAD_ROWS = [
     {"id": "empty", "text": ""},
     {"id": "blank", "text": "   "},
