@@ -124,11 +124,15 @@ class Synthesizer:
         cache_dir: Path | None = None,
         compile: str = "off",
         device_share: float = 1.0,
+        budget_fraction: float = 0.85,
     ) -> None:
         """`device_share` (0, 1]: the part of the device this replica may use when several share it (fractional Ray
-        GPUs); it scales the default budget. `budget_bytes` given explicitly is used as is."""
+        GPUs, or several models in one Serve replica); it scales the default budget, `budget_fraction` of the free
+        device memory. `budget_bytes` given explicitly is used as is."""
         if not 0 < device_share <= 1:
             raise ValueError(f"device_share must be in (0, 1], got {device_share}")
+        if not 0 < budget_fraction <= 1:
+            raise ValueError(f"budget_fraction must be in (0, 1], got {budget_fraction}")
         if decoder not in ("hidden", "dvae"):
             raise ValueError(f"decoder must be 'hidden' or 'dvae', got {decoder!r}")
         if max_batch_size is not None and max_batch_size < 1:
@@ -138,7 +142,11 @@ class Synthesizer:
         checkpoint = resolve(model, cache_dir=cache_dir, verify=verify)
         self.checkpoint = checkpoint
         self.config = read_model_config(checkpoint.asset)
+        cuda = self.device.type == "cuda"
+        before = torch.cuda.memory_allocated(self.device) if cuda else 0
         self.model = load_model(checkpoint.asset, self.config, self.device, self.dtype, fsq_variant)
+        # this replica's own weights: other replicas in the process (Serve's models) hold the rest
+        weights = torch.cuda.memory_allocated(self.device) - before if cuda else 0
         self.tokenizer = TextTokenizer(checkpoint.asset / "tokenizer", self.config.gpt.num_text_tokens)
         self.use_decoder = decoder == "hidden"
         self.max_segment_tokens = max_segment_tokens
@@ -146,14 +154,15 @@ class Synthesizer:
         self.max_reference_seconds = max_reference_seconds
         self.stream_chunk_steps = max(1, stream_chunk_steps)
         self._streams: dict[object, StreamDecoder] = {}
-        if budget_bytes is None and self.device.type == "cuda" and device_share < 1:
+        if budget_bytes is None and cuda and device_share < 1:
             budget_bytes = shared_budget_bytes(
                 total=torch.cuda.get_device_properties(self.device).total_memory,
                 share=device_share,
-                held=torch.cuda.memory_allocated(self.device),
-                free_budget=default_budget_bytes(self.device),
+                held=weights,
+                free_budget=default_budget_bytes(self.device, budget_fraction),
+                fraction=budget_fraction,
             )
-        self.budget_bytes = budget_bytes or default_budget_bytes(self.device)
+        self.budget_bytes = budget_bytes or default_budget_bytes(self.device, budget_fraction)
         if max_batch_size is None and self.device.type == "cpu":
             max_batch_size = 64  # CPU throughput stops growing well before the budget's slot count
         self.plan = plan_slots(
@@ -435,10 +444,22 @@ def shared_budget_bytes(total: int, share: float, held: int, free_budget: int, f
     if budget <= 0:
         raise ValueError(
             f"a {share:g} share of this device ({total * share / 2**30:.1f} GiB) leaves no memory budget after the "
-            f"replica's {held / 2**30:.1f} GiB of weights; give each actor a larger actors.num_gpus or set "
+            f"replica's {held / 2**30:.1f} GiB of weights; give each replica a larger GPU share (actors.num_gpus "
+            f"of a job, deployment.num_gpus of a Serve app), hold fewer models per Serve replica, or set "
             f"engine.budget_mib"
         )
     return budget
+
+
+def assigned_gpu_share() -> float:
+    """The part of one GPU that Ray gave this worker: its fractional `num_gpus` (several replicas on one device), else
+    1.0 (whole GPUs, no GPU, or not in a Ray worker)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 1.0
+    gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
+    return gpus if 0 < gpus < 1 else 1.0
 
 
 def reference_codes_from_prompt(text: str, num_vq: int = 4) -> torch.Tensor:

@@ -280,6 +280,30 @@ def test_cuda_peak_memory_stays_within_the_budget(tiny_checkpoint, tmp_path, com
     assert synth.batcher.stats.max_concurrent == synth.plan.slots
 
 
+@pytest.mark.gpu
+def test_two_half_device_replicas_plan_within_the_device(tiny_checkpoint, tmp_path):
+    """Two replicas with device_share=0.5 in one process (two Serve models, or two 0.5-GPU actors on one device):
+    each budgets from its half less its own weights, not from the free memory it sees, so together they never
+    plan more than budget_fraction of the device."""
+    torch.cuda.synchronize()
+    total = torch.cuda.get_device_properties(0).total_memory
+    synths = [
+        Synthesizer(
+            model=str(tiny_checkpoint),
+            device="cuda",
+            device_share=0.5,
+            max_prompt_tokens=128,
+            max_new_tokens=96,
+            cache_dir=tmp_path,
+        )
+        for _ in range(2)
+    ]
+    weights = [sum(t.numel() * t.element_size() for t in (*s.model.parameters(), *s.model.buffers())) for s in synths]
+    for synth, held in zip(synths, weights, strict=True):
+        assert synth.budget_bytes <= int(0.85 * total * 0.5) - held, (synth.budget_bytes, held)
+    assert sum(s.budget_bytes for s in synths) + sum(weights) <= 0.85 * total
+
+
 def test_rows_that_do_not_fit_a_slot_are_refused(tiny_model, tiny_tokenizer):
     plan = plan_slots(TINY, torch.float32, 64 << 20, 16, 20, max_slots=2)
     batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)

@@ -102,5 +102,30 @@ def test_replicas_sharing_a_device_split_its_memory():
     # two halves never plan more than the device
     halves = 2 * shared_budget_bytes(total=80 * gib, share=0.5, held=gib, free_budget=80 * gib) + 2 * gib
     assert halves <= 80 * gib
-    with pytest.raises(ValueError, match="larger actors.num_gpus or set engine.budget_mib"):
+    with pytest.raises(ValueError, match=r"larger GPU share \(actors.num_gpus of a job, deployment.num_gpus"):
         shared_budget_bytes(total=8 * gib, share=0.1, held=gib, free_budget=7 * gib)
+
+
+def test_ray_tells_a_fractional_gpu_replica_its_share():
+    """The share a replica budgets from (`assigned_gpu_share`, what Serve replicas pass as `device_share`) is the
+    `num_gpus` Ray gave it: 0.5 for a half-GPU actor, 1.0 for whole GPUs, none, or outside Ray. The GPU here is a
+    Ray resource only (no CUDA on this machine), which is all the lookup reads."""
+    import ray
+
+    from actors.replica import assigned_gpu_share
+
+    if ray.is_initialized():
+        ray.shutdown()
+    tmp = tempfile.mkdtemp(prefix="rg", dir="/tmp")  # AF_UNIX socket paths must stay short
+    ray.init(address="local", num_cpus=1, num_gpus=1, include_dashboard=False, _temp_dir=tmp, configure_logging=False)
+    try:
+
+        @ray.remote(num_cpus=0)
+        def share() -> float:
+            return assigned_gpu_share()
+
+        shares = [share.options(num_gpus=n).remote() for n in (0.5, 0.25, 1, 0)]
+        assert ray.get(shares, timeout=60) == [0.5, 0.25, 1.0, 1.0]
+    finally:
+        ray.shutdown()
+    assert assigned_gpu_share() == 1.0

@@ -131,21 +131,20 @@ def _load(name: str, config: ServeConfig, budget_share: int) -> LoadedModel:
     import smart_open
     import soundfile as sf
 
-    from actors.engine.batcher import default_budget_bytes
-    from actors.replica import Synthesizer, _pick_device
+    from actors.replica import Synthesizer, assigned_gpu_share
 
     spec, engine = config.models[name], config.engine
-    device = _pick_device(engine.device)
-    budget = engine.budget_mib << 20 if engine.budget_mib else None
-    if budget is None and device.type == "cuda":
-        budget = default_budget_bytes(device, engine.budget_fraction) // budget_share
     synthesizer = Synthesizer(
         model=spec.source,
-        device=str(device),
+        device=engine.device,
         dtype=engine.dtype,
         decoder=engine.decoder,
         max_batch_size=engine.max_slots,
-        budget_bytes=budget,
+        budget_bytes=engine.budget_mib << 20 if engine.budget_mib else None,
+        # this replica's part of the GPU (fractional num_gpus), split among the models it may hold; the budget is
+        # planned after the model's weights are on the device, so they are not counted twice
+        device_share=assigned_gpu_share() / budget_share,
+        budget_fraction=engine.budget_fraction,
         max_prompt_tokens=engine.max_prompt_tokens,
         max_new_tokens=engine.max_new_tokens,
         max_segment_tokens=engine.max_segment_tokens,

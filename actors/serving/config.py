@@ -47,7 +47,11 @@ class EngineSpec(_Strict):
         None, description="Default float16 on CUDA, float32 on CPU."
     )
     budget_fraction: float = Field(
-        0.85, gt=0, le=0.95, description="Share of free GPU memory each loaded model may use (divided by models)."
+        0.85,
+        gt=0,
+        le=0.95,
+        description="Share of the replica's GPU memory (its part of the GPU when num_gpus is fractional) that its "
+        "loaded models may use, divided among max_models_per_replica; never more than this share of free memory.",
     )
     budget_mib: int | None = Field(None, ge=16, description="Explicit per-model budget (overrides the fraction).")
     max_slots: int | None = Field(None, ge=1, description="Cap on rows generating at once per model.")
