@@ -2,7 +2,12 @@
 one actor, in one run.
 
     python benchmarks/pipeline.py [--rows 3200] [--model tiny] [--steps 160] [--parts overhead,scaling,overlap]
-                                  [--overlap-rows 960] [--repeat 1] [--out benchmarks/results/pipeline.json]
+                                  [--overlap-rows 960] [--repeat 1] [--budget-mib N]
+                                  [--out benchmarks/results/pipeline.json]
+
+`--model full` runs the same on a random checkpoint of the real model's sizes (20-layer GPT), where a generated frame
+costs the engine ~35x what it costs with the tiny model (1 thread) while Ray's per-row work stays the same, e.g.
+    python benchmarks/pipeline.py --model full --rows 256 --steps 48 --batch-size 16 --parts overhead,scaling --repeat 2
 
 1. engine alone: one Synthesizer in this process (1 torch thread) on the rows;
 2. job, 1 actor: `raytts run` machinery on a local Ray, one actor with 1 CPU / 1 torch thread, same rows;
@@ -56,6 +61,7 @@ def _job_config(
     fake_gpus: bool = False,
     fixed_length: bool = True,
     concurrent: int = 2,
+    batch_size: int = 64,
 ):
     from pipeline.config import JobConfig
 
@@ -73,7 +79,7 @@ def _job_config(
                 "size": size,
                 "num_gpus": 1 if fake_gpus else 0,
                 "num_cpus": 0 if fake_gpus else 1,
-                "batch_size": 64,
+                "batch_size": batch_size,
                 "max_concurrent_batches": concurrent,
             },
         }
@@ -101,7 +107,12 @@ def engine_alone(model: str, rows: list[dict], steps: int, budget_mib: int) -> d
     return {"system": "engine alone (1 thread)", "wall_s": wall, "audio_s": audio, "rows": len(results)}
 
 
-ENGINE_PROCESS = "ray::MapWorker(MapBatches(TTSStage))"  # the engine actors' process title
+# The engine actors' process titles: "ray::MapWorker(MapBatches(TTSStage))", or on a CPU-only pool, where Ray Data
+# fuses the prepare tasks into the actors (same resources), "ray::MapWorker(MapBatches(prepare_rows)->MapBatches(...".
+ENGINE_PROCESS = (
+    "ray::MapWorker(MapBatches(TTSStage))",
+    "ray::MapWorker(MapBatches(prepare_rows)->MapBatches(TTSStage))",
+)
 
 
 class PartsMonitor(threading.Thread):
@@ -150,15 +161,16 @@ class PartsMonitor(threading.Thread):
         return {"first_part_s": first(0), "p10_s": first(0.1), "p90_s": first(0.9), "last_part_s": first(1.0)}
 
 
-def _process_cpu(prefix: str) -> dict[int, float]:
-    """pid -> user + system CPU-seconds of the processes whose command line starts with `prefix` (Linux /proc)."""
+def _process_cpu(prefixes: tuple[str, ...]) -> dict[int, float]:
+    """pid -> user + system CPU-seconds of the processes whose command line starts with one of `prefixes` (Linux
+    /proc)."""
     found = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if not f.read(len(prefix)).decode(errors="replace").startswith(prefix):
+                if not f.read(200).decode(errors="replace").startswith(prefixes):
                     continue
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -229,9 +241,23 @@ def _pair_key(key: str, pair: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=3200)
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument(
+        "--model",
+        default="tiny",
+        help="a model preset (tiny: the built-in model; full: a random checkpoint of the real ChatTTS sizes, written "
+        "once under .cache/bench) or a checkpoint folder",
+    )
     parser.add_argument("--steps", type=int, default=160)
-    parser.add_argument("--budget-mib", type=int, default=256)
+    parser.add_argument(
+        "--budget-mib", type=int, default=None, help="engine budget per actor (default: 256 for tiny, else 2048)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="rows per block and per actor call; with few rows use smaller blocks, so that work still spreads "
+        "evenly when one actor starts before the other (Ray Data hands the first ready actor up to 3 blocks)",
+    )
     parser.add_argument("--overlap-rows", type=int, default=960, help="rows of the overlap part")
     parser.add_argument("--repeat", type=int, default=1, help="1- and 2-actor pairs of the scaling part")
     parser.add_argument(
@@ -252,8 +278,18 @@ def main() -> None:
     text_file = work / "rows.jsonl"
     text_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     from actors.checkpoint import resolve
+    from actors.model.config import PRESETS
 
-    model = str(resolve(args.model).asset.parent) if args.model == "tiny" else args.model
+    if args.model == "tiny":
+        model = str(resolve(args.model).asset.parent)
+    elif args.model in PRESETS:
+        from benchmarks.engine import ensure_checkpoint
+
+        model = str(ensure_checkpoint(args.model, 0) / "asset")
+    else:
+        model = args.model
+    if args.budget_mib is None:
+        args.budget_mib = 256 if args.model == "tiny" else 2048
     parts = set(args.parts.split(","))
     if not parts <= {"overhead", "scaling", "overlap"} or not parts:
         parser.error(f"--parts takes overhead, scaling and/or overlap, got {args.parts!r}")
@@ -263,7 +299,9 @@ def main() -> None:
     if "overhead" in parts:
         results["engine"] = engine_alone(model, rows, args.steps, args.budget_mib)
         ray.init(address="local", num_cpus=4, include_dashboard=False)
-        config = _job_config(model, text_file, work / "out1", args.steps, 1, args.budget_mib)
+        config = _job_config(
+            model, text_file, work / "out1", args.steps, 1, args.budget_mib, batch_size=args.batch_size
+        )
         results["local"] = job(config, "job, 1 actor (local Ray)")
         ray.shutdown()
 
@@ -286,8 +324,9 @@ def main() -> None:
         for r in range(args.repeat):
             for size, key in ((1, "one"), (2, "two")):
                 config = _job_config(
-                    model, text_file, work / f"out-cluster-{size}-{r}", args.steps, size, args.budget_mib, True
-                )
+                    model, text_file, work / f"out-cluster-{size}-{r}", args.steps, size, args.budget_mib, True,
+                    batch_size=args.batch_size,
+                )  # fmt: skip
                 name = f"job, {size} actor{'s' if size > 1 else ''} on the 2-node cluster"
                 results[_pair_key(key, r)] = job(config, name + (f" (pair {r + 1})" if r else ""))
         ray.shutdown()
@@ -364,7 +403,8 @@ def main() -> None:
             f"(engine occupancy {one['occupancy']:.0%} -> {two['occupancy']:.0%})"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"rows": args.rows, "steps": args.steps, "model": args.model, "results": list(results.values())}
+    record = {"rows": args.rows, "steps": args.steps, "model": args.model, "batch_size": args.batch_size}
+    record["results"] = list(results.values())
     args.out.write_text(json.dumps({**record, **summary}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
