@@ -400,10 +400,12 @@ def _run(config: JobConfig, started: float) -> JobReport:
         actors = config.actors
         # max_concurrent_batches calls run at once on each actor (Ray Data's default is one at a time, however
         # many tasks are queued), all awaiting its one engine: a call's last rows finish while the next call's rows
-        # take the freed slots. One more block is queued per actor so its input is already fetched.
+        # take the freed slots. No block waits queued on a busy actor: it would go to an idle one instead (at the
+        # start, the first actor up would take an extra block before the others are up, and at the end an actor
+        # could hold one while the others idle); a block's input is a few KB of text, fetched in milliseconds.
         overlap = {
             "max_concurrent_calls_per_actor": actors.max_concurrent_batches,
-            "max_tasks_in_flight_per_actor": actors.max_concurrent_batches + 1,
+            "max_tasks_in_flight_per_actor": actors.max_concurrent_batches,
         }
         if actors.size is not None:
             pool = ray.data.ActorPoolStrategy(size=actors.size, **overlap)
