@@ -453,10 +453,10 @@ def shared_budget_bytes(total: int, share: float, held: int, free_budget: int, f
 
 def assigned_gpu_share() -> float:
     """The part of one GPU that Ray gave this worker: its fractional `num_gpus` (several replicas on one device), else
-    1.0 (whole GPUs, no GPU, or not in a Ray worker)."""
+    1.0 (whole GPUs, no GPU, or not in a Ray worker: the driver has no assigned resources)."""
     import ray
 
-    if not ray.is_initialized():
+    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
         return 1.0
     gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
     return gpus if 0 < gpus < 1 else 1.0

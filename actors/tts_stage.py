@@ -72,9 +72,9 @@ class TTSStage:
 
     def _build_engine(self) -> None:
         from .async_engine import AsyncSynthesizer
-        from .replica import Synthesizer
+        from .replica import Synthesizer, assigned_gpu_share
 
-        engine, actors = self.config.engine, self.config.actors
+        engine = self.config.engine
         self.synthesizer = Synthesizer(
             model=self.config.model,
             device=engine.device,
@@ -89,7 +89,7 @@ class TTSStage:
             fsq_variant=engine.fsq,
             verify=engine.verify,
             compile=engine.compile,
-            device_share=actors.num_gpus if 0 < actors.num_gpus < 1 else 1.0,
+            device_share=assigned_gpu_share(),  # actors.num_gpus as Ray gave it, as for Serve replicas
         )
         self.engine = AsyncSynthesizer(self.synthesizer)
 

@@ -126,6 +126,7 @@ def test_ray_tells_a_fractional_gpu_replica_its_share():
 
         shares = [share.options(num_gpus=n).remote() for n in (0.5, 0.25, 1, 0)]
         assert ray.get(shares, timeout=60) == [0.5, 0.25, 1.0, 1.0]
+        assert assigned_gpu_share() == 1.0  # the driver (a stage built in-process, as in the fault tests)
     finally:
         ray.shutdown()
     assert assigned_gpu_share() == 1.0
