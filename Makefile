@@ -1,17 +1,26 @@
 # Every target sets up .venv first (idempotent), so each works on a fresh machine.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt requirements-dev.lock | sha1sum | cut -c1-12)
 
-.PHONY: venv run test lint goldens clean
+.PHONY: venv lock run test lint goldens clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# Exactly the locked versions (requirements-dev.lock, made by `make lock`): --no-deps installs nothing the lock does
+# not name, and tools/check_lock.py fails when the lock misses a dependency (extras included) or a version differs,
+# so a new PyPI release cannot change a test run.
+$(STAMP): pyproject.toml constraints.txt requirements-dev.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -c constraints.txt -e ".[test]"
+	$(VENV)/bin/pip install -q --no-deps -c constraints.txt -r requirements-dev.lock
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
+	$(VENV)/bin/pip check
+	$(VENV)/bin/python tools/check_lock.py
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+# Re-resolve the dev/test dependencies from PyPI into requirements-dev.lock (on purpose, then run the tests).
+lock:
+	bash tools/lock.sh
 
 # The main job on its embedded default: built-in tiny random model, local folder output.
 run: venv

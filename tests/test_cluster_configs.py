@@ -14,7 +14,6 @@ import shlex
 import subprocess
 import sys
 from fnmatch import fnmatch
-from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
 
@@ -184,20 +183,42 @@ def _same_image(image: str, tag: str) -> bool:
 # the image
 
 
-def test_requirements_pin_exactly_the_versions_installed_in_the_dev_venv():
-    pins = _pins()
-    wrong = {
-        name: (pinned, installed_version(name))
-        for name, (_, pinned) in pins.items()
-        if installed_version(name).split("+", 1)[0] != pinned
-    }
-    assert not wrong, f"{REQUIREMENTS}: pinned != installed (pinned, installed): {wrong}"
-    assert pins["ray"][1] == ray.__version__
-    import torch
+def test_image_pins_the_versions_of_the_dev_lock():
+    """The image runs what the tests ran: each pin in cluster/image/requirements.txt is requirements-dev.lock's.
+    Both files are the repo's, so what PyPI releases cannot turn this red (the venv is installed from the lock)."""
+    from tools.check_lock import lock_pins
 
-    assert pins["torch"][1] == torch.__version__.split("+", 1)[0]
+    locked = {_normalise(name): version for name, version in lock_pins().items()}
+    pins = _pins()
+    wrong = {name: (pinned, locked.get(name)) for name, (_, pinned) in pins.items() if locked.get(name) != pinned}
+    assert not wrong, f"{REQUIREMENTS}: pinned != requirements-dev.lock (image, lock): {wrong}"
     constraint = re.search(r"^torch==(\S+)$", (REPO / "constraints.txt").read_text(), re.MULTILINE)
     assert constraint and constraint.group(1) == pins["torch"][1], "constraints.txt and requirements.txt pin torch"
+
+
+def test_dev_lock_is_what_the_venv_has_and_misses_nothing():
+    """requirements-dev.lock is complete (raytts[test] and every extra it asks for, walked through the installed
+    metadata) and the venv holds exactly its versions: tools/check_lock.py, as `make venv` runs it."""
+    from tools.check_lock import problems
+
+    assert problems() == []
+    assert ray.__version__ == _pins()["ray"][1]
+
+
+def test_dev_lock_check_names_a_moved_version_and_a_missing_dependency(tmp_path):
+    """What keeps CI independent of PyPI's releases: a venv whose versions moved away from the lock, or a lock
+    that misses a dependency pulled in through an extra (ray[serve] -> fastapi), is named, so `make venv` fails."""
+    from tools.check_lock import LOCK, problems
+
+    lines = LOCK.read_text().splitlines()
+    moved = [re.sub(r"^pydantic==.*", "pydantic==2.0.0", line) for line in lines]
+    (tmp_path / "moved.lock").write_text("\n".join(moved) + "\n")
+    found = problems(tmp_path / "moved.lock")
+    assert [p for p in found if p.startswith("pydantic: pinned 2.0.0, installed ")] and len(found) == 1, found
+    missing = [line for line in lines if not line.startswith("fastapi==")]
+    (tmp_path / "missing.lock").write_text("\n".join(missing) + "\n")
+    found = problems(tmp_path / "missing.lock")
+    assert any(p.startswith("fastapi ") and "not pinned in missing.lock" in p for p in found), found
 
 
 def test_requirements_pin_every_pyproject_dependency_with_its_extras():
