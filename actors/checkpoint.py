@@ -296,22 +296,24 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def claims_official(asset: Path) -> bool:
-    """A checkpoint without raytts.json whose gpt/config.json is byte-identical to the official one."""
-    return (
-        not (asset / RAYTTS_CONFIG).exists()
-        and file_sha256(asset / "gpt/config.json") == OFFICIAL_SHA256["gpt/config.json"]
-    )
+def official_mismatches(asset: Path) -> list[str]:
+    """The checkpoint files whose sha256 differs from the official 2Noise/ChatTTS release (empty: it is that release).
+    A checkpoint with raytts.json (raytts' own random ones) is never the official release."""
+    if (asset / RAYTTS_CONFIG).exists():
+        return sorted(OFFICIAL_SHA256)
+    return [name for name, expected in OFFICIAL_SHA256.items() if file_sha256(asset / name) != expected]
 
 
-def verify_official(asset: Path) -> None:
-    for name, expected in OFFICIAL_SHA256.items():
+def verify_official(asset: Path, source: str) -> None:
+    """Raise unless every file is the official release's (what hf://2Noise/ChatTTS downloads, or --verify always)."""
+    for name in official_mismatches(asset):
         found = file_sha256(asset / name)
-        if found != expected:
-            raise CheckpointError(
-                f"{asset / name}: sha256 {found} does not match the official 2Noise/ChatTTS file ({expected}); "
-                f"the download is corrupt or from another release: delete it and fetch {HF_REPO}@{HF_REVISION} again"
-            )
+        raise CheckpointError(
+            f"{asset / name}: sha256 {found} does not match the official 2Noise/ChatTTS file "
+            f"({OFFICIAL_SHA256[name]}) that {source!r} was checked against. A corrupt or partial download: delete "
+            f"it and fetch {HF_REPO}@{HF_REVISION} again. Fine-tuned or community weights: load them with "
+            f"--verify never (engine.verify: never in a job config, models.<name>.verify: never in a serve config)"
+        )
 
 
 def _copy_from_uri(uri: str, cache_dir: Path) -> Path:
@@ -378,7 +380,11 @@ def _from_hub(spec: str, cache_dir: Path) -> Path:
 class ResolvedCheckpoint:
     asset: Path
     source: str
-    official: bool
+
+    @functools.cached_property
+    def official(self) -> bool:
+        """Every file is the official 2Noise/ChatTTS release's (by sha256)."""
+        return not official_mismatches(self.asset)
 
     @functools.cached_property
     def sha256(self) -> str:
@@ -394,7 +400,9 @@ class ResolvedCheckpoint:
 
 
 def resolve(model: str | os.PathLike | None, cache_dir: Path | None = None, verify: str = "auto") -> ResolvedCheckpoint:
-    """Find (and if needed download) a checkpoint. `verify`: auto (sha256 when it claims to be official), always, never."""
+    """Find (and if needed download) a checkpoint. `verify`: auto (what raytts downloads from hf://2Noise/ChatTTS
+    must be the official files), always (any source must be), never. Other weights in the official layout load:
+    fine-tuned and community checkpoints; their files' digest is the `model_id` rows record."""
     if verify not in ("auto", "always", "never"):
         raise ValueError(f"verify must be auto, always or never, got {verify!r}")
     cache_dir = cache_dir or default_cache_dir()
@@ -403,13 +411,13 @@ def resolve(model: str | os.PathLike | None, cache_dir: Path | None = None, veri
         from .make_checkpoint import builtin_tiny
 
         asset = asset_dir(builtin_tiny(cache_dir))
-        hub = False
+        official_download = False
     elif spec.startswith("hf://"):
         asset = _from_hub(spec[len("hf://") :], cache_dir)
-        hub = spec[len("hf://") :].partition("@")[0] == HF_REPO
+        official_download = spec[len("hf://") :].partition("@")[0] == HF_REPO
     elif re.match(r"^[a-z][a-z0-9+.-]*://", spec) and not spec.startswith("file://"):
         asset = _copy_from_uri(spec, cache_dir)
-        hub = False
+        official_download = False
     else:
         path = Path(spec.removeprefix("file://")).expanduser()
         if not path.exists():
@@ -417,12 +425,24 @@ def resolve(model: str | os.PathLike | None, cache_dir: Path | None = None, veri
                 f"model {spec!r} is neither an existing folder, a URI (s3://, gs://, ...), hf://REPO[@REV] nor 'tiny'"
             )
         asset = asset_dir(path)
-        hub = False
+        official_download = False
     check_files(asset)
-    official = hub or claims_official(asset)
-    if verify == "always" or (verify == "auto" and official):
-        verify_official(asset)
-    return ResolvedCheckpoint(asset=asset, source=spec, official=official)
+    checkpoint = ResolvedCheckpoint(asset=asset, source=spec)
+    if verify == "always" or (verify == "auto" and official_download):
+        verify_official(asset, spec)
+    elif spec != "tiny" and _claims_official_config(asset) and not checkpoint.official:
+        log.warning(
+            "model %s: the official 2Noise/ChatTTS architecture with other weights (%s differ from the release); "
+            "loading it as a fine-tuned or community checkpoint, recorded as %s",
+            spec, ", ".join(official_mismatches(asset)), checkpoint.model_id,
+        )  # fmt: skip
+    return checkpoint
+
+
+def _claims_official_config(asset: Path) -> bool:
+    return not (asset / RAYTTS_CONFIG).exists() and (
+        file_sha256(asset / "gpt/config.json") == OFFICIAL_SHA256["gpt/config.json"]
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------

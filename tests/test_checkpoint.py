@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -14,7 +16,10 @@ from safetensors.torch import load_file, save_file
 from actors.checkpoint import (
     ASSET_FILES,
     HF_REPO,
+    OFFICIAL_SHA256,
+    RAYTTS_CONFIG,
     CheckpointError,
+    gpt_config_to_json,
     load_model,
     read_model_config,
     resolve,
@@ -182,7 +187,7 @@ def test_hub_source_verifies_official_files(tiny_checkpoint, tmp_path, offline_h
     with pytest.raises(CheckpointError, match=r"sha256 .* does not match the official 2Noise/ChatTTS file"):
         resolve(f"hf://{HF_REPO}", cache_dir=tmp_path)
     found = resolve(f"hf://{HF_REPO}", cache_dir=tmp_path, verify="never")
-    assert found.official is True
+    assert found.official is False  # loaded as asked, but its files are not the release's
     assert load_model(found.asset).config.name == "tiny"
 
 
@@ -260,3 +265,47 @@ def test_model_id_names_the_source_and_changes_with_any_file(checkpoint_copy):
     tokenizer = moved / "asset" / "tokenizer" / "tokenizer_config.json"
     tokenizer.write_text(tokenizer.read_text() + " ")
     assert resolve(str(moved)).sha256 != first.sha256
+
+
+def _official_gpt_config() -> bytes:
+    """The official asset/gpt/config.json, byte for byte (its sha256 is upstream's published one)."""
+    gpt = ModelConfig.from_name("full").gpt
+    official_extras = {"num_audio_tokens": gpt.num_audio_tokens, "num_text_tokens": gpt.num_text_tokens,
+                       "num_vq": gpt.num_vq, "spk_KL": False, "spk_emb_dim": 192, "transformers_version": "4.41.2"}  # fmt: skip
+    text = json.dumps({**gpt_config_to_json(gpt), **official_extras}, indent=2, sort_keys=True) + "\n"
+    assert hashlib.sha256(text.encode()).hexdigest() == OFFICIAL_SHA256["gpt/config.json"]
+    return text.encode()
+
+
+def test_fine_tuned_checkpoint_in_the_official_layout_loads_and_says_its_weights_differ(checkpoint_copy, caplog):
+    """A local folder with the official gpt/config.json but other weights (a fine-tuned or community checkpoint):
+    the default `verify=auto` loads it and says at start-up which files differ from the release; only
+    `verify=always` insists on the official files, and its error names the way out (--verify never)."""
+    asset = checkpoint_copy / "asset"
+    (asset / "gpt" / "config.json").write_bytes(_official_gpt_config())
+    (asset / RAYTTS_CONFIG).unlink()
+    with caplog.at_level(logging.WARNING, logger="actors.checkpoint"):
+        found = resolve(str(checkpoint_copy))
+    assert found.official is False
+    assert found.asset == asset
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert "other weights" in warning and "gpt/model.safetensors" in warning and found.model_id in warning
+    assert "gpt/config.json," not in warning  # the config is the official one; only the differing files are named
+    with pytest.raises(CheckpointError, match=r"does not match the official .*--verify never"):
+        resolve(str(checkpoint_copy), verify="always")
+
+
+def test_official_files_are_recognised_by_content(checkpoint_copy, monkeypatch):
+    """`official` is true exactly when every file's sha256 is the release's (here: the release's hashes replaced
+    by our files' own, since the real weights cannot be downloaded on these machines)."""
+    import actors.checkpoint as checkpoint
+
+    asset = checkpoint_copy / "asset"
+    (asset / RAYTTS_CONFIG).unlink()
+    ours = {name: checkpoint.file_sha256(asset / name) for name in OFFICIAL_SHA256}
+    monkeypatch.setattr(checkpoint, "OFFICIAL_SHA256", ours)
+    assert resolve(str(checkpoint_copy), verify="always").official is True
+    _edit(asset, "Vocos.safetensors", lambda t: t.update({k: v + 1 for k, v in t.items()}))
+    assert checkpoint.official_mismatches(asset) == ["Vocos.safetensors"]
+    with pytest.raises(CheckpointError, match="Vocos.safetensors: sha256"):
+        resolve(str(checkpoint_copy), verify="always")
