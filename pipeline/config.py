@@ -77,12 +77,20 @@ class ActorsConfig(_Strict):
     size: int | None = Field(None, ge=1, description="Fixed actor pool size (one engine replica each).")
     min_size: int | None = Field(None, ge=1, description="Autoscaling pool minimum (with max_size).")
     max_size: int | None = Field(None, ge=1, description="Autoscaling pool maximum (with min_size).")
-    num_gpus: float = Field(
-        1.0,
-        ge=0,
-        description="GPUs per actor; fractional shares a device (each replica's default memory budget is then 85% of its "
-        "share, less its weights); 0 runs on CPU.",
+    num_gpus: float | Literal["auto"] = Field(
+        "auto",
+        description="GPUs per actor. auto: 1 when the cluster's nodes have GPUs when the job starts, else 0 (CPU engines, "
+        "with a warning); set it on an autoscaling cluster whose GPU nodes start from zero. Fractional shares a device "
+        "(each replica's default memory budget is then 85% of its share, less its weights); 0 runs on CPU.",
     )
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _non_negative(cls, value: float | str) -> float | str:
+        if value != "auto" and value < 0:  # type: ignore[operator]
+            raise ValueError(f"num_gpus must be >= 0 or auto, got {value}")
+        return value
+
     num_cpus: float = Field(1.0, ge=0, description="CPUs per actor.")
     batch_size: int = Field(
         64,

@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 from .config import JobConfig
 from .parts import drop_failed_rows, filesystem, iter_outputs, key_array, read_outputs
 from .prepare import prepare_rows
-from .resources import STORE_ACTOR_CPUS, pool_problems
+from .resources import STORE_ACTOR_CPUS, gpus_per_actor, pool_problems
 from .sources import SPEAKER_EXTENSIONS, TEXT_EXTENSIONS, expand_paths, parse_speaker_shard, parse_text_shard
 
 log = logging.getLogger(__name__)
@@ -257,6 +257,16 @@ def check_output(config: JobConfig) -> None:
         ) from err
 
 
+def with_actor_gpus(config: JobConfig) -> JobConfig:
+    """The config with `actors.num_gpus` resolved against the cluster this process joined (auto -> 1 or 0)."""
+    import ray
+
+    num_gpus, warning = gpus_per_actor(config.actors, config.engine.device, ray.nodes())
+    if warning:
+        log.warning("actor pool: %s", warning)
+    return config.model_copy(update={"actors": config.actors.model_copy(update={"num_gpus": num_gpus})})
+
+
 def check_pool(config: JobConfig, local: bool) -> None:
     """Refuse (local Ray) or warn (cluster: an autoscaler may still add nodes) when the engine actors cannot be
     placed or would leave the CPU stages no CPU; Ray Data itself would just wait at 0 rows forever."""
@@ -291,6 +301,7 @@ def run_job(config: JobConfig, address: str | None = None) -> JobReport:
             # machine would otherwise deadlock the streaming executor); torch threads are set per actor.
             ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1))
     try:
+        config = with_actor_gpus(config)
         check_pool(config, local)
         _warn_if_local_output_on_a_cluster(config)
         return _run(config, started)

@@ -27,8 +27,27 @@ class PoolProblem:
     fatal: bool  # the job cannot make progress (vs. it runs with fewer actors than asked)
 
 
+def gpus_per_actor(
+    actors: ActorsConfig, engine_device: str, nodes: Iterable[dict[str, Any]]
+) -> tuple[float, str | None]:
+    """The engine actors' `num_gpus`: as configured, or for `auto` one GPU each where the cluster has GPUs and CPU
+    engines (0) where it has none, with the warning to show then. An engine pinned to CUDA keeps its GPU request
+    (the pool check then says no node can host it)."""
+    if actors.num_gpus != "auto":
+        return float(actors.num_gpus), None
+    gpus = sum(n.get("Resources", {}).get("GPU", 0.0) for n in nodes if n.get("Alive", True))
+    if gpus > 0 or engine_device.startswith("cuda"):
+        return 1.0, None
+    return 0.0, (
+        "the cluster has no GPUs, so the engine actors run on CPU (actors.num_gpus: auto; CPU synthesis is far "
+        "slower). Set actors.num_gpus: 1 to wait for GPU nodes instead (an autoscaling cluster whose GPU nodes "
+        "start from zero), or actors.num_gpus: 0 to choose CPU engines and silence this warning"
+    )
+
+
 def actors_per_node(actors: ActorsConfig, resources: dict[str, float]) -> int:
-    """How many engine actors one node with these total resources can host at once."""
+    """How many engine actors one node with these total resources can host at once (num_gpus resolved)."""
+    assert actors.num_gpus != "auto", "resolve actors.num_gpus with gpus_per_actor first"
     fits = []
     if actors.num_cpus > 0:
         fits.append(math.floor(resources.get("CPU", 0.0) / actors.num_cpus + 1e-9))
@@ -46,7 +65,8 @@ def _node_summary(nodes: list[dict[str, Any]]) -> str:
 
 
 def pool_problems(actors: ActorsConfig, nodes: Iterable[dict[str, Any]]) -> list[PoolProblem]:
-    """Reasons the job's actor pool cannot run on these nodes (`ray.nodes()` entries); empty when it can."""
+    """Reasons the job's actor pool cannot run on these nodes (`ray.nodes()` entries); empty when it can.
+    `actors.num_gpus` must be resolved (gpus_per_actor)."""
     alive = [n for n in nodes if n.get("Alive", True)]
     wanted = actors.size or actors.min_size or 1
     need = f"num_gpus={actors.num_gpus:g}, num_cpus={actors.num_cpus:g}"

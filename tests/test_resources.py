@@ -62,16 +62,7 @@ def test_the_default_local_cpu_job_fits():
     assert pool_problems(ActorsConfig(num_gpus=0), [_node(8)]) == []
 
 
-@pytest.mark.timeout(180)
-def test_raytts_run_with_gpu_actors_on_a_gpu_less_local_ray_exits_2_at_once(tiny_checkpoint: Path, tmp_path: Path):
-    """Default `actors.num_gpus: 1` on a machine without GPUs: a clear error and exit 2, not a job stuck at 0 rows."""
-    write_text_shards(tmp_path / "texts", 4, [])
-    config = {
-        "model": str(tiny_checkpoint),
-        "inputs": {"text": [str(tmp_path / "texts")]},
-        "output": {"path": str(tmp_path / "out")},
-    }
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+def _gpu_less_env() -> dict[str, str]:
     env = {
         **os.environ,
         "RAY_TMPDIR": tempfile.mkdtemp(prefix="rr", dir="/tmp"),
@@ -79,14 +70,58 @@ def test_raytts_run_with_gpu_actors_on_a_gpu_less_local_ray_exits_2_at_once(tiny
         "CUDA_VISIBLE_DEVICES": "",  # no GPU for the local Ray to find, even on a GPU machine
     }
     env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.mark.timeout(240)
+def test_raytts_run_with_only_input_and_output_runs_on_a_gpu_less_machine(tiny_checkpoint: Path, tmp_path: Path):
+    """`raytts run --input texts/ --output out/` on a laptop: the default `actors.num_gpus: auto` finds no GPU in
+    the cluster, runs CPU engines and says so naming the setting (it exited 2 when the default was 1 GPU)."""
+    write_text_shards(tmp_path / "texts", 8, [])
+    cmd = [sys.executable, "-m", "jobs.cli", "run", "--input", "texts", "--output", "out", "--model", str(tiny_checkpoint),
+           "--set", "sampling.max_new_tokens=8"]  # fmt: skip
+    done = subprocess.run(
+        cmd, cwd=tmp_path, env=_gpu_less_env(), capture_output=True, text=True, timeout=200, start_new_session=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "the cluster has no GPUs, so the engine actors run on CPU (actors.num_gpus: auto" in done.stderr
+    report = json.loads((tmp_path / "out" / "_report.json").read_text())
+    assert report["status"] == "finished" and report["ok"] == 8 and report["failed"] == 0, report
+
+
+@pytest.mark.timeout(180)
+def test_raytts_run_with_gpu_actors_on_a_gpu_less_local_ray_exits_2_at_once(tiny_checkpoint: Path, tmp_path: Path):
+    """An explicit `actors.num_gpus: 1` on a machine without GPUs still wins over auto: a clear error and exit 2,
+    not a job stuck at 0 rows."""
+    write_text_shards(tmp_path / "texts", 4, [])
+    config = {
+        "model": str(tiny_checkpoint),
+        "inputs": {"text": [str(tmp_path / "texts")]},
+        "output": {"path": str(tmp_path / "out")},
+        "actors": {"num_gpus": 1},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "jobs.cli", "run", str(tmp_path / "job.yaml")]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150, start_new_session=True)
+    done = subprocess.run(cmd, env=_gpu_less_env(), capture_output=True, text=True, timeout=150, start_new_session=True)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "no node can host an engine actor (each needs num_gpus=1, num_cpus=1)" in done.stderr
     assert "set actors.num_gpus: 0" in done.stderr
     assert not (tmp_path / "out" / "parts").exists()
     status = json.loads((tmp_path / "out" / "_report.json").read_text())  # written first as "running"
     assert status["status"] == "failed" and status["error"].startswith("PoolDoesNotFit: no node can host")
+
+
+def test_auto_gpus_follow_the_cluster_and_an_explicit_value_wins():
+    from pipeline.resources import gpus_per_actor
+
+    assert gpus_per_actor(ActorsConfig(), "auto", [_node(8, 2), _node(8)]) == (1.0, None)
+    num_gpus, warning = gpus_per_actor(ActorsConfig(), "auto", [_node(8), _node(4, 1, alive=False)])
+    assert num_gpus == 0.0 and "actors.num_gpus: 1" in warning
+    assert gpus_per_actor(ActorsConfig(), "cuda", [_node(8)]) == (1.0, None)  # pinned to CUDA: the check refuses
+    assert gpus_per_actor(ActorsConfig(num_gpus=0.5), "auto", [_node(8)]) == (0.5, None)
+    assert gpus_per_actor(ActorsConfig(num_gpus=0), "auto", [_node(8, 1)]) == (0.0, None)
+    with pytest.raises(ValueError, match="num_gpus must be >= 0 or auto"):
+        ActorsConfig(num_gpus=-1)
 
 
 def test_replicas_sharing_a_device_split_its_memory():
