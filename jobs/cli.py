@@ -76,7 +76,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
-    p.add_argument("--model", default=None, help="serve this one checkpoint (folder, URI, hf://..., tiny) as 'default'")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="serve this one checkpoint (folder, URI, hf://..., tiny), named by it (tiny, 2Noise/ChatTTS, the folder's name)",
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override any config field, e.g. --set app.engine.max_slots=32 --set deployment.max_replicas=2",
@@ -160,8 +164,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port:
         overrides["port"] = args.port
     if args.model:
-        overrides["app.models"] = {"default": {"source": args.model}}
-        overrides["app.default_model"] = "default"
+        from actors.serving.config import model_label
+
+        overrides["app.models"] = {model_label(args.model): {"source": args.model}}
+        overrides["app.default_model"] = model_label(args.model)
     try:
         config = ServerConfig.load(args.config, overrides)
         return run_server(config, address=args.address)

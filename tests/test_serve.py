@@ -4,6 +4,7 @@ checkpoints, one resident at a time) and `/small` (one slot, tiny queues, API ke
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -12,6 +13,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from actors.serving.config import OPENAI_VOICES
 from tests.support.s3 import free_port
 
 pytestmark = pytest.mark.timeout(900)
@@ -417,8 +420,9 @@ def test_serve_config_files_validate():
 
 
 @pytest.mark.slow
-def test_raytts_serve_command_answers_the_openai_sdk(tmp_path):
-    """`raytts serve jobs/examples/serve.yaml` in its own process (own Ray), stopped with SIGTERM."""
+@contextlib.contextmanager
+def _serve_command(tmp_path: Path, *args: str) -> Iterator[str]:
+    """`raytts serve ARGS` in its own process (own Ray) until healthy; yields its base URL; stops it with SIGTERM."""
     import signal
     import subprocess
     import sys
@@ -430,7 +434,7 @@ def test_raytts_serve_command_answers_the_openai_sdk(tmp_path):
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
     env.pop("RAY_ADDRESS", None)
-    command = [sys.executable, "-m", "jobs.cli", "serve", str(REPO / "jobs/examples/serve.yaml"), "--port", str(port)]
+    command = [sys.executable, "-m", "jobs.cli", "serve", *args, "--port", str(port)]
     log = open(tmp_path / "serve.log", "wb")
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -448,12 +452,7 @@ def test_raytts_serve_command_answers_the_openai_sdk(tmp_path):
             time.sleep(1)
         else:
             pytest.fail("raytts serve did not become healthy in 180 s")
-        client = _client(base)
-        audio = _decode(
-            client.audio.speech.create(model="tts-1", voice="narrator", input="From the command line.", response_format="flac").content,
-            "flac",
-        )  # fmt: skip
-        assert audio.size > 0
+        yield base
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -464,6 +463,32 @@ def test_raytts_serve_command_answers_the_openai_sdk(tmp_path):
             pytest.fail("raytts serve did not stop within 60 s of SIGTERM")
         log.close()
     assert process.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
+
+
+def test_raytts_serve_command_answers_the_openai_sdk(tmp_path):
+    """`raytts serve jobs/examples/serve.yaml` in its own process (own Ray), stopped with SIGTERM."""
+    with _serve_command(tmp_path, str(REPO / "jobs/examples/serve.yaml")) as base:
+        client = _client(base)
+        audio = _decode(
+            client.audio.speech.create(model="tts-1", voice="narrator", input="From the command line.", response_format="flac").content,
+            "flac",
+        )  # fmt: skip
+        assert audio.size > 0
+
+
+def test_raytts_serve_model_tiny_takes_a_stock_openai_client(tmp_path):
+    """`raytts serve --model tiny` and code written for OpenAI, unchanged but for the model name it was started
+    with: model="tiny" (was 404) and OpenAI's voice names (were unknown without a config) both work."""
+    with _serve_command(tmp_path, "--model", "tiny") as base:
+        client = _client(base)
+        assert {"tiny", "tts-1"} <= {m.id for m in client.models.list().data}
+        voices = {v["id"]: v for v in json.loads(_http(f"{base}/v1/voices")[2])["data"]}
+        assert set(OPENAI_VOICES) <= set(voices) and voices["alloy"]["seed"] == OPENAI_VOICES["alloy"]
+        for model, voice in (("tiny", "alloy"), ("tts-1", "shimmer")):
+            speech = client.audio.speech.create(model=model, voice=voice, input="Hello there.", response_format="wav")
+            assert _decode(speech.content, "wav").size > 0
+        status, _, body = _post(f"{base}/v1/audio/speech", {"model": "tiny", "input": "x", "voice": "nobody"})
+        assert status == 400 and b"alloy" in body  # an unknown voice is refused, naming the accepted ones
 
 
 def test_requests_racing_model_switches_finish_or_get_503(server):
@@ -493,3 +518,22 @@ def test_encoded_responses_clip_instead_of_wrapping():
         assert abs(decoded.astype(int) - expected).max() <= 1, (fmt, decoded)
     streamed = AudioEncoder("pcm").push(audio)
     assert abs(np.frombuffer(streamed, "<i2").astype(int) - expected).max() <= 1
+
+
+def test_openai_voice_names_extend_the_configured_voices_and_models_answer_to_their_source():
+    from actors.serving.config import ServeConfig, VoiceSpec
+
+    config = ServeConfig.model_validate(
+        {
+            "models": {"main": {"source": "hf://2Noise/ChatTTS@abc"}},
+            "voices": {"alloy": {"seed": 99}, "me": {"seed": 5}},
+        }
+    )
+    specs = config.voice_specs()
+    assert list(specs)[:2] == ["alloy", "me"] and specs["alloy"] == VoiceSpec(seed=99)  # the config's win
+    assert specs["shimmer"] == VoiceSpec(seed=OPENAI_VOICES["shimmer"]) and config.voice_name(None) == "alloy"
+    for name in ("main", "tts-1", "", None, "2Noise/ChatTTS", "hf://2Noise/ChatTTS@abc"):
+        assert config.model_name(name) == "main", name
+    assert config.model_name("tiny") is None
+    closed = ServeConfig.model_validate({"voices": {"me": {"seed": 5}}, "openai_voices": False})
+    assert list(closed.voice_specs()) == ["me"]

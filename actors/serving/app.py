@@ -155,7 +155,7 @@ def _load(name: str, config: ServeConfig, budget_share: int) -> LoadedModel:
         compile=engine.compile,
     )
     voices: dict[str, _Voice] = {}
-    for voice_name, voice in config.voices.items():
+    for voice_name, voice in config.voice_specs().items():
         if voice.seed is not None:
             voices[voice_name] = _Voice(speaker=f"seed:{voice.seed}")
         elif voice.speaker is not None:
@@ -571,11 +571,13 @@ class TTSServer:
     @api.get("/v1/voices")
     async def list_voices(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
-        kinds = {
-            n: "seed" if v.seed is not None else "speaker" if v.speaker else "reference"
-            for n, v in self.config.voices.items()
-        }
-        return {"object": "list", "data": [{"id": n, "kind": k} for n, k in kinds.items()]}
+        voices = []
+        for name, spec in self.config.voice_specs().items():
+            if spec.seed is not None:
+                voices.append({"id": name, "kind": "seed", "seed": spec.seed})
+            else:
+                voices.append({"id": name, "kind": "speaker" if spec.speaker else "reference"})
+        return {"object": "list", "data": voices}
 
     @api.get("/v1/stats")
     async def stats(self, request: Request, tensors: bool = False) -> dict[str, Any]:

@@ -96,6 +96,22 @@ class AuthSpec(_Strict):
         return [*self.api_keys, *extra]
 
 
+# OpenAI's voice names, each a fixed seeded ChatTTS speaker, so code written for OpenAI runs unchanged. The seeds are
+# part of the API: a name keeps its voice across releases (a config's `voices` may redefine any name).
+OPENAI_VOICES: dict[str, int] = {
+    "alloy": 2, "ash": 3, "ballad": 5, "coral": 7, "echo": 11, "fable": 13, "onyx": 17, "nova": 19, "sage": 23,
+    "shimmer": 29, "verse": 31, "marin": 37, "cedar": 41,
+}  # fmt: skip
+
+
+def model_label(source: str) -> str:
+    """The name a model started from `source` alone answers to: `tiny`, `2Noise/ChatTTS` for hf://2Noise/ChatTTS@rev,
+    else the folder's or URI's last part."""
+    if source.startswith("hf://"):
+        return source[len("hf://") :].partition("@")[0]
+    return source.rstrip("/").rsplit("/", 1)[-1] or source
+
+
 class ServeConfig(_Strict):
     models: dict[str, ModelSpec] = Field(
         default_factory=lambda: {"tiny": ModelSpec(source="tiny")},
@@ -107,7 +123,14 @@ class ServeConfig(_Strict):
         description="Extra model names (e.g. OpenAI's) mapped to a configured model; '' means the default model.",
     )
     voices: dict[str, VoiceSpec] = Field(
-        default_factory=lambda: {"default": VoiceSpec(seed=2)}, description="Named speakers clients pass as `voice`."
+        default_factory=lambda: {"default": VoiceSpec(seed=2)},
+        description="Named speakers clients pass as `voice`; they extend (or, for the same name, replace) OpenAI's "
+        "voice names when openai_voices is on.",
+    )
+    openai_voices: bool = Field(
+        True,
+        description="Also accept OpenAI's voice names (alloy, ash, ballad, coral, echo, fable, onyx, nova, sage, "
+        "shimmer, verse, marin, cedar), each a fixed seeded speaker (actors/serving/config.py OPENAI_VOICES).",
     )
     default_voice: str | None = Field(None, description="Voice for native requests naming none (default: first).")
     engine: EngineSpec = Field(default_factory=EngineSpec)
@@ -126,9 +149,18 @@ class ServeConfig(_Strict):
                 raise ValueError(f"model_aliases.{alias} -> {target!r} is not one of models {sorted(self.models)}")
         if not self.voices:
             raise ValueError("voices needs at least one named voice")
-        if self.default_voice is not None and self.default_voice not in self.voices:
-            raise ValueError(f"default_voice {self.default_voice!r} is not one of voices {sorted(self.voices)}")
+        known = self.voice_specs()
+        if self.default_voice is not None and self.default_voice not in known:
+            raise ValueError(f"default_voice {self.default_voice!r} is not one of voices {sorted(known)}")
         return self
+
+    def voice_specs(self) -> dict[str, VoiceSpec]:
+        """Every voice name clients may pass: the configured voices first, then OpenAI's names they leave free."""
+        specs = dict(self.voices)
+        if self.openai_voices:
+            for name, seed in OPENAI_VOICES.items():
+                specs.setdefault(name, VoiceSpec(seed=seed))
+        return specs
 
     def model_name(self, requested: str | None) -> str | None:
         """The configured model a request's `model` means, or None when it names no known model."""
@@ -138,6 +170,9 @@ class ServeConfig(_Strict):
             return requested
         if requested in self.model_aliases:
             return self.model_aliases[requested] or self.default_model or next(iter(self.models))
+        for name, spec in self.models.items():  # the source it was started from: `--model tiny` answers to tiny
+            if requested in (spec.source, model_label(spec.source)):
+                return name
         return None
 
     def voice_name(self, requested: str | None) -> str:
