@@ -137,6 +137,24 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def failure_line(failure: dict) -> str:
+    """`FAILED <where>: <why>` for one failed row. A row's error already starts with its location (file:line) when
+    it came from the input; it is then printed as is, not after its location a second time."""
+    error = failure.get("error") or ""
+    source, row_id = failure.get("source"), failure.get("id")
+    located = not source or error.startswith(f"{source}:")
+    if row_id is None:
+        return f"FAILED {error}" if located else f"FAILED {source}: {error}"
+    return f"FAILED {row_id!r}{'' if located else f' at {source}'}: {error}"
+
+
+def print_failures(failures: list[dict], report_path: str, shown: int = 20) -> None:
+    for failure in failures[:shown]:
+        print(failure_line(failure), file=sys.stderr)
+    if len(failures) > shown:
+        print(f"... and {len(failures) - shown} more failures (see {report_path})", file=sys.stderr)
+
+
 def _overrides(command: str, items: list[str]) -> dict | None:
     import yaml
 
@@ -210,10 +228,7 @@ def _run(args: argparse.Namespace) -> int:
     print(report_table(summary), file=sys.stderr)
     for problem in report.problems:
         print(f"INPUT PROBLEM {problem}", file=sys.stderr)
-    for failure in failures[:20]:
-        print(f"FAILED {failure['id'] or failure['source']}: {failure['error']}", file=sys.stderr)
-    if len(failures) > 20:
-        print(f"... and {len(failures) - 20} more failures (see {report.output}/_report.json)", file=sys.stderr)
+    print_failures(failures, f"{report.output}/_report.json")
     return report.exit_status
 
 
@@ -281,10 +296,7 @@ def _synth(args: argparse.Namespace) -> int:
     summary = report.to_dict()
     failures = summary.pop("failures")
     print(json.dumps(summary, indent=2))
-    for failure in failures[:20]:
-        print(f"FAILED {failure['id']}: {failure['error']}", file=sys.stderr)
-    if len(failures) > 20:
-        print(f"... and {len(failures) - 20} more failures (see {args.output / '_report.json'})", file=sys.stderr)
+    print_failures(failures, str(args.output / "_report.json"))
     return status
 
 

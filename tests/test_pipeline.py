@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,7 @@ import soundfile as sf
 
 from actors.checkpoint import resolve
 from actors.speaker import encode_prompt
+from jobs.cli import print_failures
 from pipeline.config import JobConfig
 from pipeline.job import read_outputs, run_job
 from tests.support.jobdata import txt_ids, write_speakers, write_text_shards
@@ -168,7 +170,7 @@ BAD_ROWS = [
 ]
 
 
-def test_bad_inputs_each_get_an_error_and_the_job_completes(local_ray, tiny_checkpoint, tmp_path):
+def test_bad_inputs_each_get_an_error_and_the_job_completes(local_ray, tiny_checkpoint, tmp_path, capsys):
     folder = tmp_path / "texts"
     folder.mkdir()
     with open(folder / "bad.jsonl", "wb") as f:
@@ -230,6 +232,14 @@ def test_bad_inputs_each_get_an_error_and_the_job_completes(local_ray, tiny_chec
     assert by_id["good"]["error"] is None
     assert by_id["row-codes"]["error"] is None  # a per-row upstream prompt string, as `raytts synth` takes
     assert report.rows == len(BAD_ROWS) + 5  # + utf8 + good + row-codes + second dup + parquet row
+    # what `raytts run` prints for them: each row's location once (it printed "a.jsonl:62: a.jsonl:62: ...")
+    capsys.readouterr()
+    print_failures(report.failures, "report")
+    printed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("FAILED ")]
+    assert len(printed) == min(20, report.failed) and report.failed > 5
+    for line in printed:
+        locations = Counter(re.findall(r"\S+\.(?:jsonl|parquet):(?:row)?\d+", line))
+        assert locations and max(locations.values()) == 1, line
 
 
 @pytest.mark.parametrize("audio_format", ["flac", "opus"])

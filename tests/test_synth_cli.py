@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +109,10 @@ def test_bad_rows_carry_an_error_naming_the_line_and_reason(synth_run):
         assert row["audio"] is None
     assert report["failed"] == len(EXPECTED_ERRORS)
     assert report["ok"] == 19 - len(EXPECTED_ERRORS)
-    assert "FAILED" in proc.stderr
+    printed = [line for line in proc.stderr.splitlines() if line.startswith("FAILED ")]
+    assert len(printed) == len(EXPECTED_ERRORS)
+    repeated = [line for line in printed if max(Counter(re.findall(r"in\.jsonl:\d+", line)).values()) != 1]
+    assert repeated == []  # each row's location once (it printed "in.jsonl:8: in.jsonl:8: ...")
     assert rows[5]["id"] == "bad-utf8", "the id of an undecodable line is salvaged when possible"
 
 
