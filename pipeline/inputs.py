@@ -45,16 +45,21 @@ class InputRow:
 
 
 def read_jsonl(path: str | Path, display_name: str | None = None) -> Iterator[InputRow]:
-    """Rows of a JSONL file; blank lines are skipped, every other line yields exactly one row."""
+    """Rows of a JSONL file; blank lines are skipped, every other line yields exactly one row (a leading byte-order
+    mark is dropped)."""
     name = display_name or str(path)
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
             if not raw.strip():
                 continue
             yield parse_json_line(raw, f"{name}:{number}")
 
 
-def parse_json_line(raw: bytes, source: str) -> InputRow:
+def parse_json_line(raw: bytes, source: str, default_id: str | None = None) -> InputRow:
+    """One JSONL line -> a row. A row with no id (absent, null or "") takes `default_id` when given (its file and
+    line), else it is an error row."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -66,13 +71,30 @@ def parse_json_line(raw: bytes, source: str) -> InputRow:
         data = json.loads(line)
     except json.JSONDecodeError as err:
         return InputRow(source, None, error=f"{source}: not valid JSON ({err.msg} at column {err.colno})")
+    except RecursionError:
+        return InputRow(source, None, error=f"{source}: JSON nested too deeply to read; expected a flat object")
     if not isinstance(data, dict):
         return InputRow(source, None, error=f"{source}: expected a JSON object per line, got {type(data).__name__}")
+    unencodable = _unencodable(data)
+    if unencodable:  # valid JSON, but no text can hold it: Arrow, files and the tokenizer all need UTF-8
+        return InputRow(source, _salvage_id(line), error=f"{source}: {unencodable}; fix the escape in the file")
+    if default_id is not None and data.get("id") in (None, ""):
+        return InputRow(source, default_id, data)
     try:
         row_id = validate_id(data.get("id"))
     except RequestError as err:
         return InputRow(source, None, data, error=f"{source}: {err}")
     return InputRow(source, row_id, data)
+
+
+def _unencodable(data: dict[str, Any]) -> str | None:
+    """Why a parsed record cannot become UTF-8 text (a lone surrogate escape such as "\\ud800"), or None."""
+    for key, value in data.items():
+        try:
+            json.dumps({key: value}, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as err:
+            return f"field {key!r} is not valid Unicode (unpaired surrogate {err.object[err.start : err.end]!r})"
+    return None
 
 
 def _salvage_id(text: str) -> str | None:
@@ -85,14 +107,26 @@ def _salvage_id(text: str) -> str | None:
 
 def mark_duplicates(rows: list[InputRow]) -> None:
     """The first row with an id wins; later ones get an error naming where the id was first seen."""
-    first: dict[str, str] = {}
+    first: dict[str, tuple[str, str]] = {}
     for row in rows:
         if row.error or row.id is None:
             continue
-        if row.id in first:
-            row.error = f"{row.source}: duplicate id {row.id!r} (first seen at {first[row.id]}); ids must be unique"
+        key = row.id.casefold()  # ids name files: A and a are one file on case-insensitive stores
+        if key in first:
+            row.error = duplicate_id_error(row.source, row.id, *first[key])
         else:
-            first[row.id] = row.source
+            first[key] = (row.id, row.source)
+
+
+def duplicate_id_error(source: str, row_id: str, first_id: str, first_source: str) -> str:
+    """The error of a row whose id repeats an earlier row's id, or differs from it only in case (the audio files
+    `A.flac` and `a.flac` are one file on case-insensitive stores: macOS and Windows file systems, SMB mounts)."""
+    if first_id == row_id:
+        return f"{source}: duplicate id {row_id!r} (first seen at {first_source}); ids must be unique"
+    return (
+        f"{source}: duplicate id {row_id!r}: it differs from id {first_id!r} (first seen at {first_source}) only in "
+        f"case, and both would be one audio file on a case-insensitive store; ids must be unique ignoring case"
+    )
 
 
 def to_request(row: InputRow, defaults: SamplingParams, speaker: str | None, normalize: bool) -> SynthesisRequest:

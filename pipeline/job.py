@@ -29,10 +29,19 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from .config import JobConfig
+from .inputs import duplicate_id_error
 from .parts import drop_failed_rows, filesystem, iter_outputs, key_array, read_outputs
 from .prepare import prepare_rows
 from .resources import STORE_ACTOR_CPUS, gpus_per_actor, pool_problems
-from .sources import SPEAKER_EXTENSIONS, TEXT_EXTENSIONS, expand_paths, parse_speaker_shard, parse_text_shard
+from .sources import (
+    AUDIO_EXTENSIONS,
+    SPEAKER_EXTENSIONS,
+    TEXT_EXTENSIONS,
+    expand_paths,
+    parse_speaker_shard,
+    parse_text_shard,
+    read_shard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,22 +103,24 @@ def _source_order(source: str) -> tuple[str, int]:
 
 
 def find_duplicates(ids: pa.ChunkedArray, sources: pa.ChunkedArray) -> dict[str, str]:
-    """source -> error for every row whose id was already used by an earlier (file, line). Counting happens in
-    Arrow; only the rows of repeated ids (usually none) become Python objects."""
+    """source -> error for every row whose id an earlier (file, line) already used, or differs from one only in
+    case (ids name audio files). Counting happens in Arrow; only the rows of repeated ids (usually none) become
+    Python objects."""
     rows = pa.table({"id": ids.cast(pa.string()), "source": sources.cast(pa.string())})
     rows = rows.filter(pc.fill_null(pc.not_equal(rows.column("id"), ""), False))
-    counts = rows.group_by("id").aggregate([("source", "count")])
-    repeated = counts.filter(pc.greater(counts.column("source_count"), 1)).column("id")
+    rows = rows.append_column("folded", pc.utf8_lower(rows.column("id")))
+    counts = rows.group_by("folded").aggregate([("source", "count")])
+    repeated = counts.filter(pc.greater(counts.column("source_count"), 1)).column("folded")
     if len(repeated) == 0:
         return {}
-    by_id: dict[str, list[str]] = defaultdict(list)
-    for row in rows.filter(pc.is_in(rows.column("id"), value_set=repeated.combine_chunks())).to_pylist():
-        by_id[row["id"]].append(row["source"])
+    by_id: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for row in rows.filter(pc.is_in(rows.column("folded"), value_set=repeated.combine_chunks())).to_pylist():
+        by_id[row["folded"]].append((row["source"], row["id"]))
     duplicates = {}
-    for row_id, sources_of_id in by_id.items():
-        first, *rest = sorted(sources_of_id, key=_source_order)
-        for source in rest:
-            duplicates[source] = f"{source}: duplicate id {row_id!r} (first seen at {first}); ids must be unique"
+    for rows_of_id in by_id.values():
+        (first_source, first_id), *rest = sorted(rows_of_id, key=lambda r: _source_order(r[0]))
+        for source, row_id in rest:
+            duplicates[source] = duplicate_id_error(source, row_id, first_id, first_source)
     return duplicates
 
 
@@ -185,7 +196,20 @@ def _tokenizer_of(model: str, verify: str) -> dict[str, Any]:
 
 
 def _parse_text(row: dict[str, Any], names: dict[str, str]) -> list[dict[str, Any]]:
-    return parse_text_shard(names.get(row["path"], row["path"]), row["bytes"])
+    name = names.get(row["path"], row["path"])
+    try:
+        data = read_shard(row["path"])
+    except OSError as err:  # gone or unreadable since it was listed: one error row, the job goes on
+        return [{"id": None, "text": None, "source": name, "fields": "{}", "error": str(err)}]
+    return parse_text_shard(name, data)
+
+
+def _shard_paths(files: list[str]) -> Any:
+    """A dataset of shard paths, one file per block (each parse task reads and parses its own files: a file that
+    cannot be read or decompressed is that file's error, not a failed read task)."""
+    import ray
+
+    return ray.data.from_items([{"path": f} for f in files], override_num_blocks=max(1, min(len(files), 1000)))
 
 
 def source_names(files: list[str], base: str | None) -> dict[str, str]:
@@ -203,9 +227,13 @@ def source_names(files: list[str], base: str | None) -> dict[str, str]:
     return names
 
 
-def _parse_speakers(row: dict[str, Any], uris: dict[str, str]) -> list[dict[str, Any]]:
-    # Ray reports object-storage files without their scheme; the manifest's relative audio paths need it back.
-    return parse_speaker_shard(uris.get(row["path"], row["path"]), row["bytes"])
+def _parse_speakers(row: dict[str, Any]) -> list[dict[str, Any]]:
+    try:
+        data = read_shard(row["path"])
+    except OSError as err:
+        return [{"speaker": None, "text": "", "audio_bytes": None, "audio_path": None, "source": row["path"],
+                 "error": str(err)}]  # fmt: skip
+    return parse_speaker_shard(row["path"], data)
 
 
 class PoolDoesNotFit(ValueError):
@@ -352,15 +380,10 @@ def _run(config: JobConfig, started: float) -> JobReport:
 
     speakers: dict[str, dict[str, Any]] = {}
     if config.inputs.speakers:
-        speaker_files, speaker_problems = expand_paths(config.inputs.speakers, SPEAKER_EXTENSIONS)
+        speaker_files, speaker_problems = expand_paths(config.inputs.speakers, SPEAKER_EXTENSIONS, AUDIO_EXTENSIONS)
         report.problems.extend(speaker_problems)
         if speaker_files:
-            uris = {f.split("://", 1)[1]: f for f in speaker_files if "://" in f}
-            rows = (
-                ray.data.read_binary_files(speaker_files, include_paths=True)
-                .flat_map(_parse_speakers, fn_kwargs={"uris": uris})
-                .take_all()
-            )
+            rows = _shard_paths(speaker_files).flat_map(_parse_speakers).take_all()
             for row in rows:  # a manifest line without a usable name belongs to no speaker: report it here
                 if row["error"] and not row["speaker"]:
                     log.error("speaker manifest problem: %s", row["error"])
@@ -378,7 +401,7 @@ def _run(config: JobConfig, started: float) -> JobReport:
     tokenizer = ray.remote(num_cpus=1)(_tokenizer_of).remote(config.model, config.engine.verify)
 
     parsed = (
-        ray.data.read_binary_files(text_files, include_paths=True)
+        _shard_paths(text_files)
         .flat_map(_parse_text, fn_kwargs={"names": source_names(text_files, config.inputs.base)})
         .materialize()
     )
@@ -387,8 +410,9 @@ def _run(config: JobConfig, started: float) -> JobReport:
     refs = parsed.to_arrow_refs()
     blocks = [ray.get(ref) for ref in refs]
     sizes = [b.num_rows for b in blocks]
-    ids = pa.chunked_array([b.column("id").cast(pa.string()) for b in blocks], type=pa.string())
-    sources = pa.chunked_array([b.column("source") for b in blocks], type=pa.string())
+    # A shard with no rows (an empty file, blank lines only) gives a block with no columns: it has no keys.
+    ids = pa.chunked_array([b.column("id").cast(pa.string()) for b in blocks if b.num_rows], type=pa.string())
+    sources = pa.chunked_array([b.column("source") for b in blocks if b.num_rows], type=pa.string())
     del blocks
     log.info("parsed %d input rows in %.1f s", len(ids), time.perf_counter() - started)
     duplicates = find_duplicates(ids, sources)
@@ -399,15 +423,14 @@ def _run(config: JobConfig, started: float) -> JobReport:
     report.skipped_finished = len(ids) - todo
     report.this_run = todo
     if todo:
-        pending = parsed
-        if todo < len(ids):
-            # Finished rows are removed per block by the driver's flags: blocks with none pass as they are, the
-            # others are filtered by a task with the block's mask; no task has to hold every finished key.
-            keep = ray.remote(keep_rows)
-            pending = ray.data.from_arrow_refs([
-                refs[index] if mask is None else keep.remote(refs[index], mask)
-                for index, mask in unfinished_plan(sizes, done)
-            ])  # fmt: skip
+        # Finished rows are removed per block by the driver's flags: blocks with none pass as they are, the others
+        # are filtered by a task with the block's mask; no task has to hold every finished key. Empty blocks (from
+        # shards without rows) are left out.
+        keep = ray.remote(keep_rows)
+        pending = ray.data.from_arrow_refs([
+            refs[index] if mask is None else keep.remote(refs[index], mask)
+            for index, mask in unfinished_plan(sizes, done)
+        ])  # fmt: skip
         actors = config.actors
         # max_concurrent_batches calls run at once on each actor (Ray Data's default is one at a time, however
         # many tasks are queued), all awaiting its one engine: a call's last rows finish while the next call's rows

@@ -1,6 +1,6 @@
 """The job's output parts: `{output}/parts/part-{digest}.parquet`, one per stored block, named by the rows inside.
 
-A part's name is a digest of its rows' keys, so a block that Ray Data runs twice (a store actor that died after
+A part's name is a digest of its rows' source lines, so a block that Ray Data runs twice (a store actor that died after
 writing, a retried engine batch) rewrites the same part instead of adding a second copy of its rows. Local parts
 are written to a temporary name and renamed; object-store parts appear whole when their upload completes. Readers
 skip anything that is not a `.parquet` file and delete parts that do not parse (a killed writer), so their rows
@@ -48,16 +48,19 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
 
 
-def part_name(keys: list[str]) -> str:
-    digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:24]
+def part_name(sources: list[str]) -> str:
+    """A part's name: a digest of its rows' source lines. Each input line is one row with its own source (each file
+    is read once), so two blocks never share a name unless they hold the same lines: a retried block. (Ids are no
+    name: rows that repeat an id, or blocks of duplicate-id error rows, would overwrite each other's part.)"""
+    digest = hashlib.sha256("\n".join(sorted(sources)).encode()).hexdigest()[:24]
     return f"part-{digest}.parquet"
 
 
 def write_part(table: pa.Table, parts: str) -> str:
     """Write one block of output rows under `parts` (a folder or URI); returns the part's path."""
-    keys = key_array(table.column("id"), table.column("source")).to_pylist()
+    sources = table.column("source").cast(pa.string()).to_pylist()
     fs, base = filesystem(parts)
-    path = f"{base}/{part_name(keys)}"
+    path = f"{base}/{part_name(sources)}"
     if isinstance(fs, pafs.LocalFileSystem):
         fs.create_dir(base, recursive=True)
         temporary = f"{base}/.{uuid.uuid4().hex}.tmp"

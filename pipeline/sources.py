@@ -1,6 +1,6 @@
 """Text and reference-speaker shards -> uniform rows, never raising for a bad row.
 
-Every shard is read as bytes (Ray Data `read_binary_files`) and parsed here by extension, so one bad line
+Every shard is read as bytes (`read_shard`, in a Ray Data task per file) and parsed here by extension, so one bad line
 becomes one row with `error` instead of failing the read. Rows have a fixed schema:
 `id`, `text`, `source` ("file:line"), `fields` (JSON of every other input column) and `error`.
 """
@@ -16,7 +16,6 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -30,45 +29,137 @@ log = logging.getLogger(__name__)
 
 TEXT_EXTENSIONS = (".jsonl", ".json", ".ndjson", ".parquet", ".csv", ".txt")
 SPEAKER_EXTENSIONS = (".jsonl", ".json", ".ndjson", ".parquet", ".csv")
+# Reference audio that speaker manifests name: in a speakers folder these are the manifests' companions, read
+# through them, so listing the folder does not report them as files it does not read.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf")
+# Whole-file compression of a shard (`texts.jsonl.gz`), undone by pyarrow's codecs before parsing.
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 
 
-def expand_paths(specs: list[str], extensions: tuple[str, ...]) -> tuple[list[str], list[str]]:
+def shard_format(name: str, extensions: tuple[str, ...]) -> str | None:
+    """The shard format of a file name (".jsonl", ...), case-insensitive and through a compression suffix
+    (`A.JSONL.GZ` -> ".jsonl"); None when it is not one of `extensions`."""
+    lower = name.rsplit("/", 1)[-1].lower()
+    for suffix in COMPRESSIONS:
+        if lower.endswith(suffix):
+            lower = lower[: -len(suffix)]
+            break
+    return next((ext for ext in extensions if lower.endswith(ext)), None)
+
+
+def _not_a_shard(path: str, extensions: tuple[str, ...]) -> str:
+    return (
+        f"{path}: not read: unknown shard format; expected one of {', '.join(extensions)} (any case, optionally "
+        f"compressed as {'/'.join(COMPRESSIONS)}); move it out of the input or rename it"
+    )
+
+
+def read_shard(path: str) -> bytes:
+    """A shard file's bytes as stored (a local path, file:// or object-storage URI): compression is undone by
+    `decompress` while parsing, so a corrupt archive fails its file's row, never the read task (Ray Data's own
+    file readers decompress by extension and fail the job on a bad archive). Raises OSError naming the file."""
+    import pyarrow.fs as pafs
+
+    try:
+        if "://" in path and not path.startswith("file://"):
+            fs, inner = pafs.FileSystem.from_uri(path)
+        else:
+            fs, inner = pafs.LocalFileSystem(), path.removeprefix("file://")
+        with fs.open_input_stream(inner, compression=None) as stream:
+            return stream.read()
+    except (OSError, pa.ArrowException) as err:
+        raise OSError(f"{path}: cannot read it ({err}); check that it exists and the Ray workers may read it") from err
+
+
+def decompress(path: str, data: bytes) -> bytes:
+    """A shard's bytes with its whole-file compression (by suffix) undone; raises ValueError naming the file."""
+    codec = next((c for suffix, c in COMPRESSIONS.items() if path.lower().endswith(suffix)), None)
+    if codec is None:
+        return data
+    try:
+        with pa.CompressedInputStream(pa.BufferReader(data), codec) as stream:
+            return stream.read()
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{path}: not readable as {codec} ({err})") from err
+
+
+def expand_paths(
+    specs: list[str], extensions: tuple[str, ...], companions: tuple[str, ...] = ()
+) -> tuple[list[str], list[str]]:
     """(files, problems): every spec (a file, folder or glob; local, file:// or an object-storage URI) expanded to
     the shard files it names, each file once even when specs overlap. A spec that names nothing readable is a
-    problem (reported, the job goes on with the rest), never an exception."""
+    problem (reported, the job goes on with the rest), never an exception; so is each file it names that is no
+    shard, except `companions` (files with those extensions, e.g. the audio next to speaker manifests)."""
     files: list[str] = []
     problems: list[str] = []
     for spec in specs:
         if "://" in spec and not spec.startswith("file://"):
-            matched, problem = _expand_uri(spec, extensions)
+            matched, found = _expand_uri(spec, extensions, companions)
         else:
-            matched, problem = _expand_local(spec, extensions)
-        if problem:
-            problems.append(problem)
+            matched, found = _expand_local(spec, extensions, companions)
+        problems.extend(p for p in found if p not in problems)  # overlapping specs report a file once
         files.extend(matched)
-    unique = list(dict.fromkeys(files))  # overlapping specs (a folder and a glob inside it) name a file once
+    # Overlapping specs (a folder and a glob inside it), and local paths that reach one file through symbolic
+    # links (a `**` glob over a link loop), name each file once: its first spelling is kept.
+    unique = _one_spelling(files)
     if len(unique) < len(files):
-        log.info("%d shard files were named by more than one input spec; each is read once", len(files) - len(unique))
+        log.info("%d shard files were named more than once; each is read once", len(files) - len(unique))
     return unique, problems
 
 
-def _expand_local(spec: str, extensions: tuple[str, ...]) -> tuple[list[str], str | None]:
+def _one_spelling(paths: list[str]) -> list[str]:
+    """Each file once, in order of first appearance, under its shortest spelling (not a/loop/loop/.../x.jsonl)."""
+    spellings: dict[str, str] = {}
+    for path in paths:
+        real = path if "://" in path else os.path.realpath(path)
+        if real not in spellings or len(path) < len(spellings[real]):
+            spellings[real] = path
+    return list(spellings.values())
+
+
+def _expand_local(spec: str, extensions: tuple[str, ...], companions: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Files a local spec names, and a problem for each file it names that is not a shard (or for no file at all).
+    Folders are walked through symbolic links, each real folder once (a link loop ends there)."""
     local = os.path.abspath(spec.removeprefix("file://"))
     kinds = "/".join(extensions)
     if any(ch in local for ch in "*?["):
-        matched = sorted(p for p in glob.glob(local, recursive=True) if p.endswith(extensions) and os.path.isfile(p))
-        return matched, None if matched else f"{spec}: the glob matches no {kinds} file"
+        found = sorted(_one_spelling([p for p in glob.glob(local, recursive=True) if os.path.isfile(p)]))
+        return _split_shards(spec, found, extensions, companions, f"the glob matches no {kinds} file")
     if os.path.isdir(local):
-        matched = sorted(str(p) for p in Path(local).rglob("*") if p.is_file() and p.name.endswith(extensions))
-        return matched, None if matched else f"{spec}: the folder holds no {kinds} file"
+        return _split_shards(spec, _walk(local), extensions, companions, f"the folder holds no {kinds} file")
     if os.path.isfile(local):
-        if not local.endswith(extensions):
-            return [], f"{spec}: unknown shard format; expected one of {', '.join(extensions)}"
-        return [local], None
-    return [], f"{spec}: no such file or folder"
+        if shard_format(local, extensions) is None:
+            return [], [_not_a_shard(spec, extensions)]
+        return [local], []
+    return [], [f"{spec}: no such file or folder"]
 
 
-def _expand_uri(spec: str, extensions: tuple[str, ...]) -> tuple[list[str], str | None]:
+def _walk(folder: str) -> list[str]:
+    seen: set[tuple[int, int]] = set()
+    found: list[str] = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        stat = os.stat(root)
+        if (stat.st_dev, stat.st_ino) in seen:
+            dirs[:] = []  # a symbolic link back into a folder already walked
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs.sort()
+        found.extend(os.path.join(root, n) for n in names if os.path.isfile(os.path.join(root, n)))
+    return sorted(found)
+
+
+def _split_shards(
+    spec: str, found: list[str], extensions: tuple[str, ...], companions: tuple[str, ...], none: str
+) -> tuple[list[str], list[str]]:
+    shards = [f for f in found if shard_format(f, extensions)]
+    others = [f for f in found if not shard_format(f, extensions) and not f.lower().endswith(companions)]
+    problems = [_not_a_shard(f, extensions) for f in others]
+    if not shards and not problems:
+        problems.append(f"{spec}: {none}")
+    return shards, problems
+
+
+def _expand_uri(spec: str, extensions: tuple[str, ...], companions: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """An object-storage file, "folder" (key prefix) or glob (`*`, `?`, `[...]` within a path segment, `**` across
     segments), listed through pyarrow's filesystem for the URI's scheme."""
     import pyarrow.fs as pafs
@@ -86,24 +177,21 @@ def _expand_uri(spec: str, extensions: tuple[str, ...]) -> tuple[list[str], str 
             pattern = _glob_regex(root_path + spec[len(root) :])
         info = fs.get_file_info(root_path)
         if info.type == pafs.FileType.File and pattern is None:
-            if not root_path.endswith(extensions):
-                return [], f"{spec}: unknown shard format; expected one of {', '.join(extensions)}"
-            return [spec], None
+            if shard_format(root_path, extensions) is None:
+                return [], [_not_a_shard(spec, extensions)]
+            return [spec], []
         if info.type == pafs.FileType.NotFound and pattern is None:
-            return [], f"{spec}: no such object or prefix"
+            return [], [f"{spec}: no such object or prefix"]
         listed = fs.get_file_info(pafs.FileSelector(root_path, recursive=True, allow_not_found=True))
     except (OSError, pa.ArrowException) as err:
-        return [], f"{spec}: cannot list it ({err}); check the URI and the storage credentials of the Ray workers"
-    matched = sorted(
+        return [], [f"{spec}: cannot list it ({err}); check the URI and the storage credentials of the Ray workers"]
+    found = sorted(
         f"{scheme}://{i.path}"
         for i in listed
-        if i.type == pafs.FileType.File
-        and i.path.endswith(extensions)
-        and (pattern is None or pattern.fullmatch(i.path))
+        if i.type == pafs.FileType.File and (pattern is None or pattern.fullmatch(i.path))
     )
-    if not matched:
-        return [], f"{spec}: the {'glob' if pattern else 'prefix'} matches no {kinds} object"
-    return matched, None
+    none = f"the {'glob' if pattern else 'prefix'} matches no {kinds} object"
+    return _split_shards(spec, found, extensions, companions, none)
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -147,49 +235,68 @@ def _row(
     return {"id": row_id, "text": text, "source": source, "fields": encoded, "error": error}
 
 
-def _checked_id(value: Any, source: str) -> tuple[str | None, str | None]:
+def _checked_id(value: Any, source: str, derived: str | None = None) -> tuple[str | None, str | None]:
+    """A row's id, validated; a row with no id (absent, null or "") takes `derived` (its file and line)."""
+    if value is None or value == "":
+        if derived is not None:
+            return derived, None
     try:
         return validate_id(value), None
     except RequestError as err:
         return None, f"{source}: {err}"
 
 
+def line_id(stem: str, number: int) -> str:
+    """The id of a row that has none: its shard's stem (`_safe_stem`) and its line (or Parquet row) number."""
+    return f"{stem}-{number:06d}"
+
+
 def parse_text_shard(path: str, data: bytes) -> list[dict[str, Any]]:
-    """One shard's bytes -> rows. Unknown formats and unreadable files become a single error row."""
-    name = path.rsplit("/", 1)[-1]
-    lower = name.lower()
-    if lower.endswith((".jsonl", ".json", ".ndjson")):
+    """One shard's bytes -> rows. Unknown formats and unreadable files become a single error row. Rows without an
+    id get one from their file and line (as every .txt line does), stable across runs and moved job folders."""
+    fmt = shard_format(path, TEXT_EXTENSIONS)
+    if fmt is None:
+        return [_row(None, None, path, error=_not_a_shard(path, TEXT_EXTENSIONS))]
+    try:
+        data = decompress(path, data)
+    except ValueError as err:
+        return [_row(None, None, path, error=str(err))]
+    stem = _safe_stem(path.rsplit("/", 1)[-1], path)
+    if fmt in (".jsonl", ".json", ".ndjson"):
         rows = []
-        for number, raw in enumerate(data.splitlines(), start=1):
+        for number, raw in enumerate(data.removeprefix(_BOM).splitlines(), start=1):
             if not raw.strip():
                 continue
-            parsed = parse_json_line(raw, f"{path}:{number}")
+            parsed = parse_json_line(raw, f"{path}:{number}", default_id=line_id(stem, number))
             text = parsed.fields.get("text") if parsed.fields else None
             rows.append(_row(parsed.id, text, parsed.source, parsed.fields, parsed.error))
         return rows
-    if lower.endswith(".txt"):
-        stem = _safe_stem(name, path)
+    if fmt == ".txt":
         rows = []
-        for number, raw in enumerate(data.splitlines(), start=1):
+        for number, raw in enumerate(data.removeprefix(_BOM).splitlines(), start=1):
             source = f"{path}:{number}"
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 rows.append(
-                    _row(f"{stem}-{number:06d}", None, source, error=f"{source}: invalid UTF-8 at byte {err.start}")
+                    _row(line_id(stem, number), None, source, error=f"{source}: invalid UTF-8 at byte {err.start}")
                 )
                 continue
             if line.strip():
-                rows.append(_row(f"{stem}-{number:06d}", line.strip(), source))
+                rows.append(_row(line_id(stem, number), line.strip(), source))
         return rows
-    if lower.endswith(".csv"):
-        return _parse_csv(path, data)
-    if lower.endswith(".parquet"):
-        return _parse_parquet(path, data)
-    return [_row(None, None, path, error=f"{path}: unknown shard format; expected one of {', '.join(TEXT_EXTENSIONS)}")]
+    if fmt == ".csv":
+        return _parse_csv(path, data, stem)
+    return _parse_parquet(path, data, stem)
+
+
+_BOM = b"\xef\xbb\xbf"
 
 
 def _safe_stem(name: str, path: str) -> str:
+    for suffix in COMPRESSIONS:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", name.rsplit(".", 1)[0]).strip("._-") or "shard"
     return f"{stem[:80]}-{hashlib.sha1(path.encode()).hexdigest()[:6]}"
 
@@ -235,7 +342,7 @@ def csv_records(text: str) -> Iterator[tuple[int, list[str] | None, str | None]]
             start = broken + 1
 
 
-def _parse_csv(path: str, data: bytes) -> list[dict[str, Any]]:
+def _parse_csv(path: str, data: bytes, stem: str) -> list[dict[str, Any]]:
     csv.field_size_limit(sys.maxsize)  # long texts fail per row (max_chars), not by killing the shard's parse
     records = csv_records(_decode_text(data))
     header: list[str] | None = None
@@ -271,7 +378,7 @@ def _parse_csv(path: str, data: bytes) -> list[dict[str, Any]]:
             if fields.get(key, "") != "":
                 fields[key] = _numeric(fields[key])
         fields = {k: v for k, v in fields.items() if v != ""}
-        row_id, error = _checked_id(fields.get("id"), source)
+        row_id, error = _checked_id(fields.get("id"), source, line_id(stem, number))
         rows.append(_row(row_id, fields.get("text"), source, fields, error))
     return rows
 
@@ -286,7 +393,7 @@ def _numeric(value: str) -> Any:
             return value  # left as a string: validation reports the wrong type
 
 
-def _parse_parquet(path: str, data: bytes) -> list[dict[str, Any]]:
+def _parse_parquet(path: str, data: bytes, stem: str) -> list[dict[str, Any]]:
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as err:
@@ -294,11 +401,29 @@ def _parse_parquet(path: str, data: bytes) -> list[dict[str, Any]]:
     if "text" not in table.column_names:
         return [_row(None, None, path, error=f"{path}: Parquet columns {table.column_names} have no 'text'")]
     rows = []
-    for index, record in enumerate(table.to_pylist()):
+    for index, record in enumerate(_records(table)):
         source = f"{path}:row{index}"
-        row_id, error = _checked_id(record.get("id"), source)
+        if isinstance(record, str):  # a value that cannot be decoded: this record alone fails
+            rows.append(_row(None, None, source, error=f"{source}: {record}"))
+            continue
+        row_id, error = _checked_id(record.get("id"), source, line_id(stem, index + 1))
         rows.append(_row(row_id, record.get("text"), source, record, error))
     return rows
+
+
+def _records(table: pa.Table) -> Iterator[dict[str, Any] | str]:
+    """Each row as a dict, or the reason it cannot be one (a string column holding invalid UTF-8, which Parquet
+    does not check on write): decoded whole, and row by row only when the whole fails."""
+    try:
+        yield from table.to_pylist()
+        return
+    except UnicodeDecodeError:
+        pass
+    for index in range(table.num_rows):
+        try:
+            yield table.slice(index, 1).to_pylist()[0]
+        except UnicodeDecodeError as err:
+            yield f"invalid UTF-8 in a string column at byte {err.start}; re-encode the column as UTF-8"
 
 
 # ----------------------------------------------------------------------------------------------- speakers
@@ -306,16 +431,24 @@ def _parse_parquet(path: str, data: bytes) -> list[dict[str, Any]]:
 
 def parse_speaker_shard(path: str, data: bytes) -> list[dict[str, Any]]:
     """Reference-speaker manifests -> rows {speaker, text, audio_bytes, audio_path, source, error}."""
-    lower = path.lower()
+    fmt = shard_format(path, SPEAKER_EXTENSIONS)
+    if fmt is None:
+        return [_speaker_row(None, path, error=_not_a_shard(path, SPEAKER_EXTENSIONS))]
+    try:
+        data = decompress(path, data)
+    except ValueError as err:
+        return [_speaker_row(None, path, error=str(err))]
     base = path.rsplit("/", 1)[0] if "/" in path else "."
     records: list[tuple[str, dict[str, Any]]] = []
-    if lower.endswith(".parquet"):
+    if fmt == ".parquet":
         try:
             table = pq.read_table(pa.BufferReader(data))
         except (pa.ArrowException, OSError) as err:
             return [_speaker_row(None, path, error=f"{path}: not a readable Parquet file ({err})")]
-        records = [(f"{path}:row{i}", r) for i, r in enumerate(table.to_pylist())]
-    elif lower.endswith(".csv"):
+        records = [
+            (f"{path}:row{i}", r if isinstance(r, dict) else {"__error__": r}) for i, r in enumerate(_records(table))
+        ]
+    elif fmt == ".csv":
         csv.field_size_limit(sys.maxsize)
         header: list[str] | None = None
         for number, values, error in csv_records(_decode_text(data)):

@@ -54,7 +54,7 @@ def monkeypatch_module():
     ("spec", "expected"),
     [
         ("texts/*.jsonl", ["texts/a.jsonl"]),
-        ("texts/*", ["texts/a.jsonl", "texts/b.csv"]),  # one segment; notes.md is not a shard format
+        ("texts/*", ["texts/a.jsonl", "texts/b.csv"]),  # one segment; notes.md is not a shard format (a problem)
         ("texts/**/*.parquet", ["texts/deep/d.parquet"]),
         ("texts/**", ["texts/a.jsonl", "texts/b.csv", "texts/deep/c.txt", "texts/deep/d.parquet"]),
         ("texts/[ab].*", ["texts/a.jsonl", "texts/b.csv"]),
@@ -65,8 +65,11 @@ def monkeypatch_module():
 )
 def test_object_storage_files_folders_and_globs(bucket, spec, expected):
     files, problems = expand_paths([f"{bucket}/{spec}"], TEXT_EXTENSIONS)
-    assert problems == []
     assert files == [f"{bucket}/{key}" for key in expected]
+    # notes.md is no shard: a spec that names it (a folder, `*`, `**`) reports it as not read, never skips it silently
+    names_notes = spec.rstrip("/") in ("texts", "texts/*", "texts/**")
+    assert len(problems) == (1 if names_notes else 0), problems
+    assert all(p.startswith(f"{bucket}/texts/notes.md: not read: unknown shard format") for p in problems), problems
 
 
 def test_object_storage_problems_are_reported_not_raised(bucket):
@@ -164,3 +167,102 @@ def test_a_null_or_empty_speaker_takes_the_job_default():
     assert speaker_of({"speaker": None}) == "seed:7"
     assert speaker_of({"speaker": ""}) == "seed:7"
     assert speaker_of({"speaker": "seed:3"}) == "seed:3"
+
+
+def test_discovery_reads_any_case_compressed_shards_and_symlinked_folders_and_reports_the_rest(tmp_path):
+    """Files that were skipped without a word: UPPER.JSONL, texts.jsonl.gz and files under a symlinked sub-folder.
+    A `**` glob over a link loop read one file 41 times; now each real file is read once. What is not read is a
+    problem naming the file and why."""
+    import bz2
+    import gzip
+    import os
+
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (root / "UPPER.JSONL").write_text('{"id": "u", "text": "x"}\n')
+    (root / "texts.jsonl.gz").write_bytes(gzip.compress(b'{"id": "g", "text": "y"}\n'))
+    (root / "sub" / "t.CSV.bz2").write_bytes(bz2.compress(b"id,text\nb,z\n"))
+    (root / "notes.md").write_text("# not a shard\n")
+    (tmp_path / "elsewhere" / "linked.txt").write_text("through a link\n")
+    os.symlink(tmp_path / "elsewhere", root / "linked")
+    os.symlink(root, root / "sub" / "loop")  # a link back up: a walk or a ** glob would never end or repeat
+    expected = sorted(str(root / n) for n in ("UPPER.JSONL", "texts.jsonl.gz", "sub/t.CSV.bz2", "linked/linked.txt"))
+    for spec in (str(root), str(root / "**")):
+        files, problems = expand_paths([spec], TEXT_EXTENSIONS)
+        assert sorted(files) == expected, spec
+        assert len(problems) == 1 and problems[0].startswith(f"{root}/notes.md: not read: unknown shard format")
+    rows = [r for f in expected for r in parse_text_shard(f, open(f, "rb").read())]
+    assert sorted((r["id"], r["text"]) for r in rows if r["id"] in ("u", "g", "b")) == [
+        ("b", "z"), ("g", "y"), ("u", "x")
+    ]  # fmt: skip
+    assert [r["text"] for r in rows if r["source"].endswith("linked.txt:1")] == ["through a link"]
+    assert all(r["error"] is None for r in rows)
+
+
+def test_a_broken_compressed_shard_is_one_error_row():
+    rows = parse_text_shard("/d/a.jsonl.gz", b"not gzip at all")
+    assert len(rows) == 1 and rows[0]["source"] == "/d/a.jsonl.gz" and "not readable as gzip" in rows[0]["error"]
+
+
+def test_jsonl_with_a_byte_order_mark_keeps_its_first_row():
+    rows = parse_text_shard(
+        "/d/a.jsonl", "\ufeff".encode() + b'{"id": "first", "text": "x"}\n{"id": "b", "text": "y"}\n'
+    )
+    assert [(r["id"], r["error"]) for r in rows] == [("first", None), ("b", None)]
+
+
+def test_undecodable_and_unencodable_values_fail_their_row_alone():
+    """A Parquet string column with invalid UTF-8 (UnicodeDecodeError killed the parse) and a JSONL text with a lone
+    surrogate (valid JSON; UnicodeEncodeError killed the TTS stage) each fail one row."""
+    good, bad = b"fine text", b"caf\xe9 au lait"
+    table = pa.table({"id": ["a", "b", "c"], "text": pa.array([good, bad, good], pa.binary()).view(pa.string())})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    rows = parse_text_shard("/d/t.parquet", buffer.getvalue())
+    assert [(r["id"], r["text"]) for r in rows][::2] == [("a", "fine text"), ("c", "fine text")]
+    assert rows[1]["source"] == "/d/t.parquet:row1" and "invalid UTF-8" in rows[1]["error"]
+    lines = b'{"id": "s", "text": "a\\ud800b"}\n{"id": "f", "text": "ok", "speaker": "\\udfff"}\n{"id": "ok", "text": "x"}\n'
+    rows = parse_text_shard("/d/s.jsonl", lines)
+    assert "unpaired surrogate" in rows[0]["error"] and rows[0]["text"] is None
+    assert "unpaired surrogate" in rows[1]["error"]
+    assert rows[2]["error"] is None
+    for row in rows:  # every row can become Arrow (which encodes to UTF-8)
+        pa.Table.from_pylist([row])
+
+
+def test_rows_without_ids_get_stable_ids_from_file_and_line():
+    """As .txt lines do: CSV and Parquet exports often carry no id column. Absent, null and empty ids all count as
+    none; an id of the wrong type is still an error."""
+    jsonl = b'{"text": "a"}\n{"id": null, "text": "b"}\n{"id": "", "text": "c"}\n{"id": ["x"], "text": "d"}\n'
+    rows = parse_text_shard("/d/no-ids.jsonl", jsonl)
+    stem = "no-ids-" + __import__("hashlib").sha1(b"/d/no-ids.jsonl").hexdigest()[:6]
+    assert [r["id"] for r in rows] == [f"{stem}-000001", f"{stem}-000002", f"{stem}-000003", None]
+    assert "id must be a string or an integer" in rows[3]["error"]
+    assert [r["id"] for r in parse_text_shard("/d/no-ids.jsonl", jsonl)] == [r["id"] for r in rows]  # stable
+    csv_rows = parse_text_shard("/d/e.csv", b"text\nhello\nworld\n")
+    assert [r["id"][-6:] for r in csv_rows] == ["000002", "000003"] and all(r["error"] is None for r in csv_rows)
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"text": ["p", "q"]}), buffer)
+    assert [r["id"][-6:] for r in parse_text_shard("/d/e.parquet", buffer.getvalue())] == ["000001", "000002"]
+
+
+def test_ids_that_differ_only_in_case_are_duplicates():
+    """`A` and `a` name one audio file on a case-insensitive store: the later row is a duplicate-id error."""
+    from pipeline.job import find_duplicates
+
+    ids = pa.chunked_array([["A", "b", "a", "B", "c"]])
+    sources = pa.chunked_array([["f:1", "f:2", "f:3", "g:1", "g:2"]])
+    duplicates = find_duplicates(ids, sources)
+    assert sorted(duplicates) == ["f:3", "g:1"]
+    assert "differs from id 'A' (first seen at f:1) only in case" in duplicates["f:3"]
+    assert "differs from id 'b' (first seen at f:2) only in case" in duplicates["g:1"]
+
+
+def test_parts_are_named_by_their_rows_source_lines_not_ids():
+    """Two blocks of the same ids (a shard listed twice, rows that all repeat one id) were one part name, so one
+    block's part overwrote the other's and its rows were lost."""
+    from pipeline.parts import part_name
+
+    assert part_name(["a.jsonl:1", "a.jsonl:2"]) != part_name(["a-copy.jsonl:1", "a-copy.jsonl:2"])
+    assert part_name(["a.jsonl:2", "a.jsonl:1"]) == part_name(["a.jsonl:1", "a.jsonl:2"])  # a retried block
