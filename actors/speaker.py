@@ -80,11 +80,17 @@ def _b14_decode(text: str, what: str) -> bytes:
         raise SpeakerError(f"{what} is not base16384 text ({err})") from None
 
 
-def _lzma_decompress(data: bytes, what: str) -> bytes:
+def _lzma_decompress(data: bytes, what: str, size: int) -> bytes:
+    """Raw LZMA2 -> at most `size` bytes (what the string must hold): a few KB of text can expand to hundreds of
+    MB (an LZMA bomb), so decompression stops past the expected size instead of allocating it all."""
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
     try:
-        return lzma.decompress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+        raw = decompressor.decompress(data, max_length=size + 1)
     except lzma.LZMAError as err:
         raise SpeakerError(f"{what} does not hold LZMA2 data ({err})") from None
+    if len(raw) > size:
+        raise SpeakerError(f"{what} decompresses to more than the {size} bytes it should hold; it is not one")
+    return raw
 
 
 def encode_speaker(vector: torch.Tensor) -> str:
@@ -96,7 +102,8 @@ def encode_speaker(vector: torch.Tensor) -> str:
 def decode_speaker(text: str, hidden: int) -> torch.Tensor:
     """Upstream speaker string -> float16 [hidden]."""
     what = f"speaker string {_preview(text)}"
-    raw = _lzma_decompress(_b14_decode(text, what), what)
+    # bounded well above any model's speaker (2 bytes a value), so a string for another size is named as such
+    raw = _lzma_decompress(_b14_decode(text, what), what, max(2 * hidden, 1 << 16))
     if len(raw) != 2 * hidden:
         raise SpeakerError(
             f"{what} holds {len(raw) // 2} float16 values; this model needs {hidden}. "
@@ -124,8 +131,10 @@ def decode_prompt(text: str, num_vq: int = 4, num_codes: int = 626) -> torch.Ten
     if len(raw) < 4:
         raise SpeakerError(f"{what} is too short to hold a shape header")
     shape = tuple(int(v) for v in np.frombuffer(raw[:4], dtype="<u2"))
-    codes = np.frombuffer(_lzma_decompress(raw[4:], what), dtype="<u2")
-    if shape[0] != num_vq or codes.size != shape[0] * shape[1]:
+    if shape[0] != num_vq:
+        raise SpeakerError(f"{what}: header says {shape}; expected [{num_vq}, T]")
+    codes = np.frombuffer(_lzma_decompress(raw[4:], what, 2 * shape[0] * shape[1]), dtype="<u2")
+    if codes.size != shape[0] * shape[1]:
         raise SpeakerError(f"{what}: header says {shape}, payload has {codes.size} codes; expected [{num_vq}, T]")
     if codes.size and int(codes.max()) >= num_codes:
         raise SpeakerError(f"{what}: code {int(codes.max())} is out of range [0, {num_codes})")

@@ -11,7 +11,7 @@ import io
 import json
 import re
 import struct
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import soundfile as sf
@@ -72,7 +72,9 @@ class SpeechRequest(_Body):
         min_length=1, max_length=200, description="A configured model name or alias (tts-1 -> the default)."
     )
     input: str = Field(description="Text to speak.")
-    voice: str | VoiceRef = Field(min_length=1, description="A configured voice name (or {'id': name}).")
+    voice: Annotated[str, Field(min_length=1, max_length=200)] | VoiceRef = Field(
+        description="A voice name: OpenAI's (alloy, ...) or a configured one; or {'id': name}."
+    )
     instructions: str | None = Field(
         None, max_length=400, description="ChatTTS control tags, e.g. '[oral_2][laugh_0][break_4]'."
     )
@@ -107,12 +109,68 @@ class NativeRequest(_Body):
     return_codes: bool = Field(False, description="Answer JSON with base64 audio and the [T, 4] codes.")
 
 
+def request_body_spec(schema: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI `requestBody` of a route that parses its own body with `parse_body` (so FastAPI does not see it):
+    the model's JSON schema with its definitions inlined, so the spec stands alone."""
+    spec = schema.model_json_schema()
+    definitions = spec.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(spec)}}}}
+
+
+_ERROR_BODY = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "properties": {
+                        "message": {"type": "string"},
+                        "type": {"type": "string"},
+                        "param": {"type": ["string", "null"]},
+                        "code": {"type": "integer"},
+                    },
+                }
+            },
+        }
+    }
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The body is not JSON, breaks the schema, or names an unknown voice", "content": _ERROR_BODY},
+    401: {"description": "No or a wrong API key (or, without keys, a non-loopback client)", "content": _ERROR_BODY},
+    404: {"description": "The model is not served here", "content": _ERROR_BODY},
+    413: {"description": "The body exceeds limits.max_body_bytes", "content": _ERROR_BODY},
+    503: {"description": "Queues full or the request's deadline passed; see Retry-After", "content": _ERROR_BODY},
+}
+AUDIO_RESPONSE = {
+    200: {
+        "description": "Audio in the requested format (streamed for pcm, wav and opus), or server-sent events",
+        "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()}
+        | {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
 def parse_body(raw: bytes, schema: type[BaseModel]) -> Any:
     """JSON bytes -> a validated body, or ApiError 400 naming the first problem and the field."""
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ApiError(400, f"request body is not valid JSON: {err}; send a JSON object") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply to read; send a flat JSON object") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"request body must be a JSON object, got {type(data).__name__}")
     try:

@@ -39,6 +39,8 @@ from actors.engine.sampling import SamplingParams
 from actors.replica import RequestError, SynthesisRequest, SynthesisResult
 
 from .api import (
+    AUDIO_RESPONSE,
+    ERROR_RESPONSES,
     STREAMABLE,
     ApiError,
     AudioEncoder,
@@ -47,6 +49,7 @@ from .api import (
     check_tags,
     encode_whole,
     parse_body,
+    request_body_spec,
     speed_tag,
 )
 from .config import LOOPBACK_HOSTS, DeploymentSpec, ServeConfig
@@ -461,7 +464,11 @@ class TTSServer:
 
     # ------------------------------------------------------------------------------------------ routes
 
-    @api.post("/v1/audio/speech")
+    @api.post(
+        "/v1/audio/speech",
+        openapi_extra=request_body_spec(SpeechRequest),
+        responses={**AUDIO_RESPONSE, **ERROR_RESPONSES},
+    )
     async def speech(self, request: Request) -> Response:
         """OpenAI-compatible: the `openai` SDK's `client.audio.speech.create(...)` works unchanged."""
         self._authorize(request)
@@ -488,7 +495,17 @@ class TTSServer:
             if not lease.streaming:
                 lease.release()
 
-    @api.post("/v1/tts")
+    @api.post(
+        "/v1/tts",
+        openapi_extra=request_body_spec(NativeRequest),
+        responses={
+            200: {
+                "description": AUDIO_RESPONSE[200]["description"] + "; JSON with base64 audio and codes (return_codes)",
+                "content": {**AUDIO_RESPONSE[200]["content"], "application/json": {"schema": {"type": "object"}}},
+            },
+            **ERROR_RESPONSES,
+        },
+    )
     async def tts(self, request: Request) -> Response:
         """Native: ChatTTS' controls (seed, speaker string, sampling, control tags), codes on request."""
         self._authorize(request)
@@ -559,7 +576,7 @@ class TTSServer:
             if not lease.streaming:
                 lease.release()
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", responses={401: ERROR_RESPONSES[401]})
     async def list_models(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
         names = [*self.config.models, *(a for a in self.config.model_aliases if a not in self.config.models)]
@@ -568,7 +585,7 @@ class TTSServer:
             "data": [{"id": n, "object": "model", "created": 0, "owned_by": "raytts"} for n in names],
         }
 
-    @api.get("/v1/voices")
+    @api.get("/v1/voices", responses={401: ERROR_RESPONSES[401]})
     async def list_voices(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
         voices = []
@@ -579,7 +596,7 @@ class TTSServer:
                 voices.append({"id": name, "kind": "speaker" if spec.speaker else "reference"})
         return {"object": "list", "data": voices}
 
-    @api.get("/v1/stats")
+    @api.get("/v1/stats", responses={401: ERROR_RESPONSES[401]})
     async def stats(self, request: Request, tensors: bool = False) -> dict[str, Any]:
         """This replica's engines (steps, concurrency, occupancy) and memory. `?tensors=true` adds the bytes of
         every live tensor (a full scan of the heap: for checks and tests, not for frequent polling)."""
