@@ -100,7 +100,7 @@ def expand_paths(
         problems.extend(p for p in found if p not in problems)  # overlapping specs report a file once
         files.extend(matched)
     # Overlapping specs (a folder and a glob inside it), and local paths that reach one file through symbolic
-    # links (a `**` glob over a link loop), name each file once: its first spelling is kept.
+    # links (a `**` glob over a link loop), name each file once, under its shortest spelling.
     unique = _one_spelling(files)
     if len(unique) < len(files):
         log.info("%d shard files were named more than once; each is read once", len(files) - len(unique))
@@ -126,7 +126,9 @@ def _expand_local(spec: str, extensions: tuple[str, ...], companions: tuple[str,
         found = sorted(_one_spelling([p for p in glob.glob(local, recursive=True) if os.path.isfile(p)]))
         return _split_shards(spec, found, extensions, companions, f"the glob matches no {kinds} file")
     if os.path.isdir(local):
-        return _split_shards(spec, _walk(local), extensions, companions, f"the folder holds no {kinds} file")
+        found, unlisted = _walk(local)
+        shards, problems = _split_shards(spec, found, extensions, companions, f"the folder holds no {kinds} file")
+        return shards, unlisted + problems
     if os.path.isfile(local):
         if shard_format(local, extensions) is None:
             return [], [_not_a_shard(spec, extensions)]
@@ -134,10 +136,16 @@ def _expand_local(spec: str, extensions: tuple[str, ...], companions: tuple[str,
     return [], [f"{spec}: no such file or folder"]
 
 
-def _walk(folder: str) -> list[str]:
+def _walk(folder: str) -> tuple[list[str], list[str]]:
+    """(files under `folder`, a problem for each sub-folder that could not be listed)."""
     seen: set[tuple[int, int]] = set()
     found: list[str] = []
-    for root, dirs, names in os.walk(folder, followlinks=True):
+    unlisted: list[str] = []
+
+    def cannot_list(err: OSError) -> None:
+        unlisted.append(f"{err.filename}: not read: cannot list this folder ({err.strerror}); check its permissions")
+
+    for root, dirs, names in os.walk(folder, onerror=cannot_list, followlinks=True):
         stat = os.stat(root)
         if (stat.st_dev, stat.st_ino) in seen:
             dirs[:] = []  # a symbolic link back into a folder already walked
@@ -145,7 +153,7 @@ def _walk(folder: str) -> list[str]:
         seen.add((stat.st_dev, stat.st_ino))
         dirs.sort()
         found.extend(os.path.join(root, n) for n in names if os.path.isfile(os.path.join(root, n)))
-    return sorted(found)
+    return sorted(found), unlisted
 
 
 def _split_shards(
