@@ -306,14 +306,17 @@ def official_mismatches(asset: Path) -> list[str]:
 
 def verify_official(asset: Path, source: str) -> None:
     """Raise unless every file is the official release's (what hf://2Noise/ChatTTS downloads, or --verify always)."""
-    for name in official_mismatches(asset):
-        found = file_sha256(asset / name)
-        raise CheckpointError(
-            f"{asset / name}: sha256 {found} does not match the official 2Noise/ChatTTS file "
-            f"({OFFICIAL_SHA256[name]}) that {source!r} was checked against. A corrupt or partial download: delete "
-            f"it and fetch {HF_REPO}@{HF_REVISION} again. Fine-tuned or community weights: load them with "
-            f"--verify never (engine.verify: never in a job config, models.<name>.verify: never in a serve config)"
-        )
+    mismatches = official_mismatches(asset)
+    if not mismatches:
+        return
+    name = mismatches[0]
+    raise CheckpointError(
+        f"{asset / name}: sha256 {file_sha256(asset / name)} does not match the official 2Noise/ChatTTS file "
+        f"({OFFICIAL_SHA256[name]}) that {source!r} was checked against ({len(mismatches)} of {len(OFFICIAL_SHA256)} "
+        f"files differ). A corrupt or partial download: delete it and fetch {HF_REPO}@{HF_REVISION} again. "
+        f"Fine-tuned or community weights: load them with --verify never (engine.verify: never in a job config, "
+        f"models.<name>.verify: never in a serve config)"
+    )
 
 
 def _copy_from_uri(uri: str, cache_dir: Path) -> Path:

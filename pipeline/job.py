@@ -38,9 +38,8 @@ from .sources import (
     SPEAKER_EXTENSIONS,
     TEXT_EXTENSIONS,
     expand_paths,
-    parse_speaker_shard,
-    parse_text_shard,
-    read_shard,
+    read_speaker_shard,
+    read_text_shard,
 )
 
 log = logging.getLogger(__name__)
@@ -196,12 +195,7 @@ def _tokenizer_of(model: str, verify: str) -> dict[str, Any]:
 
 
 def _parse_text(row: dict[str, Any], names: dict[str, str]) -> list[dict[str, Any]]:
-    name = names.get(row["path"], row["path"])
-    try:
-        data = read_shard(row["path"])
-    except OSError as err:  # gone or unreadable since it was listed: one error row, the job goes on
-        return [{"id": None, "text": None, "source": name, "fields": "{}", "error": str(err)}]
-    return parse_text_shard(name, data)
+    return read_text_shard(row["path"], names.get(row["path"]))
 
 
 def _shard_paths(files: list[str]) -> Any:
@@ -228,12 +222,7 @@ def source_names(files: list[str], base: str | None) -> dict[str, str]:
 
 
 def _parse_speakers(row: dict[str, Any]) -> list[dict[str, Any]]:
-    try:
-        data = read_shard(row["path"])
-    except OSError as err:
-        return [{"speaker": None, "text": "", "audio_bytes": None, "audio_path": None, "source": row["path"],
-                 "error": str(err)}]  # fmt: skip
-    return parse_speaker_shard(row["path"], data)
+    return read_speaker_shard(row["path"])
 
 
 class PoolDoesNotFit(ValueError):

@@ -259,6 +259,16 @@ def line_id(stem: str, number: int) -> str:
     return f"{stem}-{number:06d}"
 
 
+def read_text_shard(path: str, name: str | None = None) -> list[dict[str, Any]]:
+    """Read and parse one text shard; `name` is how its rows' sources name it (default: its path). A file gone or
+    unreadable since it was listed is one error row: the job goes on."""
+    try:
+        data = read_shard(path)
+    except OSError as err:
+        return [_row(None, None, name or path, error=str(err))]
+    return parse_text_shard(name or path, data)
+
+
 def parse_text_shard(path: str, data: bytes) -> list[dict[str, Any]]:
     """One shard's bytes -> rows. Unknown formats and unreadable files become a single error row. Rows without an
     id get one from their file and line (as every .txt line does), stable across runs and moved job folders."""
@@ -435,6 +445,15 @@ def _records(table: pa.Table) -> Iterator[dict[str, Any] | str]:
 
 
 # ----------------------------------------------------------------------------------------------- speakers
+
+
+def read_speaker_shard(path: str) -> list[dict[str, Any]]:
+    """Read and parse one speaker manifest; an unreadable file is one error row."""
+    try:
+        data = read_shard(path)
+    except OSError as err:
+        return [_speaker_row(None, path, error=str(err))]
+    return parse_speaker_shard(path, data)
 
 
 def parse_speaker_shard(path: str, data: bytes) -> list[dict[str, Any]]:
