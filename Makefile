@@ -31,7 +31,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(VENV)/bin/pytest -q
+	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(VENV)/bin/pytest -q --durations=15
 
 # Regenerate tests/fixtures/goldens from upstream chattts 0.2.5 (separate virtualenv, large download).
 goldens: venv
