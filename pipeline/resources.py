@@ -31,10 +31,12 @@ def gpus_per_actor(
     actors: ActorsConfig, engine_device: str, nodes: Iterable[dict[str, Any]]
 ) -> tuple[float, str | None]:
     """The engine actors' `num_gpus`: as configured, or for `auto` one GPU each where the cluster has GPUs and CPU
-    engines (0) where it has none, with the warning to show then. An engine pinned to CUDA keeps its GPU request
-    (the pool check then says no node can host it)."""
+    engines (0) where it has none, with the warning to show then. `engine.device: cpu` means 0; an engine pinned to
+    CUDA keeps its GPU request (the pool check then says no node can host it)."""
     if actors.num_gpus != "auto":
         return float(actors.num_gpus), None
+    if engine_device == "cpu":
+        return 0.0, None  # CPU engines asked for: holding a GPU each would only keep it from others
     gpus = sum(n.get("Resources", {}).get("GPU", 0.0) for n in nodes if n.get("Alive", True))
     if gpus > 0 or engine_device.startswith("cuda"):
         return 1.0, None

@@ -118,6 +118,7 @@ def test_auto_gpus_follow_the_cluster_and_an_explicit_value_wins():
     num_gpus, warning = gpus_per_actor(ActorsConfig(), "auto", [_node(8), _node(4, 1, alive=False)])
     assert num_gpus == 0.0 and "actors.num_gpus: 1" in warning
     assert gpus_per_actor(ActorsConfig(), "cuda", [_node(8)]) == (1.0, None)  # pinned to CUDA: the check refuses
+    assert gpus_per_actor(ActorsConfig(), "cpu", [_node(8, 2)]) == (0.0, None)  # CPU engines hold no GPU
     assert gpus_per_actor(ActorsConfig(num_gpus=0.5), "auto", [_node(8)]) == (0.5, None)
     assert gpus_per_actor(ActorsConfig(num_gpus=0), "auto", [_node(8, 1)]) == (0.0, None)
     with pytest.raises(ValueError, match="num_gpus must be >= 0 or auto"):
