@@ -80,7 +80,7 @@ class ActorsConfig(_Strict):
     num_gpus: float | Literal["auto"] = Field(
         "auto",
         description="GPUs per actor. auto: 1 when the cluster's nodes have GPUs when the job starts, else 0 (CPU engines, "
-        "with a warning); set it on an autoscaling cluster whose GPU nodes start from zero. Fractional shares a device "
+        "with a warning), and 0 with engine.device cpu; set it on an autoscaling cluster whose GPU nodes start from zero. Fractional shares a device "
         "(each replica's default memory budget is then 85% of its share, less its weights); 0 runs on CPU.",
     )
 
