@@ -16,7 +16,7 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "synth",
         help="synthesise a JSONL file in-process (no Ray) to Parquet",
-        description="Each input line is {'id': str, 'text': str} with optional speaker, seed, sampling overrides, "
+        description="Each input line is {'id': str, 'text': str} (no id: one from file and line) with optional speaker, seed, sampling overrides, "
         "reference_audio (+ reference_text) or reference_codes. Writes OUTPUT/part-00000.parquet and "
         "OUTPUT/_report.json. Exit status 1 when any row failed.",
     )

@@ -7,8 +7,10 @@ names the source line and the reason, and flows to the output like any other row
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,15 +48,36 @@ class InputRow:
 
 def read_jsonl(path: str | Path, display_name: str | None = None) -> Iterator[InputRow]:
     """Rows of a JSONL file; blank lines are skipped, every other line yields exactly one row (a leading byte-order
-    mark is dropped)."""
+    mark is dropped); a row without an id gets one from the file and line, as in the offline job."""
     name = display_name or str(path)
+    stem = safe_stem(name.rsplit("/", 1)[-1], name)
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             if number == 1:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")
             if not raw.strip():
                 continue
-            yield parse_json_line(raw, f"{name}:{number}")
+            yield parse_json_line(raw, f"{name}:{number}", default_id=line_id(stem, number))
+
+
+# Whole-file compression of a shard (`texts.jsonl.gz`) by suffix, undone by pyarrow's codecs before parsing.
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
+
+
+def safe_stem(name: str, path: str) -> str:
+    """A shard's name as the stem of the ids its rows get when they have none: its file name without the format
+    (and compression) suffix, made file-name safe, and a digest of its path so two `a.jsonl` in different folders
+    differ."""
+    for suffix in COMPRESSIONS:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", name.rsplit(".", 1)[0]).strip("._-") or "shard"
+    return f"{stem[:80]}-{hashlib.sha1(path.encode()).hexdigest()[:6]}"
+
+
+def line_id(stem: str, number: int) -> str:
+    """The id of a row that has none: its shard's stem (`safe_stem`) and its line (or Parquet row) number."""
+    return f"{stem}-{number:06d}"
 
 
 def parse_json_line(raw: bytes, source: str, default_id: str | None = None) -> InputRow:

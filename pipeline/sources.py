@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 
 from actors.validation import RequestError, validate_id
 
-from .inputs import parse_json_line
+from .inputs import COMPRESSIONS, line_id, parse_json_line, safe_stem
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +31,6 @@ SPEAKER_EXTENSIONS = (".jsonl", ".json", ".ndjson", ".parquet", ".csv")
 # Reference audio that speaker manifests name: in a speakers folder these are the manifests' companions, read
 # through them, so listing the folder does not report them as files it does not read.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf")
-# Whole-file compression of a shard (`texts.jsonl.gz`), undone by pyarrow's codecs before parsing.
-COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 
 
 def shard_format(name: str, extensions: tuple[str, ...]) -> str | None:
@@ -254,11 +251,6 @@ def _checked_id(value: Any, source: str, derived: str | None = None) -> tuple[st
         return None, f"{source}: {err}"
 
 
-def line_id(stem: str, number: int) -> str:
-    """The id of a row that has none: its shard's stem (`_safe_stem`) and its line (or Parquet row) number."""
-    return f"{stem}-{number:06d}"
-
-
 def read_text_shard(path: str, name: str | None = None) -> list[dict[str, Any]]:
     """Read and parse one text shard; `name` is how its rows' sources name it (default: its path). A file gone or
     unreadable since it was listed is one error row: the job goes on."""
@@ -279,7 +271,7 @@ def parse_text_shard(path: str, data: bytes) -> list[dict[str, Any]]:
         data = decompress(path, data)
     except ValueError as err:
         return [_row(None, None, path, error=str(err))]
-    stem = _safe_stem(path.rsplit("/", 1)[-1], path)
+    stem = safe_stem(path.rsplit("/", 1)[-1], path)
     if fmt in (".jsonl", ".json", ".ndjson"):
         rows = []
         for number, raw in enumerate(data.removeprefix(_BOM).splitlines(), start=1):
@@ -309,14 +301,6 @@ def parse_text_shard(path: str, data: bytes) -> list[dict[str, Any]]:
 
 
 _BOM = b"\xef\xbb\xbf"
-
-
-def _safe_stem(name: str, path: str) -> str:
-    for suffix in COMPRESSIONS:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", name.rsplit(".", 1)[0]).strip("._-") or "shard"
-    return f"{stem[:80]}-{hashlib.sha1(path.encode()).hexdigest()[:6]}"
 
 
 def _decode_text(data: bytes) -> str:

@@ -266,3 +266,16 @@ def test_parts_are_named_by_their_rows_source_lines_not_ids():
 
     assert part_name(["a.jsonl:1", "a.jsonl:2"]) != part_name(["a-copy.jsonl:1", "a-copy.jsonl:2"])
     assert part_name(["a.jsonl:2", "a.jsonl:1"]) == part_name(["a.jsonl:1", "a.jsonl:2"])  # a retried block
+
+
+def test_synth_and_the_job_give_a_row_without_an_id_the_same_id(tmp_path):
+    """`raytts synth` (read_jsonl) and `raytts run` (parse_text_shard) read the same file the same way: BOM dropped,
+    rows without ids named by file and line, lone surrogates an error."""
+    from pipeline.inputs import read_jsonl
+
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "no id."}\n{"id": "x", "text": "a\\ud800"}\n{"id": "y", "text": "ok."}\n')
+    synth = list(read_jsonl(path))
+    job = parse_text_shard(str(path), path.read_bytes())
+    assert [(r.id, r.error is None) for r in synth] == [(r["id"], r["error"] is None) for r in job]
+    assert [r.error is None for r in synth] == [True, False, True] and synth[0].id.endswith("-000001")

@@ -65,7 +65,7 @@ def write_text_shards(folder: Path, n: int, speakers: list[str]) -> list[str]:
 
 
 def txt_ids(path: Path, count: int) -> list[str]:
-    from pipeline.sources import _safe_stem
+    from pipeline.inputs import safe_stem
 
-    stem = _safe_stem(path.name, str(path))
+    stem = safe_stem(path.name, str(path))
     return [f"{stem}-{i:06d}" for i in range(1, count + 1)]
