@@ -8,7 +8,8 @@ case-colliding, missing and invalid ids, bad encodings, and empty, huge and unen
 tiny model, a few GPT steps per row.
 
 An "input line" is a non-blank line of a JSONL or TXT shard, a CSV record after the header with any non-blank
-field, or a Parquet row. Files that are not read at all (no shard format) are each one reported problem.
+field, or a Parquet row. Files that are not read at all (no shard format) are each one reported problem; a shard
+that cannot be parsed at all (no `text` column, not Parquet, a corrupt archive) is one error row naming the file.
 `RAYTTS_HYPOTHESIS_EXAMPLES` sets the example count (CI: the default below; the `slow` variant runs more).
 """
 
@@ -234,7 +235,16 @@ def inputs(draw) -> tuple[list[Shard], list[str], bool, bool]:
         compressed = fmt != "parquet" and draw(st.booleans())
         shards.append(Shard(name + (".gz" if compressed else ""), fmt, lines, draw(st.booleans()), compressed))
     junk = draw(st.lists(st.sampled_from(["notes.md", "data.tsv", "_SUCCESS"]), unique=True, max_size=2))
-    return shards, junk, draw(st.booleans()), draw(st.booleans())
+    broken = draw(st.lists(st.sampled_from(sorted(BROKEN)), unique=True, max_size=2))
+    return shards, junk + broken, draw(st.booleans()), draw(st.booleans())
+
+
+# Shards that cannot be parsed at all: each is one error row whose source is the file.
+BROKEN = {
+    "no-text.csv": b"id,words\na,hello\n",
+    "garbage.parquet": b"PAR1 this is not parquet",
+    "garbage.jsonl.gz": b"not gzip data",
+}
 
 
 def _run_generated(data: tuple[list[Shard], list[str], bool, bool]) -> None:
@@ -244,7 +254,11 @@ def _run_generated(data: tuple[list[Shard], list[str], bool, bool]) -> None:
         folder = root / "in"
         expected = write_inputs(folder, shards)
         for name in junk:
-            (folder / name).write_text("not a shard\n")
+            if name in BROKEN:
+                (folder / name).write_bytes(BROKEN[name])
+                expected[str(folder / name)] = [str(folder / name)]
+            else:
+                (folder / name).write_text("not a shard\n")
         texts = [str(folder)]
         if copy_first:  # the same rows again under another name: every id repeats
             copy = folder / f"copy-{shards[0].name}"
@@ -253,7 +267,7 @@ def _run_generated(data: tuple[list[Shard], list[str], bool, bool]) -> None:
             expected[str(copy)] = [source.replace(first, str(copy), 1) for source in expected[first]]
         if overlap:  # a folder and a file inside it: read once
             texts.append(str(folder / shards[0].name))
-        check_accounting(texts, root / "out", expected, [str(folder / name) for name in junk])
+        check_accounting(texts, root / "out", expected, [str(folder / name) for name in junk if name not in BROKEN])
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
