@@ -100,7 +100,7 @@ def parse_json_line(raw: bytes, source: str, default_id: str | None = None) -> I
         return InputRow(source, None, error=f"{source}: expected a JSON object per line, got {type(data).__name__}")
     unencodable = _unencodable(data)
     if unencodable:  # valid JSON, but no text can hold it: Arrow, files and the tokenizer all need UTF-8
-        return InputRow(source, _salvage_id(line), error=f"{source}: {unencodable}; fix the escape in the file")
+        return InputRow(source, _valid_id(data), error=f"{source}: {unencodable}; fix the escape in the file")
     if default_id is not None and data.get("id") in (None, ""):
         return InputRow(source, default_id, data)
     try:
@@ -111,7 +111,13 @@ def parse_json_line(raw: bytes, source: str, default_id: str | None = None) -> I
 
 
 def _unencodable(data: dict[str, Any]) -> str | None:
-    """Why a parsed record cannot become UTF-8 text (a lone surrogate escape such as "\\ud800"), or None."""
+    """Why a parsed record cannot become UTF-8 text (a lone surrogate escape such as "\\ud800"), or None. One
+    encoding of the whole record per row; fields are looked at one by one only to name the bad one."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
     for key, value in data.items():
         try:
             json.dumps({key: value}, ensure_ascii=False).encode("utf-8")
@@ -123,8 +129,16 @@ def _unencodable(data: dict[str, Any]) -> str | None:
 def _salvage_id(text: str) -> str | None:
     try:
         data = json.loads(text)
-        return validate_id(data.get("id")) if isinstance(data, dict) else None
-    except (json.JSONDecodeError, RequestError):
+    except json.JSONDecodeError:
+        return None
+    return _valid_id(data) if isinstance(data, dict) else None
+
+
+def _valid_id(data: dict[str, Any]) -> str | None:
+    """The record's id when it is a valid one, for an error row that should still say which row it is."""
+    try:
+        return validate_id(data.get("id"))
+    except RequestError:
         return None
 
 
