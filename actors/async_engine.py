@@ -10,34 +10,34 @@ step: their slots go to other rows instead of finishing audio nobody will read.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import queue
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .replica import RequestError, SegmentAudio, SynthesisRequest, SynthesisResult, Synthesizer, admission_order
+from .driver import Call, EngineDriver
+from .requests import SynthesisRequest, SynthesisResult
+from .validation import RequestError
+
+if TYPE_CHECKING:
+    from .replica import Synthesizer
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Job:
+    """A caller waiting on the engine thread: its call, and how to reach its event loop."""
+
     requests: list[SynthesisRequest]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future | None = None  # whole results (synthesize)
     events: asyncio.Queue | None = None  # (kind, value) events (open_stream)
-    id: int = -1
-    results: list[SynthesisResult] = field(default_factory=list)
-    parts: dict[int, dict[int, tuple]] = field(default_factory=dict)
-    remaining: int = 0
-    # streaming: pieces of later segments wait until every earlier segment has been sent
-    next_segment: int = 0
-    held: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    call: Call | None = None
 
 
 @dataclass
@@ -85,8 +85,8 @@ class AsyncSynthesizer:
     def __init__(self, synthesizer: Synthesizer) -> None:
         self.synthesizer = synthesizer
         self._inbox: queue.Queue[_Job | _Cancel | None] = queue.Queue()
-        self._jobs: dict[int, _Job] = {}
-        self._ids = itertools.count()
+        self.driver = EngineDriver(synthesizer)
+        self._jobs: dict[int, _Job] = {}  # by call id
         self._thread = threading.Thread(target=self._run, name="raytts-engine", daemon=True)
         self._stopped = False
         self.error: BaseException | None = None
@@ -157,13 +157,14 @@ class AsyncSynthesizer:
     # --------------------------------------------------------------------------------------------- loop thread
 
     def _run(self) -> None:
-        synth = self.synthesizer
         try:
             while not self._stopped:
-                self._drain(block=not synth.batcher.busy)
-                if synth.batcher.busy:
-                    for out in synth.pump():
-                        self._deliver(out)
+                self._drain(block=not self.driver.busy)
+                if self.driver.busy:
+                    for call in self.driver.step():
+                        job = self._jobs.get(call.id)
+                        if job is not None:
+                            self._deliver(job, call)
         except BaseException as err:
             log.exception("engine loop failed")
             self.error = err
@@ -193,65 +194,34 @@ class AsyncSynthesizer:
                 return
 
     def _accept(self, job: _Job) -> None:
-        job.results, segments = self.synthesizer.prepare(job.requests)
-        job.id = next(self._ids)
-        job.remaining = len(segments)
         streaming = job.events is not None
+        call = job.call = self.driver.start(job.requests, stream=streaming)
         if streaming:
-            if job.results[0].error:
-                _post(job, "error", job.results[0].error)
+            if call.done and call.results[0].error:
+                _post(job, "error", call.results[0].error)
                 return
-            _post(job, "start", len(segments))
-        if not segments:
-            self._finish(job)
-            return
-        self._jobs[job.id] = job
-        # A streamed request's segments go in order (its first audio comes from segment 0); others longest first.
-        for segment in segments if streaming else admission_order(segments):
-            self.synthesizer.submit(segment, (job.id, segment.request, segment.index), stream=streaming)
+            _post(job, "start", call.segments)
+        if call.done:
+            self._deliver(job, call)
+        else:
+            self._jobs[call.id] = job
 
     def _cancel(self, job: _Job) -> None:
-        if self._jobs.pop(job.id, None) is None:
+        if job.call is None or self._jobs.pop(job.call.id, None) is None:
             return
-        dropped = self.synthesizer.cancel(lambda key: key[0] == job.id)
-        log.debug("cancelled job %d: %d rows dropped", job.id, dropped)
+        dropped = self.driver.cancel(job.call)
+        log.debug("cancelled call %d: %d rows dropped", job.call.id, dropped)
 
-    def _deliver(self, out: SegmentAudio) -> None:
-        job_id, row, index = out.key
-        job = self._jobs.get(job_id)
-        if job is None:
+    def _deliver(self, job: _Job, call: Call) -> None:
+        for piece in call.take_pieces():
+            _post(job, "chunk", piece)
+        if not call.done:
             return
+        self._jobs.pop(call.id, None)
         if job.events is not None:
-            self._deliver_piece(job, index, out)
-        else:
-            job.parts.setdefault(row, {})[index] = (out.audio, out.codes, out.eos)
-        if out.done:
-            job.remaining -= 1
-            if job.remaining == 0:
-                del self._jobs[job_id]
-                self._finish(job)
-
-    def _deliver_piece(self, job: _Job, index: int, out: SegmentAudio) -> None:
-        if out.done:
-            job.parts.setdefault(0, {})[index] = (np.zeros(0, np.float32), out.codes, out.eos)
-        if index != job.next_segment:
-            job.held.setdefault(index, []).append(out.audio)
-            return
-        if out.audio.size:
-            _post(job, "chunk", out.audio)
-        # Finishing the current segment releases the pieces later segments produced meanwhile.
-        while job.next_segment in job.parts.get(0, {}):
-            job.next_segment += 1
-            for piece in job.held.pop(job.next_segment, []):
-                if piece.size:
-                    _post(job, "chunk", piece)
-
-    def _finish(self, job: _Job) -> None:
-        self.synthesizer.join(job.results, job.parts)
-        if job.events is not None:
-            _post(job, "end", job.results[0])
+            _post(job, "end", call.results[0])
         elif job.future is not None:
-            job.loop.call_soon_threadsafe(_resolve, job.future, job.results)
+            job.loop.call_soon_threadsafe(_resolve, job.future, call.results)
 
 
 def _post(job: _Job, kind: str, value: object) -> None:

@@ -2,8 +2,10 @@
 
 This is the object a Ray actor (offline) or a Serve replica (online) holds exactly one of, and what
 `raytts synth` drives in-process. It owns request validation (every problem becomes that row's `error`, never
-an exception that takes the batch down), segmenting long text, batching segments, and joining segment audio
-back per row. Generation itself is `actors.engine`.
+an exception that takes the batch down), segmenting long text, submitting segments to the continuous batcher,
+decoding finished ones to audio, and joining segment audio back per row: the `actors.driver.Engine` protocol, which
+the one driver (`actors.driver.EngineDriver`) runs for `synthesize` and for `AsyncSynthesizer`. Generation itself is
+`actors.engine`; device, dtype and budget choice `actors.placement`; the factory from settings `actors.settings`.
 """
 
 from __future__ import annotations
@@ -12,83 +14,31 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .checkpoint import load_model, read_model_config, resolve
-from .engine.batcher import (
-    BatcherStats,
-    ContinuousBatcher,
-    FinishedRow,
-    decode_bytes_per_mel_frame,
-    default_budget_bytes,
-    plan_slots,
-)
-from .engine.generate import CodePrompt, decode_waveforms
-from .engine.sampling import SamplingParams
+from .driver import EngineDriver, Parts, Segment, SegmentAudio
+from .engine.batcher import BatcherStats, ContinuousBatcher, FinishedRow
+from .engine.generate import decode_waveforms
+from .engine.memory import decode_bytes_per_mel_frame, plan_slots
+from .engine.params import SamplingParams
+from .engine.prompt import CodePrompt
 from .engine.stream import StreamDecoder
-from .model.config import SAMPLE_RATE
-from .speaker import SpeakerError, decode_prompt, normalized_speaker, parse_speaker
+from .placement import pick_device, pick_dtype, replica_budget_bytes
+from .requests import SynthesisRequest, SynthesisResult
+from .speaker import SpeakerError, normalized_speaker, parse_speaker
 from .text import clean_text, decorate, segment_token_ids
 from .tokenizer import TextTokenizer
 from .validation import RequestError
+from .voices import encode_reference
 
 log = logging.getLogger(__name__)
 
 _SEGMENT_SEED_STEP = 0x9E3779B97F4A7C15
-
-
-@dataclass
-class SynthesisRequest:
-    id: str
-    text: str
-    speaker: str | None = None  # "seed:N" or an upstream speaker string
-    reference_codes: torch.Tensor | None = None  # [num_vq, P] prompt codes (from reference audio)
-    reference_text: str = ""  # transcript of the reference audio
-    params: SamplingParams = field(default_factory=SamplingParams)
-    normalize: bool = True
-    prompt: str = "[speed_5]"  # control tags placed before the text, e.g. "[speed_3][oral_2]"
-    # Token ids of each segment's decorated prompt when a CPU stage already ran `segment_token_ids` (the offline
-    # job); None: the engine cleans, splits and tokenises `text` itself.
-    segment_ids: list[list[int]] | None = None
-
-
-@dataclass
-class SynthesisResult:
-    id: str
-    text: str
-    audio: np.ndarray | None = None  # float32 mono at `sample_rate`
-    codes: np.ndarray | None = None  # [T, num_vq] int16, segments concatenated
-    sample_rate: int = SAMPLE_RATE
-    segments: int = 0
-    truncated_segments: int = 0  # segments that hit max_new_tokens before EOS
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass
-class _Segment:
-    request: int
-    index: int
-    prompt: CodePrompt
-    params: SamplingParams
-
-
-@dataclass
-class SegmentAudio:
-    """What `Synthesizer.pump` hands back for one segment: all of its audio, or the next piece of a stream."""
-
-    key: object
-    audio: np.ndarray  # float32: the whole segment, or (streams) the samples that became final since last time
-    codes: np.ndarray | None  # [T, num_vq] once the segment is done
-    done: bool  # the segment finished (for a stream: `audio` is its last piece)
-    eos: bool = False  # ended by EOS (not by max_new_tokens)
 
 
 @dataclass
@@ -137,32 +87,16 @@ class Synthesizer:
             raise ValueError(f"decoder must be 'hidden' or 'dvae', got {decoder!r}")
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        self.device = _pick_device(device)
-        self.dtype = _pick_dtype(dtype, self.device)
-        checkpoint = resolve(model, cache_dir=cache_dir, verify=verify)
-        self.checkpoint = checkpoint
-        self.config = read_model_config(checkpoint.asset)
-        cuda = self.device.type == "cuda"
-        before = torch.cuda.memory_allocated(self.device) if cuda else 0
-        self.model = load_model(checkpoint.asset, self.config, self.device, self.dtype, fsq_variant)
-        # this replica's own weights: other replicas in the process (Serve's models) hold the rest
-        weights = torch.cuda.memory_allocated(self.device) - before if cuda else 0
-        self.tokenizer = TextTokenizer(checkpoint.asset / "tokenizer", self.config.gpt.num_text_tokens)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        weights = self._load(model, cache_dir, verify, fsq_variant)
         self.use_decoder = decoder == "hidden"
         self.max_segment_tokens = max_segment_tokens
         self.max_chars = max_chars
         self.max_reference_seconds = max_reference_seconds
         self.stream_chunk_steps = max(1, stream_chunk_steps)
         self._streams: dict[object, StreamDecoder] = {}
-        if budget_bytes is None and cuda and device_share < 1:
-            budget_bytes = shared_budget_bytes(
-                total=torch.cuda.get_device_properties(self.device).total_memory,
-                share=device_share,
-                held=weights,
-                free_budget=default_budget_bytes(self.device, budget_fraction),
-                fraction=budget_fraction,
-            )
-        self.budget_bytes = budget_bytes or default_budget_bytes(self.device, budget_fraction)
+        self.budget_bytes = budget_bytes or replica_budget_bytes(self.device, device_share, budget_fraction, weights)
         if max_batch_size is None and self.device.type == "cpu":
             max_batch_size = 64  # CPU throughput stops growing well before the budget's slot count
         self.plan = plan_slots(
@@ -182,7 +116,7 @@ class Synthesizer:
             self._warm_up()
         log.info(
             "replica ready: model %s (%s) on %s/%s, decoder=%s, %d slots x %d tokens (%.0f MiB of a %.0f MiB budget)",
-            checkpoint.source,
+            self.checkpoint.source,
             self.config.name,
             self.device,
             str(self.dtype).removeprefix("torch."),
@@ -192,6 +126,17 @@ class Synthesizer:
             self.plan.planned_bytes / 2**20,
             self.budget_bytes / 2**20,
         )
+
+    def _load(self, model: str | Path | None, cache_dir: Path | None, verify: str, fsq_variant: str) -> int:
+        """Resolve (download if needed) and load the checkpoint and its tokenizer; returns the bytes its weights
+        took on the device (CUDA; 0 on CPU), which other replicas sharing the device do not hold."""
+        self.checkpoint = resolve(model, cache_dir=cache_dir, verify=verify)
+        self.config = read_model_config(self.checkpoint.asset)
+        cuda = self.device.type == "cuda"
+        before = torch.cuda.memory_allocated(self.device) if cuda else 0
+        self.model = load_model(self.checkpoint.asset, self.config, self.device, self.dtype, fsq_variant)
+        self.tokenizer = TextTokenizer(self.checkpoint.asset / "tokenizer", self.config.gpt.num_text_tokens)
+        return torch.cuda.memory_allocated(self.device) - before if cuda else 0
 
     def _warm_up(self) -> None:
         """Compile the decode step before the first request: throwaway rows run through the batcher alone and then
@@ -216,35 +161,11 @@ class Synthesizer:
 
     # ---------------------------------------------------------------------------------------------- requests
 
-    @torch.inference_mode()
     def encode_reference(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
         """Reference speech (any rate, mono or [samples, channels]) -> DVAE prompt codes [num_vq, P]."""
-        wave = np.asarray(audio, dtype=np.float32)
-        if wave.ndim == 2:
-            wave = wave.mean(axis=1)
-        if wave.ndim != 1:
-            raise RequestError(f"reference audio must be mono or [samples, channels], got shape {wave.shape}")
-        if sample_rate <= 0:
-            raise RequestError(f"reference audio sample rate must be positive, got {sample_rate}")
-        if wave.size == 0:
-            raise RequestError("reference audio is empty (0 samples)")
-        if not np.isfinite(wave).all():
-            raise RequestError("reference audio contains NaN or infinite samples")
-        seconds = wave.size / sample_rate
-        if seconds > self.max_reference_seconds:
-            raise RequestError(
-                f"reference audio is {seconds:.1f} s; the limit is {self.max_reference_seconds:.0f} s: trim it to one "
-                f"clean utterance"
-            )
-        if sample_rate != SAMPLE_RATE:
-            import soxr
+        return encode_reference(self.model.dvae, self.device, audio, sample_rate, self.max_reference_seconds)
 
-            wave = soxr.resample(wave, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
-        if wave.size < 4 * 256:
-            raise RequestError(f"reference audio is too short ({seconds * 1000:.0f} ms); give at least 0.1 s")
-        return self.model.dvae.encode(torch.from_numpy(wave).to(self.device)).cpu()
-
-    def _segments(self, row: int, request: SynthesisRequest) -> list[_Segment]:
+    def _segments(self, row: int, request: SynthesisRequest) -> list[Segment]:
         if request.segment_ids is None and not isinstance(request.text, str):
             raise RequestError(f"text must be a string, got {type(request.text).__name__}")
         request.params.validate(self.config.gpt.num_vq)
@@ -286,7 +207,7 @@ class Synthesizer:
                     f"max_new_tokens {request.params.max_new_tokens} exceeds this replica's "
                     f"{self.plan.max_new_tokens}; lower it or start the replica with a larger max_new_tokens"
                 )
-            segments.append(_Segment(row, index, prompt, replace(request.params, seed=seed)))
+            segments.append(Segment(row, index, prompt, replace(request.params, seed=seed)))
         return segments
 
     # ---------------------------------------------------------------------------------------------- synthesis
@@ -296,21 +217,12 @@ class Synthesizer:
 
         Drives the engine on the calling thread; for many concurrent callers use `AsyncSynthesizer`.
         """
-        results, segments = self.prepare(requests)
-        for segment in admission_order(segments):
-            self.submit(segment, (segment.request, segment.index))
-        parts: dict[int, dict[int, tuple[np.ndarray, np.ndarray, bool]]] = {}
-        while self.batcher.busy:
-            for out in self.pump():
-                row, index = out.key
-                parts.setdefault(row, {})[index] = (out.audio, out.codes, out.eos)
-        self.join(results, parts)
-        return results
+        return EngineDriver(self).run(requests)
 
-    def prepare(self, requests: list[SynthesisRequest]) -> tuple[list[SynthesisResult], list[_Segment]]:
+    def prepare(self, requests: list[SynthesisRequest]) -> tuple[list[SynthesisResult], list[Segment]]:
         """Validate and segment requests: a result per request (errors filled in) and the segments to run."""
         results = [SynthesisResult(id=r.id, text=r.text if isinstance(r.text, str) else "") for r in requests]
-        segments: list[_Segment] = []
+        segments: list[Segment] = []
         for row, request in enumerate(requests):
             try:
                 segments.extend(self._segments(row, request))
@@ -318,7 +230,7 @@ class Synthesizer:
                 results[row].error = str(err)
         return results, segments
 
-    def submit(self, segment: _Segment, key: object, stream: bool = False) -> None:
+    def submit(self, segment: Segment, key: object, stream: bool = False) -> None:
         """Queue a segment. A streamed segment comes back from `pump` in pieces as its frames are generated."""
         if stream:
             self._streams[key] = StreamDecoder(self.model, self.use_decoder)
@@ -364,9 +276,11 @@ class Synthesizer:
         self.stats.decode_s += time.perf_counter() - started
         return chunk
 
-    def join(
-        self, results: list[SynthesisResult], parts: dict[int, dict[int, tuple[np.ndarray, np.ndarray, bool]]]
-    ) -> None:
+    @property
+    def busy(self) -> bool:
+        return self.batcher.busy
+
+    def join(self, results: list[SynthesisResult], parts: Parts) -> None:
         """Concatenate each request's segments in order into its result."""
         for row, row_parts in parts.items():
             result = results[row]
@@ -426,62 +340,3 @@ def _to_host(tensor: torch.Tensor, dtype: type) -> np.ndarray:
     out = np.empty(tuple(tensor.shape), dtype=dtype)
     torch.from_numpy(out).copy_(tensor)
     return out
-
-
-def admission_order(segments: list[_Segment]) -> list[_Segment]:
-    """Longest text first (stable): a call's rows finish when its longest row does, so starting the long ones first
-    lets the short ones fill the slots around them instead of leaving a long row alone at the end of the call.
-    Text length stands in for audio length (speech is ~ proportional to its text). Results do not depend on the
-    order: every row has its own seed and slot."""
-    return sorted(segments, key=lambda s: len(s.prompt.token_ids), reverse=True)
-
-
-def shared_budget_bytes(total: int, share: float, held: int, free_budget: int, fraction: float = 0.85) -> int:
-    """Budget of a replica that owns `share` of a device of `total` bytes and already holds `held` (its weights):
-    `fraction` of its share, less what it holds, and never more than the free-memory default `free_budget`. Without
-    this, replicas that start together on one device would each plan 85% of the whole device's free memory."""
-    budget = min(int(total * share * fraction) - held, free_budget)
-    if budget <= 0:
-        raise ValueError(
-            f"a {share:g} share of this device ({total * share / 2**30:.1f} GiB) leaves no memory budget after the "
-            f"replica's {held / 2**30:.1f} GiB of weights; give each replica a larger GPU share (actors.num_gpus "
-            f"of a job, deployment.num_gpus of a Serve app), hold fewer models per Serve replica, or set "
-            f"engine.budget_mib"
-        )
-    return budget
-
-
-def assigned_gpu_share() -> float:
-    """The part of one GPU that Ray gave this worker: its fractional `num_gpus` (several replicas on one device), else
-    1.0 (whole GPUs, no GPU, or not in a Ray worker: the driver has no assigned resources)."""
-    import ray
-
-    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
-        return 1.0
-    gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
-    return gpus if 0 < gpus < 1 else 1.0
-
-
-def reference_codes_from_prompt(text: str, num_vq: int = 4) -> torch.Tensor:
-    """An upstream reference prompt string (`spk_smp`) -> codes, raising RequestError on a bad string."""
-    try:
-        return decode_prompt(text, num_vq)
-    except SpeakerError as err:
-        raise RequestError(str(err)) from None
-
-
-def _pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was requested but torch sees no CUDA device; use --device cpu")
-    return torch.device(device)
-
-
-def _pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
-    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if dtype not in table:
-        raise ValueError(f"dtype must be one of {sorted(table)}, got {dtype!r}")
-    return table[dtype]

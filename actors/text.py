@@ -18,6 +18,9 @@ from typing import Any, Protocol
 
 from .validation import RequestError
 
+# Control tags placed before a row's text when the row gives none (upstream's default: normal speed).
+DEFAULT_PROMPT = "[speed_5]"
+
 _REJECT = re.compile(r"[^\u4e00-\u9fffA-Za-z，。、,\. ]")
 _TAG = re.compile(r"\[[\w_]+\]")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -88,7 +91,7 @@ def clean_text(text: str, normalize: bool = True) -> str:
     return text
 
 
-def decorate(text: str, prompt: str = "[speed_5]", has_speaker: bool = False, transcript: str = "") -> str:
+def decorate(text: str, prompt: str = DEFAULT_PROMPT, has_speaker: bool = False, transcript: str = "") -> str:
     """The code-stage prompt: `[Stts][spk_emb|empty_spk]{transcript}{prompt}{text}[Ptts]`."""
     for tag in ("[Stts]", "[spk_emb]", "[empty_spk]"):
         text = text.replace(tag, "")

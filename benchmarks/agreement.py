@@ -6,7 +6,7 @@
 
 Runs one Synthesizer in float32 (the reference; on CUDA with TF32 off for matmuls and convolutions) and then one
 per `--dtypes` entry, all on `--device`, with the engine benchmark's checkpoint and texts (benchmarks/engine.py)
-and per-row seeds, and compares each with the reference (actors/agreement.py): rows with identical codes,
+and per-row seeds, and compares each with the reference (benchmarks/agreement_measures.py): rows with identical codes,
 (frame, codebook) positions that match, the frame of each row's first difference, and the waveform SNR of rows
 whose codes are identical, and the teacher-forced numbers: the share of (frame, codebook) positions where both
 precisions' top-1 code is the same when both read float32's codes as their history, and the mean |logit difference|
@@ -37,9 +37,10 @@ def run(
     when None), taken before the replica is freed."""
     import torch
 
-    from actors.agreement import forced_logits
     from actors.engine.sampling import SamplingParams
-    from actors.replica import SynthesisRequest, Synthesizer
+    from actors.replica import Synthesizer
+    from actors.requests import SynthesisRequest
+    from benchmarks.agreement_measures import forced_logits
 
     synth = Synthesizer(
         model=checkpoint,
@@ -93,8 +94,8 @@ def main() -> None:
 
     import torch
 
-    from actors.agreement import compare, teacher_forced
     from actors.checkpoint import read_model_config
+    from benchmarks.agreement_measures import compare, teacher_forced
     from benchmarks.engine import ensure_checkpoint, texts
 
     torch.set_num_threads(args.threads)

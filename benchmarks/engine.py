@@ -59,7 +59,7 @@ def ensure_checkpoint(preset: str, seed: int, eos_gain: float | None = None) -> 
     root = REPO / ".cache" / "bench" / name
     if not (root / "asset" / "Vocos.safetensors").exists():
         # In-process, not through the CLI: a GPU image has torch and safetensors but not the CLI's other imports.
-        from actors.make_checkpoint import EOS_GAIN, write_checkpoint
+        from actors.checkpoint.random_weights import EOS_GAIN, write_checkpoint
 
         write_checkpoint(root, preset, seed, EOS_GAIN if eos_gain is None else eos_gain)
     return root
@@ -90,7 +90,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from actors.engine.sampling import SamplingParams
-    from actors.replica import SynthesisRequest, Synthesizer
+    from actors.replica import Synthesizer
+    from actors.requests import SynthesisRequest
 
     torch.set_num_threads(args.threads)
     rows = json.loads(Path(args.texts_file).read_text())

@@ -90,7 +90,8 @@ def engine_alone(model: str, rows: list[dict], steps: int, budget_mib: int) -> d
     import torch
 
     from actors.engine.sampling import SamplingParams
-    from actors.replica import SynthesisRequest, Synthesizer
+    from actors.replica import Synthesizer
+    from actors.requests import SynthesisRequest
 
     torch.set_num_threads(1)
     synth = Synthesizer(

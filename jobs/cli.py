@@ -8,8 +8,10 @@ import logging
 import sys
 from pathlib import Path
 
+from actors.audio import AUDIO_FORMATS
 from actors.checkpoint import CheckpointError
-from pipeline.output import AUDIO_FORMATS
+from actors.settings import EngineSettings, SamplingSettings, resolve_path
+from jobs.synth import SYNTH_MAX_SLOTS
 
 
 def _synth_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,19 +26,25 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, type=Path, help="JSONL file of rows")
     p.add_argument("--output", required=True, type=Path, help="output folder (part-00000.parquet is overwritten)")
     p.add_argument("--speaker", default=None, help="default speaker: 'seed:N' or an upstream speaker string")
-    p.add_argument("--temperature", type=float, default=0.3)
-    p.add_argument("--top-p", type=float, default=0.7)
-    p.add_argument("--top-k", type=int, default=20)
-    p.add_argument("--repetition-penalty", type=float, default=1.05)
-    p.add_argument("--max-new-tokens", type=int, default=2048, help="GPT steps per segment (46.875 per second)")
-    p.add_argument("--min-new-tokens", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed for rows without their own")
+    for name, kind in (
+        ("temperature", float),
+        ("top_p", float),
+        ("top_k", int),
+        ("repetition_penalty", float),
+        ("max_new_tokens", int),
+        ("min_new_tokens", int),
+        ("seed", int),
+    ):
+        field = SamplingSettings.model_fields[name]  # the defaults of every front end (actors/settings.py)
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=field.default, help=field.description)
     p.add_argument("--save-codes", action="store_true", help="also store the [T, 4] audio codes")
     p.add_argument("--no-normalize", action="store_true", help="skip language-aware punctuation mapping")
     p.add_argument("--decoder", choices=("hidden", "dvae"), default="hidden")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
-    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument(
+        "--max-batch-size", type=int, default=SYNTH_MAX_SLOTS, help="rows generating at once (engine.max_slots)"
+    )
     p.add_argument("--max-segment-tokens", type=int, default=120, help="longer text is split at sentence ends")
     p.add_argument("--fsq", choices=("classic", "symmetric"), default="classic", help="DVAE quantiser numerics")
     p.add_argument("--verify", choices=("auto", "always", "never"), default="auto", help="sha256 of official files")
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "make-checkpoint":
-            from actors.make_checkpoint import write_checkpoint
+            from actors.checkpoint.random_weights import write_checkpoint
 
             gain = {} if args.eos_gain is None else {"eos_gain": args.eos_gain}
             asset = write_checkpoint(args.dir, args.preset, args.seed, **gain)
@@ -233,9 +241,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _from_cwd(path: str) -> str:
-    if "://" in path or path == "tiny" or Path(path).is_absolute():
-        return path
-    return str(Path(path).resolve())
+    return resolve_path(path, Path.cwd())
 
 
 def report_table(summary: dict) -> str:
@@ -256,38 +262,35 @@ def report_table(summary: dict) -> str:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from actors.engine.sampling import SamplingParams
     from jobs.synth import SynthOptions, run_synth
 
     if not args.input.is_file():
         print(f"raytts synth: input {args.input} is not a file (expected JSONL rows)", file=sys.stderr)
         return 2
-    options = SynthOptions(
-        model=args.model,
-        input=args.input,
-        output=args.output,
-        speaker=args.speaker,
-        sampling=SamplingParams(
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            repetition_penalty=args.repetition_penalty,
-            max_new_tokens=args.max_new_tokens,
-            min_new_tokens=args.min_new_tokens,
-            seed=args.seed,
-        ),
-        save_codes=args.save_codes,
-        normalize=not args.no_normalize,
-        decoder=args.decoder,
-        device=args.device,
-        dtype=args.dtype,
-        max_batch_size=args.max_batch_size,
-        max_segment_tokens=args.max_segment_tokens,
-        fsq=args.fsq,
-        verify=args.verify,
-        compile=args.compile,
-        audio_format=args.audio_format,
-    )
+    try:
+        options = SynthOptions(
+            model=args.model,
+            input=args.input,
+            output=args.output,
+            speaker=args.speaker,
+            sampling=SamplingSettings(**{name: getattr(args, name) for name in SamplingSettings.model_fields}),
+            engine=EngineSettings(
+                decoder=args.decoder,
+                device=args.device,
+                dtype=args.dtype,
+                max_slots=args.max_batch_size,
+                max_segment_tokens=args.max_segment_tokens,
+                fsq=args.fsq,
+                verify=args.verify,
+                compile=args.compile,
+            ),
+            save_codes=args.save_codes,
+            normalize=not args.no_normalize,
+            audio_format=args.audio_format,
+        )
+    except ValueError as err:
+        print(f"raytts synth: {err}", file=sys.stderr)
+        return 2
     try:
         status, report = run_synth(options)
     except ValueError as err:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 
+from actors.cluster import joined_ray
 from actors.serving.config import LOOPBACK_HOSTS, ServerConfig
 
 log = logging.getLogger(__name__)
 
 
 def run_server(config: ServerConfig, address: str | None = None) -> int:
-    import ray
     from ray import serve
 
     from actors.serving.app import build_app
@@ -23,18 +22,10 @@ def run_server(config: ServerConfig, address: str | None = None) -> int:
             f"binding to {config.host} needs API keys: set {config.app.auth.api_keys_env}=KEY[,KEY...] or "
             f"app.auth.api_keys, or bind to 127.0.0.1"
         )
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        if address:
-            ray.init(address=address)
-        elif os.environ.get("RAY_ADDRESS"):
-            ray.init()
-        else:
-            ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1))
-    # After ray.init: Ray's driver installs a failure handler for SIGTERM that would kill us uncleanly.
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
+    with joined_ray(address, local_cpus=4):
+        # After ray.init: Ray's driver installs a failure handler for SIGTERM that would kill us uncleanly.
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         serve.start(http_options={"host": config.host, "port": config.port})
         app = build_app(config.app.model_dump(), deployment=config.deployment)
         serve.run(app, name="raytts", route_prefix="/")
@@ -47,6 +38,3 @@ def run_server(config: ServerConfig, address: str | None = None) -> int:
             pass
         serve.shutdown()
         return 0
-    finally:
-        if owns_ray:
-            ray.shutdown()

@@ -12,15 +12,23 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from actors.engine.sampling import SamplingParams
-from actors.replica import RequestError, SynthesisRequest, SynthesisResult, Synthesizer, reference_codes_from_prompt
-from pipeline.inputs import InputRow, mark_duplicates, read_jsonl, to_request, unknown_fields
+from actors.requests import SynthesisRequest, SynthesisResult, request_from_fields, with_source
+from actors.settings import EngineSettings, SamplingSettings, build_synthesizer
+from actors.validation import RequestError
+from actors.voices import RowVoices, read_reference_audio
+from pipeline.inputs import InputRow, mark_duplicates, read_jsonl, unknown_fields
 from pipeline.output import ParquetSink, result_row
 
+if TYPE_CHECKING:
+    from actors.engine.params import SamplingParams
+    from actors.replica import Synthesizer
+
 log = logging.getLogger(__name__)
+
+SYNTH_MAX_SLOTS = 16  # rows generating at once when --max-batch-size is not given
+SYNTH_MIN_RESERVE = 2048  # new tokens reserved per slot at least (rows may ask for up to this)
 
 
 @dataclass
@@ -29,17 +37,10 @@ class SynthOptions:
     input: Path
     output: Path
     speaker: str | None = None
-    sampling: SamplingParams = field(default_factory=SamplingParams)  # defaults for rows without overrides
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)  # defaults for rows without overrides
+    engine: EngineSettings = field(default_factory=lambda: EngineSettings(max_slots=SYNTH_MAX_SLOTS))
     save_codes: bool = False
     normalize: bool = True
-    decoder: str = "hidden"
-    device: str = "auto"
-    dtype: str | None = None
-    max_batch_size: int = 16
-    max_segment_tokens: int = 120
-    fsq: str = "classic"
-    verify: str = "auto"
-    compile: str = "off"
     audio_format: str = "flac"
     chunk_rows: int = 256
 
@@ -72,35 +73,25 @@ class SynthReport:
 
 
 class _References:
-    """Reference audio encoded once per file for the whole run."""
+    """Reference audio encoded once per file for the whole run (`actors.voices.RowVoices.encode_file`)."""
 
     def __init__(self, synthesizer: Synthesizer, base: Path) -> None:
         self.synthesizer = synthesizer
         self.base = base
         self.cache: dict[str, object] = {}
 
-    def codes(self, spec: str):
+    def codes(self, spec: str) -> object:
         if spec not in self.cache:
             try:
-                self.cache[spec] = self._encode(spec)
+                path = spec if "://" in spec or Path(spec).is_absolute() else str(self.base / spec)
+                audio, rate = read_reference_audio(path, name=spec)  # errors name the file as the row did
+                self.cache[spec] = self.synthesizer.encode_reference(audio, rate)
             except RequestError as err:
                 self.cache[spec] = err
         found = self.cache[spec]
         if isinstance(found, RequestError):
             raise found
         return found
-
-    def _encode(self, spec: str):
-        import soundfile as sf
-        from smart_open import open as sopen
-
-        path = spec if "://" in spec or Path(spec).is_absolute() else str(self.base / spec)
-        try:
-            with sopen(path, "rb") as f:
-                audio, rate = sf.read(f, dtype="float32", always_2d=False)
-        except (OSError, RuntimeError, ValueError, sf.LibsndfileError) as err:
-            raise RequestError(f"reference audio {spec!r} could not be read ({err})") from None
-        return self.synthesizer.encode_reference(np.asarray(audio), int(rate))
 
 
 def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
@@ -110,40 +101,33 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
     extra = unknown_fields(rows)
     if extra:
         log.warning("ignoring unknown input fields %s (known: id, text, speaker, seed, ...)", sorted(extra))
-    synthesizer = Synthesizer(
-        model=options.model,
-        device=options.device,
-        dtype=options.dtype,
-        decoder=options.decoder,
-        max_batch_size=options.max_batch_size,
+    synthesizer = build_synthesizer(
+        options.model,
+        options.engine,
         # Reserve room for the requested length (rows may still ask for less, or more up to this).
-        max_new_tokens=max(2048, options.sampling.max_new_tokens),
-        max_segment_tokens=options.max_segment_tokens,
-        fsq_variant=options.fsq,
-        verify=options.verify,
-        compile=options.compile,
+        max_new_tokens=max(SYNTH_MIN_RESERVE, options.sampling.max_new_tokens),
     )
-    defaults = options.sampling
+    defaults = options.sampling.params()
     defaults.validate(synthesizer.config.gpt.num_vq)
     references = _References(synthesizer, options.input.parent)
+    voices = RowVoices(options.speaker, {}, encode_file=references.codes)
     report = SynthReport(output=str(options.output / "part-00000.parquet"))
     with ParquetSink(options.output / "part-00000.parquet") as sink:
         for start in range(0, len(rows), options.chunk_rows):
             chunk = rows[start : start + options.chunk_rows]
-            results, requests = _synthesize_chunk(chunk, synthesizer, defaults, options, references)
+            results, requests = _synthesize_chunk(chunk, synthesizer, defaults, options, voices)
             out = []
-            for result, request in zip(results, requests, strict=True):
+            for row, result, request in zip(chunk, results, requests, strict=True):
                 speaker = request.speaker if request else options.speaker
                 seed = request.params.seed if request else None
+                model_id = synthesizer.checkpoint.model_id
                 out.append(
-                    result_row(
-                        result, speaker, seed, synthesizer.checkpoint.model_id, options.save_codes, options.audio_format
-                    )
+                    result_row(result, row.source, speaker, seed, model_id, options.save_codes, options.audio_format)
                 )
                 report.rows += 1
-                if result.error:
+                if out[-1]["error"]:
                     report.failed += 1
-                    report.failures.append({"id": result.id or None, "error": result.error})
+                    report.failures.append({"id": result.id or None, "error": out[-1]["error"]})
                 else:
                     report.ok += 1
                     report.audio_seconds += out[-1]["duration_s"]
@@ -159,7 +143,7 @@ def _synthesize_chunk(
     synthesizer: Synthesizer,
     defaults: SamplingParams,
     options: SynthOptions,
-    references: _References,
+    voices: RowVoices,
 ) -> tuple[list[SynthesisResult], list[SynthesisRequest | None]]:
     results: list[SynthesisResult | None] = [None] * len(chunk)
     requests: list[SynthesisRequest | None] = [None] * len(chunk)
@@ -170,19 +154,15 @@ def _synthesize_chunk(
             results[i] = SynthesisResult(id=row.id or "", text=text, error=row.error)
             continue
         try:
-            request = to_request(row, defaults, options.speaker, options.normalize)
-            if row.fields.get("reference_audio"):
-                request.reference_codes = references.codes(str(row.fields["reference_audio"]))
-            elif row.fields.get("reference_codes"):
-                request.reference_codes = reference_codes_from_prompt(str(row.fields["reference_codes"]))
+            request = request_from_fields(row.source, row.id, row.fields, defaults, options.speaker, options.normalize)
+            voices.apply(request, row.fields)
         except RequestError as err:
-            message = str(err) if str(err).startswith(row.source) else f"{row.source}: {err}"
-            results[i] = SynthesisResult(id=row.id or "", text=text, error=message)
+            results[i] = SynthesisResult(id=row.id or "", text=text, error=with_source(str(err), row.source))
             continue
         requests[i] = request
         pending.append(i)
     for i, result in zip(pending, synthesizer.synthesize([requests[i] for i in pending]), strict=True):
-        if result.error and not result.error.startswith(chunk[i].source):
-            result.error = f"{chunk[i].source}: {result.error}"
+        if result.error:
+            result.error = with_source(result.error, chunk[i].source)
         results[i] = result
     return results, requests  # type: ignore[return-value]

@@ -1,19 +1,19 @@
-"""The offline job's configuration: validated at the edge (pydantic), loaded from YAML and overridden by flags."""
+"""The offline job's configuration: validated at the edge (pydantic), loaded from YAML and overridden by flags.
+
+Engine and sampling settings are the shared `actors.settings` classes (the same keys as a Serve config's `engine`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from actors.settings import EngineSettings, SamplingSettings, Strict, load_mapping, resolve_path
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class InputsConfig(_Strict):
+class InputsConfig(Strict):
     text: list[str] = Field(
         description="Text shards: files, folders or globs, local or URIs (s3://, gs://, ...). Formats by extension: "
         ".jsonl/.json (one object per line), .parquet, .csv (header row), .txt (one utterance per line; ids are "
@@ -41,39 +41,7 @@ class InputsConfig(_Strict):
         return value
 
 
-class SamplingConfig(_Strict):
-    temperature: float = Field(0.3, gt=0, description="Sampling temperature (all 4 codebooks).")
-    top_p: float = Field(0.7, gt=0, le=1, description="Nucleus sampling mass (>= 3 codes are always kept).")
-    top_k: int = Field(20, ge=0, description="Keep the k most likely codes (0 disables; >= 3 kept).")
-    repetition_penalty: float = Field(1.05, gt=0, description="Penalty over each row's last 16 codes.")
-    max_new_tokens: int = Field(2048, ge=1, description="GPT steps per segment (46.875 per audio second).")
-    min_new_tokens: int = Field(0, ge=0, description="EOS is masked before this many steps.")
-    seed: int = Field(0, ge=0, lt=2**63, description="Seed for rows that do not carry their own.")
-
-
-class EngineConfig(_Strict):
-    device: str = Field("auto", description="cuda, cpu or auto (CUDA when torch sees a GPU).")
-    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
-        None, description="Default float16 on CUDA, float32 on CPU."
-    )
-    budget_mib: int | None = Field(
-        None, ge=16, description="Per-replica memory budget; default 85% of free GPU memory, 1 GiB on CPU."
-    )
-    max_slots: int | None = Field(None, ge=1, description="Cap on rows generating at once per replica.")
-    max_prompt_tokens: int = Field(640, ge=16, description="Prompt tokens reserved per slot (text + reference codes).")
-    max_segment_tokens: int = Field(120, ge=8, description="Longer text is split at sentence ends into segments.")
-    decoder: Literal["hidden", "dvae"] = Field("hidden", description="Decode from GPT hidden states or from codes.")
-    fsq: Literal["classic", "symmetric"] = Field("classic", description="DVAE quantiser numerics.")
-    verify: Literal["auto", "always", "never"] = Field("auto", description="sha256 check of official files.")
-    threads: int | None = Field(None, ge=1, description="torch threads per actor (default: its CPU share).")
-    compile: Literal["off", "inductor", "cudagraphs"] = Field(
-        "off",
-        description="torch.compile the decode step (dynamic shapes, compiled once at start-up); 'cudagraphs' also "
-        "replays it as CUDA graphs over bucketed shapes (CUDA only).",
-    )
-
-
-class ActorsConfig(_Strict):
+class ActorsConfig(Strict):
     size: int | None = Field(None, ge=1, description="Fixed actor pool size (one engine replica each).")
     min_size: int | None = Field(None, ge=1, description="Autoscaling pool minimum (with max_size).")
     max_size: int | None = Field(None, ge=1, description="Autoscaling pool maximum (with min_size).")
@@ -118,7 +86,7 @@ class ActorsConfig(_Strict):
         return self
 
 
-class OutputConfig(_Strict):
+class OutputConfig(Strict):
     path: str = Field(
         description="Output folder or URI: Parquet under parts/, audio under audio/, manifest and report."
     )
@@ -137,7 +105,7 @@ class OutputConfig(_Strict):
         return value.removeprefix("file://")  # one spelling of a local folder, for parts, audio files and keys
 
 
-class JobConfig(_Strict):
+class JobConfig(Strict):
     model: str = Field("tiny", description="Checkpoint folder, URI, hf://2Noise/ChatTTS[@rev], or 'tiny'.")
     inputs: InputsConfig
     output: OutputConfig
@@ -145,8 +113,8 @@ class JobConfig(_Strict):
         None, description="Default speaker: 'seed:N', an upstream speaker string or a reference name."
     )
     normalize: bool = Field(True, description="Language-aware punctuation mapping (upstream's default).")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    engine: EngineConfig = Field(default_factory=EngineConfig)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
     actors: ActorsConfig = Field(default_factory=ActorsConfig)
     retry_failed: bool = Field(False, description="On a re-run, redo rows whose earlier outcome was an error.")
     max_chars: int = Field(10_000, ge=1, description="Rows with longer text fail with an error.")
@@ -160,9 +128,7 @@ class JobConfig(_Strict):
         """Relative local paths in a config file are relative to that file."""
 
         def fix(p: str) -> str:
-            if "://" in p or Path(p).is_absolute() or p == "tiny":
-                return p
-            return str((base / p).resolve())
+            return resolve_path(p, base)
 
         inputs = self.inputs.model_copy(
             update={
@@ -172,24 +138,5 @@ class JobConfig(_Strict):
             }
         )
         output = self.output.model_copy(update={"path": fix(self.output.path)})
-        model = self.model if self.model == "tiny" or self.model.startswith("hf://") else fix(self.model)
+        model = fix(self.model)
         return self.model_copy(update={"inputs": inputs, "output": output, "model": model})
-
-
-def load_mapping(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A YAML file's top-level mapping (empty without a file) with dotted-key overrides applied."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text())
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a YAML mapping at the top level")
-        data = loaded
-    for dotted, value in (overrides or {}).items():
-        _set(data, dotted.split("."), value)
-    return data
-
-
-def _set(data: dict[str, Any], keys: list[str], value: Any) -> None:
-    for key in keys[:-1]:
-        data = data.setdefault(key, {})
-    data[keys[-1]] = value

@@ -1,41 +1,30 @@
-"""Input rows: reading text shards line by line and turning raw rows into synthesis requests.
+"""Input rows: one JSON line into one row, the ids of rows that have none, and duplicate ids (one rule for
+`raytts run` and `raytts synth`).
 
 Nothing here raises for a bad row: a row that cannot be read or validated becomes an `InputRow` whose `error`
-names the source line and the reason, and flows to the output like any other row.
+names the source line and the reason, and flows to the output like any other row. Turning a row's fields into a
+synthesis request is `actors.requests.request_from_fields`. Torch-free: the parse tasks import this.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import re
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from actors.requests import KNOWN_FIELDS
 from actors.validation import RequestError, validate_id
 
-if TYPE_CHECKING:  # torch-free at import: the parse tasks that use this module never load the model
-    from actors.engine.sampling import SamplingParams
-    from actors.replica import SynthesisRequest
-
 log = logging.getLogger(__name__)
-
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "min_new_tokens")
-KNOWN_FIELDS = {
-    "id",
-    "text",
-    "speaker",
-    "seed",
-    "prompt",
-    "reference_audio",
-    "reference_text",
-    "reference_codes",
-    *SAMPLING_FIELDS,
-}
 
 
 @dataclass
@@ -143,16 +132,41 @@ def _valid_id(data: dict[str, Any]) -> str | None:
 
 
 def mark_duplicates(rows: list[InputRow]) -> None:
-    """The first row with an id wins; later ones get an error naming where the id was first seen."""
-    first: dict[str, tuple[str, str]] = {}
+    """`find_duplicates` over in-memory rows (`raytts synth`): later rows repeating an id get its error."""
+    ids = pa.chunked_array([pa.array([row.id for row in rows], type=pa.string())])
+    sources = pa.chunked_array([pa.array([row.source for row in rows], type=pa.string())])
+    duplicates = find_duplicates(ids, sources)
     for row in rows:
-        if row.error or row.id is None:
-            continue
-        key = row.id.casefold()  # ids name files: A and a are one file on case-insensitive stores
-        if key in first:
-            row.error = duplicate_id_error(row.source, row.id, *first[key])
-        else:
-            first[key] = (row.id, row.source)
+        if row.error is None and row.source in duplicates:
+            row.error = duplicates[row.source]
+
+
+def _source_order(source: str) -> tuple[str, int]:
+    match = re.match(r"^(.*):(?:row)?(\d+)$", source)
+    return (match.group(1), int(match.group(2))) if match else (source, 0)
+
+
+def find_duplicates(ids: pa.ChunkedArray, sources: pa.ChunkedArray) -> dict[str, str]:
+    """source -> error for every row whose id an earlier (file, line) already used, or differs from one only in
+    case (ids name audio files). Rows that failed to parse but have an id keep it (their output row carries it), so
+    a later row with that id is the duplicate. Counting happens in Arrow; only the rows of repeated ids (usually
+    none) become Python objects."""
+    rows = pa.table({"id": ids.cast(pa.string()), "source": sources.cast(pa.string())})
+    rows = rows.filter(pc.fill_null(pc.not_equal(rows.column("id"), ""), False))
+    rows = rows.append_column("folded", pc.utf8_lower(rows.column("id")))
+    counts = rows.group_by("folded").aggregate([("source", "count")])
+    repeated = counts.filter(pc.greater(counts.column("source_count"), 1)).column("folded")
+    if len(repeated) == 0:
+        return {}
+    by_id: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for row in rows.filter(pc.is_in(rows.column("folded"), value_set=repeated.combine_chunks())).to_pylist():
+        by_id[row["folded"]].append((row["source"], row["id"]))
+    duplicates = {}
+    for rows_of_id in by_id.values():
+        (first_source, first_id), *rest = sorted(rows_of_id, key=lambda r: _source_order(r[0]))
+        for source, row_id in rest:
+            duplicates[source] = duplicate_id_error(source, row_id, first_id, first_source)
+    return duplicates
 
 
 def duplicate_id_error(source: str, row_id: str, first_id: str, first_source: str) -> str:
@@ -164,70 +178,6 @@ def duplicate_id_error(source: str, row_id: str, first_id: str, first_source: st
         f"{source}: duplicate id {row_id!r}: it differs from id {first_id!r} (first seen at {first_source}) only in "
         f"case, and both would be one audio file on a case-insensitive store; ids must be unique ignoring case"
     )
-
-
-def to_request(row: InputRow, defaults: SamplingParams, speaker: str | None, normalize: bool) -> SynthesisRequest:
-    """Validate field types and build a request; raises RequestError with the row's source in the message."""
-    from actors.replica import SynthesisRequest  # the engine's side: torch is loaded there anyway
-
-    data = row.fields
-    text = data.get("text")
-    if not isinstance(text, str):
-        raise RequestError(f"{row.source}: text must be a string, got {type(text).__name__}")
-    overrides: dict[str, Any] = {}
-    for name in SAMPLING_FIELDS:
-        if data.get(name) is not None:
-            overrides[name] = _number(
-                row, name, data[name], integer=name in ("top_k", "max_new_tokens", "min_new_tokens")
-            )
-    if data.get("seed") is not None:
-        overrides["seed"] = _number(row, "seed", data["seed"], integer=True)
-    row_speaker = data.get("speaker") if data.get("speaker") not in (None, "") else speaker  # null/"": the default
-    if row_speaker is not None and not isinstance(row_speaker, str):
-        raise RequestError(f"{row.source}: speaker must be a string ('seed:N' or a speaker string)")
-    params = dataclasses.replace(defaults, **overrides)
-    try:
-        params.validate(4)
-    except ValueError as err:
-        raise RequestError(f"{row.source}: {err}") from None
-    prompt = data.get("prompt", "[speed_5]")
-    if not isinstance(prompt, str):
-        raise RequestError(f"{row.source}: prompt must be a string of control tags such as [speed_5]")
-    reference_text = data.get("reference_text") or ""
-    if not isinstance(reference_text, str):
-        raise RequestError(f"{row.source}: reference_text must be a string")
-    return SynthesisRequest(
-        id=row.id or "",
-        text=text,
-        speaker=row_speaker,
-        reference_text=reference_text,
-        params=params,
-        normalize=normalize,
-        prompt=prompt,
-    )
-
-
-def row_voice(fields: dict[str, Any], default_speaker: str | None, references: dict[str, Any]) -> tuple[Any, str]:
-    """(speaker, transcript) a row is synthesised with: the row's speaker (null/"" -> the job's default) and
-    reference_text, except that a reference speaker's name (in `references`, when the row carries no
-    reference_codes of its own) becomes its encoded codes: no speaker embedding, and its transcript unless the row
-    gives one. Shared by the CPU stage that tokenises (the prompt depends on both) and the TTS stage."""
-    name = fields.get("speaker") if fields.get("speaker") not in (None, "") else default_speaker
-    transcript = fields.get("reference_text") or ""
-    if not fields.get("reference_codes") and isinstance(name, str) and name in references:
-        entry = references[name]
-        return None, transcript or (entry.get("text") or "")
-    return name, transcript
-
-
-def _number(row: InputRow, name: str, value: Any, integer: bool) -> int | float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RequestError(f"{row.source}: {name} must be a number, got {type(value).__name__} {value!r:.30}")
-    if integer:
-        if isinstance(value, float) and not value.is_integer():
-            raise RequestError(f"{row.source}: {name} must be an integer, got {value}")
-        return int(value)
-    return float(value)
 
 
 def unknown_fields(rows: list[InputRow]) -> set[str]:

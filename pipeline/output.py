@@ -1,4 +1,5 @@
-"""The output row layout shared by `raytts synth` and `raytts run`, and its Parquet writer.
+"""The output row of `raytts synth` and `raytts run`: its schema, the one way a row's audio columns are made
+(`audio_fields`), the row of a synthesis result (`result_row`), and a Parquet writer.
 
 `audio` is a struct {bytes, path} holding an encoded audio file: the Hugging Face `datasets` Audio layout, so
 `datasets` decodes it without extra code; pandas and duckdb read every column as plain data. Rows that failed
@@ -7,7 +8,6 @@ keep their id and text, carry `error`, and have null audio.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,20 +16,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from actors.audio import AUDIO_FORMATS, encode_audio, to_pcm16
 from actors.model.config import SAMPLE_RATE
 
 if TYPE_CHECKING:  # torch-free at import: the store stage encodes audio without loading the model
-    from actors.replica import SynthesisResult
+    from actors.requests import SynthesisResult
 
-# Format name (also the file extension) -> soundfile container and subtype. flac and wav are lossless 16-bit; ogg
-# (Vorbis) and opus (Ogg Opus, 24 kHz is one of Opus' native rates) are lossy and several times smaller. Each decodes to
-# exactly the stored `num_samples` (libsndfile trims Opus' pre-skip and padding).
-AUDIO_FORMATS = {
-    "flac": ("FLAC", "PCM_16"),
-    "wav": ("WAV", "PCM_16"),
-    "ogg": ("OGG", "VORBIS"),
-    "opus": ("OGG", "OPUS"),
-}
+__all__ = ["AUDIO_FORMATS", "SCHEMA", "ParquetSink", "audio_fields", "result_row"]
 
 AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SCHEMA = pa.schema(
@@ -76,45 +69,52 @@ def hf_metadata(extra_features: dict | None = None) -> dict[str, str]:
 SCHEMA_WITH_METADATA = SCHEMA.with_metadata(hf_metadata())
 
 
-def encode_audio(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, fmt: str = "flac") -> bytes:
-    """float32 mono (clipped to [-1, 1] first: 16-bit formats would wrap) or int16 PCM -> an encoded file."""
-    if fmt not in AUDIO_FORMATS:
-        raise ValueError(f"audio format must be one of {sorted(AUDIO_FORMATS)}, got {fmt!r}")
-    import soundfile as sf  # here, not at import: the CLI imports this module and GPU images may lack soundfile
+NO_AUDIO = {"audio": None, "sample_rate": None, "num_samples": None, "duration_s": None}
 
-    container, subtype = AUDIO_FORMATS[fmt]
-    buffer = io.BytesIO()
-    samples = audio if audio.dtype == np.int16 else np.clip(audio, -1.0, 1.0)
-    sf.write(buffer, samples, sample_rate, format=container, subtype=subtype)
-    return buffer.getvalue()
+
+def audio_fields(row_id: str, pcm: np.ndarray, fmt: str) -> dict:
+    """The audio columns of a row with 16-bit samples `pcm` (`actors.audio.to_pcm16`): the encoded file named
+    `{id}.{format}`, its rate, length and duration."""
+    data = encode_audio(pcm, SAMPLE_RATE, fmt)
+    return {
+        "audio": {"bytes": data, "path": f"{row_id}.{fmt}"},
+        "sample_rate": SAMPLE_RATE,
+        "num_samples": int(pcm.size),
+        "duration_s": pcm.size / SAMPLE_RATE,
+    }
+
+
+def no_audio_error(error: str | None, pcm_samples: int, source: str) -> str | None:
+    """A row's error: its own, or, for a row that produced no samples, that it did not (never an empty file)."""
+    if error is None and pcm_samples == 0:
+        return f"{source}: no audio was produced"
+    return error
 
 
 def result_row(
     result: SynthesisResult,
+    source: str,
     speaker: str | None,
     seed: int | None,
     model: str,
     save_codes: bool,
     fmt: str = "flac",
 ) -> dict:
-    ok = result.error is None and result.audio is not None
-    num_samples = int(result.audio.shape[0]) if ok else None
+    """The output row of one synthesis result (`raytts synth`), quantised and encoded as `raytts run` stores it."""
+    pcm = to_pcm16(result.audio) if result.audio is not None else np.zeros(0, np.int16)
+    error = no_audio_error(result.error, pcm.size, source)
+    ok = error is None
     return {
         "id": result.id or None,
         "text": result.text,
-        "audio": {"bytes": encode_audio(result.audio, result.sample_rate, fmt), "path": f"{result.id}.{fmt}"}
-        if ok
-        else None,
-        "sample_rate": result.sample_rate if ok else None,
-        "num_samples": num_samples,
-        "duration_s": num_samples / result.sample_rate if ok else None,
+        **(audio_fields(result.id, pcm, fmt) if ok else NO_AUDIO),
         "speaker": speaker,
         "seed": seed,
         "segments": result.segments if ok else None,
         "truncated_segments": result.truncated_segments if ok else None,
         "codes": result.codes.tolist() if ok and save_codes and result.codes is not None else None,
         "model": model,
-        "error": result.error,
+        "error": error,
     }
 
 

@@ -14,11 +14,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from actors.text import segment_token_ids
+from actors.text import DEFAULT_PROMPT, segment_token_ids
 from actors.tokenizer import TextTokenizer
 from actors.validation import RequestError
-
-from .inputs import row_voice
+from actors.voices import row_voice
 
 SEGMENT_IDS = pa.list_(pa.list_(pa.int32()))
 
@@ -49,7 +48,7 @@ def prepare_rows(block: pa.Table, tokenizer: dict[str, Any], settings: dict[str,
             continue
         fields = json.loads(raw) if raw else {}
         speaker, transcript = row_voice(fields, settings["speaker"], settings["references"])
-        prompt = fields.get("prompt", "[speed_5]")
+        prompt = fields.get("prompt", DEFAULT_PROMPT)
         if not isinstance(prompt, str) or not isinstance(transcript, str) or not isinstance(speaker, str | None):
             continue  # a malformed field: the TTS stage's validation names it
         try:

@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from actors.make_checkpoint import write_checkpoint
+    from actors.checkpoint.random_weights import write_checkpoint
 
     root = tmp_path_factory.mktemp("tiny-ck")
     write_checkpoint(root, "tiny", 0)

@@ -8,7 +8,8 @@ import numpy as np
 
 from actors.async_engine import AsyncSynthesizer
 from actors.engine.sampling import SamplingParams
-from actors.replica import SynthesisRequest, Synthesizer
+from actors.replica import Synthesizer
+from actors.requests import SynthesisRequest
 
 
 def _requests(prefix: str, n: int) -> list[SynthesisRequest]:
@@ -123,7 +124,7 @@ def test_streamed_requests_join_to_the_one_shot_audio(tiny_checkpoint, tmp_path)
 
 
 def test_invalid_stream_raises_and_cancelled_callers_free_their_slots(tiny_checkpoint, tmp_path):
-    from actors.replica import RequestError
+    from actors.validation import RequestError
 
     synth = _engine_synth(tiny_checkpoint, tmp_path, slots=4)
     engine = AsyncSynthesizer(synth)

@@ -9,11 +9,14 @@ import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from actors.engine.batcher import ContinuousBatcher, plan_slots, slot_bytes
-from actors.engine.generate import CodePrompt, generate
+from actors.engine.batcher import ContinuousBatcher
+from actors.engine.generate import generate
+from actors.engine.memory import plan_slots, slot_bytes
+from actors.engine.prompt import CodePrompt
 from actors.engine.sampling import SamplingParams
 from actors.model.config import ModelConfig
-from actors.replica import SynthesisRequest, Synthesizer
+from actors.replica import Synthesizer
+from actors.requests import SynthesisRequest
 from actors.text import decorate
 
 TINY = ModelConfig.from_name("tiny")
@@ -42,7 +45,7 @@ def test_plan_arithmetic_uses_the_models_kv_bytes_per_token():
 def test_cuda_graphs_reserve_the_steps_memory_on_top_of_prefill_and_waveforms():
     """Recorded CUDA graphs keep the decode step's activations in their pool between replays, so the plan adds
     the step to the larger of prefill and waveform decoding instead of taking the largest of the three."""
-    from actors.engine.batcher import activation_parts
+    from actors.engine.memory import activation_parts
 
     full = ModelConfig.from_name("full")
     eager = plan_slots(full, torch.float16, 40 << 30, 512, 2048)
@@ -466,7 +469,7 @@ def test_finished_rows_reach_the_host_in_one_transfer_per_step_and_two_per_decod
 def test_a_calls_longest_rows_are_admitted_first_and_results_do_not_change(synthesizer, monkeypatch):
     """Length-aware admission: within a call, rows enter the engine longest text first (so a call does not end
     with one long row alone in the slots); every row's codes are what they are when synthesised alone."""
-    from actors.replica import SynthesisRequest
+    from actors.requests import SynthesisRequest
 
     texts = {
         "short": "hi there.",
@@ -480,7 +483,7 @@ def test_a_calls_longest_rows_are_admitted_first_and_results_do_not_change(synth
     submit = synthesizer.batcher.submit
 
     def spy(key, prompt, params, stream=False):
-        order.append(requests[key[0]].id)
+        order.append(requests[key[-2]].id)  # key: (call, row, segment)
         submit(key, prompt, params, stream)
 
     monkeypatch.setattr(synthesizer.batcher, "submit", spy)

@@ -15,8 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pipeline.job import JobReport, _finish_report, find_duplicates, finished_keys, keep_rows, unfinished_plan
+from pipeline.bookkeeping import finished_keys, keep_rows, unfinished_plan
+from pipeline.inputs import find_duplicates
 from pipeline.parts import RUN_SCHEMA, key_array, read_outputs, write_part
+from pipeline.report import JobReport, finish_report
 
 IDS = ["a", None, "", "b", "a", "c", "b", None, "a"]
 SOURCES = ["x.jsonl:9", "x.jsonl:10", "x.jsonl:11", "y.csv:row2", "x.jsonl:10", "y.csv:row10", "y.csv:row3",
@@ -110,7 +112,7 @@ def test_report_streams_parts_and_matches_the_per_row_definition(tmp_path: Path)
         write_part(_part(rows[start : start + 8]), str(output / "parts"))
     finished_before = pa.array([row_key(r["id"], r["source"]) for r in rows[:20]] + ["not-in-output"])
 
-    report = _finish_report(JobReport(output=str(output)), str(output), finished_before)
+    report = finish_report(JobReport(output=str(output)), str(output), finished_before)
 
     # The per-row definition, over the same parts in the same order.
     table = read_outputs(
@@ -148,7 +150,7 @@ def test_report_streams_parts_and_matches_the_per_row_definition(tmp_path: Path)
 def test_report_of_an_empty_output_and_finished_keys_of_none(tmp_path: Path):
     output = tmp_path / "out"
     assert len(finished_keys(str(output), retry_failed=False)) == 0
-    report = _finish_report(JobReport(output=str(output)), str(output), pa.array([], type=pa.string()))
+    report = finish_report(JobReport(output=str(output)), str(output), pa.array([], type=pa.string()))
     assert (report.rows, report.ok, report.failed, report.workers) == (0, 0, 0, {})
     assert (output / "manifest.jsonl").read_text() == ""
 
@@ -184,7 +186,7 @@ def test_a_finished_duplicate_does_not_mark_the_first_row_of_its_id_done(tmp_pat
 def test_source_names_are_relative_to_the_job_folder_when_inside_it(tmp_path: Path):
     """Rows without ids are keyed by their source line; naming local shards relative to the job's folder keeps
     those keys (and .txt ids) when the whole folder moves, as `ray job submit --working-dir` does every session."""
-    from pipeline.job import source_names
+    from pipeline.sources import source_names
 
     inside, outside = str(tmp_path / "job" / "texts" / "a.txt"), "/elsewhere/b.jsonl"
     names = source_names([inside, outside, "bucket/c.csv", "s3://bucket/d.csv"], base=str(tmp_path / "job"))

@@ -19,12 +19,12 @@ from actors.checkpoint import (
     OFFICIAL_SHA256,
     RAYTTS_CONFIG,
     CheckpointError,
-    gpt_config_to_json,
     load_model,
     read_model_config,
     resolve,
 )
-from actors.make_checkpoint import random_state
+from actors.checkpoint.layout import gpt_config_to_json
+from actors.checkpoint.random_weights import random_state
 from actors.model.config import ModelConfig
 
 
@@ -236,7 +236,7 @@ def test_make_checkpoint_cli_writes_the_real_layout(tmp_path):
 
 def test_eos_gain_scales_only_the_end_code_rows_of_the_code_heads(tmp_path):
     """The benchmarks' mixed-length checkpoint differs from the tests' one only in the EOS rows' weight-norm gains."""
-    from actors.make_checkpoint import EOS_GAIN, write_checkpoint
+    from actors.checkpoint.random_weights import EOS_GAIN, write_checkpoint
 
     base = load_file(str(write_checkpoint(tmp_path / "base", "tiny", 0) / "Embed.safetensors"))
     mixed = load_file(str(write_checkpoint(tmp_path / "mixed", "tiny", 0, eos_gain=1.8) / "Embed.safetensors"))
@@ -298,7 +298,7 @@ def test_fine_tuned_checkpoint_in_the_official_layout_loads_and_says_its_weights
 def test_official_files_are_recognised_by_content(checkpoint_copy, monkeypatch):
     """`official` is true exactly when every file's sha256 is the release's (here: the release's hashes replaced
     by our files' own, since the real weights cannot be downloaded on these machines)."""
-    import actors.checkpoint as checkpoint
+    import actors.checkpoint.sources as checkpoint  # where the release's hashes are looked up
 
     asset = checkpoint_copy / "asset"
     (asset / RAYTTS_CONFIG).unlink()

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from actors.agreement import forced_logits
-from actors.engine.batcher import cuda_graph_shapes
+from benchmarks.agreement_measures import forced_logits
+from actors.engine.memory import cuda_graph_shapes
 from actors.engine.sampling import SamplingParams
-from actors.replica import SynthesisRequest, SynthesisResult, Synthesizer
+from actors.replica import Synthesizer
+from actors.requests import SynthesisRequest, SynthesisResult
 
 TEXTS = [
     "hello there.",
@@ -171,7 +172,7 @@ def test_cuda_graphs_need_a_cuda_device(tiny_checkpoint):
 def test_cuda_graph_buckets_are_few():
     """Rows go to powers of two and the attended prefix to multiples of 256 under CUDA graphs: a 344-slot pool of
     2688-token slots (the full model on 80 GB) needs at most 7 x 11 graphs."""
-    from actors.engine.batcher import SlotPlan, step_shape
+    from actors.engine.memory import SlotPlan, step_shape
 
     plan = SlotPlan(slots=344, slot_tokens=2688, max_new_tokens=2048, prefill_chunk=256, kv_bytes=0,
                     buffer_bytes=0, reserve_bytes=0, budget_bytes=0)  # fmt: skip

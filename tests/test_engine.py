@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from actors.engine.generate import CodePrompt, decode_waveforms, generate, prompt_embeddings
+from actors.engine.generate import decode_waveforms, generate
+from actors.engine.prompt import CodePrompt, prompt_embeddings
 from actors.engine.sampling import SamplingBatch, SamplingParams, process_logits, sample
 from actors.model.config import frames_to_samples
 from actors.model.gpt import KVCache

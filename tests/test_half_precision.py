@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from actors.agreement import compare, forced_logits, snr_db, teacher_forced
 from actors.engine.sampling import SamplingParams
-from actors.replica import SynthesisRequest, SynthesisResult, Synthesizer
+from actors.replica import Synthesizer
+from actors.requests import SynthesisRequest, SynthesisResult
+from benchmarks.agreement_measures import compare, forced_logits, snr_db, teacher_forced
 
 TEXTS = [
     "Hello world.",

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from pipeline.checks import OutputUnusable, check_output
 from pipeline.config import JobConfig
-from pipeline.job import OutputUnusable, check_output
 from pipeline.parts import read_outputs
 
 

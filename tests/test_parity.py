@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from actors.checkpoint import ASSET_FILES
-from actors.engine.generate import CodePrompt, decode_waveforms, generate
+from actors.engine.generate import decode_waveforms, generate
+from actors.engine.prompt import CodePrompt
 from actors.engine.sampling import SamplingParams
-from actors.replica import SynthesisRequest
+from actors.requests import SynthesisRequest
 from actors.speaker import decode_prompt, decode_speaker, encode_speaker, normalized_speaker, random_speaker
 from actors.text import clean_text, decorate
 

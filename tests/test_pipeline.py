@@ -21,7 +21,9 @@ from actors.checkpoint import resolve
 from actors.speaker import encode_prompt
 from jobs.cli import print_failures
 from pipeline.config import JobConfig
-from pipeline.job import read_outputs, run_job
+from pipeline.graph import stage_settings
+from pipeline.job import run_job
+from pipeline.parts import read_outputs
 from tests.support.jobdata import txt_ids, write_speakers, write_text_shards
 
 pytestmark = pytest.mark.timeout(900)
@@ -304,7 +306,7 @@ def test_every_audio_format_decodes_to_its_stored_length(fmt):
     """Each output format decodes at 24 kHz to exactly the samples written (the `num_samples` column), whether fed
     int16 PCM (the offline job) or float32 (`raytts synth`); lossless formats give back the 16-bit samples exactly,
     lossy ones stay close to them."""
-    from pipeline.output import encode_audio
+    from actors.audio import encode_audio
 
     t = np.arange(30_011) / 24_000  # an odd length: no frame or packet boundary to hide a trimming error
     audio = (0.4 * np.sin(2 * np.pi * 330 * t) * np.hanning(t.size)).astype(np.float32)
@@ -412,7 +414,7 @@ def test_an_actor_fed_fewer_rows_than_its_slots_says_so(tiny_checkpoint, caplog)
         config.actors.max_concurrent_batches = concurrent
         config.engine.max_slots = 16
         with caplog.at_level(logging.WARNING, logger="actors.tts_stage"):
-            TTSStage(config.model_dump(), {}, {}).engine.close()
+            TTSStage(stage_settings(config).model_dump(), {}, {}).engine.close()
 
     stage(batch_size=8, concurrent=2)
     assert "slots stay idle" not in caplog.text
@@ -428,11 +430,11 @@ def test_an_engine_that_dies_fails_the_rows_in_flight_and_is_rebuilt(tiny_checkp
     import asyncio
 
     from actors.tts_stage import TTSStage
-    from pipeline.job import _tokenizer_of
+    from pipeline.job import tokenizer_of
     from pipeline.prepare import prepare_rows
 
     config = _config(tiny_checkpoint, ["x"], str(tmp_path))
-    stage = TTSStage(config.model_dump(), speakers={}, duplicates={})
+    stage = TTSStage(stage_settings(config).model_dump(), speakers={}, duplicates={})
     first_engine = stage.engine
 
     def failing_step():
@@ -444,7 +446,7 @@ def test_an_engine_that_dies_fails_the_rows_in_flight_and_is_rebuilt(tiny_checkp
         "fields": ["{}", "{}"], "error": pa.array([None, None], pa.string()),
     })  # fmt: skip
     settings = {"speaker": None, "normalize": True, "max_segment_tokens": 120, "max_chars": 1000, "references": {}}
-    rows = prepare_rows(rows, _tokenizer_of(config.model, "auto"), settings)
+    rows = prepare_rows(rows, tokenizer_of(config.model, "auto"), settings)
 
     async def two_batches() -> tuple[pa.Table, pa.Table]:
         return await stage(rows), await stage(rows)
@@ -463,8 +465,9 @@ def test_the_prepare_stage_tokenises_exactly_as_the_engine_does(local_ray, tiny_
     Serve. Same rows, same codes: default and per-row speakers, control tags, a transcript, per-row reference
     codes, long text split into segments, Chinese."""
     from actors.engine.sampling import SamplingParams
-    from actors.replica import Synthesizer, reference_codes_from_prompt
-    from pipeline.inputs import InputRow, to_request
+    from actors.replica import Synthesizer
+    from actors.requests import request_from_fields
+    from actors.voices import reference_codes_from_prompt
 
     codes = encode_prompt(np.arange(4 * 20, dtype=np.int64).reshape(4, 20) % 40)
     long_text = " ".join(f"sentence number {w} is here." for w in "one two three four five six seven".split())
@@ -497,7 +500,7 @@ def test_the_prepare_stage_tokenises_exactly_as_the_engine_does(local_ray, tiny_
     defaults = SamplingParams(**config.sampling.model_dump())
     requests = []
     for number, row in enumerate(rows, start=1):
-        request = to_request(InputRow(f"t.jsonl:{number}", row["id"], row), defaults, config.speaker, True)
+        request = request_from_fields(f"t.jsonl:{number}", row["id"], row, defaults, config.speaker, True)
         if row.get("reference_codes"):
             request.reference_codes = reference_codes_from_prompt(row["reference_codes"])
         requests.append(request)

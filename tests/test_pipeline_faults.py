@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from pipeline.config import JobConfig
-from pipeline.job import read_outputs, run_job
+from pipeline.job import run_job
+from pipeline.parts import read_outputs
 from tests.support.jobdata import write_text_shards
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -168,7 +169,7 @@ def test_a_pool_larger_than_the_cluster_runs_with_the_actors_that_fit(cluster, t
     Data starts the third when a GPU appears; on this cluster none does)."""
     # 24 blocks: enough that the first actor up cannot take them all (3 queued per actor) before the second starts
     expected = _all_ids(tmp_path / "texts", 96)
-    with caplog.at_level(logging.WARNING, logger="pipeline.job"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.checks"):
         report = run_job(_config(tiny_checkpoint, tmp_path / "texts", tmp_path / "out", size=3))
     assert "the pool wants 3 engine actors" in caplog.text and "fit only 2" in caplog.text
     assert report.failed == 0 and report.rows == 96

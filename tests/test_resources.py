@@ -128,7 +128,7 @@ def test_auto_gpus_follow_the_cluster_and_an_explicit_value_wins():
 def test_replicas_sharing_a_device_split_its_memory():
     """Two 0.5-GPU actors that start together both see the whole device free; each must budget from its share.
     (Pure arithmetic: the CUDA calls that feed it cannot run here.)"""
-    from actors.replica import shared_budget_bytes
+    from actors.placement import shared_budget_bytes
 
     gib = 1 << 30
     # an 80 GiB device, half of it, 1 GiB of weights held, 67 GiB free-memory default: 0.85 * 40 - 1 = 33 GiB
@@ -148,7 +148,7 @@ def test_ray_tells_a_fractional_gpu_replica_its_share():
     Ray resource only (no CUDA on this machine), which is all the lookup reads."""
     import ray
 
-    from actors.replica import assigned_gpu_share
+    from actors.placement import assigned_gpu_share
 
     if ray.is_initialized():
         ray.shutdown()

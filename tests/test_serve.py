@@ -60,7 +60,7 @@ def server(tiny_checkpoint, tmp_path_factory):
     import ray
     from ray import serve
 
-    from actors.make_checkpoint import write_checkpoint
+    from actors.checkpoint.random_weights import write_checkpoint
     from actors.serving.app import build_app
     from actors.serving.config import DeploymentSpec
 

@@ -12,13 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from pipeline.sources import (
-    TEXT_EXTENSIONS,
-    csv_records,
-    expand_paths,
-    parse_speaker_shard,
-    parse_text_shard,
-)
+from pipeline.shards import csv_records, parse_speaker_shard, parse_text_shard
+from pipeline.sources import TEXT_EXTENSIONS, expand_paths
 
 
 def test_overlapping_specs_name_each_file_once(tmp_path):
@@ -156,12 +151,10 @@ def test_speaker_manifests_csv_parquet_and_bad_records(tmp_path):
 
 def test_a_null_or_empty_speaker_takes_the_job_default():
     from actors.engine.sampling import SamplingParams
-    from pipeline.inputs import InputRow, to_request
+    from actors.requests import request_from_fields
 
     def speaker_of(fields: dict) -> str | None:
-        return to_request(
-            InputRow("a.jsonl:1", "a", {"text": "hi", **fields}), SamplingParams(), "seed:7", True
-        ).speaker
+        return request_from_fields("a.jsonl:1", "a", {"text": "hi", **fields}, SamplingParams(), "seed:7", True).speaker
 
     assert speaker_of({}) == "seed:7"
     assert speaker_of({"speaker": None}) == "seed:7"
@@ -249,7 +242,7 @@ def test_rows_without_ids_get_stable_ids_from_file_and_line():
 
 def test_ids_that_differ_only_in_case_are_duplicates():
     """`A` and `a` name one audio file on a case-insensitive store: the later row is a duplicate-id error."""
-    from pipeline.job import find_duplicates
+    from pipeline.inputs import find_duplicates
 
     ids = pa.chunked_array([["A", "b", "a", "B", "c"]])
     sources = pa.chunked_array([["f:1", "f:2", "f:3", "g:1", "g:2"]])

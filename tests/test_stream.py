@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.engine.generate import CodePrompt, decode_waveforms, generate
+from actors.engine.generate import decode_waveforms, generate
+from actors.engine.prompt import CodePrompt
 from actors.engine.sampling import SamplingParams
 from actors.engine.stream import StreamDecoder, receptive_field_mel_frames
 from actors.model.config import ModelConfig

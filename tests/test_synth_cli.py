@@ -154,14 +154,14 @@ def test_missing_input_file_is_a_usage_error(tmp_path):
 
 def test_max_new_tokens_above_the_default_reservation_is_honoured(tiny_checkpoint, tmp_path, monkeypatch):
     """--max-new-tokens beyond 2048 used to fail every row: the replica reserved only 2048 per slot."""
-    from actors.engine.sampling import SamplingParams
+    from actors.settings import EngineSettings, SamplingSettings
     from jobs.synth import SynthOptions, run_synth
 
     monkeypatch.setenv("RAYTTS_CACHE", str(tmp_path / "cache"))
     (tmp_path / "in.jsonl").write_text(json.dumps({"id": "a", "text": "hello there."}) + "\n")
     options = SynthOptions(
-        model=str(tiny_checkpoint), input=tmp_path / "in.jsonl", output=tmp_path / "out", device="cpu",
-        sampling=SamplingParams(max_new_tokens=2500, seed=1),
+        model=str(tiny_checkpoint), input=tmp_path / "in.jsonl", output=tmp_path / "out",
+        engine=EngineSettings(device="cpu", max_slots=16), sampling=SamplingSettings(max_new_tokens=2500, seed=1),
     )  # fmt: skip
     status, report = run_synth(options)
     assert status == 0, report.failures

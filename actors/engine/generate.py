@@ -1,4 +1,4 @@
-"""Prompts, one-call generation over the continuous batcher, and waveform decoding.
+"""One-call generation over the continuous batcher, and waveform decoding.
 
 The engine knows nothing about text: it takes token ids, an optional speaker vector and optional reference codes
 per row. Rows never influence each other: each has its own positions and KV-cache slot (no left padding), its
@@ -14,22 +14,10 @@ import torch
 from ..model.chattts import ChatTTSModel
 from ..model.config import HOP_LENGTH, frames_to_samples
 from ..model.vocos import frame_mask
-from .batcher import ContinuousBatcher, SlotPlan
+from .batcher import ContinuousBatcher
+from .memory import SlotPlan
+from .prompt import CodePrompt
 from .sampling import SamplingParams
-
-
-@dataclass
-class CodePrompt:
-    """One row's GPT input: text token ids, then optional reference codes [num_vq, P] (after [Ptts])."""
-
-    token_ids: list[int]
-    speaker: torch.Tensor | None = None  # L2-normalised float16 [H], placed at every [spk_emb] position
-    reference_codes: torch.Tensor | None = None
-
-    @property
-    def length(self) -> int:
-        extra = 0 if self.reference_codes is None else int(self.reference_codes.shape[1])
-        return len(self.token_ids) + extra
 
 
 @dataclass
@@ -37,19 +25,6 @@ class Generated:
     codes: torch.Tensor  # [T, num_vq] int64, EOS step excluded
     hidden: torch.Tensor  # [T, H] the final-normed hidden state that produced each kept step
     finished: bool  # True: ended with EOS; False: stopped at max_new_tokens
-
-
-def prompt_embeddings(model: ChatTTSModel, prompt: CodePrompt, spk_emb_id: int) -> torch.Tensor:
-    device = model.device
-    ids = torch.tensor(prompt.token_ids, dtype=torch.int64, device=device)
-    text = model.embed.embed_text(ids)
-    if prompt.speaker is not None:
-        speaker = prompt.speaker.to(device=device, dtype=text.dtype)
-        text = torch.where((ids == spk_emb_id).unsqueeze(-1), speaker, text)
-    if prompt.reference_codes is None or prompt.reference_codes.shape[1] == 0:
-        return text
-    codes = prompt.reference_codes.to(device=device, dtype=torch.int64).t()
-    return torch.cat([text, model.embed.embed_codes(codes).to(text.dtype)], dim=0)
 
 
 @torch.inference_mode()

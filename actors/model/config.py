@@ -17,6 +17,7 @@ N_MELS = 100
 # One GPT step emits 4 codes = 2 mel frames = 2 * HOP_LENGTH samples.
 SAMPLES_PER_FRAME = 2 * HOP_LENGTH
 STEPS_PER_SECOND = SAMPLE_RATE / SAMPLES_PER_FRAME  # 46.875
+NUM_VQ = 4  # codebooks: every GPT step emits one code of each (the public model; configs may say otherwise)
 
 
 def frames_to_samples(frames: int) -> int:
@@ -38,7 +39,7 @@ class GPTConfig:
     max_position_embeddings: int = 4096
     num_text_tokens: int = 21178
     num_audio_tokens: int = 626
-    num_vq: int = 4
+    num_vq: int = NUM_VQ
 
     @property
     def head_dim(self) -> int:

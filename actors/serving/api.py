@@ -17,8 +17,10 @@ import numpy as np
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from actors.audio import encode_audio, to_pcm16
+from actors.engine.params import SamplingParams
 from actors.model.config import SAMPLE_RATE
-from pipeline.output import encode_audio
+from actors.text import DEFAULT_PROMPT
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 
@@ -96,13 +98,13 @@ class NativeRequest(_Body):
         None, max_length=20_000, description="'seed:N' or an upstream speaker string, instead of a voice."
     )
     seed: int | None = Field(None, ge=0, lt=2**63, description="Sampling seed (same seed, same audio).")
-    temperature: float = Field(0.3, gt=0, le=5)
-    top_p: float = Field(0.7, gt=0, le=1)
-    top_k: int = Field(20, ge=0, le=10_000)
-    repetition_penalty: float = Field(1.05, gt=0, le=10)
-    min_new_tokens: int = Field(0, ge=0)
+    temperature: float = Field(SamplingParams.temperature, gt=0, le=5)
+    top_p: float = Field(SamplingParams.top_p, gt=0, le=1)
+    top_k: int = Field(SamplingParams.top_k, ge=0, le=10_000)
+    repetition_penalty: float = Field(SamplingParams.repetition_penalty, gt=0, le=10)
+    min_new_tokens: int = Field(SamplingParams.min_new_tokens, ge=0)
     max_new_tokens: int | None = Field(None, ge=1, description="GPT steps per segment (default: the server's).")
-    prompt: str = Field("[speed_5]", max_length=400, description="Control tags placed before the text.")
+    prompt: str = Field(DEFAULT_PROMPT, max_length=400, description="Control tags placed before the text.")
     normalize: bool = Field(True, description="Language-aware punctuation mapping.")
     response_format: ResponseFormat = Field("wav")
     stream: bool = Field(False, description="Send audio while it is generated (pcm, wav, opus).")
@@ -195,8 +197,8 @@ def speed_tag(speed: float) -> str:
 
 
 def pcm16(audio: np.ndarray) -> bytes:
-    """float [-1, 1] -> 16-bit little-endian PCM, quantised like the 16-bit file writers."""
-    return (np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")).tobytes()
+    """float [-1, 1] -> 16-bit little-endian PCM, quantised like the 16-bit file writers (`to_pcm16`)."""
+    return to_pcm16(audio).astype("<i2", copy=False).tobytes()
 
 
 def wav_stream_header(sample_rate: int = SAMPLE_RATE) -> bytes:
@@ -318,7 +320,7 @@ def encode_whole(audio: np.ndarray, response_format: str, sample_rate: int = SAM
     if response_format == "pcm":
         return pcm16(audio)
     if response_format in ("wav", "flac"):
-        return encode_audio(audio, sample_rate, response_format)  # the job's writer: clips before 16-bit
+        return encode_audio(audio, sample_rate, response_format)  # the job's writer
     container, subtype = _CONTAINERS[response_format]
     buffer = io.BytesIO()
     sf.write(buffer, np.asarray(audio, dtype=np.float32), sample_rate, format=container, subtype=subtype)

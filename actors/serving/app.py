@@ -8,35 +8,33 @@ Routes: OpenAI's `POST /v1/audio/speech`, raytts' `POST /v1/tts` (ChatTTS contro
 `GET /v1/voices`, `GET /v1/stats`, `GET /healthz`. Every refusal is a JSON error with a 4xx status, or 503 +
 Retry-After when the replica is full or a request ran past its deadline.
 
-`build_app(args)` is the import path a Serve config names (`actors.serving.app:build_app`).
+Rooms: bodies and encoders `api`, auth and body limits `auth`, resident models and leases `models`, streamed bodies
+`streaming`, memory accounting `memory`, the Serve application object `deployment`. `build_app(args)` is the import
+path a Serve config names (`actors.serving.app:build_app`).
 """
 
 import asyncio
 import base64
-import gc
-import hmac
-import json
 import logging
 import os
 import time
 import uuid
-import warnings
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.config import AutoscalingConfig, BackpressureConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.async_engine import AsyncSynthesizer, SpeechStream
-from actors.engine.sampling import SamplingParams
-from actors.replica import RequestError, SynthesisRequest, SynthesisResult
+from actors.engine.params import SamplingParams
+from actors.model.config import NUM_VQ
+from actors.requests import SynthesisRequest, SynthesisResult
+from actors.validation import RequestError
+from actors.voices import Voice
 
 from .api import (
     AUDIO_RESPONSE,
@@ -52,7 +50,14 @@ from .api import (
     request_body_spec,
     speed_tag,
 )
-from .config import LOOPBACK_HOSTS, DeploymentSpec, ServeConfig
+from .auth import authorize, read_body
+from .config import ServeConfig
+from .deployment import build_app
+from .memory import rss_bytes, tensor_bytes
+from .models import Lease, LoadedModel, load_served_model
+from .streaming import stream_response
+
+__all__ = ["TTSServer", "build_app"]
 
 log = logging.getLogger(__name__)
 
@@ -77,106 +82,6 @@ async def _validation_error(request: Request, err: RequestValidationError) -> JS
     return JSONResponse(ApiError(400, f"{request.url.path}: {err.errors()[:1]}").body(), status_code=400)
 
 
-@dataclass
-class _Voice:
-    speaker: str | None = None
-    reference_codes: Any = None
-    reference_text: str = ""
-
-
-@dataclass
-class LoadedModel:
-    """One checkpoint resident on this replica: its engine and its voices (reference audio encoded for it)."""
-
-    name: str
-    engine: AsyncSynthesizer | None
-    voices: dict[str, _Voice] = field(default_factory=dict)
-    loaded_at: float = field(default_factory=time.time)
-    users: int = 0  # requests holding a lease on it (an evicted model is unloaded once this reaches 0)
-
-    def close(self) -> None:
-        """Stop the engine loop and drop every reference to the model so its memory is returned."""
-        engine, self.engine = self.engine, None
-        if engine is None:
-            return
-        engine.close()
-        device = engine.synthesizer.device
-        engine.synthesizer = None
-        self.voices.clear()
-        del engine
-        # Serve freezes every object alive after replica start-up (gc.freeze) so the collector skips them; a
-        # model loaded then would keep any reference cycle forever. Unfreeze so this collection can free it.
-        gc.unfreeze()
-        gc.collect()
-        if device.type == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
-
-
-class _Lease:
-    """A request's hold on a loaded model, released when its response is complete (streams: when they end)."""
-
-    def __init__(self, loaded: LoadedModel) -> None:
-        self.loaded = loaded
-        self.streaming = False
-        self._held = True
-        loaded.users += 1
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            self.loaded.users -= 1
-
-
-def _load(name: str, config: ServeConfig, budget_share: int) -> LoadedModel:
-    """Build a replica engine for model `name` (blocking: run it off the event loop)."""
-    import smart_open
-    import soundfile as sf
-
-    from actors.replica import Synthesizer, assigned_gpu_share
-
-    spec, engine = config.models[name], config.engine
-    synthesizer = Synthesizer(
-        model=spec.source,
-        device=engine.device,
-        dtype=engine.dtype,
-        decoder=engine.decoder,
-        max_batch_size=engine.max_slots,
-        budget_bytes=engine.budget_mib << 20 if engine.budget_mib else None,
-        # this replica's part of the GPU (fractional num_gpus), split among the models it may hold; the budget is
-        # planned after the model's weights are on the device, so they are not counted twice
-        device_share=assigned_gpu_share() / budget_share,
-        budget_fraction=engine.budget_fraction,
-        max_prompt_tokens=engine.max_prompt_tokens,
-        max_new_tokens=engine.max_new_tokens,
-        max_segment_tokens=engine.max_segment_tokens,
-        max_chars=config.limits.max_input_chars,
-        stream_chunk_steps=engine.stream_chunk_steps,
-        fsq_variant=spec.fsq,
-        verify=spec.verify,
-        compile=engine.compile,
-    )
-    voices: dict[str, _Voice] = {}
-    for voice_name, voice in config.voice_specs().items():
-        if voice.seed is not None:
-            voices[voice_name] = _Voice(speaker=f"seed:{voice.seed}")
-        elif voice.speaker is not None:
-            voices[voice_name] = _Voice(speaker=voice.speaker)
-        else:
-            try:
-                with smart_open.open(voice.reference_audio, "rb") as f:
-                    audio, rate = sf.read(f, dtype="float32")
-                codes = synthesizer.encode_reference(audio, rate)
-            except (OSError, RuntimeError, ValueError) as err:
-                raise ValueError(
-                    f"voice {voice_name!r}: cannot use reference audio {voice.reference_audio}: {err}; fix the file "
-                    f"or the path in the serve config"
-                ) from err
-            voices[voice_name] = _Voice(reference_codes=codes, reference_text=voice.reference_text)
-    return LoadedModel(name=name, engine=AsyncSynthesizer(synthesizer), voices=voices)
-
-
 def _is_request_problem(error: str) -> bool:
     return not error.startswith("the model ended a segment")
 
@@ -187,30 +92,6 @@ def _in_serve() -> bool:
         return True
     except RuntimeError:
         return False
-
-
-def tensor_bytes() -> int:
-    """Bytes of every distinct tensor storage alive in this process (CPU memory accounting)."""
-    import torch
-
-    gc.unfreeze()  # objects Serve froze at start-up are invisible to gc.get_objects()
-    seen: dict[int, int] = {}
-    with warnings.catch_warnings():  # isinstance() on deprecated torch module attributes warns
-        warnings.simplefilter("ignore", FutureWarning)
-        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
-    for obj in tensors:
-        if obj.device.type != "meta":
-            try:
-                storage = obj.untyped_storage()
-            except RuntimeError:  # tensors without storage (e.g. sparse / functional wrappers)
-                continue
-            seen[storage.data_ptr()] = storage.nbytes()
-    return sum(seen.values())
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 @serve.deployment(
@@ -240,7 +121,7 @@ class TTSServer:
         self.loads = 0
         self.unloads = 0
         first = self.config.model_name(None)
-        self._install(first, _load(first, self.config, self.config.limits.max_models_per_replica))
+        self._install(first, load_served_model(first, self.config, self.config.limits.max_models_per_replica))
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -290,7 +171,7 @@ class TTSServer:
                 await self._drain(evicted)
                 await asyncio.to_thread(evicted.close)
                 self.unloads += 1
-            loaded = await asyncio.to_thread(_load, name, self.config, limit)
+            loaded = await asyncio.to_thread(load_served_model, name, self.config, limit)
             self._install(name, loaded)
             return loaded
 
@@ -302,39 +183,6 @@ class TTSServer:
 
     # ------------------------------------------------------------------------------------------ helpers
 
-    def _authorize(self, request: Request) -> None:
-        if not self.keys:
-            client = request.client.host if request.client else None
-            if client not in LOOPBACK_HOSTS:
-                raise ApiError(
-                    401,
-                    f"this server has no API keys, so it only answers loopback clients (you are {client}); set "
-                    f"{self.config.auth.api_keys_env} or auth.api_keys and send 'Authorization: Bearer KEY'",
-                    kind="authentication_error",
-                )
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "missing 'Authorization: Bearer KEY' header", kind="authentication_error")
-        if not any(hmac.compare_digest(token.strip().encode(), key.encode()) for key in self.keys):
-            raise ApiError(401, "invalid API key", kind="authentication_error")
-
-    async def _read_body(self, request: Request) -> bytes:
-        limit = self.config.limits.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise ApiError(400, f"Content-Length must be a byte count, got {declared[:40]!r}")
-            if int(declared) > limit:
-                raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
-        return bytes(body)
-
     def _model_name(self, requested: str | None) -> str:
         name = self.config.model_name(requested)
         if name is None:
@@ -342,7 +190,7 @@ class TTSServer:
             raise ApiError(404, f"model {requested!r} does not exist here; use one of {known}", param="model")
         return name
 
-    def _voice(self, loaded: LoadedModel, requested: str | None) -> tuple[str, _Voice]:
+    def _voice(self, loaded: LoadedModel, requested: str | None) -> tuple[str, Voice]:
         name = self.config.voice_name(requested)
         voice = loaded.voices.get(name)
         if voice is None:
@@ -369,10 +217,10 @@ class TTSServer:
             503, f"server busy: {why}; retry in {seconds} s", kind="server_busy", headers={"Retry-After": str(seconds)}
         )
 
-    def _request(self, text: str, voice: _Voice, speaker: str | None, prompt: str, **sampling: Any) -> SynthesisRequest:
+    def _request(self, text: str, voice: Voice, speaker: str | None, prompt: str, **sampling: Any) -> SynthesisRequest:
         params = SamplingParams(**{"seed": self.config.sampling_seed, **sampling})
         try:
-            params.validate(4)
+            params.validate(NUM_VQ)
         except ValueError as err:
             raise ApiError(400, str(err)) from None
         return SynthesisRequest(
@@ -413,55 +261,6 @@ class TTSServer:
         except RuntimeError as err:
             raise self._busy(str(err)) from None
 
-    async def _pieces(self, stream: SpeechStream, deadline: float) -> AsyncIterator[np.ndarray]:
-        """The stream's audio pieces until it ends or the deadline passes (then it is cancelled)."""
-        chunks = aiter(stream)
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    log.warning("stream passed its deadline; cancelled")
-                    return
-                try:
-                    yield await asyncio.wait_for(anext(chunks), remaining)
-                except StopAsyncIteration:
-                    return
-                except asyncio.TimeoutError:
-                    log.warning("stream passed its deadline; cancelled")
-                    return
-        finally:
-            stream.close()
-
-    def _stream_response(
-        self, stream: SpeechStream, encoder: AudioEncoder, sse: bool, headers: dict[str, str], lease: _Lease
-    ) -> Response:
-        deadline = time.monotonic() + self.config.limits.request_timeout_s
-        lease.streaming = True  # released when the body ends (or, if the client never reads it, at eviction timeout)
-
-        async def audio_bytes() -> AsyncIterator[bytes]:
-            try:
-                async for piece in self._pieces(stream, deadline):
-                    data = encoder.push(piece)
-                    if data:
-                        yield data
-                tail = encoder.finish()
-                if tail:
-                    yield tail
-            finally:
-                lease.release()
-
-        async def events() -> AsyncIterator[bytes]:
-            async for data in audio_bytes():
-                delta = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
-                yield f"data: {json.dumps(delta)}\n\n".encode()
-            frames = int(stream.result.codes.shape[0]) if stream.result and stream.result.codes is not None else 0
-            done = {"type": "speech.audio.done", "usage": {"input_tokens": 0, "output_tokens": frames}}
-            yield f"data: {json.dumps(done)}\n\n".encode()
-
-        if sse:
-            return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
-        return StreamingResponse(audio_bytes(), media_type=encoder.media_type, headers=headers)
-
     # ------------------------------------------------------------------------------------------ routes
 
     @api.post(
@@ -471,24 +270,24 @@ class TTSServer:
     )
     async def speech(self, request: Request) -> Response:
         """OpenAI-compatible: the `openai` SDK's `client.audio.speech.create(...)` works unchanged."""
-        self._authorize(request)
-        body: SpeechRequest = parse_body(await self._read_body(request), SpeechRequest)
+        authorize(request, self.keys, self.config.auth)
+        body: SpeechRequest = parse_body(await read_body(request, self.config.limits.max_body_bytes), SpeechRequest)
         name = self._model_name(body.model)
         self._check_text(body.input, "input")
         encoder = AudioEncoder(body.response_format)
         prompt = speed_tag(body.speed) + check_tags(body.instructions or "", "instructions")
-        lease = _Lease(await self._model(name))
+        lease = Lease(await self._model(name))
         try:
             loaded = lease.loaded
             voice_name, voice = self._voice(loaded, body.voice_name())
             self._check_capacity(loaded)
-            synth_request = self._request(
-                body.input, voice, None, prompt, max_new_tokens=self.config.engine.max_new_tokens
-            )
+            synth_request = self._request(body.input, voice, None, prompt, max_new_tokens=self.config.max_new_tokens)
             headers = {"X-Raytts-Model": name, "X-Raytts-Voice": voice_name}
             if body.stream_format == "sse" or encoder.format in STREAMABLE:
                 stream = await self._open(loaded, synth_request)
-                return self._stream_response(stream, encoder, body.stream_format == "sse", headers, lease)
+                return stream_response(
+                    stream, encoder, body.stream_format == "sse", headers, lease, self.config.limits.request_timeout_s
+                )
             result = await self._whole(loaded, synth_request)
             return Response(encode_whole(result.audio, encoder.format), media_type=encoder.media_type, headers=headers)
         finally:
@@ -508,8 +307,8 @@ class TTSServer:
     )
     async def tts(self, request: Request) -> Response:
         """Native: ChatTTS' controls (seed, speaker string, sampling, control tags), codes on request."""
-        self._authorize(request)
-        body: NativeRequest = parse_body(await self._read_body(request), NativeRequest)
+        authorize(request, self.keys, self.config.auth)
+        body: NativeRequest = parse_body(await read_body(request, self.config.limits.max_body_bytes), NativeRequest)
         name = self._model_name(body.model)
         self._check_text(body.text, "text")
         if body.voice is not None and body.speaker is not None:
@@ -522,20 +321,20 @@ class TTSServer:
                 400, f"stream=true needs response_format in {list(STREAMABLE)}, got {body.response_format!r}"
             )
         prompt = check_tags(body.prompt, "prompt")
-        max_new = body.max_new_tokens or self.config.engine.max_new_tokens
-        if max_new > self.config.engine.max_new_tokens:
+        max_new = body.max_new_tokens or self.config.max_new_tokens
+        if max_new > self.config.max_new_tokens:
             raise ApiError(
-                400, f"max_new_tokens {max_new} exceeds the server's {self.config.engine.max_new_tokens}",
+                400, f"max_new_tokens {max_new} exceeds the server's {self.config.max_new_tokens}",
                 param="max_new_tokens",
             )  # fmt: skip
         if body.min_new_tokens > max_new:
             raise ApiError(
                 400, f"min_new_tokens {body.min_new_tokens} > max_new_tokens {max_new}", param="min_new_tokens"
             )
-        lease = _Lease(await self._model(name))
+        lease = Lease(await self._model(name))
         try:
             loaded = lease.loaded
-            voice_name, voice = (None, _Voice()) if body.speaker is not None else self._voice(loaded, body.voice)
+            voice_name, voice = (None, Voice()) if body.speaker is not None else self._voice(loaded, body.voice)
             self._check_capacity(loaded)
             sampling = dict(
                 temperature=body.temperature,
@@ -552,7 +351,7 @@ class TTSServer:
             headers = {"X-Raytts-Model": name, "X-Raytts-Voice": voice_name or "speaker"}
             if body.stream:
                 stream = await self._open(loaded, synth_request)
-                return self._stream_response(stream, encoder, False, headers, lease)
+                return stream_response(stream, encoder, False, headers, lease, self.config.limits.request_timeout_s)
             result = await self._whole(loaded, synth_request)
             audio = encode_whole(result.audio, encoder.format)
             if not body.return_codes:
@@ -578,7 +377,7 @@ class TTSServer:
 
     @api.get("/v1/models", responses={401: ERROR_RESPONSES[401]})
     async def list_models(self, request: Request) -> dict[str, Any]:
-        self._authorize(request)
+        authorize(request, self.keys, self.config.auth)
         names = [*self.config.models, *(a for a in self.config.model_aliases if a not in self.config.models)]
         return {
             "object": "list",
@@ -587,7 +386,7 @@ class TTSServer:
 
     @api.get("/v1/voices", responses={401: ERROR_RESPONSES[401]})
     async def list_voices(self, request: Request) -> dict[str, Any]:
-        self._authorize(request)
+        authorize(request, self.keys, self.config.auth)
         voices = []
         for name, spec in self.config.voice_specs().items():
             if spec.seed is not None:
@@ -600,8 +399,8 @@ class TTSServer:
     async def stats(self, request: Request, tensors: bool = False) -> dict[str, Any]:
         """This replica's engines (steps, concurrency, occupancy) and memory. `?tensors=true` adds the bytes of
         every live tensor (a full scan of the heap: for checks and tests, not for frequent polling)."""
-        self._authorize(request)
-        memory: dict[str, int] = {"rss_bytes": _rss_bytes()}
+        authorize(request, self.keys, self.config.auth)
+        memory: dict[str, int] = {"rss_bytes": rss_bytes()}
         if tensors:
             memory["tensor_bytes"] = await asyncio.to_thread(tensor_bytes)
         import torch
@@ -623,40 +422,3 @@ class TTSServer:
     async def healthz(self) -> dict[str, Any]:
         await self.check_health()
         return {"status": "ok", "loaded": list(self.models)}
-
-
-def build_app(args: dict[str, Any], deployment: DeploymentSpec | None = None) -> serve.Application:
-    """The Serve application for `args` (a ServeConfig mapping); `deployment` overrides the replica options."""
-    config = ServeConfig.model_validate(args)
-    options: dict[str, Any] = {}
-    num_gpus = None if deployment is None else deployment.num_gpus
-    if num_gpus is None:
-        num_gpus = 0.0 if config.engine.device == "cpu" else (1.0 if _cluster_has_gpus() else 0.0)
-    actor_options: dict[str, Any] = {"num_gpus": num_gpus}
-    if deployment is not None:
-        actor_options["num_cpus"] = deployment.num_cpus
-        options.update(
-            name=deployment.name,
-            max_ongoing_requests=deployment.max_ongoing_requests,
-            max_queued_requests=deployment.max_queued_requests,
-            health_check_period_s=deployment.health_check_period_s,
-            health_check_timeout_s=deployment.health_check_timeout_s,
-        )
-        if deployment.num_replicas is not None:
-            options.update(num_replicas=deployment.num_replicas, autoscaling_config=None)
-        else:
-            options["autoscaling_config"] = AutoscalingConfig(
-                min_replicas=deployment.min_replicas,
-                max_replicas=deployment.max_replicas,
-                target_ongoing_requests=deployment.target_ongoing_requests,
-                upscale_delay_s=30,
-                downscale_delay_s=300,
-            )
-    options["backpressure_config"] = BackpressureConfig(status_code=503, retry_after_s=config.limits.retry_after_s)
-    return TTSServer.options(ray_actor_options=actor_options, **options).bind(config.model_dump())
-
-
-def _cluster_has_gpus() -> bool:
-    import ray
-
-    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0

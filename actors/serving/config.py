@@ -10,22 +10,22 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from pipeline.config import load_mapping
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from actors.settings import EngineSettings, Strict, load_mapping, resolve_path
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     source: str = Field(description="Checkpoint folder, s3://... URI, hf://2Noise/ChatTTS[@rev], or 'tiny'.")
-    fsq: Literal["classic", "symmetric"] = Field("classic", description="DVAE quantiser numerics.")
-    verify: Literal["auto", "always", "never"] = Field("auto", description="sha256 check of official files.")
+    fsq: Literal["classic", "symmetric"] | None = Field(
+        None, description="DVAE quantiser numerics (default: engine.fsq)."
+    )
+    verify: Literal["auto", "always", "never"] | None = Field(
+        None, description="sha256 check of official files (default: engine.verify)."
+    )
 
 
-class VoiceSpec(_Strict):
+class VoiceSpec(Strict):
     seed: int | None = Field(None, ge=0, lt=2**63, description="Speaker sampled from the model's statistics.")
     speaker: str | None = Field(None, description="An upstream speaker string (`spk_emb`).")
     reference_audio: str | None = Field(
@@ -41,36 +41,7 @@ class VoiceSpec(_Strict):
         return self
 
 
-class EngineSpec(_Strict):
-    device: str = Field("auto", description="cuda, cpu or auto (CUDA when torch sees a GPU).")
-    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
-        None, description="Default float16 on CUDA, float32 on CPU."
-    )
-    budget_fraction: float = Field(
-        0.85,
-        gt=0,
-        le=0.95,
-        description="Share of the replica's GPU memory (its part of the GPU when num_gpus is fractional) that its "
-        "loaded models may use, divided among max_models_per_replica; never more than this share of free memory.",
-    )
-    budget_mib: int | None = Field(None, ge=16, description="Explicit per-model budget (overrides the fraction).")
-    max_slots: int | None = Field(None, ge=1, description="Cap on rows generating at once per model.")
-    max_prompt_tokens: int = Field(640, ge=16, description="Prompt tokens reserved per slot.")
-    max_new_tokens: int = Field(2048, ge=1, description="GPT steps per segment (46.875 per audio second).")
-    max_segment_tokens: int = Field(120, ge=8, description="Longer text is split at sentence ends into segments.")
-    decoder: Literal["hidden", "dvae"] = Field("hidden", description="Decode from GPT hidden states or codes.")
-    stream_chunk_steps: int = Field(
-        12, ge=1, description="Streamed audio is decoded every this many GPT steps (12 steps = 0.256 s of audio)."
-    )
-    threads: int | None = Field(None, ge=1, description="torch CPU threads per replica (default: torch's choice).")
-    compile: Literal["off", "inductor", "cudagraphs"] = Field(
-        "off",
-        description="torch.compile the decode step (dynamic shapes, compiled at model load); 'cudagraphs' also "
-        "replays it as CUDA graphs over bucketed shapes (CUDA only).",
-    )
-
-
-class LimitsSpec(_Strict):
+class LimitsSpec(Strict):
     max_input_chars: int = Field(4096, ge=1, description="Longest `input` accepted (OpenAI's limit is 4096).")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; bigger ones get 413.")
     request_timeout_s: float = Field(
@@ -85,7 +56,7 @@ class LimitsSpec(_Strict):
     )
 
 
-class AuthSpec(_Strict):
+class AuthSpec(Strict):
     api_keys: list[str] = Field(default_factory=list, description="Accepted bearer tokens.")
     api_keys_env: str = Field(
         "RAYTTS_API_KEYS", description="Environment variable with more comma-separated tokens (read by replicas)."
@@ -95,6 +66,8 @@ class AuthSpec(_Strict):
         extra = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
         return [*self.api_keys, *extra]
 
+
+SERVE_MAX_NEW_TOKENS = 2048  # ~43 s of audio per segment
 
 # OpenAI's voice names, each a fixed seeded ChatTTS speaker, so code written for OpenAI runs unchanged. The seeds are
 # part of the API: a name keeps its voice across releases (a config's `voices` may redefine any name).
@@ -112,7 +85,7 @@ def model_label(source: str) -> str:
     return source.rstrip("/").rsplit("/", 1)[-1] or source
 
 
-class ServeConfig(_Strict):
+class ServeConfig(Strict):
     models: dict[str, ModelSpec] = Field(
         default_factory=lambda: {"tiny": ModelSpec(source="tiny")},
         description="Checkpoints by the name clients pass as `model`.",
@@ -133,7 +106,7 @@ class ServeConfig(_Strict):
         "shimmer, verse, marin, cedar), each a fixed seeded speaker (actors/serving/config.py OPENAI_VOICES).",
     )
     default_voice: str | None = Field(None, description="Voice for native requests naming none (default: first).")
-    engine: EngineSpec = Field(default_factory=EngineSpec)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     auth: AuthSpec = Field(default_factory=AuthSpec)
     sampling_seed: int = Field(0, ge=0, lt=2**63, description="Sampling seed when a request gives none.")
@@ -175,11 +148,16 @@ class ServeConfig(_Strict):
                 return name
         return None
 
+    @property
+    def max_new_tokens(self) -> int:
+        """GPT steps reserved per slot and the most a request may ask for: engine.max_new_tokens, else 2048."""
+        return self.engine.max_new_tokens or SERVE_MAX_NEW_TOKENS
+
     def voice_name(self, requested: str | None) -> str:
         return requested or self.default_voice or next(iter(self.voices))
 
 
-class DeploymentSpec(_Strict):
+class DeploymentSpec(Strict):
     name: str = Field("TTSServer", description="Serve deployment name.")
     num_replicas: int | None = Field(None, ge=1, description="Fixed replica count (instead of autoscaling).")
     min_replicas: int = Field(1, ge=0, description="Autoscaling minimum.")
@@ -200,7 +178,7 @@ class DeploymentSpec(_Strict):
     health_check_timeout_s: float = Field(30, gt=0)
 
 
-class ServerConfig(_Strict):
+class ServerConfig(Strict):
     """`raytts serve CONFIG`: the application plus where it listens and how it is deployed."""
 
     host: str = Field("127.0.0.1", description="Bind address; anything but loopback requires API keys.")
@@ -223,9 +201,7 @@ def resolve_paths(config: ServeConfig, base: Path) -> ServeConfig:
     """Relative local paths (checkpoints, reference audio) in a config file are relative to that file."""
 
     def fix(p: str) -> str:
-        if "://" in p or Path(p).is_absolute() or p == "tiny":
-            return p
-        return str((base / p).resolve())
+        return resolve_path(p, base)
 
     models = {name: spec.model_copy(update={"source": fix(spec.source)}) for name, spec in config.models.items()}
     voices = {

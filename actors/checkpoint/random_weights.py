@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import RAYTTS_CONFIG, asset_dir, gpt_config_to_json
-from .model.chattts import ChatTTSModel
-from .model.config import ModelConfig
-from .model.mel import mel_filterbank
+from ..model.chattts import ChatTTSModel
+from ..model.config import ModelConfig
+from ..model.mel import mel_filterbank
+from .layout import RAYTTS_CONFIG, asset_dir, gpt_config_to_json
 
 FORMAT_VERSION = 1
 BERT_VOCAB_SIZE = 21128

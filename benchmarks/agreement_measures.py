@@ -1,4 +1,5 @@
-"""How closely one precision's output follows another's on the same weights and requests (fp16 vs fp32).
+"""How closely one precision's output follows another's on the same weights and requests (fp16 vs fp32), for
+`benchmarks/agreement.py` and its CPU test (benchmark code: not part of the runtime packages).
 
 Sampling is deterministic for a given seed, so two precisions produce the same codes until a logit difference
 flips one sample; after that a row's codes (and length) diverge. So agreement is reported three ways: the share of
@@ -23,7 +24,8 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from .replica import SynthesisRequest, SynthesisResult, Synthesizer
+    from actors.replica import Synthesizer
+    from actors.requests import SynthesisRequest, SynthesisResult
 
 
 @dataclass
@@ -99,8 +101,8 @@ def forced_logits(
     into several segments (its codes are concatenated in the result)."""
     import torch
 
-    from .engine.generate import prompt_embeddings
-    from .model.gpt import KVCache
+    from actors.engine.prompt import prompt_embeddings
+    from actors.model.gpt import KVCache
 
     _, segments = synth.prepare(requests)
     by_row: dict[int, list] = {}

@@ -1,0 +1,44 @@
+"""Audio out of the engine: the one 16-bit quantisation and the one file encoder, shared by the offline job,
+`raytts synth` and the Serve endpoint. Torch-free: the store stage encodes audio without loading the model.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from .model.config import SAMPLE_RATE
+
+# Format name (also the file extension) -> soundfile container and subtype. flac and wav are lossless 16-bit; ogg
+# (Vorbis) and opus (Ogg Opus, 24 kHz is one of Opus' native rates) are lossy and several times smaller. Each decodes to
+# exactly the stored `num_samples` (libsndfile trims Opus' pre-skip and padding).
+AUDIO_FORMATS = {
+    "flac": ("FLAC", "PCM_16"),
+    "wav": ("WAV", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "opus": ("OGG", "OPUS"),
+}
+
+
+def to_pcm16(audio: np.ndarray) -> np.ndarray:
+    """float audio -> int16 samples: clipped to [-1, 1] (16-bit formats would wrap), scaled by 32767, rounded."""
+    return np.round(np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def encode_audio(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, fmt: str = "flac") -> bytes:
+    """float32 mono or int16 PCM -> an encoded file. Float audio bound for a 16-bit format is quantised by
+    `to_pcm16` first (libsndfile's own float conversion rounds differently), so every 16-bit file raytts writes
+    holds the same samples whichever path made it; lossy formats encode the float samples."""
+    if fmt not in AUDIO_FORMATS:
+        raise ValueError(f"audio format must be one of {sorted(AUDIO_FORMATS)}, got {fmt!r}")
+    import soundfile as sf  # here, not at import: the CLI imports this module and GPU images may lack soundfile
+
+    container, subtype = AUDIO_FORMATS[fmt]
+    buffer = io.BytesIO()
+    if audio.dtype == np.int16:
+        samples = audio
+    else:
+        samples = to_pcm16(audio) if subtype == "PCM_16" else np.clip(audio, -1.0, 1.0)
+    sf.write(buffer, samples, sample_rate, format=container, subtype=subtype)
+    return buffer.getvalue()

@@ -1,0 +1,149 @@
+"""Settings every front end shares, in one place: the engine settings (`EngineSettings`), the sampling defaults
+(`SamplingSettings`), the one factory that builds a `Synthesizer` from them, config-file loading and the one rule
+for relative paths in a config file.
+
+The offline job (`pipeline.config.JobConfig.engine` / `.sampling`), the Serve app (`ServeConfig.engine`) and
+`raytts synth`'s flags all use these classes, so a setting means the same everywhere. Pydantic at the edge, one
+description per field; torch-free at import (the job's driver and CPU stages validate configs without torch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from .engine.params import SamplingParams
+
+if TYPE_CHECKING:
+    from .replica import Synthesizer
+
+
+class Strict(BaseModel):
+    """A config section that refuses unknown keys (a typo is an error that names the key, not a silent default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingSettings(Strict):
+    temperature: float = Field(SamplingParams.temperature, gt=0, description="Sampling temperature (all 4 codebooks).")
+    top_p: float = Field(SamplingParams.top_p, gt=0, le=1, description="Nucleus sampling mass (>= 3 codes kept).")
+    top_k: int = Field(SamplingParams.top_k, ge=0, description="Keep the k most likely codes (0 disables; >= 3 kept).")
+    repetition_penalty: float = Field(
+        SamplingParams.repetition_penalty, gt=0, description="Penalty over each row's last 16 codes."
+    )
+    max_new_tokens: int = Field(
+        SamplingParams.max_new_tokens, ge=1, description="GPT steps per segment (46.875 per audio second)."
+    )
+    min_new_tokens: int = Field(
+        SamplingParams.min_new_tokens, ge=0, description="EOS is masked before this many steps."
+    )
+    seed: int = Field(SamplingParams.seed, ge=0, lt=2**63, description="Seed for rows that do not carry their own.")
+
+    def params(self) -> SamplingParams:
+        return SamplingParams(**self.model_dump())
+
+
+class EngineSettings(Strict):
+    """One engine replica: where it runs, how it spends its memory, how it decodes."""
+
+    device: str = Field("auto", description="cuda, cpu or auto (CUDA when torch sees a GPU).")
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        None, description="Default float16 on CUDA, float32 on CPU."
+    )
+    budget_fraction: float = Field(
+        0.85,
+        gt=0,
+        le=0.95,
+        description="Share of the replica's GPU memory (its part of the GPU when num_gpus is fractional; a Serve "
+        "replica's divided among max_models_per_replica) that the engine may use, never more than this share of "
+        "free memory; 1 GiB on CPU.",
+    )
+    budget_mib: int | None = Field(None, ge=16, description="Explicit per-replica budget (overrides the fraction).")
+    max_slots: int | None = Field(None, ge=1, description="Cap on rows generating at once per replica.")
+    max_prompt_tokens: int = Field(640, ge=16, description="Prompt tokens reserved per slot (text + reference codes).")
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="GPT steps reserved per slot, the most a row may ask for. Default: the job's "
+        "sampling.max_new_tokens (raytts run), 2048 or more if --max-new-tokens asks (raytts synth), 2048 (Serve).",
+    )
+    max_segment_tokens: int = Field(120, ge=8, description="Longer text is split at sentence ends into segments.")
+    decoder: Literal["hidden", "dvae"] = Field("hidden", description="Decode from GPT hidden states or from codes.")
+    fsq: Literal["classic", "symmetric"] = Field("classic", description="DVAE quantiser numerics.")
+    verify: Literal["auto", "always", "never"] = Field("auto", description="sha256 check of official files.")
+    stream_chunk_steps: int = Field(
+        12, ge=1, description="Streamed audio is decoded every this many GPT steps (12 steps = 0.256 s of audio)."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads per replica (default: a job actor's CPU share; torch's choice)."
+    )
+    compile: Literal["off", "inductor", "cudagraphs"] = Field(
+        "off",
+        description="torch.compile the decode step (dynamic shapes, compiled once at start-up); 'cudagraphs' also "
+        "replays it as CUDA graphs over bucketed shapes (CUDA only).",
+    )
+
+
+def build_synthesizer(
+    model: str,
+    engine: EngineSettings,
+    *,
+    max_new_tokens: int,
+    max_chars: int = 10_000,
+    device_share: float = 1.0,
+    fsq: str | None = None,
+    verify: str | None = None,
+) -> Synthesizer:
+    """The one way a front end builds its engine replica from settings. `max_new_tokens`: the front end's default
+    reservation when `engine.max_new_tokens` is unset; `device_share`: the part of the device this replica owns
+    (fractional Ray GPUs, several Serve models); `fsq`/`verify`: a model's own values over the engine's."""
+    from .replica import Synthesizer
+
+    return Synthesizer(
+        model=model,
+        device=engine.device,
+        dtype=engine.dtype,
+        decoder=engine.decoder,
+        max_batch_size=engine.max_slots,
+        budget_bytes=engine.budget_mib << 20 if engine.budget_mib else None,
+        budget_fraction=engine.budget_fraction,
+        device_share=device_share,
+        max_prompt_tokens=engine.max_prompt_tokens,
+        max_new_tokens=engine.max_new_tokens or max_new_tokens,
+        max_segment_tokens=engine.max_segment_tokens,
+        max_chars=max_chars,
+        stream_chunk_steps=engine.stream_chunk_steps,
+        fsq_variant=fsq or engine.fsq,
+        verify=verify or engine.verify,
+        compile=engine.compile,
+    )
+
+
+def load_mapping(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A YAML file's top-level mapping (empty without a file) with dotted-key overrides applied."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text())
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a YAML mapping at the top level")
+        data = loaded
+    for dotted, value in (overrides or {}).items():
+        _set(data, dotted.split("."), value)
+    return data
+
+
+def _set(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        data = data.setdefault(key, {})
+    data[keys[-1]] = value
+
+
+def resolve_path(path: str, base: Path) -> str:
+    """A path from a config file: URIs (`s3://`, `hf://`), absolute paths and the built-in `tiny` stay as they are;
+    a relative local path is relative to `base`, the config file's folder."""
+    if "://" in path or Path(path).is_absolute() or path == "tiny":
+        return path
+    return str((base / path).resolve())

@@ -1,0 +1,124 @@
+"""The job's report: totals, failures, per-worker stats and the manifest, computed from the Parquet parts one part at
+a time (the driver never holds every row of a million-row job), and the running/failed status in `_report.json`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .parts import filesystem, iter_outputs, key_array
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobReport:
+    rows: int = 0  # rows in the output (all runs)
+    ok: int = 0
+    failed: int = 0
+    this_run: int = 0  # rows processed by this run
+    skipped_finished: int = 0
+    audio_seconds: float = 0.0  # all ok rows in the output
+    audio_seconds_this_run: float = 0.0  # rows this run produced: the job's speed
+    wall_seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)  # inputs that yielded no rows (missing shards, ...)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    workers: dict[str, dict[str, float]] = field(default_factory=dict)
+    output: str = ""
+
+    @property
+    def exit_status(self) -> int:
+        return 0 if self.failed == 0 and not self.problems else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": "finished",
+            "rows": self.rows,
+            "ok": self.ok,
+            "failed": self.failed,
+            "this_run": self.this_run,
+            "skipped_finished": self.skipped_finished,
+            "audio_seconds": round(self.audio_seconds, 3),
+            "audio_seconds_this_run": round(self.audio_seconds_this_run, 3),
+            "wall_seconds": round(self.wall_seconds, 3),
+            "audio_seconds_per_second": round(self.audio_seconds_this_run / self.wall_seconds, 3)
+            if self.wall_seconds
+            else 0,
+            "problems": self.problems,
+            "workers": self.workers,
+            "output": self.output,
+            "failures": self.failures,
+        }
+
+
+def finish_report(report: JobReport, output: str, finished_before: pa.Array) -> JobReport:
+    """Totals, per-worker stats, failures and the manifest from the parts, one part at a time: the driver never
+    holds every row of a million-row job."""
+    # Only the audio's path: reading the `audio` struct would pull every row's encoded bytes back in.
+    columns = ["id", "source", "error", "duration_s", "worker", "engine_occupancy", "audio.path"]
+    workers: dict[str, dict[str, float]] = {}
+    ok_keys: list[pa.ChunkedArray] = []  # of the ok rows, to tell this run's from earlier ones in one lookup
+    ok_seconds: list[pa.ChunkedArray] = []
+    fs, base = filesystem(output)
+    fs.create_dir(base, recursive=True)
+    with fs.open_output_stream(f"{base}/manifest.jsonl") as manifest:
+        for table in iter_outputs(output, columns):
+            ok = _account_part(report, table, workers)
+            ok_keys.append(key_array(ok.column("id"), ok.column("source")))
+            ok_seconds.append(pc.fill_null(ok.column("duration_s"), 0.0))
+            lines = [
+                json.dumps({"id": i, "audio": p, "duration_s": d, "error": e}, ensure_ascii=False) + "\n"
+                for i, p, d, e in zip(*(table.column(c).to_pylist() for c in ("id", "path", "duration_s", "error")),
+                                      strict=True)
+            ]  # fmt: skip
+            manifest.write("".join(lines).encode())
+    if ok_keys:
+        keys = pa.chunked_array([c for k in ok_keys for c in k.chunks], type=pa.string())
+        seconds = pa.chunked_array([c for s in ok_seconds for c in s.chunks], type=pa.float64())
+        new = pc.invert(pc.is_in(keys, value_set=finished_before))
+        report.audio_seconds_this_run = pc.sum(pc.filter(seconds, new)).as_py() or 0.0
+    report.workers = {
+        name: {"rows": w["rows"], "audio_seconds": round(w["audio_seconds"], 3), "occupancy": round(w["occupancy"], 3)}
+        for name, w in sorted(workers.items())
+    }
+    with fs.open_output_stream(f"{base}/_report.json") as f:
+        f.write(json.dumps(report.to_dict(), indent=2, ensure_ascii=False).encode() + b"\n")
+    return report
+
+
+def _account_part(report: JobReport, table: pa.Table, workers: dict[str, dict[str, float]]) -> pa.Table:
+    """Adds one part's rows to the report's totals, failures and per-worker stats; returns its ok rows."""
+    failed = pc.is_valid(table.column("error"))
+    report.rows += table.num_rows
+    report.failed += pc.sum(failed).as_py() or 0
+    report.failures.extend(table.filter(failed).select(["id", "source", "error"]).to_pylist())
+    ok = table.filter(pc.invert(failed))
+    report.ok += ok.num_rows
+    report.audio_seconds += pc.sum(pc.fill_null(ok.column("duration_s"), 0.0)).as_py() or 0.0
+    named = table.filter(pc.fill_null(pc.not_equal(table.column("worker"), ""), False))
+    stats = pa.table({
+        "worker": named.column("worker"),
+        "seconds": pc.fill_null(named.column("duration_s"), 0.0),
+        "occupancy": pc.fill_null(named.column("engine_occupancy"), 0.0),
+    }).group_by("worker").aggregate([("seconds", "count"), ("seconds", "sum"), ("occupancy", "max")])  # fmt: skip
+    for row in stats.to_pylist():
+        w = workers.setdefault(row["worker"], {"rows": 0, "audio_seconds": 0.0, "occupancy": 0.0})
+        w["rows"] += row["seconds_count"]
+        w["audio_seconds"] += row["seconds_sum"]
+        w["occupancy"] = max(w["occupancy"], row["occupancy_max"])
+    return ok
+
+
+def write_status(output: str, status: dict[str, Any]) -> None:
+    """Best effort: replace the running report with why the job stopped (the error itself is raised anyway)."""
+    try:
+        fs, base = filesystem(output)
+        with fs.open_output_stream(f"{base}/_report.json") as f:
+            f.write(json.dumps(status, ensure_ascii=False).encode() + b"\n")
+    except (pa.ArrowException, OSError) as err:
+        log.warning("could not record the job's failure in %s/_report.json: %s", output, err)
