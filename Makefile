@@ -26,9 +26,11 @@ lock:
 run: venv
 	$(VENV)/bin/raytts run jobs/examples/job.yaml
 
+# ruff, and the house's import contracts (pyproject.toml [tool.importlinter]: jobs -> pipeline -> actors, ...).
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 test: lint
 	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(VENV)/bin/pytest -q --durations=15

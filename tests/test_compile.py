@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.agreement_measures import forced_logits
 from actors.engine.memory import cuda_graph_shapes
 from actors.engine.sampling import SamplingParams
 from actors.replica import Synthesizer
 from actors.requests import SynthesisRequest, SynthesisResult
+from benchmarks.agreement_measures import forced_logits
 
 TEXTS = [
     "hello there.",
