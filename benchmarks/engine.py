@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS_PER_SECOND = 46.875
 
 _EN = [
     "Hello world.",
@@ -158,6 +157,8 @@ def run_raytts(
 
 
 def summarise(name: str, result: dict) -> dict:
+    from actors.model.config import STEPS_PER_SECOND  # torch-free
+
     audio_s = result["frames"] / STEPS_PER_SECOND
     return {
         "system": name,
@@ -173,7 +174,7 @@ def summarise(name: str, result: dict) -> dict:
     }
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     w = sub.add_parser("worker")
@@ -210,17 +211,11 @@ def main() -> None:
     )
     parser.add_argument("--skip-upstream", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    if args.command == "worker":
-        worker(args)
-        return
-    sys.path.insert(0, str(REPO))
-    root = ensure_checkpoint(args.preset, args.seed, args.eos_gain)
-    bench_dir = REPO / ".cache" / "bench"
-    all_texts = bench_dir / f"texts-{args.texts}.json"
-    all_texts.write_text(json.dumps(texts(args.texts), ensure_ascii=False))
-    few_texts = bench_dir / f"texts-{args.batch1_texts}.json"
-    few_texts.write_text(json.dumps(texts(args.batch1_texts), ensure_ascii=False))
+    return parser.parse_args()
+
+
+def _systems(args: argparse.Namespace, root: Path, all_texts: Path, few_texts: Path) -> list[dict]:
+    """Upstream (unless skipped), raytts at batch 1, then raytts budgeted per dtype and compile mode: one row each."""
     rows = []
     if not args.skip_upstream:
         rows.append(
@@ -247,6 +242,10 @@ def main() -> None:
     base = rows[0]["audio_s_per_s"] if not args.skip_upstream else None
     for row in rows:
         row["vs_upstream"] = round(row["audio_s_per_s"] / base, 2) if base else None
+    return rows
+
+
+def _print_table(rows: list[dict]) -> None:
     header = [
         "system",
         "rows",
@@ -265,6 +264,22 @@ def main() -> None:
     print("-|-".join("-" * w for w in widths))
     for row in rows:
         print(" | ".join(str(row[h]).ljust(w) for h, w in zip(header, widths, strict=True)))
+
+
+def main() -> None:
+    args = _parse_args()
+    if args.command == "worker":
+        worker(args)
+        return
+    sys.path.insert(0, str(REPO))
+    root = ensure_checkpoint(args.preset, args.seed, args.eos_gain)
+    bench_dir = REPO / ".cache" / "bench"
+    all_texts = bench_dir / f"texts-{args.texts}.json"
+    all_texts.write_text(json.dumps(texts(args.texts), ensure_ascii=False))
+    few_texts = bench_dir / f"texts-{args.batch1_texts}.json"
+    few_texts.write_text(json.dumps(texts(args.batch1_texts), ensure_ascii=False))
+    rows = _systems(args, root, all_texts, few_texts)
+    _print_table(rows)
     report = {
         "preset": args.preset,
         "eos_gain": args.eos_gain,

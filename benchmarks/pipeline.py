@@ -37,12 +37,13 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.jobmeter import job, round_or_none  # noqa: E402  (after the path: run as a script)
 
 
 def _rows(n: int) -> list[dict]:
@@ -108,138 +109,12 @@ def engine_alone(model: str, rows: list[dict], steps: int, budget_mib: int) -> d
     return {"system": "engine alone (1 thread)", "wall_s": wall, "audio_s": audio, "rows": len(results)}
 
 
-# The engine actors' process titles: "ray::MapWorker(MapBatches(TTSStage))", or on a CPU-only pool, where Ray Data
-# fuses the prepare tasks into the actors (same resources), "ray::MapWorker(MapBatches(prepare_rows)->MapBatches(...".
-ENGINE_PROCESS = (
-    "ray::MapWorker(MapBatches(TTSStage))",
-    "ray::MapWorker(MapBatches(prepare_rows)->MapBatches(TTSStage))",
-)
-
-
-class PartsMonitor(threading.Thread):
-    """Samples (time, rows stored) from the job's finished Parquet parts, which appear by atomic rename."""
-
-    def __init__(self, parts: Path) -> None:
-        super().__init__(daemon=True)
-        self.parts = parts
-        self.samples: list[tuple[float, int]] = []
-        self.seen: dict[str, int] = {}
-        self.engine_cpu: dict[int, float] = {}  # pid -> CPU-seconds of each engine actor process, last seen
-        # engine actors of an earlier job can still be exiting when this one starts: count only what they add
-        self.engine_cpu_before = _process_cpu(ENGINE_PROCESS)
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(0.5):
-            self.sample()
-        self.sample()  # the parts written in the job's last half second
-
-    def sample(self) -> None:
-        import pyarrow.parquet as pq
-
-        for path in self.parts.glob("part-*.parquet") if self.parts.exists() else []:
-            if path.name not in self.seen:
-                self.seen[path.name] = pq.ParquetFile(path).metadata.num_rows
-        self.samples.append((time.perf_counter(), sum(self.seen.values())))
-        self.engine_cpu.update(_process_cpu(ENGINE_PROCESS))
-
-    def steady_rows_per_s(self, low: float = 0.1, high: float = 0.9) -> float | None:
-        """Rows per second between the first samples at `low` and `high` of the total: the rate once the job runs,
-        without its fixed costs (parsing, actor start-up, the last blocks)."""
-        total = self.samples[-1][1]
-        t0, r0 = next((t, r) for t, r in self.samples if r >= low * total)
-        t1, r1 = next((t, r) for t, r in self.samples if r >= high * total)
-        return (r1 - r0) / (t1 - t0) if t1 > t0 else None  # a job of a part or two has no steady state
-
-    def engine_cpu_s(self) -> float:
-        return sum(cpu - self.engine_cpu_before.get(pid, 0.0) for pid, cpu in self.engine_cpu.items())
-
-    def phases(self, started: float) -> dict[str, float]:
-        """Seconds from the job's start to its first stored part, to 10% and 90% of the rows, and to the last part:
-        where a whole-job ratio loses against the steady-state one."""
-        total = self.samples[-1][1]
-        first = lambda share: next(t for t, r in self.samples if r >= max(1, share * total)) - started  # noqa: E731
-        return {"first_part_s": first(0), "p10_s": first(0.1), "p90_s": first(0.9), "last_part_s": first(1.0)}
-
-
-def _process_cpu(prefixes: tuple[str, ...]) -> dict[int, float]:
-    """pid -> user + system CPU-seconds of the processes whose command line starts with one of `prefixes` (Linux
-    /proc)."""
-    found = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if not f.read(200).decode(errors="replace").startswith(prefixes):
-                    continue
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended between listing and reading
-            continue
-        found[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return found
-
-
-def _machine_cpu() -> list[float]:
-    """Seconds the machine's CPUs spent (user, nice, system, idle, iowait, irq, softirq, steal) since boot."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()[1:9]
-    except OSError:  # not Linux: no machine accounting
-        return []
-    return [int(v) / os.sysconf("SC_CLK_TCK") for v in fields]
-
-
-def _cpu_use(before: list[float], after: list[float], wall: float) -> dict[str, float]:
-    """Cores busy on average over the job, and CPU-seconds the hypervisor took away (steal): a job that ran with
-    fewer busy cores or more steal than its twin was not measured under the same conditions."""
-    if not before or not after:
-        return {}
-    spent = [b - a for a, b in zip(before, after, strict=True)]
-    busy = sum(spent[:3]) + sum(spent[5:7])
-    return {"busy_cores": round(busy / wall, 2), "cpu_s": round(busy, 1), "steal_s": round(spent[7], 1)}
-
-
-def job(config, name: str, address: str | None = None) -> dict:
-    from pipeline.job import run_job
-
-    monitor = PartsMonitor(Path(config.output.path) / "parts")
-    monitor.start()
-    cpu_before = _machine_cpu()
-    started = time.perf_counter()
-    report = run_job(config, address=address)
-    wall = time.perf_counter() - started
-    cpu = _cpu_use(cpu_before, _machine_cpu(), wall)
-    monitor.stopped.set()
-    monitor.join()
-    assert report.failed == 0, report.failures[:3]
-    return {
-        "system": name,
-        "wall_s": wall,
-        "audio_s": report.audio_seconds,
-        "rows": report.rows,
-        "workers": len(report.workers),
-        "steady_rows_per_s": _round(monitor.steady_rows_per_s()),
-        **{k: round(v, 2) for k, v in monitor.phases(started).items()},
-        **cpu,
-        # the engine actors' CPU-seconds (sampled every 0.5 s, so up to 0.5 s of each actor's last work is missed);
-        # cpu_s - engine_cpu_s is what everything else on the machine took
-        "engine_cpu_s": round(monitor.engine_cpu_s(), 1),
-        "occupancy": round(sum(w["occupancy"] for w in report.workers.values()) / len(report.workers), 3),
-    }
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
-
-
 def _pair_key(key: str, pair: int) -> str:
     """Results key of a scaling run: "one"/"two" for the first pair (the keys before `--repeat`), then "one-2", ..."""
     return key if pair == 0 else f"{key}-{pair + 1}"
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=3200)
     parser.add_argument(
@@ -269,85 +144,131 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pipeline.json")
     args = parser.parse_args()
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-    from ray.cluster_utils import Cluster
+    args.parts = set(args.parts.split(","))
+    if not args.parts <= {"overhead", "scaling", "overlap"} or not args.parts:
+        parser.error(f"--parts takes overhead, scaling and/or overlap, got {','.join(sorted(args.parts))!r}")
+    if args.budget_mib is None:
+        args.budget_mib = 256 if args.model == "tiny" else 2048
+    return args
 
-    work = Path(tempfile.mkdtemp(prefix="raytts-bench-"))
-    rows = _rows(args.rows)
-    text_file = work / "rows.jsonl"
-    text_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+def _model_path(name: str) -> str:
     from actors.checkpoint import resolve
     from actors.model.config import PRESETS
 
-    if args.model == "tiny":
-        model = str(resolve(args.model).asset.parent)
-    elif args.model in PRESETS:
+    if name == "tiny":
+        return str(resolve(name).asset.parent)
+    if name in PRESETS:
         from benchmarks.engine import ensure_checkpoint
 
-        model = str(ensure_checkpoint(args.model, 0) / "asset")
-    else:
-        model = args.model
-    if args.budget_mib is None:
-        args.budget_mib = 256 if args.model == "tiny" else 2048
-    parts = set(args.parts.split(","))
-    if not parts <= {"overhead", "scaling", "overlap"} or not parts:
-        parser.error(f"--parts takes overhead, scaling and/or overlap, got {args.parts!r}")
-    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rb", dir="/tmp")
-    results: dict[str, dict] = {}
-    summary: dict[str, float] = {}
-    if "overhead" in parts:
-        results["engine"] = engine_alone(model, rows, args.steps, args.budget_mib)
-        ray.init(address="local", num_cpus=4, include_dashboard=False)
-        config = _job_config(
-            model, text_file, work / "out1", args.steps, 1, args.budget_mib, batch_size=args.batch_size
-        )
-        results["local"] = job(config, "job, 1 actor (local Ray)")
-        ray.shutdown()
+        return str(ensure_checkpoint(name, 0) / "asset")
+    return name
 
-    if "scaling" in parts:
-        # Two nodes, one fake GPU each for one engine actor; the parse/store stages use the nodes' logical CPUs.
-        cluster = Cluster(
-            initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1, "include_dashboard": False}
-        )
-        cluster.add_node(num_cpus=1, num_gpus=1)
-        ray.init(address=cluster.address)
-        cluster.wait_for_nodes()
-        # A short 2-actor job first, so both measured runs find the same warm cluster: on a fresh one the first
-        # job's parse and store workers start cold (measured: its parse took 3.95 s, the next job's 0.33 s), which
-        # made the 1-actor run, always first, pay a start-up the 2-actor run did not.
-        warm_file = work / "warm-up.jsonl"
-        warm_file.write_text("".join(json.dumps(r) + "\n" for r in rows[:256]))
-        job(_job_config(model, warm_file, work / "out-warm-up", 16, 2, args.budget_mib, True), "warm-up")
-        # 1 then 2 actors, `--repeat` times: pairs run back to back, so a slow spell of this shared machine hits
-        # one pair rather than one side of every comparison.
-        for r in range(args.repeat):
-            for size, key in ((1, "one"), (2, "two")):
-                config = _job_config(
-                    model, text_file, work / f"out-cluster-{size}-{r}", args.steps, size, args.budget_mib, True,
-                    batch_size=args.batch_size,
-                )  # fmt: skip
-                name = f"job, {size} actor{'s' if size > 1 else ''} on the 2-node cluster"
-                results[_pair_key(key, r)] = job(config, name + (f" (pair {r + 1})" if r else ""))
-        ray.shutdown()
-        cluster.shutdown()
 
-    if "overlap" in parts:
-        # Natural lengths (EOS not masked): a call's rows end at different steps, so with one call at a time its
-        # slots drain before the next call's rows arrive; with two, the next call's rows take the freed slots.
-        mixed_file = work / "mixed.jsonl"
-        mixed_file.write_text("".join(json.dumps(r) + "\n" for r in rows[: args.overlap_rows]))
-        ray.init(address="local", num_cpus=4, include_dashboard=False)
-        for concurrent, key in ((1, "mixed_one_call"), (2, "mixed_two_calls")):
+def _overhead(args: argparse.Namespace, model: str, rows: list[dict], text_file: Path, work: Path) -> dict[str, dict]:
+    """The engine alone, then the same rows as a 1-actor job on a local Ray."""
+    import ray
+
+    results = {"engine": engine_alone(model, rows, args.steps, args.budget_mib)}
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    config = _job_config(model, text_file, work / "out1", args.steps, 1, args.budget_mib, batch_size=args.batch_size)
+    results["local"] = job(config, "job, 1 actor (local Ray)")
+    ray.shutdown()
+    return results
+
+
+def _scaling(args: argparse.Namespace, model: str, rows: list[dict], text_file: Path, work: Path) -> dict[str, dict]:
+    """1 then 2 actors on a 2-node cluster with one fake GPU per node, `--repeat` pairs."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    results = {}
+    # Two nodes, one fake GPU each for one engine actor; the parse/store stages use the nodes' logical CPUs.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1, num_gpus=1)
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    # A short 2-actor job first, so both measured runs find the same warm cluster: on a fresh one the first job's
+    # parse and store workers start cold (measured: its parse took 3.95 s, the next job's 0.33 s), which made the
+    # 1-actor run, always first, pay a start-up the 2-actor run did not.
+    warm_file = work / "warm-up.jsonl"
+    warm_file.write_text("".join(json.dumps(r) + "\n" for r in rows[:256]))
+    job(_job_config(model, warm_file, work / "out-warm-up", 16, 2, args.budget_mib, True), "warm-up")
+    # 1 then 2 actors, `--repeat` times: pairs run back to back, so a slow spell of this shared machine hits one
+    # pair rather than one side of every comparison.
+    for r in range(args.repeat):
+        for size, key in ((1, "one"), (2, "two")):
             config = _job_config(
-                model, mixed_file, work / f"out-mixed-{concurrent}", args.steps, 1, args.budget_mib,
-                fixed_length=False, concurrent=concurrent,
+                model, text_file, work / f"out-cluster-{size}-{r}", args.steps, size, args.budget_mib, True,
+                batch_size=args.batch_size,
             )  # fmt: skip
-            calls = "1 call" if concurrent == 1 else f"{concurrent} calls"
-            results[key] = job(config, f"job, 1 actor, mixed lengths, {calls} at once")
-        ray.shutdown()
+            name = f"job, {size} actor{'s' if size > 1 else ''} on the 2-node cluster"
+            results[_pair_key(key, r)] = job(config, name + (f" (pair {r + 1})" if r else ""))
+    ray.shutdown()
+    cluster.shutdown()
+    return results
 
+
+def _overlap(args: argparse.Namespace, model: str, rows: list[dict], work: Path) -> dict[str, dict]:
+    """Natural lengths (EOS not masked): a call's rows end at different steps, so with one call at a time its slots
+    drain before the next call's rows arrive; with two, the next call's rows take the freed slots."""
+    import ray
+
+    results = {}
+    mixed_file = work / "mixed.jsonl"
+    mixed_file.write_text("".join(json.dumps(r) + "\n" for r in rows[: args.overlap_rows]))
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    for concurrent, key in ((1, "mixed_one_call"), (2, "mixed_two_calls")):
+        config = _job_config(
+            model, mixed_file, work / f"out-mixed-{concurrent}", args.steps, 1, args.budget_mib,
+            fixed_length=False, concurrent=concurrent,
+        )  # fmt: skip
+        calls = "1 call" if concurrent == 1 else f"{concurrent} calls"
+        results[key] = job(config, f"job, 1 actor, mixed lengths, {calls} at once")
+    ray.shutdown()
+    return results
+
+
+def _scaling_summary(results: dict[str, dict], repeat: int) -> dict:
+    pairs = []
+    for r in range(repeat):
+        one, two = results[_pair_key("one", r)], results[_pair_key("two", r)]
+        steady = one["steady_rows_per_s"] and two["steady_rows_per_s"]
+        pair = {
+            "whole": round(two["audio_s_per_s"] / one["audio_s_per_s"], 2),
+            "steady": round_or_none(two["steady_rows_per_s"] / one["steady_rows_per_s"]) if steady else None,
+        }
+        if "cpu_s" in two:
+            # Two saturated cores cannot finish the 2-actor run faster than all the CPU it used / 2; against the
+            # 1-actor run that is the best ratio this machine allows, given what the non-engine processes took.
+            pair["cpu_bound"] = round(one["wall_s"] / (two["cpu_s"] / 2), 2)
+            pair["other_cpu_s"] = round(two["cpu_s"] - two["engine_cpu_s"], 1)
+        pairs.append(pair)
+        steady_text = f"{pair['steady']}x" if pair["steady"] is not None else "no"
+        print(f"pair {r + 1}: 2 actors vs 1: {pair['whole']}x whole job, {steady_text} steady state", end="")
+        if "cpu_bound" in pair:
+            print(
+                f"; CPU bound {pair['cpu_bound']}x (2-actor run: {two['busy_cores']} cores busy, engine actors "
+                f"{two['engine_cpu_s']} CPU-s, everything else {pair['other_cpu_s']} CPU-s)",
+                end="",
+            )
+        print()
+    steady = [p["steady"] for p in pairs if p["steady"] is not None]
+    summary = {
+        "two_actor_speedup": round(sum(p["whole"] for p in pairs) / len(pairs), 2),
+        "two_actor_steady_speedup": round_or_none(sum(steady) / len(steady)) if steady else None,
+        "pairs": pairs,
+    }
+    steady_text = f"{summary['two_actor_steady_speedup']}x" if steady else "no"
+    print(
+        f"2 actors vs 1 (mean of {len(pairs)} pair{'s' if len(pairs) > 1 else ''}): "
+        f"{summary['two_actor_speedup']}x whole job, {steady_text} steady state"
+    )
+    return summary
+
+
+def _report(args: argparse.Namespace, results: dict[str, dict]) -> None:
+    """Prints the table and the ratios; writes the JSON."""
     for r in results.values():
         r["audio_s_per_s"] = round(r["audio_s"] / r["wall_s"], 2)
         r["wall_s"] = round(r["wall_s"], 2)
@@ -357,44 +278,13 @@ def main() -> None:
     print(" | ".join(header))
     for r in results.values():
         print(" | ".join(str(r.get(h, "-")) for h in header))
-    if "overhead" in parts:
+    summary: dict = {}
+    if "overhead" in args.parts:
         summary["ray_overhead"] = round(1 - results["local"]["audio_s_per_s"] / results["engine"]["audio_s_per_s"], 3)
         print(f"Ray overhead vs engine alone: {summary['ray_overhead'] * 100:.1f}%")
-    if "scaling" in parts:
-        pairs = []
-        for r in range(args.repeat):
-            one, two = results[_pair_key("one", r)], results[_pair_key("two", r)]
-            pair = {
-                "whole": round(two["audio_s_per_s"] / one["audio_s_per_s"], 2),
-                "steady": _round(two["steady_rows_per_s"] / one["steady_rows_per_s"])
-                if one["steady_rows_per_s"] and two["steady_rows_per_s"]
-                else None,
-            }
-            if "cpu_s" in two:
-                # Two saturated cores cannot finish the 2-actor run faster than all the CPU it used / 2; against the
-                # 1-actor run that is the best ratio this machine allows, given what the non-engine processes took.
-                pair["cpu_bound"] = round(one["wall_s"] / (two["cpu_s"] / 2), 2)
-                pair["other_cpu_s"] = round(two["cpu_s"] - two["engine_cpu_s"], 1)
-            pairs.append(pair)
-            steady_text = f"{pair['steady']}x" if pair["steady"] is not None else "no"
-            print(f"pair {r + 1}: 2 actors vs 1: {pair['whole']}x whole job, {steady_text} steady state", end="")
-            if "cpu_bound" in pair:
-                print(
-                    f"; CPU bound {pair['cpu_bound']}x (2-actor run: {two['busy_cores']} cores busy, engine actors "
-                    f"{two['engine_cpu_s']} CPU-s, everything else {pair['other_cpu_s']} CPU-s)",
-                    end="",
-                )
-            print()
-        summary["two_actor_speedup"] = round(sum(p["whole"] for p in pairs) / len(pairs), 2)
-        steady = [p["steady"] for p in pairs if p["steady"] is not None]
-        summary["two_actor_steady_speedup"] = _round(sum(steady) / len(steady)) if steady else None
-        summary["pairs"] = pairs
-        steady_text = f"{summary['two_actor_steady_speedup']}x" if steady else "no"
-        print(
-            f"2 actors vs 1 (mean of {len(pairs)} pair{'s' if len(pairs) > 1 else ''}): "
-            f"{summary['two_actor_speedup']}x whole job, {steady_text} steady state"
-        )
-    if "overlap" in parts:
+    if "scaling" in args.parts:
+        summary.update(_scaling_summary(results, args.repeat))
+    if "overlap" in args.parts:
         one, two = results["mixed_one_call"], results["mixed_two_calls"]
         # per-row seeds: the same rows give the same audio however they share the engine's steps
         assert one["audio_s"] == two["audio_s"], (one["audio_s"], two["audio_s"])
@@ -408,6 +298,26 @@ def main() -> None:
     record["results"] = list(results.values())
     args.out.write_text(json.dumps({**record, **summary}, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def main() -> None:
+    args = _parse_args()
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    work = Path(tempfile.mkdtemp(prefix="raytts-bench-"))
+    rows = _rows(args.rows)
+    text_file = work / "rows.jsonl"
+    text_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = _model_path(args.model)
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rb", dir="/tmp")
+    results: dict[str, dict] = {}
+    if "overhead" in args.parts:
+        results.update(_overhead(args, model, rows, text_file, work))
+    if "scaling" in args.parts:
+        results.update(_scaling(args, model, rows, text_file, work))
+    if "overlap" in args.parts:
+        results.update(_overlap(args, model, rows, work))
+    _report(args, results)
 
 
 if __name__ == "__main__":

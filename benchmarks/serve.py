@@ -108,33 +108,14 @@ def _stats(base: str) -> dict:
         return json.loads(response.read())["engines"]["m"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="tiny", help="checkpoint (default: the built-in tiny model)")
-    parser.add_argument("--clients", default="1,8,32")
-    parser.add_argument("--requests-per-client", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=96, help="frames per request (46.875 per audio second)")
-    parser.add_argument("--slots", type=int, default=32, help="raytts engine slots")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per replica")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve.json")
-    args = parser.parse_args()
-
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
+def _run_apps(args: argparse.Namespace, base: str, apps: dict[str, int]) -> list[dict]:
+    """Deploys each app (raytts with its slots, naive with 1), then loads each at every client count."""
     from ray import serve
 
     from actors.serving.app import build_app
     from actors.serving.config import DeploymentSpec
-    from tests.support.s3 import free_port
 
-    tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
-    os.environ["RAY_TMPDIR"] = tmp
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=tmp, configure_logging=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    base = f"http://127.0.0.1:{port}"
     deployment = DeploymentSpec(num_replicas=1, max_ongoing_requests=512, max_queued_requests=1024, num_cpus=1)
-    apps = {"raytts": args.slots, "naive": 1}
     rows = []
     try:
         for name, slots in apps.items():
@@ -159,13 +140,16 @@ def main() -> None:
                 )
     finally:
         serve.shutdown()
-        ray.shutdown()
+    return rows
 
+
+def _print_table(rows: list[dict]) -> dict[int, float]:
+    """Prints every run and the raytts / naive throughput ratio per client count; returns the ratios."""
     print()
     header = f"{'clients':>7} {'app':>7} {'req/s':>7} {'audio-s/s':>10} {'p50 s':>7} {'p99 s':>7} {'TTFA p50':>9} {'TTFA p99':>9}"
     print(header)
     print("-" * len(header))
-    speedups = {}
+    speedups: dict[int, float] = {}
     for row in rows:
         print(
             f"{row['clients']:>7} {row['app']:>7} {row['requests_per_s']:>7.2f} {row['audio_s_per_s']:>10.2f} "
@@ -177,6 +161,38 @@ def main() -> None:
     print()
     for clients, ratio in speedups.items():
         print(f"raytts / naive throughput at {clients} clients: {ratio:.2f}x")
+    return speedups
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="tiny", help="checkpoint (default: the built-in tiny model)")
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=96, help="frames per request (46.875 per audio second)")
+    parser.add_argument("--slots", type=int, default=32, help="raytts engine slots")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per replica")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve.json")
+    args = parser.parse_args()
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    from ray import serve
+
+    from tests.support.s3 import free_port
+
+    tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
+    os.environ["RAY_TMPDIR"] = tmp
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=tmp, configure_logging=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = f"http://127.0.0.1:{port}"
+    apps = {"raytts": args.slots, "naive": 1}
+    try:
+        rows = _run_apps(args, base, apps)
+    finally:
+        ray.shutdown()
+    speedups = _print_table(rows)
     report = {
         "model": args.model,
         "steps_per_request": args.steps,

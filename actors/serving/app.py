@@ -22,12 +22,10 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.config import AutoscalingConfig, BackpressureConfig
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.async_engine import AsyncSynthesizer, SpeechStream
 from actors.engine.params import SamplingParams
@@ -53,6 +51,7 @@ from .api import (
 from .auth import authorize, read_body
 from .config import ServeConfig
 from .deployment import build_app
+from .errors import api
 from .memory import rss_bytes, tensor_bytes
 from .models import Lease, LoadedModel, load_served_model
 from .streaming import stream_response
@@ -60,26 +59,6 @@ from .streaming import stream_response
 __all__ = ["TTSServer", "build_app"]
 
 log = logging.getLogger(__name__)
-
-api = FastAPI(title="raytts", description="ChatTTS-compatible speech synthesis on Ray Serve")
-
-
-@api.exception_handler(ApiError)
-async def _api_error(request: Request, err: ApiError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-    message = f"{request.method} {request.url.path}: {err.detail}"
-    if err.status_code == 404:
-        message += "; routes are POST /v1/audio/speech, POST /v1/tts, GET /v1/models, GET /v1/voices, GET /healthz"
-    return JSONResponse(ApiError(err.status_code, message).body(), status_code=err.status_code)
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
-    return JSONResponse(ApiError(400, f"{request.url.path}: {err.errors()[:1]}").body(), status_code=400)
 
 
 def _is_request_problem(error: str) -> bool:

@@ -98,6 +98,54 @@ def configure(chat: Chat, asset: Path) -> None:
     chat.config.spk_stat = b14.encode_to_string(np.concatenate([std[:hidden], mean[:hidden]]).tobytes())
 
 
+def _run_case(chat: Chat, case: dict, meta: dict, arrays: dict[str, np.ndarray], ref_prompt: str, row: int) -> int:
+    """One case's texts through upstream's code stage and both decoders, recorded from row `row` on; returns the
+    next row number."""
+    texts = [chat.normalizer(t, True, False) for t in case["texts"]]
+    spk = meta["speakers"][str(case["speaker_seed"])] if case["speaker_seed"] is not None else None
+    params = Chat.InferCodeParams(
+        prompt=meta["prompt"],
+        spk_emb=spk,
+        spk_smp=ref_prompt if case.get("reference") else None,
+        txt_smp=meta["reference_text"] if case.get("reference") else None,
+        temperature=meta["temperature"],
+        top_P=meta["top_p"],
+        top_K=meta["top_k"],
+        repetition_penalty=meta["repetition_penalty"],
+        max_new_token=MAX_NEW_TOKEN,
+        min_new_token=MIN_NEW_TOKEN,
+        show_tqdm=False,
+        manual_seed=0,
+    )
+    decorated = chat.speaker.decorate_code_prompts(list(texts), params.prompt, params.txt_smp, params.spk_emb)
+    result = next(chat._infer_code(list(texts), False, chat.device, True, params))
+    for i, text in enumerate(case["texts"]):
+        ids = chat.tokenizer._tokenizer(decorated[i], add_special_tokens=False)["input_ids"]
+        codes = result.ids[i].cpu().numpy().astype(np.int64)
+        hidden = result.hiddens[i]
+        wav_hidden = chat._decode_to_wavs([hidden.clone()], True)[0]
+        wav_dvae = chat._decode_to_wavs([result.ids[i].clone()], False)[0]
+        arrays[f"row{row}_codes"] = codes
+        arrays[f"row{row}_wav_hidden"] = np.asarray(wav_hidden, dtype=np.float32)
+        arrays[f"row{row}_wav_dvae"] = np.asarray(wav_dvae, dtype=np.float32)
+        arrays[f"row{row}_token_ids"] = np.asarray(ids, dtype=np.int64)
+        meta["rows"].append(
+            {
+                "row": row,
+                "case": case["name"],
+                "text": text,
+                "normalized": texts[i],
+                "decorated": decorated[i],
+                "speaker_seed": case["speaker_seed"],
+                "reference": bool(case.get("reference")),
+                "frames": int(codes.shape[0]),
+            }
+        )
+        row += 1
+    result.destroy()
+    return row
+
+
 def main() -> None:
     root, out = Path(sys.argv[1]), Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
@@ -143,48 +191,7 @@ def main() -> None:
 
     row = 0
     for case in CASES:
-        texts = [chat.normalizer(t, True, False) for t in case["texts"]]
-        spk = meta["speakers"][str(case["speaker_seed"])] if case["speaker_seed"] is not None else None
-        params = Chat.InferCodeParams(
-            prompt=meta["prompt"],
-            spk_emb=spk,
-            spk_smp=ref_prompt if case.get("reference") else None,
-            txt_smp=meta["reference_text"] if case.get("reference") else None,
-            temperature=meta["temperature"],
-            top_P=meta["top_p"],
-            top_K=meta["top_k"],
-            repetition_penalty=meta["repetition_penalty"],
-            max_new_token=MAX_NEW_TOKEN,
-            min_new_token=MIN_NEW_TOKEN,
-            show_tqdm=False,
-            manual_seed=0,
-        )
-        decorated = chat.speaker.decorate_code_prompts(list(texts), params.prompt, params.txt_smp, params.spk_emb)
-        result = next(chat._infer_code(list(texts), False, chat.device, True, params))
-        for i, text in enumerate(case["texts"]):
-            ids = chat.tokenizer._tokenizer(decorated[i], add_special_tokens=False)["input_ids"]
-            codes = result.ids[i].cpu().numpy().astype(np.int64)
-            hidden = result.hiddens[i]
-            wav_hidden = chat._decode_to_wavs([hidden.clone()], True)[0]
-            wav_dvae = chat._decode_to_wavs([result.ids[i].clone()], False)[0]
-            arrays[f"row{row}_codes"] = codes
-            arrays[f"row{row}_wav_hidden"] = np.asarray(wav_hidden, dtype=np.float32)
-            arrays[f"row{row}_wav_dvae"] = np.asarray(wav_dvae, dtype=np.float32)
-            arrays[f"row{row}_token_ids"] = np.asarray(ids, dtype=np.int64)
-            meta["rows"].append(
-                {
-                    "row": row,
-                    "case": case["name"],
-                    "text": text,
-                    "normalized": texts[i],
-                    "decorated": decorated[i],
-                    "speaker_seed": case["speaker_seed"],
-                    "reference": bool(case.get("reference")),
-                    "frames": int(codes.shape[0]),
-                }
-            )
-            row += 1
-        result.destroy()
+        row = _run_case(chat, case, meta, arrays, ref_prompt, row)
 
     np.savez_compressed(out / "upstream.npz", **arrays)
     (out / "upstream.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
