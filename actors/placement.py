@@ -1,8 +1,11 @@
-"""Where a replica runs and how much memory it may plan: device and dtype choice, its share of a shared GPU, and
-the budget that follows. Torch is imported only by the functions that need it."""
+"""Where a replica runs and how much memory it may plan: device and dtype choice, its share of a shared GPU or of a
+CPU node, and the budget that follows (with where each number came from, for the replica's start-up line). Torch is
+imported only by the functions that need it."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -45,22 +48,111 @@ def shared_budget_bytes(total: int, share: float, held: int, free_budget: int, f
     return budget
 
 
-def replica_budget_bytes(device: torch.device, share: float, fraction: float, weights: int) -> int:
-    """The default budget of a replica on `device`: `fraction` of the free memory (1 GiB on CPU), or of its share of
-    the device when it owns only part of it (less the `weights` it already holds there)."""
+# On CPU the KV cache lives in the same RAM as everything else on the machine (Ray's object store, the job's CPU
+# stages, other replicas): a replica plans half of the memory it may use, not the GPU's 85%.
+CPU_MEMORY_FRACTION = 0.5
+
+
+def replica_budget_bytes(device: torch.device, share: float, fraction: float, weights: int) -> tuple[int, str]:
+    """(bytes, where they came from) of a replica's default budget on `device`. CUDA: `fraction` of the free memory,
+    or of its `share` of the device when it owns only part of it (less the `weights` it already holds there). CPU:
+    `cpu_budget_bytes`."""
     import torch
 
     from .engine.memory import default_budget_bytes
 
-    if device.type == "cuda" and share < 1:
-        return shared_budget_bytes(
-            total=torch.cuda.get_device_properties(device).total_memory,
-            share=share,
-            held=weights,
-            free_budget=default_budget_bytes(device, fraction),
-            fraction=fraction,
+    if device.type != "cuda":
+        return cpu_budget_bytes(cpu_memory_limits(), ray_cpu_share())
+    if share < 1:
+        total = torch.cuda.get_device_properties(device).total_memory
+        budget = shared_budget_bytes(total, share, weights, default_budget_bytes(device, fraction), fraction)
+        return (
+            budget,
+            f"{fraction:g} of a {share:g} share of {total / 2**30:.1f} GiB, less {weights / 2**20:.0f} MiB weights",
         )
-    return default_budget_bytes(device, fraction)
+    return default_budget_bytes(device, fraction), f"{fraction:g} of the free memory of {device}"
+
+
+def cpu_budget_bytes(limits: dict[str, int], share: tuple[float, str] = (1.0, "")) -> tuple[int, str]:
+    """(bytes, where they came from) of a CPU replica's budget: CPU_MEMORY_FRACTION of the tightest of `limits`
+    (`cpu_memory_limits`: memory this process may still use, after its weights are loaded) times its `share` of the
+    node (`ray_cpu_share`). 1 GiB where nothing is known (not Linux)."""
+    if not limits:
+        return 1 << 30, "1 GiB: no memory information on this platform (set engine.budget_mib)"
+    name, free = min(limits.items(), key=lambda item: item[1])
+    fraction, (node_share, why) = CPU_MEMORY_FRACTION, share
+    budget = int(max(free, 0) * fraction * node_share)
+    text = f"{fraction:g} x {free / 2**30:.1f} GiB {name}"
+    return budget, text + (f" x {node_share:.3g} ({why})" if node_share < 1 else "")
+
+
+def cpu_memory_limits() -> dict[str, int]:
+    """Bytes this process may still take, by what limits it: the RAM the kernel reports available
+    (/proc/meminfo MemAvailable), the container's cgroup limit less its usage (v2, else v1), and the Ray actor's
+    `memory` resource less what this process already holds. Read from the kernel's files: three numbers do not
+    warrant a dependency."""
+    limits: dict[str, int] = {}
+    meminfo = _read_ints(Path("/proc/meminfo"), "MemAvailable:")
+    if meminfo is not None:
+        limits["available RAM"] = meminfo * 1024
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        limit, usage = _read_ints(Path(limit_file)), _read_ints(Path(usage_file))
+        if limit is not None and usage is not None and limit < 1 << 60:  # "max" / a huge v1 default: no limit
+            limits["left under the cgroup memory limit"] = limit - usage
+            break
+    ray_memory = _ray_assigned("memory")
+    if ray_memory:
+        limits["left of the Ray actor's memory resource"] = int(ray_memory) - _rss_bytes()
+    return limits
+
+
+def ray_cpu_share() -> tuple[float, str]:
+    """(share, why) of its node's memory a Ray worker without a `memory` resource budgets from: its CPUs over the
+    node's (at least one CPU's worth), so the engine actors of one node together stay within the fraction. 1.0 outside
+    Ray workers and for actors with a memory resource (that limit is `cpu_memory_limits`')."""
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return 1.0, ""
+    if _ray_assigned("memory"):
+        return 1.0, ""
+    node_id = ray.get_runtime_context().get_node_id()
+    node_cpus = next((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["NodeID"] == node_id), 0.0)
+    cpus = max(_ray_assigned("CPU") or 0.0, 1.0)
+    if node_cpus <= cpus:
+        return 1.0, ""
+    return cpus / node_cpus, f"this actor's {cpus:g} of the node's {node_cpus:g} CPUs"
+
+
+def _ray_assigned(resource: str) -> float | None:
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return None
+    return ray.get_runtime_context().get_assigned_resources().get(resource)
+
+
+def _read_ints(path: Path, key: str | None = None) -> int | None:
+    """The integer in a kernel file (or on its `key` line); None when absent, unreadable or not a number."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    if key is not None:
+        text = next((line[len(key) :] for line in text.splitlines() if line.startswith(key)), "")
+    word = text.split()[0] if text.split() else ""
+    return int(word) if word.isdigit() else None
+
+
+def _rss_bytes() -> int:
+    try:
+        resident = int(Path("/proc/self/statm").read_text().split()[1])  # size, resident, ... in pages
+    except (OSError, IndexError, ValueError):
+        return 0
+    return resident * os.sysconf("SC_PAGE_SIZE")
 
 
 def assigned_gpu_share() -> float:

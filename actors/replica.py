@@ -96,7 +96,12 @@ class Synthesizer:
         self.max_reference_seconds = max_reference_seconds
         self.stream_chunk_steps = max(1, stream_chunk_steps)
         self._streams: dict[object, StreamDecoder] = {}
-        self.budget_bytes = budget_bytes or replica_budget_bytes(self.device, device_share, budget_fraction, weights)
+        if budget_bytes:
+            self.budget_bytes, self.budget_source = budget_bytes, "given (engine.budget_mib)"
+        else:
+            self.budget_bytes, self.budget_source = replica_budget_bytes(
+                self.device, device_share, budget_fraction, weights
+            )
         if max_batch_size is None and self.device.type == "cpu":
             max_batch_size = 64  # CPU throughput stops growing well before the budget's slot count
         self.plan = plan_slots(
@@ -115,7 +120,8 @@ class Synthesizer:
         if compile != "off":
             self._warm_up()
         log.info(
-            "replica ready: model %s (%s) on %s/%s, decoder=%s, %d slots x %d tokens (%.0f MiB of a %.0f MiB budget)",
+            "replica ready: model %s (%s) on %s/%s, decoder=%s, %d slots x %d tokens (%.0f MiB of a %.0f MiB budget: "
+            "%s%s)",
             self.checkpoint.source,
             self.config.name,
             self.device,
@@ -125,6 +131,8 @@ class Synthesizer:
             self.plan.slot_tokens,
             self.plan.planned_bytes / 2**20,
             self.budget_bytes / 2**20,
+            self.budget_source,
+            f"; slots capped at {max_batch_size} (max_slots)" if max_batch_size == self.plan.slots else "",
         )
 
     def _load(self, model: str | Path | None, cache_dir: Path | None, verify: str, fsq_variant: str) -> int:

@@ -59,9 +59,12 @@ class EngineSettings(Strict):
         le=0.95,
         description="Share of the replica's GPU memory (its part of the GPU when num_gpus is fractional; a Serve "
         "replica's divided among max_models_per_replica) that the engine may use, never more than this share of "
-        "free memory; 1 GiB on CPU.",
+        "free memory. On CPU the default budget is half of what the replica may still use (available RAM, the "
+        "cgroup limit, the Ray actor's memory resource; a Ray actor without one takes its CPU share of the node).",
     )
-    budget_mib: int | None = Field(None, ge=16, description="Explicit per-replica budget (overrides the fraction).")
+    budget_mib: int | None = Field(
+        None, ge=16, description="Memory budget per replica in MiB (overrides the default from the free memory)."
+    )
     max_slots: int | None = Field(None, ge=1, description="Cap on rows generating at once per replica.")
     max_prompt_tokens: int = Field(640, ge=16, description="Prompt tokens reserved per slot (text + reference codes).")
     max_new_tokens: int | None = Field(

@@ -94,16 +94,25 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     rows = json.loads(Path(args.texts_file).read_text())
-    synth = Synthesizer(
-        model=args.checkpoint,
-        device=args.device,
-        dtype=args.dtype,
-        max_batch_size=args.slots,
-        budget_bytes=args.budget_mib << 20 if args.budget_mib else None,
-        max_prompt_tokens=256,
-        max_new_tokens=args.max_new_tokens,
-        compile=args.compile,
-    )
+    if args.as_synth:
+        # exactly the replica `raytts synth --model M --max-new-tokens N` builds: its engine defaults, no budget or
+        # slot flags (what a new user gets)
+        from actors.settings import EngineSettings, build_synthesizer
+        from jobs.synth import SYNTH_MAX_SLOTS, SYNTH_MIN_RESERVE
+
+        engine = EngineSettings(device=args.device, dtype=args.dtype, max_slots=SYNTH_MAX_SLOTS)
+        synth = build_synthesizer(args.checkpoint, engine, max_new_tokens=max(SYNTH_MIN_RESERVE, args.max_new_tokens))
+    else:
+        synth = Synthesizer(
+            model=args.checkpoint,
+            device=args.device,
+            dtype=args.dtype,
+            max_batch_size=args.slots,
+            budget_bytes=args.budget_mib << 20 if args.budget_mib else None,
+            max_prompt_tokens=256,
+            max_new_tokens=args.max_new_tokens,
+            compile=args.compile,
+        )
     params = SamplingParams(temperature=1e-6, max_new_tokens=args.max_new_tokens, min_new_tokens=2)
     requests = [SynthesisRequest(id=f"r{i}", text=t, params=params) for i, t in enumerate(rows)]
     warm = [SynthesisRequest(id="warm", text="warm up.", params=SamplingParams(temperature=1e-6, max_new_tokens=8))]
@@ -127,6 +136,7 @@ def worker(args: argparse.Namespace) -> None:
                 "rows": len(rows),
                 "failed": len(failed),
                 "slots": synth.plan.slots,
+                "budget_source": synth.budget_source,
                 "occupancy": synth.batcher.stats.occupancy,
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
@@ -139,7 +149,13 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_raytts(
-    root: Path, text_file: Path, args: argparse.Namespace, slots: int | None, dtype: str | None, compile: str = "off"
+    root: Path,
+    text_file: Path,
+    args: argparse.Namespace,
+    slots: int | None,
+    dtype: str | None,
+    compile: str = "off",
+    as_synth: bool = False,
 ) -> dict:
     cmd = [
         sys.executable, str(Path(__file__).resolve()), "worker", "--checkpoint", str(root), "--texts-file", str(text_file),
@@ -150,8 +166,10 @@ def run_raytts(
         cmd += ["--dtype", dtype]
     if slots:
         cmd += ["--slots", str(slots)]
-    if args.budget_mib:
+    if args.budget_mib and not as_synth:
         cmd += ["--budget-mib", str(args.budget_mib)]
+    if as_synth:
+        cmd += ["--as-synth"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -171,6 +189,9 @@ def summarise(name: str, result: dict) -> dict:
         "peak_mib": round(result.get("peak_device_mib") or result["peak_rss_mib"]),
         "occupancy": round(result["occupancy"], 3) if "occupancy" in result else None,
         "slots": result.get("slots"),
+        "budget": f"{result['budget_mib']:.0f} MiB ({result['budget_source']})"
+        if result.get("budget_source")
+        else None,
     }
 
 
@@ -187,6 +208,7 @@ def _parse_args() -> argparse.Namespace:
     w.add_argument("--slots", type=int, default=None)
     w.add_argument("--budget-mib", type=int, default=None)
     w.add_argument("--compile", default="off")
+    w.add_argument("--as-synth", action="store_true", help="build the replica `raytts synth` builds by default")
     parser.add_argument("--preset", default="full")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -225,6 +247,8 @@ def _systems(args: argparse.Namespace, root: Path, all_texts: Path, few_texts: P
             )
         )
     dtypes = args.dtypes.split(",") if args.dtypes else [args.dtype]
+    # what `raytts synth` gives a new user: its defaults, no budget or slot flags
+    rows.append(summarise("raytts synth defaults", run_raytts(root, all_texts, args, None, args.dtype, as_synth=True)))
     rows.append(
         summarise(
             f"raytts batch 1 ({dtypes[0] or 'default'})", run_raytts(root, few_texts, args, slots=1, dtype=dtypes[0])
@@ -264,6 +288,9 @@ def _print_table(rows: list[dict]) -> None:
     print("-|-".join("-" * w for w in widths))
     for row in rows:
         print(" | ".join(str(row[h]).ljust(w) for h, w in zip(header, widths, strict=True)))
+    for row in rows:
+        if row.get("budget"):
+            print(f"{row['system']}: budget {row['budget']}")
 
 
 def main() -> None:

@@ -45,6 +45,7 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-batch-size", type=int, default=SYNTH_MAX_SLOTS, help="rows generating at once (engine.max_slots)"
     )
+    p.add_argument("--budget-mib", type=int, default=None, help=EngineSettings.model_fields["budget_mib"].description)
     p.add_argument("--max-segment-tokens", type=int, default=120, help="longer text is split at sentence ends")
     p.add_argument("--fsq", choices=("classic", "symmetric"), default="classic", help="DVAE quantiser numerics")
     p.add_argument("--verify", choices=("auto", "always", "never"), default="auto", help="sha256 of official files")
@@ -279,6 +280,7 @@ def _synth(args: argparse.Namespace) -> int:
                 device=args.device,
                 dtype=args.dtype,
                 max_slots=args.max_batch_size,
+                budget_mib=args.budget_mib,
                 max_segment_tokens=args.max_segment_tokens,
                 fsq=args.fsq,
                 verify=args.verify,

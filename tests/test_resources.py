@@ -166,3 +166,62 @@ def test_ray_tells_a_fractional_gpu_replica_its_share():
     finally:
         ray.shutdown()
     assert assigned_gpu_share() == 1.0
+
+
+def test_a_cpu_replica_budgets_half_of_the_tightest_memory_limit():
+    """On CPU the budget is CPU_MEMORY_FRACTION of the tightest limit (available RAM, cgroup, Ray memory resource)
+    times the actor's share of the node, and the text says which limit it came from. Pure arithmetic."""
+    from actors.placement import CPU_MEMORY_FRACTION, cpu_budget_bytes
+
+    gib = 1 << 30
+    budget, why = cpu_budget_bytes({"available RAM": 20 * gib, "left under the cgroup memory limit": 6 * gib})
+    assert budget == int(6 * gib * CPU_MEMORY_FRACTION) and why == "0.5 x 6.0 GiB left under the cgroup memory limit"
+    budget, why = cpu_budget_bytes({"available RAM": 16 * gib}, (0.25, "this actor's 2 of the node's 8 CPUs"))
+    assert budget == 2 * gib and why.endswith("x 0.25 (this actor's 2 of the node's 8 CPUs)")
+    assert cpu_budget_bytes({"available RAM": -5})[0] == 0  # nothing left: plan_slots refuses with its own message
+    assert cpu_budget_bytes({}) == (gib, "1 GiB: no memory information on this platform (set engine.budget_mib)")
+
+
+def test_the_default_cpu_plan_fits_this_machine_and_holds_more_than_one_full_size_row():
+    """The issue's first complaint: with the old fixed 1 GiB the full model planned 1 slot on CPU. The default now
+    comes from this machine's memory: more than one slot of the full model at the default reservation, and never more
+    than the memory it found."""
+    import torch
+
+    from actors.engine.memory import plan_slots
+    from actors.model.config import ModelConfig
+    from actors.placement import cpu_budget_bytes, cpu_memory_limits
+
+    limits = cpu_memory_limits()
+    assert 0 < limits["available RAM"] <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    budget, _ = cpu_budget_bytes(limits)
+    plan = plan_slots(ModelConfig.from_name("full"), torch.float32, budget, 640, 2048)
+    assert plan.slots > 1, (plan.slots, budget >> 20)
+    assert plan.planned_bytes <= budget <= min(limits.values())
+
+
+def test_a_ray_actor_budgets_from_its_cpu_share_or_its_memory_resource():
+    """A CPU engine actor without a `memory` resource takes its CPUs' share of the node (so the node's actors together
+    stay within the fraction); one with a `memory` resource is limited by what that leaves."""
+    import ray
+
+    from actors.placement import cpu_memory_limits, ray_cpu_share
+
+    if ray.is_initialized():
+        ray.shutdown()
+    tmp = tempfile.mkdtemp(prefix="rm", dir="/tmp")
+    ray.init(address="local", num_cpus=8, include_dashboard=False, _temp_dir=tmp, configure_logging=False)
+    try:
+
+        @ray.remote
+        def seen() -> tuple[tuple[float, str], dict[str, int]]:
+            return ray_cpu_share(), cpu_memory_limits()
+
+        (share, _), _ = ray.get(seen.options(num_cpus=2).remote(), timeout=60)
+        assert share == 0.25
+        (share, why), limits = ray.get(seen.options(num_cpus=1, memory=3 << 30).remote(), timeout=60)
+        assert share == 1.0 and why == ""
+        assert 0 < limits["left of the Ray actor's memory resource"] < 3 << 30
+        assert ray_cpu_share() == (1.0, "")  # the driver (raytts synth, a stage built in-process)
+    finally:
+        ray.shutdown()
