@@ -138,6 +138,8 @@ def worker(args: argparse.Namespace) -> None:
                 "slots": synth.plan.slots,
                 "budget_source": synth.budget_source,
                 "occupancy": synth.batcher.stats.occupancy,
+                "attention_read_efficiency": synth.batcher.stats.attention_read_efficiency,
+                "kv_held_share": synth.batcher.stats.kv_held_share,
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
                 "budget_mib": synth.budget_bytes / 2**20,
@@ -189,6 +191,8 @@ def summarise(name: str, result: dict) -> dict:
         "peak_mib": round(result.get("peak_device_mib") or result["peak_rss_mib"]),
         "occupancy": round(result["occupancy"], 3) if "occupancy" in result else None,
         "slots": result.get("slots"),
+        "read_eff": round(result["attention_read_efficiency"], 3) if "attention_read_efficiency" in result else None,
+        "kv_held": round(result["kv_held_share"], 3) if "kv_held_share" in result else None,
         "budget": f"{result['budget_mib']:.0f} MiB ({result['budget_source']})"
         if result.get("budget_source")
         else None,
@@ -281,6 +285,8 @@ def _print_table(rows: list[dict]) -> None:
         "peak_mib",
         "slots",
         "occupancy",
+        "read_eff",
+        "kv_held",
         "vs_upstream",
     ]
     widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]

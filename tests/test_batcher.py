@@ -509,3 +509,33 @@ def test_admitted_rows_share_prefill_passes_by_prompt_length(tiny_model, tiny_to
     requests = [RowRequest(i, CodePrompt(list(range(n))), SamplingParams()) for i, n in enumerate([12, 3, 11, 4, 3])]
     batcher._prefill(list(range(5)), requests)
     assert groups == [[3, 3, 4], [11], [12]]
+
+
+def test_attention_and_kv_accounting_follow_each_rows_own_length(tiny_model, tiny_tokenizer):
+    """Each decode step reads rows x the longest row's prefix (the masked-prefix path; CPU runs exact shapes), while
+    a row needs only its own context: the stats say how much of what was read was a row's own, and how much of the
+    slots' reservation rows actually held. Rows of equal length read nothing of another's; mixed lengths do."""
+    plan = plan_slots(TINY, torch.float32, 64 << 20, 64, 40, max_slots=4)
+    same = CodePrompt(list(range(1, 9)))  # 8 prompt tokens each
+    batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
+    for key in range(2):
+        batcher.submit(key, same, SamplingParams(max_new_tokens=6, min_new_tokens=6, seed=key))
+    list(batcher.run())
+    stats = batcher.stats
+    assert stats.attention_read_efficiency == 1.0
+    assert stats.held_tokens == stats.own_keys and stats.reserved_tokens == 2 * stats.steps * plan.slot_tokens
+
+    batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
+    lengths = (4, 20)
+    for key, length in enumerate(lengths):
+        batcher.submit(key, CodePrompt(list(range(1, length + 1))), SamplingParams(max_new_tokens=6, min_new_tokens=6))
+    list(batcher.run())
+    stats = batcher.stats
+    # the step that samples token t attends to the prompt and t - 1 generated tokens; 6 steps for 6 tokens (the
+    # first comes from the prefill)
+    steps = range(1, stats.steps + 1)
+    own = sum(length + t for length in lengths for t in steps)
+    read = sum(len(lengths) * (max(lengths) + t) for t in steps)
+    assert (stats.own_keys, stats.read_keys) == (own, read)
+    assert stats.attention_read_efficiency == pytest.approx(own / read) and stats.attention_read_efficiency < 1
+    assert 0 < stats.kv_held_share < 1

@@ -62,11 +62,27 @@ class BatcherStats:
     cancelled: int = 0
     computed_slot_steps: int = 0  # sum over steps of the rows the step computed (live rows + idle ones below them)
     moved: int = 0  # rows moved down into free slots (compaction)
+    # Attention and KV accounting, summed over decode steps: the keys the rows own (each row's context), the keys the
+    # step read (computed rows x attended prefix), and the KV tokens rows held vs the tokens their slots reserve.
+    own_keys: int = 0
+    read_keys: int = 0
+    held_tokens: int = 0
+    reserved_tokens: int = 0
     history: list[int] = field(default_factory=list)  # live rows per step (kept short: last 10k steps)
 
     @property
     def occupancy(self) -> float:
         return self.busy_slot_steps / self.slot_steps if self.slot_steps else 0.0
+
+    @property
+    def attention_read_efficiency(self) -> float:
+        """(sum of rows' own context) / (keys the decode steps read): 1.0 when every row reads only its own cache."""
+        return self.own_keys / self.read_keys if self.read_keys else 0.0
+
+    @property
+    def kv_held_share(self) -> float:
+        """KV tokens rows actually held / tokens their slots reserved, over the steps (1.0: no reservation unused)."""
+        return self.held_tokens / self.reserved_tokens if self.reserved_tokens else 0.0
 
 
 class ContinuousBatcher:
@@ -293,8 +309,14 @@ class ContinuousBatcher:
         longest = max(self.host_position[i] for i in occupied) + 1
         n, kv_len = step_shape(occupied[-1] + 1, longest, self.plan, self.compile, self.device.type)
         self._step(n, kv_len)
+        own = 0
         for i in occupied:
+            own += self.host_position[i] + 1  # the cache entries row i attended to in this step, its own included
             self.host_position[i] = min(self.host_position[i] + 1, self.plan.slot_tokens - 1)
+        self.stats.own_keys += own
+        self.stats.read_keys += n * kv_len
+        self.stats.held_tokens += own
+        self.stats.reserved_tokens += len(occupied) * self.plan.slot_tokens
         self.stats.steps += 1
         self.stats.slot_steps += self.plan.slots
         self.stats.busy_slot_steps += len(occupied)
