@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     from .replica import Synthesizer
 
 
+# The front ends' own defaults where they differ (documented with EngineSettings.max_new_tokens / max_slots).
+SYNTH_MAX_SLOTS = 16  # `raytts synth`: rows generating at once when --max-batch-size is not given
+SYNTH_MIN_RESERVE = 2048  # `raytts synth`: new tokens reserved per slot at least (rows may ask up to this)
+SERVE_MAX_NEW_TOKENS = 2048  # Serve: new tokens reserved per slot and the most a request may ask for (~43 s)
+
+
 class Strict(BaseModel):
     """A config section that refuses unknown keys (a typo is an error that names the key, not a silent default)."""
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from actors.audio import AUDIO_FORMATS
 from actors.checkpoint import CheckpointError
-from actors.settings import EngineSettings, SamplingSettings, resolve_path
-from jobs.synth import SYNTH_MAX_SLOTS
+from actors.settings import SYNTH_MAX_SLOTS, EngineSettings, SamplingSettings, resolve_path
 
 
 def _synth_parser(sub: argparse._SubParsersAction) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from actors.requests import SynthesisRequest, SynthesisResult, request_from_fields, with_source
-from actors.settings import EngineSettings, SamplingSettings, build_synthesizer
+from actors.settings import SYNTH_MAX_SLOTS, SYNTH_MIN_RESERVE, EngineSettings, SamplingSettings, build_synthesizer
 from actors.validation import RequestError
 from actors.voices import RowVoices, read_reference_audio
 from pipeline.inputs import InputRow, mark_duplicates, read_jsonl, unknown_fields
@@ -26,9 +26,6 @@ if TYPE_CHECKING:
     from actors.replica import Synthesizer
 
 log = logging.getLogger(__name__)
-
-SYNTH_MAX_SLOTS = 16  # rows generating at once when --max-batch-size is not given
-SYNTH_MIN_RESERVE = 2048  # new tokens reserved per slot at least (rows may ask for up to this)
 
 
 @dataclass

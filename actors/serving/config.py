@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from actors.settings import EngineSettings, Strict, load_mapping, resolve_path
+from actors.settings import SERVE_MAX_NEW_TOKENS, EngineSettings, Strict, load_mapping, resolve_path
 
 
 class ModelSpec(Strict):
@@ -66,8 +66,6 @@ class AuthSpec(Strict):
         extra = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
         return [*self.api_keys, *extra]
 
-
-SERVE_MAX_NEW_TOKENS = 2048  # ~43 s of audio per segment
 
 # OpenAI's voice names, each a fixed seeded ChatTTS speaker, so code written for OpenAI runs unchanged. The seeds are
 # part of the API: a name keeps its voice across releases (a config's `voices` may redefine any name).
