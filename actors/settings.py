@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 # The front ends' own defaults where they differ (documented with EngineSettings.max_new_tokens / max_slots).
 SYNTH_MAX_SLOTS = 16  # `raytts synth`: rows generating at once when --max-batch-size is not given
-SYNTH_MIN_RESERVE = 2048  # `raytts synth`: new tokens reserved per slot at least (rows may ask up to this)
+# `raytts synth` reads every row first, so each slot reserves what the rows may ask for (--max-new-tokens, or a row's
+# own max_new_tokens when larger), up to what the public model's 4096 positions leave after 640 prompt tokens.
+SYNTH_MAX_RESERVE = 4096 - 640
 SERVE_MAX_NEW_TOKENS = 2048  # Serve: new tokens reserved per slot and the most a request may ask for (~43 s)
 
 
@@ -77,7 +79,8 @@ class EngineSettings(Strict):
         None,
         ge=1,
         description="GPT steps reserved per slot, the most a row may ask for. Default: the job's "
-        "sampling.max_new_tokens (raytts run), 2048 or more if --max-new-tokens asks (raytts synth), 2048 (Serve).",
+        "sampling.max_new_tokens (raytts run), the most any row asks for (raytts synth: --max-new-tokens or a row's "
+        "own), 2048 (Serve).",
     )
     max_segment_tokens: int = Field(120, ge=8, description="Longer text is split at sentence ends into segments.")
     decoder: Literal["hidden", "dvae"] = Field("hidden", description="Decode from GPT hidden states or from codes.")

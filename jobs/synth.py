@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from actors.requests import SynthesisRequest, SynthesisResult, request_from_fields, with_source
-from actors.settings import SYNTH_MAX_SLOTS, SYNTH_MIN_RESERVE, EngineSettings, SamplingSettings, build_synthesizer
+from actors.settings import SYNTH_MAX_RESERVE, SYNTH_MAX_SLOTS, EngineSettings, SamplingSettings, build_synthesizer
 from actors.validation import RequestError
 from actors.voices import RowVoices, read_reference_audio
 from pipeline.inputs import InputRow, mark_duplicates, read_jsonl, unknown_fields
@@ -51,6 +51,7 @@ class SynthReport:
     wall_seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)
     output: str = ""
+    engine: dict = field(default_factory=dict)  # the replica's plan: slots, tokens per slot, budget and its source
 
     @property
     def audio_seconds_per_second(self) -> float:
@@ -65,6 +66,7 @@ class SynthReport:
             "wall_seconds": round(self.wall_seconds, 3),
             "audio_seconds_per_second": round(self.audio_seconds_per_second, 3),
             "output": self.output,
+            "engine": self.engine,
             "failures": self.failures,
         }
 
@@ -101,14 +103,20 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
     synthesizer = build_synthesizer(
         options.model,
         options.engine,
-        # Reserve room for the requested length (rows may still ask for less, or more up to this).
-        max_new_tokens=max(SYNTH_MIN_RESERVE, options.sampling.max_new_tokens),
+        max_new_tokens=reserved_new_tokens(rows, options.sampling.max_new_tokens),
     )
     defaults = options.sampling.params()
     defaults.validate(synthesizer.config.gpt.num_vq)
     references = _References(synthesizer, options.input.parent)
     voices = RowVoices(options.speaker, {}, encode_file=references.codes)
+    plan = synthesizer.plan
     report = SynthReport(output=str(options.output / "part-00000.parquet"))
+    report.engine = {
+        "slots": plan.slots,
+        "slot_tokens": plan.slot_tokens,
+        "budget_mib": round(synthesizer.budget_bytes / 2**20),
+        "budget_source": synthesizer.budget_source,
+    }
     with ParquetSink(options.output / "part-00000.parquet") as sink:
         for start in range(0, len(rows), options.chunk_rows):
             chunk = rows[start : start + options.chunk_rows]
@@ -133,6 +141,14 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
     report.wall_seconds = time.perf_counter() - started
     (options.output / "_report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
     return (0 if report.failed == 0 else 1), report
+
+
+def reserved_new_tokens(rows: list[InputRow], default: int) -> int:
+    """New tokens each slot reserves: the most any row may generate (its own valid max_new_tokens, else the default),
+    at most SYNTH_MAX_RESERVE; a row asking more fails on its own with the replica's limit in its error."""
+    asked = [row.fields.get("max_new_tokens") for row in rows if row.error is None]
+    valid = [int(v) for v in asked if isinstance(v, int | float) and not isinstance(v, bool) and float(v).is_integer()]
+    return min(SYNTH_MAX_RESERVE, max([default, *(v for v in valid if v >= 1)]))
 
 
 def _synthesize_chunk(

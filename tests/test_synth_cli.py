@@ -166,3 +166,34 @@ def test_max_new_tokens_above_the_default_reservation_is_honoured(tiny_checkpoin
     status, report = run_synth(options)
     assert status == 0, report.failures
     assert report.ok == 1
+
+
+def test_each_slot_reserves_what_the_rows_ask_for(tiny_checkpoint, tmp_path, monkeypatch):
+    """`raytts synth` reads every row first, so a slot reserves the most any row may generate (--max-new-tokens, or
+    a row's own larger max_new_tokens), not a fixed 2048: short jobs fit more rows in the same memory. A row asking
+    beyond what the model's positions allow fails alone; the report shows the plan."""
+    from actors.settings import SYNTH_MAX_RESERVE, EngineSettings, SamplingSettings
+    from jobs.synth import SynthOptions, reserved_new_tokens, run_synth
+    from pipeline.inputs import InputRow
+
+    rows = [InputRow("a:1", "a", {"max_new_tokens": 300}), InputRow("a:2", "b", {"max_new_tokens": "x"})]
+    assert reserved_new_tokens(rows, 200) == 300
+    assert reserved_new_tokens([InputRow("a:1", "a", {"max_new_tokens": 10**9})], 200) == SYNTH_MAX_RESERVE
+    assert reserved_new_tokens([InputRow("a:1", "a", {"max_new_tokens": 900}, error="bad")], 200) == 200
+
+    monkeypatch.setenv("RAYTTS_CACHE", str(tmp_path / "cache"))
+    lines = [{"id": "short", "text": "hello there."}, {"id": "huge", "text": "hello.", "max_new_tokens": 10**9}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    options = SynthOptions(
+        model=str(tiny_checkpoint), input=tmp_path / "in.jsonl", output=tmp_path / "out",
+        engine=EngineSettings(device="cpu", max_slots=4, budget_mib=64), sampling=SamplingSettings(max_new_tokens=40),
+    )  # fmt: skip
+    status, report = run_synth(options)
+    assert status == 1 and report.ok == 1
+    assert f"exceeds this replica's {SYNTH_MAX_RESERVE}" in report.failures[0]["error"]
+    assert report.engine["slot_tokens"] == 640 + SYNTH_MAX_RESERVE and report.engine["slots"] >= 1
+    assert report.engine["budget_source"] == "given (engine.budget_mib)"
+
+    (tmp_path / "in.jsonl").write_text(json.dumps(lines[0]) + "\n")
+    status, report = run_synth(options)
+    assert status == 0 and report.engine["slot_tokens"] == 640 + 40
