@@ -23,8 +23,11 @@ if TYPE_CHECKING:
 
 # The front ends' own defaults where they differ (documented with EngineSettings.max_new_tokens / max_slots).
 SYNTH_MAX_SLOTS = 16  # `raytts synth`: rows generating at once when --max-batch-size is not given
-# `raytts synth` reads every row first, so each slot reserves what the rows may ask for (--max-new-tokens, or a row's
-# own max_new_tokens when larger), up to what the public model's 4096 positions leave after 640 prompt tokens.
+# `raytts synth` reads every row first, so each slot reserves what the rows may ask for: --max-new-tokens, or a row's
+# own max_new_tokens when larger, up to SYNTH_ROW_RESERVE (the fixed reservation synth always had, so one row can
+# never make the plan larger than before; beyond it only --max-new-tokens raises the reservation), and never more
+# than the public model's 4096 positions leave after 640 prompt tokens.
+SYNTH_ROW_RESERVE = 2048
 SYNTH_MAX_RESERVE = 4096 - 640
 SERVE_MAX_NEW_TOKENS = 2048  # Serve: new tokens reserved per slot and the most a request may ask for (~43 s)
 

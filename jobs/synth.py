@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from actors.requests import SynthesisRequest, SynthesisResult, request_from_fields, with_source
-from actors.settings import SYNTH_MAX_RESERVE, SYNTH_MAX_SLOTS, EngineSettings, SamplingSettings, build_synthesizer
+from actors.settings import (
+    SYNTH_MAX_RESERVE,
+    SYNTH_MAX_SLOTS,
+    SYNTH_ROW_RESERVE,
+    EngineSettings,
+    SamplingSettings,
+    build_synthesizer,
+)
 from actors.validation import RequestError
 from actors.voices import RowVoices, read_reference_audio
 from pipeline.inputs import InputRow, mark_duplicates, read_jsonl, unknown_fields
@@ -144,11 +151,13 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
 
 
 def reserved_new_tokens(rows: list[InputRow], default: int) -> int:
-    """New tokens each slot reserves: the most any row may generate (its own valid max_new_tokens, else the default),
-    at most SYNTH_MAX_RESERVE; a row asking more fails on its own with the replica's limit in its error."""
+    """New tokens each slot reserves: the most any row may generate, `default` (--max-new-tokens) or a row's own
+    valid max_new_tokens up to SYNTH_ROW_RESERVE; at most SYNTH_MAX_RESERVE. A row asking more than the reservation
+    fails on its own with the replica's limit in its error."""
     asked = [row.fields.get("max_new_tokens") for row in rows if row.error is None]
     valid = [int(v) for v in asked if isinstance(v, int | float) and not isinstance(v, bool) and float(v).is_integer()]
-    return min(SYNTH_MAX_RESERVE, max([default, *(v for v in valid if v >= 1)]))
+    rows_ask = max([1, *(v for v in valid if v >= 1)])
+    return min(SYNTH_MAX_RESERVE, max(default, min(SYNTH_ROW_RESERVE, rows_ask)))
 
 
 def _synthesize_chunk(

@@ -172,13 +172,15 @@ def test_each_slot_reserves_what_the_rows_ask_for(tiny_checkpoint, tmp_path, mon
     """`raytts synth` reads every row first, so a slot reserves the most any row may generate (--max-new-tokens, or
     a row's own larger max_new_tokens), not a fixed 2048: short jobs fit more rows in the same memory. A row asking
     beyond what the model's positions allow fails alone; the report shows the plan."""
-    from actors.settings import SYNTH_MAX_RESERVE, EngineSettings, SamplingSettings
+    from actors.settings import SYNTH_MAX_RESERVE, SYNTH_ROW_RESERVE, EngineSettings, SamplingSettings
     from jobs.synth import SynthOptions, reserved_new_tokens, run_synth
     from pipeline.inputs import InputRow
 
     rows = [InputRow("a:1", "a", {"max_new_tokens": 300}), InputRow("a:2", "b", {"max_new_tokens": "x"})]
     assert reserved_new_tokens(rows, 200) == 300
-    assert reserved_new_tokens([InputRow("a:1", "a", {"max_new_tokens": 10**9})], 200) == SYNTH_MAX_RESERVE
+    # one row alone never makes the plan larger than synth's old fixed reservation; --max-new-tokens may
+    assert reserved_new_tokens([InputRow("a:1", "a", {"max_new_tokens": 10**9})], 200) == SYNTH_ROW_RESERVE
+    assert reserved_new_tokens([], 3000) == 3000 and reserved_new_tokens([], 10**6) == SYNTH_MAX_RESERVE
     assert reserved_new_tokens([InputRow("a:1", "a", {"max_new_tokens": 900}, error="bad")], 200) == 200
 
     monkeypatch.setenv("RAYTTS_CACHE", str(tmp_path / "cache"))
@@ -186,13 +188,13 @@ def test_each_slot_reserves_what_the_rows_ask_for(tiny_checkpoint, tmp_path, mon
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     options = SynthOptions(
         model=str(tiny_checkpoint), input=tmp_path / "in.jsonl", output=tmp_path / "out",
-        engine=EngineSettings(device="cpu", max_slots=4, budget_mib=64), sampling=SamplingSettings(max_new_tokens=40),
+        engine=EngineSettings(device="cpu", max_slots=4), sampling=SamplingSettings(max_new_tokens=40),
     )  # fmt: skip
     status, report = run_synth(options)
     assert status == 1 and report.ok == 1
-    assert f"exceeds this replica's {SYNTH_MAX_RESERVE}" in report.failures[0]["error"]
-    assert report.engine["slot_tokens"] == 640 + SYNTH_MAX_RESERVE and report.engine["slots"] >= 1
-    assert report.engine["budget_source"] == "given (engine.budget_mib)"
+    assert f"exceeds this replica's {SYNTH_ROW_RESERVE}" in report.failures[0]["error"]
+    assert report.engine["slot_tokens"] == 640 + SYNTH_ROW_RESERVE and report.engine["slots"] >= 1
+    assert report.engine["budget_source"].startswith("0.5 x ")  # no budget given: from this machine's memory
 
     (tmp_path / "in.jsonl").write_text(json.dumps(lines[0]) + "\n")
     status, report = run_synth(options)
