@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 
 # The front ends' own defaults where they differ (documented with EngineSettings.max_new_tokens / max_slots).
-SYNTH_MAX_SLOTS = 16  # `raytts synth`: rows generating at once when --max-batch-size is not given
 # `raytts synth` reads every row first, so each slot reserves what the rows may ask for: --max-new-tokens, or a row's
 # own max_new_tokens when larger, up to SYNTH_ROW_RESERVE (the fixed reservation synth always had, so one row can
 # never make the plan larger than before; beyond it only --max-new-tokens raises the reservation), and never more

@@ -97,9 +97,9 @@ def worker(args: argparse.Namespace) -> None:
     if args.as_synth:
         # exactly the replica `raytts synth --model M --max-new-tokens N` builds: its engine defaults, no budget or
         # slot flags (what a new user gets)
-        from actors.settings import SYNTH_MAX_RESERVE, SYNTH_MAX_SLOTS, EngineSettings, build_synthesizer
+        from actors.settings import SYNTH_MAX_RESERVE, EngineSettings, build_synthesizer
 
-        engine = EngineSettings(device=args.device, dtype=args.dtype, max_slots=SYNTH_MAX_SLOTS)
+        engine = EngineSettings(device=args.device, dtype=args.dtype)
         synth = build_synthesizer(args.checkpoint, engine, max_new_tokens=min(SYNTH_MAX_RESERVE, args.max_new_tokens))
     else:
         synth = Synthesizer(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from actors.audio import AUDIO_FORMATS
 from actors.checkpoint import CheckpointError
-from actors.settings import SYNTH_MAX_SLOTS, EngineSettings, SamplingSettings, resolve_path
+from actors.settings import EngineSettings, SamplingSettings, resolve_path
 
 
 def _synth_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +42,10 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
     p.add_argument(
-        "--max-batch-size", type=int, default=SYNTH_MAX_SLOTS, help="rows generating at once (engine.max_slots)"
+        "--max-batch-size",
+        type=int,
+        default=None,
+        help="most rows generating at once (engine.max_slots; default: as many as the memory budget holds, 64 on CPU)",
     )
     p.add_argument("--budget-mib", type=int, default=None, help=EngineSettings.model_fields["budget_mib"].description)
     p.add_argument("--max-segment-tokens", type=int, default=120, help="longer text is split at sentence ends")

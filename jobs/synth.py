@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from actors.requests import SynthesisRequest, SynthesisResult, request_from_fields, with_source
 from actors.settings import (
     SYNTH_MAX_RESERVE,
-    SYNTH_MAX_SLOTS,
     SYNTH_ROW_RESERVE,
     EngineSettings,
     SamplingSettings,
@@ -42,7 +41,7 @@ class SynthOptions:
     output: Path
     speaker: str | None = None
     sampling: SamplingSettings = field(default_factory=SamplingSettings)  # defaults for rows without overrides
-    engine: EngineSettings = field(default_factory=lambda: EngineSettings(max_slots=SYNTH_MAX_SLOTS))
+    engine: EngineSettings = field(default_factory=EngineSettings)
     save_codes: bool = False
     normalize: bool = True
     audio_format: str = "flac"
