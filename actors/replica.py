@@ -39,6 +39,7 @@ from .voices import encode_reference
 log = logging.getLogger(__name__)
 
 _SEGMENT_SEED_STEP = 0x9E3779B97F4A7C15
+CPU_MAX_SLOTS = 64  # rows at once on CPU unless engine.max_slots says otherwise
 
 
 @dataclass
@@ -96,23 +97,8 @@ class Synthesizer:
         self.max_reference_seconds = max_reference_seconds
         self.stream_chunk_steps = max(1, stream_chunk_steps)
         self._streams: dict[object, StreamDecoder] = {}
-        if budget_bytes:
-            self.budget_bytes, self.budget_source = budget_bytes, "given (engine.budget_mib)"
-        else:
-            self.budget_bytes, self.budget_source = replica_budget_bytes(
-                self.device, device_share, budget_fraction, weights
-            )
-        if max_batch_size is None and self.device.type == "cpu":
-            max_batch_size = 64  # CPU throughput stops growing well before the budget's slot count
-        self.plan = plan_slots(
-            self.config,
-            self.dtype,
-            self.budget_bytes,
-            max_prompt_tokens,
-            max_new_tokens,
-            max_slots=max_batch_size,
-            persistent_step=compile == "cudagraphs",  # the graphs' pool keeps the step's memory
-        )
+        capped = self._plan(budget_bytes, device_share, budget_fraction, weights, max_batch_size, compile,
+                            max_prompt_tokens, max_new_tokens)  # fmt: skip
         self.decode_frame_bytes = decode_bytes_per_mel_frame(self.config, self.dtype)
         check_every = 1 if self.device.type == "cpu" else 8
         self.batcher = ContinuousBatcher(self.model, self.plan, self.tokenizer.spk_emb_id, check_every, compile)
@@ -132,8 +118,42 @@ class Synthesizer:
             self.plan.planned_bytes / 2**20,
             self.budget_bytes / 2**20,
             self.budget_source,
-            f"; slots capped at {max_batch_size} (max_slots)" if max_batch_size == self.plan.slots else "",
+            capped,
         )
+
+    def _plan(
+        self,
+        budget_bytes: int | None,
+        device_share: float,
+        budget_fraction: float,
+        weights: int,
+        max_slots: int | None,
+        compile: str,
+        max_prompt_tokens: int,
+        max_new_tokens: int,
+    ) -> str:
+        """Set the budget (given, or the device's default with where it came from) and the slot plan; returns what
+        capped the slots below the budget's count, for the start-up line ("" when the budget did)."""
+        if budget_bytes:
+            self.budget_bytes, self.budget_source = budget_bytes, "given (engine.budget_mib)"
+        else:
+            self.budget_bytes, self.budget_source = replica_budget_bytes(
+                self.device, device_share, budget_fraction, weights
+            )
+        cap = "engine.max_slots"
+        if max_slots is None and self.device.type == "cpu":
+            max_slots = CPU_MAX_SLOTS  # CPU throughput stops growing well before the budget's slot count
+            cap = "the CPU default; engine.max_slots / --max-batch-size changes it"
+        self.plan = plan_slots(
+            self.config,
+            self.dtype,
+            self.budget_bytes,
+            max_prompt_tokens,
+            max_new_tokens,
+            max_slots=max_slots,
+            persistent_step=compile == "cudagraphs",  # the graphs' pool keeps the step's memory
+        )
+        return f"; slots capped at {max_slots} ({cap})" if max_slots == self.plan.slots else ""
 
     def _load(self, model: str | Path | None, cache_dir: Path | None, verify: str, fsq_variant: str) -> int:
         """Resolve (download if needed) and load the checkpoint and its tokenizer; returns the bytes its weights
