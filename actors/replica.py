@@ -105,17 +105,21 @@ class Synthesizer:
         self.stats = ReplicaStats()
         if compile != "off":
             self._warm_up()
+        plan = self.plan
         log.info(
-            "replica ready: model %s (%s) on %s/%s, decoder=%s, %d slots x %d tokens (%.0f MiB of a %.0f MiB budget: "
-            "%s%s)",
+            "replica ready: model %s (%s) on %s/%s, decoder=%s, up to %d rows in flight of at most %d tokens, KV pool "
+            "%d blocks x %d tokens (%d full rows; rows take blocks as they grow) (%.0f MiB of a %.0f MiB budget: %s%s)",
             self.checkpoint.source,
             self.config.name,
             self.device,
             str(self.dtype).removeprefix("torch."),
             decoder,
-            self.plan.slots,
-            self.plan.slot_tokens,
-            self.plan.planned_bytes / 2**20,
+            plan.slots,
+            plan.slot_tokens,
+            plan.pool_blocks,
+            plan.block_size,
+            plan.pool_blocks // plan.row_blocks,
+            plan.planned_bytes / 2**20,
             self.budget_bytes / 2**20,
             self.budget_source,
             capped,

@@ -102,7 +102,7 @@ def forced_logits(
     import torch
 
     from actors.engine.prompt import prompt_embeddings
-    from actors.model.gpt import KVCache
+    from actors.model.gpt import PagedKVCache
 
     _, segments = synth.prepare(requests)
     by_row: dict[int, list] = {}
@@ -120,8 +120,12 @@ def forced_logits(
             embeds = prompt_embeddings(model, prompt, synth.tokenizer.spk_emb_id)
             embeds = torch.cat([embeds, model.embed.embed_codes(codes).to(embeds.dtype)]).unsqueeze(0)
             total = embeds.shape[1]
-            cache = KVCache(model.config.gpt, 1, total, model.device, embeds.dtype)
-            hidden = model.gpt(embeds, torch.arange(total, device=model.device).unsqueeze(0), cache, total)[0]
+            blocks = -(-total // 16)
+            cache = PagedKVCache(model.config.gpt, blocks + 1, 16, model.device, embeds.dtype)
+            cache.zero_blocks(1, blocks + 1)
+            table = torch.arange(1, blocks + 1, device=model.device).unsqueeze(0)
+            positions = torch.arange(total, device=model.device).unsqueeze(0)
+            hidden = model.gpt(embeds, positions, cache, table, [(None, total)])[0]
             # the hidden state that produced frame j sits at position prompt.length - 1 + j
             steps = hidden[prompt.length - 1 : prompt.length - 1 + len(codes)]
             out.append(model.embed.code_logits(steps).float().cpu())

@@ -57,7 +57,7 @@ class SynthReport:
     wall_seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)
     output: str = ""
-    engine: dict = field(default_factory=dict)  # the replica's plan: slots, tokens per slot, budget and its source
+    engine: dict = field(default_factory=dict)  # the replica's plan (slots, blocks, budget and its source), accounting
 
     @property
     def audio_seconds_per_second(self) -> float:
@@ -120,6 +120,8 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
     report.engine = {
         "slots": plan.slots,
         "slot_tokens": plan.slot_tokens,
+        "kv_blocks": plan.pool_blocks,
+        "block_size": plan.block_size,
         "budget_mib": round(synthesizer.budget_bytes / 2**20),
         "budget_source": synthesizer.budget_source,
     }
@@ -145,6 +147,7 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
             sink.write(out)
             log.info("synth: %d/%d rows written", report.rows, len(rows))
     report.wall_seconds = time.perf_counter() - started
+    report.engine["accounting"] = synthesizer.batcher.stats.accounting()
     (options.output / "_report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
     return (0 if report.failed == 0 else 1), report
 

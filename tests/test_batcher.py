@@ -9,7 +9,7 @@ import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from actors.engine.batcher import ContinuousBatcher
+from actors.engine.batcher import ContinuousBatcher, read_groups
 from actors.engine.generate import generate
 from actors.engine.memory import plan_slots, slot_bytes
 from actors.engine.prompt import CodePrompt
@@ -33,13 +33,33 @@ def _prompts(tokenizer, n: int) -> list[CodePrompt]:
 def test_plan_arithmetic_uses_the_models_kv_bytes_per_token():
     full = ModelConfig.from_name("full")
     assert full.gpt.kv_bytes_per_token(2) == 2 * 20 * 768 * 2 == 61_440  # 60 KiB per token in fp16
-    plan = plan_slots(full, torch.float16, 40 << 30, 512, 2048)
+    plan = plan_slots(full, torch.float16, 40 << 30, 512, 2048, block_size=16)
     kv, buffers = slot_bytes(full.gpt, torch.float16, 2560, 2048)
     assert kv == 61_440 * 2560
-    assert plan.kv_bytes == plan.slots * kv and plan.buffer_bytes == plan.slots * buffers
+    block = 61_440 * plan.block_size
+    assert plan.kv_bytes == (plan.blocks + 1) * block and plan.buffer_bytes == plan.slots * buffers
     assert plan.planned_bytes <= 40 << 30
-    # one more slot would not fit
-    assert (plan.slots + 1) * (kv + buffers) + plan.reserve_bytes > 40 << 30
+    # the pool takes what the slots leave: one more block would not fit
+    assert plan.planned_bytes + block > 40 << 30
+    # slots are planned for rows at a quarter of their 2560 tokens; every row can still grow to its maximum
+    assert plan.row_blocks == 160 and plan.blocks >= plan.slots * 40
+    reserved = plan_slots(
+        full, torch.float16, 40 << 30, 512, 2048, planned_row_share=1.0, exact_reads=False, block_size=16
+    )
+    assert reserved.blocks == reserved.slots * reserved.row_blocks  # the pre-paging plan: a full row per slot
+    assert plan.slots >= 2.5 * reserved.slots, (plan.slots, reserved.slots)
+
+
+def test_the_pool_holds_at_most_a_full_row_per_slot_and_at_least_one():
+    """Capped slots (CPU's 64) get a pool of 64 full rows, not the whole budget; a small budget still holds one
+    full row, however few slots it has."""
+    full = ModelConfig.from_name("full")
+    capped = plan_slots(full, torch.float32, 11 << 30, 640, 200, max_slots=64)
+    assert capped.slots == 64 and capped.blocks == 64 * capped.row_blocks
+    assert capped.planned_bytes < 11 << 30
+    small = plan_slots(full, torch.float32, 1 << 30, 640, 2048)
+    assert small.blocks >= small.row_blocks and small.slots >= 1
+    assert small.planned_bytes <= 1 << 30
 
 
 def test_cuda_graphs_reserve_the_steps_memory_on_top_of_prefill_and_waveforms():
@@ -144,7 +164,7 @@ def test_steps_over_the_idle_pool_change_no_later_row(tiny_model, tiny_tokenizer
     with torch.inference_mode():
         for n in range(1, plan.slots + 1):
             for kv_len in (1, plan.slot_tokens // 2, plan.slot_tokens):
-                batcher._step(n, kv_len)
+                batcher._step(n, [(None, kv_len)])
     for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
         batcher.submit(i, prompt, p)
     rows = {r.key: r.codes.clone() for r in batcher.run()}
@@ -164,11 +184,21 @@ def test_prefill_in_passes_of_a_few_tokens_equals_one_pass(tiny_model, tiny_toke
     plan = plan_slots(TINY, torch.float32, 64 << 20, 64, 24, prefill_chunk=chunk, max_slots=len(prompts))
     batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
     passes: list[tuple[int, int]] = []  # (rows, tokens) of every prefill pass
+    prefilling = []
+    prefill_group = batcher._prefill_group
+
+    def in_prefill(rows):
+        prefilling.append(True)
+        try:
+            prefill_group(rows)
+        finally:
+            prefilling.pop()
 
     def record(module, args, kwargs):
-        if kwargs.get("slots") is not None:
+        if prefilling:
             passes.append(tuple(args[0].shape[:2]))
 
+    batcher._prefill_group = in_prefill
     for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
         batcher.submit(i, prompt, p)
     hook = tiny_model.gpt.register_forward_pre_hook(record, with_kwargs=True)
@@ -234,9 +264,9 @@ def test_measured_memory_stays_within_the_budget(tiny_checkpoint, tmp_path):
 
 
 def test_admitting_every_slot_with_long_prompts_stays_within_the_budget(tiny_model, tiny_tokenizer):
-    """A cold start admits a row into every slot at once. Prefill runs them in passes of at most `prefill_chunk`
-    tokens, the size the activation reserve covers: one pass of every row's first 256 tokens, attending to ~450
-    cached tokens each, would need several times the budget."""
+    """A cold start admits as many rows at once as the pool has blocks for. Prefill runs them in passes of at most
+    `prefill_chunk` tokens, the size the activation reserve covers: one pass of every row's first 256 tokens,
+    attending to ~450 cached tokens each, would need several times the budget."""
     budget = 64 << 20
     plan = plan_slots(TINY, torch.float32, budget, 480, 32)
     batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
@@ -249,7 +279,8 @@ def test_admitting_every_slot_with_long_prompts_stays_within_the_budget(tiny_mod
         batcher.submit(i, prompt, SamplingParams(max_new_tokens=32, min_new_tokens=32, seed=i))
     peak, finished = _peak_transient_bytes(lambda: [row.key for row in batcher.run()])
     assert sorted(finished) == list(range(plan.slots))
-    assert batcher.stats.history[0] == plan.slots, "every slot is admitted in the first step"
+    first = batcher.stats.history[0]
+    assert first >= 16, "rows are admitted together while the pool has blocks for them"
     report = (
         f"preallocated {preallocated / 2**20:.1f} MiB + transient peak {peak / 2**20:.1f} MiB "
         f"(reserve {plan.reserve_bytes / 2**20:.1f} MiB, budget {budget >> 20} MiB)"
@@ -363,10 +394,13 @@ def _count_decode_steps(model, tokenizer) -> _OpCounter:
     for i, prompt in enumerate(_prompts(tokenizer, 8)):
         batcher.submit(i, prompt, SamplingParams(temperature=0.7, max_new_tokens=40, min_new_tokens=20, seed=i))
     batcher.step()  # admission + prefill + first block
+    with torch.inference_mode():  # what `step` does before its decode steps: blocks, then the read plan
+        batcher._reserve_ahead(8)
+        read = batcher._plan_reads(8)
     counter = _OpCounter()
     with torch.inference_mode(), counter:
         for _ in range(8):
-            batcher._decode_step()
+            batcher._decode_step(*read)
     return counter
 
 
@@ -512,30 +546,167 @@ def test_admitted_rows_share_prefill_passes_by_prompt_length(tiny_model, tiny_to
 
 
 def test_attention_and_kv_accounting_follow_each_rows_own_length(tiny_model, tiny_tokenizer):
-    """Each decode step reads rows x the longest row's prefix (the masked-prefix path; CPU runs exact shapes), while
-    a row needs only its own context: the stats say how much of what was read was a row's own, and how much of the
-    slots' reservation rows actually held. Rows of equal length read nothing of another's; mixed lengths do."""
-    plan = plan_slots(TINY, torch.float32, 64 << 20, 64, 40, max_slots=4)
-    same = CodePrompt(list(range(1, 9)))  # 8 prompt tokens each
-    batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
-    for key in range(2):
-        batcher.submit(key, same, SamplingParams(max_new_tokens=6, min_new_tokens=6, seed=key))
-    list(batcher.run())
-    stats = batcher.stats
-    assert stats.attention_read_efficiency == 1.0
-    assert stats.held_tokens == stats.own_keys and stats.reserved_tokens == 2 * stats.steps * plan.slot_tokens
-
-    batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
+    """The eager step reads rows in groups of similar length, each up to its longest row, in whole blocks: with
+    one-token blocks, rows of 4 and 20 prompt tokens each read exactly their own context (two groups); with
+    16-token blocks the stats count every gathered block, and KV held vs the blocks' tokens."""
     lengths = (4, 20)
-    for key, length in enumerate(lengths):
-        batcher.submit(key, CodePrompt(list(range(1, length + 1))), SamplingParams(max_new_tokens=6, min_new_tokens=6))
-    list(batcher.run())
-    stats = batcher.stats
+    params = [SamplingParams(max_new_tokens=6, min_new_tokens=6, seed=key) for key in range(2)]
+    prompts = [CodePrompt(list(range(1, length + 1))) for length in lengths]
+    fresh = generate(tiny_model, prompts, params, tiny_tokenizer.spk_emb_id)
     # the step that samples token t attends to the prompt and t - 1 generated tokens; 6 steps for 6 tokens (the
     # first comes from the prefill)
-    steps = range(1, stats.steps + 1)
-    own = sum(length + t for length in lengths for t in steps)
-    read = sum(len(lengths) * (max(lengths) + t) for t in steps)
-    assert (stats.own_keys, stats.read_keys) == (own, read)
-    assert stats.attention_read_efficiency == pytest.approx(own / read) and stats.attention_read_efficiency < 1
-    assert 0 < stats.kv_held_share < 1
+    for block_size in (1, 16):
+        plan = plan_slots(TINY, torch.float32, 64 << 20, 64, 40, max_slots=4, block_size=block_size)
+        batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
+        for key, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+            batcher.submit(key, prompt, p)
+        rows = {r.key: r.codes.clone() for r in batcher.run()}
+        for key in range(2):
+            assert torch.equal(rows[key], fresh[key].codes), f"row {key} changed with blocks of {block_size}"
+        stats = batcher.stats
+        steps = range(1, stats.steps + 1)
+        own = sum(length + t for length in lengths for t in steps)
+        read = sum(-(-(length + t) // block_size) * block_size for length in lengths for t in steps)
+        assert (stats.own_keys, stats.read_keys) == (own, read)
+        assert stats.attention_read_efficiency == pytest.approx(own / read)
+        blocks = sum(-(-(length + t + 1) // block_size) for length in lengths for t in range(stats.steps))
+        assert stats.reserved_tokens == blocks * block_size and stats.held_tokens == own
+    assert 0 < stats.kv_held_share < 1 and stats.attention_read_efficiency < 1
+
+
+def test_rows_of_similar_length_share_a_read_group(tiny_model, tiny_tokenizer):
+    """Grouping: rows within GROUP_EFFICIENCY of the group's longest (in whole blocks) share a gather; a much
+    shorter row reads alone. Every row is in exactly one group, longest first."""
+    plan = plan_slots(TINY, torch.float32, 64 << 20, 64, 40, max_slots=6)
+    batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
+    batcher.host_position[:] = [63, 62, 60, 9, 8, 30]
+    batcher.owner[:] = ["running"] * 6  # only whether a slot is taken matters to the read plan
+    assert read_groups(list(enumerate([64, 63, 61, 10, 9, 31])), 8) == [([0, 1, 2], 64), ([5], 31), ([3, 4], 10)]
+    with torch.inference_mode():
+        n, read, gathered = batcher._plan_reads(1)
+    assert n == 6 and [keys for _, keys in read] == [64, 31, 10]
+    assert [rows.tolist() for rows, _ in read] == [[0, 1, 2], [5], [3, 4]]
+    assert gathered == 3 * 64 + 32 + 2 * 16
+
+
+def test_block_allocator_hands_out_the_lowest_free_blocks_and_clears_each_once():
+    from actors.engine.blocks import BlockAllocator
+
+    cleared: list[tuple[int, int]] = []
+    pool = BlockAllocator(6, lambda start, stop: cleared.append((start, stop)))
+    first = pool.take(3)
+    assert first == [1, 2, 3] and cleared == [(1, 4)] and pool.free == 3
+    pool.give([2])
+    assert pool.take(2) == [2, 4] and cleared == [(1, 4), (4, 5)]  # block 2 reused without clearing again
+    assert pool.used == 4 and pool.peak_used == 4
+    with pytest.raises(ValueError, match="asked for 3 KV blocks, 2 free of 6"):
+        pool.take(3)
+    pool.give([1, 2, 3, 4])
+    assert pool.free == 6 and pool.peak_used == 4
+
+
+def _small_pool_plan(blocks: int, slots: int = 4):
+    from actors.engine.memory import SlotPlan
+
+    return SlotPlan(slots=slots, slot_tokens=64 + 48, max_new_tokens=48, prefill_chunk=256, kv_bytes=0,
+                    buffer_bytes=0, reserve_bytes=0, budget_bytes=0, blocks=blocks, block_size=16)  # fmt: skip
+
+
+@pytest.mark.parametrize("check_every", [1, 4])
+def test_preempted_rows_resume_with_the_codes_they_would_have_produced(tiny_model, tiny_tokenizer, check_every):
+    """A pool of 9 blocks (one full row is 7) for 8 rows that grow to ~4 blocks each: rows are admitted while
+    blocks last, the latest admitted are preempted when the running ones grow, recomputed and resumed. Every
+    row's codes equal the row generated alone; the pool is never exceeded (the allocator refuses) and is whole
+    again at the end."""
+    prompts = _prompts(tiny_tokenizer, 8)
+    params = [SamplingParams(temperature=0.7, max_new_tokens=48, min_new_tokens=40, seed=i) for i in range(8)]
+    batcher = ContinuousBatcher(tiny_model, _small_pool_plan(9), tiny_tokenizer.spk_emb_id, check_every=check_every)
+    for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+        batcher.submit(i, prompt, p)
+    rows = {}
+    while batcher.busy:
+        rows.update((r.key, (r.codes.clone(), r.hidden.clone(), r.finished)) for r in batcher.step())
+    stats = batcher.stats
+    assert sorted(rows) == list(range(8))
+    assert stats.preemptions >= 2 and stats.recomputed_tokens > 0, stats
+    assert stats.admitted == 8 + stats.preemptions
+    assert batcher.allocator.free == stats.blocks_free == 9 and stats.peak_blocks_used <= 9
+    assert stats.max_concurrent >= 2
+    for i, fresh in enumerate(generate(tiny_model, prompts, params, tiny_tokenizer.spk_emb_id)):
+        codes, hidden, finished = rows[i]
+        assert torch.equal(fresh.codes, codes), f"row {i} changed after a preemption"
+        assert finished == fresh.finished
+        torch.testing.assert_close(fresh.hidden, hidden, rtol=1e-4, atol=1e-4)
+
+
+def test_a_row_waits_until_the_pool_has_room_for_its_prompt_and_look_ahead(tiny_model, tiny_tokenizer):
+    """Admission asks for the blocks of the prompt plus `lookahead_tokens`: with 7 blocks, a row of 10 prompt tokens
+    (3 blocks with its 32-token look-ahead) runs while a 60-token one (6 blocks) waits, then runs after."""
+    batcher = ContinuousBatcher(tiny_model, _small_pool_plan(7), tiny_tokenizer.spk_emb_id)
+    batcher.submit("short", CodePrompt(list(range(1, 11))), SamplingParams(max_new_tokens=8, min_new_tokens=8))
+    batcher.submit("long", CodePrompt(list(range(1, 61))), SamplingParams(max_new_tokens=8, min_new_tokens=8))
+    batcher.step()
+    assert [o.key for o in batcher.owner if o is not None] == ["short"] and len(batcher.queue) == 1
+    assert batcher.allocator.used == 1  # only the prompt's block is taken; the look-ahead is room, not taken
+    finished = [r.key for r in batcher.run()]
+    assert finished == ["short", "long"] and batcher.stats.preemptions == 0
+
+
+def _grouped_against_masked(model, device: str) -> None:
+    from actors.model.gpt import PagedKVCache
+
+    config = model.config.gpt
+    dtype = model.embed.emb_text.weight.dtype
+    cache = PagedKVCache(config, 40, 4, device, dtype)
+    generator = torch.Generator().manual_seed(0)
+    for tensor in (*cache.keys, *cache.values):
+        tensor.copy_(torch.randn(tensor.shape, generator=generator))
+    tables = torch.randperm(39, generator=generator)[:36].add(1).view(4, 9).to(device)
+    positions = torch.tensor([[33], [5], [30], [12]], device=device)
+    embeds = torch.randn(4, 1, config.hidden_size, generator=generator).to(device, dtype)
+    groups = [(torch.tensor([0, 2], device=device), 34), (torch.tensor([3], device=device), 13)]
+    groups.append((torch.tensor([1], device=device), 6))
+    with torch.inference_mode():
+        masked = model.gpt(embeds, positions, cache, tables, [(None, 34)])
+        grouped = model.gpt(embeds, positions, cache, tables, groups)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(grouped, masked, rtol=tolerance, atol=tolerance)
+
+
+def test_read_groups_give_the_masked_single_group_result(tiny_model):
+    """Per-row attention lengths against the masked reference: the same rows and cache read in groups, each up to
+    its own longest row, or as one group up to the longest of all, give the same hidden states."""
+    _grouped_against_masked(tiny_model, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_read_groups_on_cuda_give_the_masked_single_group_result(tiny_checkpoint, dtype):
+    """The CUDA attention (scaled_dot_product_attention over each group's gathered blocks) against one masked group."""
+    from actors.checkpoint import load_model
+
+    _grouped_against_masked(load_model(tiny_checkpoint / "asset", device="cuda", dtype=dtype), "cuda")
+
+
+@pytest.mark.gpu
+def test_preempted_rows_on_cuda_resume_with_the_codes_they_would_have_produced(tiny_checkpoint):
+    """The preemption path on CUDA (check_every 8, as the replica runs it there), float32 with TF32 off."""
+    from actors.checkpoint import load_model
+    from actors.tokenizer import TextTokenizer
+
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        model = load_model(tiny_checkpoint / "asset", device="cuda", dtype=torch.float32)
+        tokenizer = TextTokenizer(tiny_checkpoint / "asset" / "tokenizer", 21178)
+        prompts = _prompts(tokenizer, 8)
+        params = [SamplingParams(temperature=0.7, max_new_tokens=48, min_new_tokens=40, seed=i) for i in range(8)]
+        batcher = ContinuousBatcher(model, _small_pool_plan(9), tokenizer.spk_emb_id, check_every=8)
+        for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+            batcher.submit(i, prompt, p)
+        rows = {r.key: r.codes.clone() for r in batcher.run()}
+        assert batcher.stats.preemptions >= 2
+        for i, fresh in enumerate(generate(model, prompts, params, tokenizer.spk_emb_id)):
+            assert torch.equal(fresh.codes, rows[i]), f"row {i} changed after a preemption on CUDA"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul

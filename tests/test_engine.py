@@ -10,7 +10,7 @@ from actors.engine.generate import decode_waveforms, generate
 from actors.engine.prompt import CodePrompt, prompt_embeddings
 from actors.engine.sampling import SamplingBatch, SamplingParams, process_logits, sample
 from actors.model.config import frames_to_samples
-from actors.model.gpt import KVCache
+from actors.model.gpt import PagedKVCache
 from actors.speaker import normalized_speaker, random_speaker
 from actors.text import decorate
 
@@ -115,8 +115,12 @@ def test_kv_cached_decode_equals_full_recompute(tiny_model, tiny_tokenizer):
             [prompt_embeddings(tiny_model, prompt, tiny_tokenizer.spk_emb_id), tiny_model.embed.embed_codes(out.codes)]
         ).unsqueeze(0)
         total = embeds.shape[1]
-        cache = KVCache(tiny_model.config.gpt, 1, total, "cpu", torch.float32)
-        full = tiny_model.gpt(embeds, torch.arange(total).unsqueeze(0), cache, total)[0]
+        # one causal pass over the whole context, its cache in blocks of 5 tokens laid out backwards in the pool
+        blocks = -(-total // 5)
+        cache = PagedKVCache(tiny_model.config.gpt, blocks + 1, 5, "cpu", torch.float32)
+        cache.zero_blocks(1, blocks + 1)
+        table = torch.arange(blocks, 0, -1).unsqueeze(0)
+        full = tiny_model.gpt(embeds, torch.arange(total).unsqueeze(0), cache, table, [(None, total)])[0]
     # hidden that produced step j sits at position prompt_len - 1 + j
     expected = full[prompt.length - 1 : prompt.length - 1 + steps]
     torch.testing.assert_close(out.hidden, expected, rtol=1e-4, atol=1e-4)

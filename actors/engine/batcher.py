@@ -1,12 +1,18 @@
-"""Continuous batching over a fixed pool of KV-cache slots sized to a memory budget.
+"""Continuous batching over a paged KV cache sized to a memory budget.
 
-The plan (slots and their size, from the memory budget) is `memory.plan_slots`'. `ContinuousBatcher` preallocates
-every buffer once, admits queued rows into the lowest free slots (prefilling their prompts in passes of at most `prefill_chunk`
-tokens, the size the reserve covers), moves rows down into slots freed below them when nothing is queued (so the
-live rows stay a prefix of the pool), runs one decode step over that prefix (views, never gathered; idle rows inside
-a shape bucket are masked), and hands back rows as they finish so their slots refill at once. Per-slot state
-(positions, sampling parameters, random-stream keys, penalty windows) lives on the device; the host learns which
-rows finished every `check_every` steps, not every step.
+The plan (slots, KV blocks and their size, from the memory budget) is `memory.plan_slots`'. `ContinuousBatcher`
+preallocates every buffer once. Rows in flight each hold a slot (their output buffers and per-row state) and the KV
+blocks their context needs, taken from a shared pool as they grow (`blocks.BlockAllocator`); a row is admitted when
+a slot is free and the pool has room for its prompt plus `lookahead_tokens`, and its prompt is prefilled in passes
+of at most `prefill_chunk` tokens (the size the reserve covers). When the pool runs out as rows grow, the latest
+admitted row is preempted: its blocks go back, its output so far is kept, and it waits at the head of the queue to
+be recomputed (one prefill over prompt + its codes) and resumed, with the same codes it would have produced
+uninterrupted (its random stream is counter-based: see sampling.py). When nothing is queued, rows move down into
+slots freed below them (their block tables move, not their cache) so the live rows stay a prefix of the pool. A
+decode step reads rows in groups of similar length, each group only up to its longest row (`_read_groups`), and
+hands back rows as they finish so their slots and blocks are reused at once. Per-slot state (positions, sampling
+parameters, random-stream keys, penalty windows, block tables) lives on the device; the host learns which rows
+finished every `check_every` steps, not every step.
 """
 
 from __future__ import annotations
@@ -18,10 +24,25 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from ..model.chattts import ChatTTSModel
-from ..model.gpt import KVCache
-from .memory import COMPILE_MODES, SlotPlan, cuda_graph_shapes, step_shape
+from ..model.gpt import PagedKVCache, ReadGroup
+from .blocks import BlockAllocator
+from .memory import COMPILE_MODES, GROUP_EFFICIENCY, SlotPlan, ceil_to, cuda_graph_shapes, step_shape
 from .prompt import CodePrompt, prompt_embeddings
 from .sampling import PENALTY_WINDOW, SamplingBatch, SamplingParams, penalty_counts, process_logits, sample
+
+
+@dataclass
+class Resume:
+    """What a preempted row had produced: restored on readmission, after its cache is recomputed."""
+
+    codes: torch.Tensor  # [p, num_vq] int64
+    hidden_out: torch.Tensor  # [p, H]
+    recent: torch.Tensor  # [PENALTY_WINDOW, num_vq] the penalty window
+    hidden: torch.Tensor  # [H] the hidden state the next step samples from
+
+    @property
+    def produced(self) -> int:
+        return int(self.codes.shape[0])
 
 
 @dataclass
@@ -31,6 +52,14 @@ class RowRequest:
     params: SamplingParams
     stream: bool = False  # report this row's progress (`ContinuousBatcher.progress`) while it runs
     admitted_step: int = 0  # `stats.steps` when it entered a slot (for exact occupancy)
+    admitted_order: int = 0  # admission counter: the latest admitted row is preempted first
+    resume: Resume | None = None  # set while the row waits after a preemption
+    base: int = 0  # frames it had produced when last admitted (0 unless resumed)
+
+    @property
+    def context(self) -> int:
+        """Tokens its cache holds once (re)admitted: the prompt, plus what it produced before a preemption."""
+        return self.prompt.length + (self.resume.produced if self.resume else 0)
 
 
 @dataclass
@@ -62,12 +91,17 @@ class BatcherStats:
     cancelled: int = 0
     computed_slot_steps: int = 0  # sum over steps of the rows the step computed (live rows + idle ones below them)
     moved: int = 0  # rows moved down into free slots (compaction)
+    preemptions: int = 0  # rows sent back to the queue when the pool ran out of blocks
+    recomputed_tokens: int = 0  # cache tokens prefilled again for preempted rows
     # Attention and KV accounting, summed over decode steps: the keys the rows own (each row's context), the keys the
-    # step read (computed rows x attended prefix), and the KV tokens rows held vs the tokens their slots reserve.
+    # step read (the blocks its read groups gathered), and the KV tokens rows held vs the tokens of their blocks.
     own_keys: int = 0
     read_keys: int = 0
     held_tokens: int = 0
     reserved_tokens: int = 0
+    blocks_total: int = 0  # KV blocks in the pool
+    blocks_free: int = 0  # free after the last step
+    peak_blocks_used: int = 0
     history: list[int] = field(default_factory=list)  # live rows per step (kept short: last 10k steps)
 
     @property
@@ -81,8 +115,43 @@ class BatcherStats:
 
     @property
     def kv_held_share(self) -> float:
-        """KV tokens rows actually held / tokens their slots reserved, over the steps (1.0: no reservation unused)."""
+        """KV tokens rows actually held / tokens of the blocks they held, over the steps (1.0: nothing unused)."""
         return self.held_tokens / self.reserved_tokens if self.reserved_tokens else 0.0
+
+    def accounting(self) -> dict[str, float | int]:
+        """The KV and attention accounting as plain numbers (job and synth reports, /v1/stats, benchmarks)."""
+        return {
+            "steps": self.steps,
+            "max_rows_in_flight": self.max_concurrent,
+            "occupancy": round(self.occupancy, 4),
+            "attention_read_efficiency": round(self.attention_read_efficiency, 4),
+            "kv_held_share": round(self.kv_held_share, 4),
+            "blocks_total": self.blocks_total,
+            "blocks_free": self.blocks_free,
+            "peak_blocks_used": self.peak_blocks_used,
+            "preemptions": self.preemptions,
+            "recomputed_tokens": self.recomputed_tokens,
+        }
+
+
+def read_groups(rows: list[tuple[int, int]], block_size: int) -> list[tuple[list[int], int]]:
+    """(row, keys it reads) pairs -> groups of rows that each read up to their longest row, as (rows, keys): longest
+    rows first, a row joins the open group while the blocks its rows own stay >= GROUP_EFFICIENCY of the blocks
+    the group gathers. Every row is in exactly one group."""
+    groups: list[tuple[list[int], int]] = []
+    members: list[int] = []
+    longest = owned = 0
+    for row, keys in sorted(rows, key=lambda pair: -pair[1]):
+        blocks = -(-keys // block_size)
+        if members and owned + blocks < GROUP_EFFICIENCY * (len(members) + 1) * -(-longest // block_size):
+            groups.append((members, longest))
+            members = []
+        if not members:
+            longest, owned = keys, 0
+        members.append(row)
+        owned += blocks
+    groups.append((members, longest))
+    return groups
 
 
 class ContinuousBatcher:
@@ -114,7 +183,10 @@ class ContinuousBatcher:
         self.device = device
         self.dtype = model.embed.emb_text.weight.dtype
         slots, max_new = plan.slots, plan.max_new_tokens
-        self.cache = KVCache(config, slots, plan.slot_tokens, device, self.dtype)
+        self.cache = PagedKVCache(config, plan.pool_blocks + 1, plan.block_size, device, self.dtype)
+        self.allocator = BlockAllocator(plan.pool_blocks, self.cache.zero_blocks)
+        self.tables = torch.zeros(slots, plan.row_blocks, dtype=torch.int64, device=device)  # 0: the null block
+        self.row_blocks: list[list[int]] = [[] for _ in range(slots)]  # host copy of each slot's table
         self.codes = torch.zeros(slots, max_new, config.num_vq, dtype=torch.int64, device=device)
         self.hidden_out = torch.zeros(slots, max_new, config.hidden_size, dtype=self.dtype, device=device)
         self.recent = torch.full((slots, PENALTY_WINDOW, config.num_vq), -1, dtype=torch.int64, device=device)
@@ -129,21 +201,24 @@ class ContinuousBatcher:
         self.owner: list[RowRequest | None] = [None] * slots
         self.host_position = [0] * slots  # host mirror of positions (advances deterministically)
         self.progress: list[PartialRow] = []  # streaming rows' output so far, refreshed by every `step`
-        self.stats = BatcherStats()
+        self.stats = BatcherStats(blocks_total=plan.pool_blocks, blocks_free=plan.pool_blocks)
+        self._admissions = 0
+        self._group_rows: dict[tuple[int, ...], torch.Tensor] = {}  # device index tensors of recent read groups
         self._step = self._step_tensors
         if compile != "off":
             self._step = self._compiled_step()
 
-    def _compiled_step(self) -> Callable[[int, int], None]:
+    def _compiled_step(self) -> Callable[[int, list[ReadGroup]], None]:
         """`_step_tensors` through torch.compile with dynamic pool and prefix sizes: one graph for every bucket."""
         if self.compile == "cudagraphs":
             # The step mutates these in place; marked static, CUDA graphs replay on them instead of copying.
-            for tensor in (*self.cache.keys, *self.cache.values, self.codes, self.hidden_out, *self._row_state()):
+            static = (*self.cache.keys, *self.cache.values, self.tables, self.codes, self.hidden_out)
+            for tensor in (*static, *self._row_state()):
                 torch._dynamo.mark_static_address(tensor)
         return torch.compile(self._step_tensors, dynamic=True, fullgraph=True, mode=COMPILE_MODES[self.compile])
 
     def _row_state(self) -> tuple[torch.Tensor, ...]:
-        """Every per-slot tensor indexed by slot alone (the cache, codes and hidden_out also have a time axis)."""
+        """Every per-slot tensor indexed by slot alone (codes and hidden_out also have a time axis)."""
         sampling = (getattr(self.sampling, f.name) for f in fields(self.sampling))
         return (self.recent, self.hidden, self.position, self.produced, self.live, self.eos, self.max_new, *sampling)
 
@@ -167,11 +242,7 @@ class ContinuousBatcher:
         if dropped:
             self.queue = deque(r for r in self.queue if not keys(r.key))
         slots = [i for i, o in enumerate(self.owner) if o is not None and keys(o.key)]
-        if slots:
-            self.live[torch.tensor(slots, device=self.device)] = False
-            for slot in slots:
-                self.owner[slot] = None
-                self.host_position[slot] = 0
+        self._release(slots)
         self.stats.cancelled += len(dropped) + len(slots)
         return len(dropped) + len(slots)
 
@@ -182,6 +253,69 @@ class ContinuousBatcher:
     def free_slots(self) -> list[int]:
         return [i for i, o in enumerate(self.owner) if o is None]
 
+    # ---------------------------------------------------------------------------------------------- blocks
+
+    def _blocks_for(self, tokens: int) -> int:
+        return -(-min(tokens, self.plan.slot_tokens) // self.plan.block_size)
+
+    def _set_tables(self, slots: list[int]) -> None:
+        """Copy the host block lists of `slots` to the device tables (unused entries: the null block)."""
+        if not slots:
+            return
+        rows = torch.zeros(len(slots), self.plan.row_blocks, dtype=torch.int64)
+        for i, slot in enumerate(slots):
+            rows[i, : len(self.row_blocks[slot])] = torch.tensor(self.row_blocks[slot], dtype=torch.int64)
+        self.tables[torch.tensor(slots, device=self.device)] = rows.to(self.device)
+
+    def _release(self, slots: list[int]) -> None:
+        """Free these slots and their blocks (finished, cancelled or preempted rows)."""
+        if not slots:
+            return
+        self.live[torch.tensor(slots, device=self.device)] = False
+        for slot in slots:
+            self.allocator.give(self.row_blocks[slot])
+            self.row_blocks[slot] = []
+            self.owner[slot] = None
+            self.host_position[slot] = 0
+        self._set_tables(slots)
+
+    def _preempt(self, slot: int) -> None:
+        """Send the row in `slot` back to the head of the queue with what it produced; its blocks go back."""
+        request = self.owner[slot]
+        produced = self.host_position[slot] - request.prompt.length
+        request.resume = Resume(
+            codes=self.codes[slot, :produced].clone(),
+            hidden_out=self.hidden_out[slot, :produced].clone(),
+            recent=self.recent[slot].clone(),
+            hidden=self.hidden[slot].clone(),
+        )
+        self._release([slot])
+        self.queue.appendleft(request)
+        self.stats.preemptions += 1
+
+    def _reserve_ahead(self, steps: int) -> None:
+        """Give every running row the blocks its next `steps` tokens go to, preempting the latest admitted rows
+        while the pool is short (a row alone always fits: the plan holds at least one full row)."""
+        changed = set()
+        for slot in sorted(
+            (i for i, o in enumerate(self.owner) if o is not None), key=lambda i: self.owner[i].admitted_order
+        ):
+            if self.owner[slot] is None:  # preempted for an earlier row in this loop
+                continue
+            need = self._blocks_for(self.host_position[slot] + steps) - len(self.row_blocks[slot])
+            while need > self.allocator.free:
+                victim = max(
+                    (i for i, o in enumerate(self.owner) if o is not None), key=lambda i: self.owner[i].admitted_order
+                )
+                self._preempt(victim)
+                changed.discard(victim)
+                if victim == slot:
+                    break
+            if self.owner[slot] is not None and need > 0:
+                self.row_blocks[slot] += self.allocator.take(need)
+                changed.add(slot)
+        self._set_tables(sorted(changed))
+
     # ---------------------------------------------------------------------------------------------- steps
 
     def run(self) -> Iterator[FinishedRow]:
@@ -191,25 +325,41 @@ class ContinuousBatcher:
 
     @torch.inference_mode()
     def step(self) -> list[FinishedRow]:
-        """Admit what fits, then `check_every` decode steps; return the rows that finished."""
+        """Admit what fits, give running rows blocks for the next `check_every` decode steps, run them; return the
+        rows that finished."""
         self._admit()
+        self._reserve_ahead(self.check_every)
         self._compact()
         self.progress = []
         if not any(o is not None for o in self.owner):
             return []
+        read = self._plan_reads(self.check_every)
         for _ in range(self.check_every):
-            self._decode_step()
-        return self._collect()
+            self._decode_step(*read)
+        finished = self._collect()
+        self.stats.blocks_free = self.allocator.free
+        self.stats.peak_blocks_used = self.allocator.peak_used
+        return finished
 
     def _admit(self) -> None:
+        """Queued rows, in order, into free slots while the pool has blocks for their context and look-ahead."""
         free = self.free_slots()
-        if not free or not self.queue:
-            return
         admitted: list[tuple[int, RowRequest]] = []
+        available = self.allocator.free
         while free and self.queue:
-            admitted.append((free.pop(0), self.queue.popleft()))
+            need = self._blocks_for(self.queue[0].context + self.plan.lookahead_tokens)
+            if need > available:
+                break
+            available -= need
+            request = self.queue.popleft()
+            slot = free.pop(0)
+            self.row_blocks[slot] = self.allocator.take(self._blocks_for(request.context))
+            admitted.append((slot, request))
+        if not admitted:
+            return
         slots = [s for s, _ in admitted]
         requests = [r for _, r in admitted]
+        self._set_tables(slots)
         index = torch.tensor(slots, device=self.device)
         update = SamplingBatch.build(
             [r.params for r in requests], self.config.num_vq, self.config.num_audio_tokens, self.device
@@ -224,8 +374,12 @@ class ContinuousBatcher:
         self.live[index] = True
         for slot, request in admitted:
             self.owner[slot] = request
-            self.host_position[slot] = request.prompt.length
+            self.host_position[slot] = request.context
             request.admitted_step = self.stats.steps
+            request.admitted_order = self._admissions
+            self._admissions += 1
+            request.base = request.resume.produced if request.resume else 0
+            request.resume = None
         self.stats.admitted += len(admitted)
 
     def _compact(self) -> None:
@@ -233,8 +387,8 @@ class ContinuousBatcher:
 
         A step computes every slot below its highest live row. Admission fills the lowest free slots, so holes stay
         only when nothing is queued (a job's tail, a quiet server): without this, rows that end early would leave
-        the step computing idle slots until the highest row ends. Moving a row copies its cache entries once (about
-        one step's attention reads of that row); its results do not change (rows are independent of their slot).
+        the step computing idle slots until the highest row ends. A row moves with its block table, output buffers
+        and state; its cache stays where it is, and its results do not change (rows are independent of their slot).
         """
         occupied = [i for i, o in enumerate(self.owner) if o is not None]
         if not occupied or occupied[-1] + 1 == len(occupied):
@@ -243,56 +397,65 @@ class ContinuousBatcher:
         movers = [i for i in occupied if i >= len(occupied)]
         src = torch.tensor(movers, device=self.device)
         dst = torch.tensor(holes, device=self.device)
-        tokens = max(self.host_position[i] for i in movers) + 1
-        for cache in (*self.cache.keys, *self.cache.values):
-            cache[dst, :tokens] = cache[src, :tokens]
-        produced = min(self.plan.max_new_tokens, tokens)
+        produced = min(self.plan.max_new_tokens, max(self.host_position[i] for i in movers) + 1)
         self.codes[dst, :produced] = self.codes[src, :produced]
         self.hidden_out[dst, :produced] = self.hidden_out[src, :produced]
-        for tensor in self._row_state():
+        for tensor in (*self._row_state(), self.tables):
             tensor[dst] = tensor[src]
         self.live[src] = False
+        self.tables[src] = 0
         for old, new in zip(movers, holes, strict=True):
             self.owner[new], self.owner[old] = self.owner[old], None
             self.host_position[new], self.host_position[old] = self.host_position[old], 0
+            self.row_blocks[new], self.row_blocks[old] = self.row_blocks[old], []
         self.stats.moved += len(movers)
 
     def _prefill(self, slots: list[int], requests: list[RowRequest]) -> None:
-        """Prompts of newly admitted rows, in passes of at most `prefill_chunk` tokens (what the plan's activation
-        reserve covers): consecutive rows share a pass, right-padded to the longest, while rows x longest <=
-        `prefill_chunk`; a longer prompt runs alone, `prefill_chunk` tokens at a time. Rows are independent (own
-        slot, own positions), so how they are grouped does not change any row's result."""
+        """Contexts of newly admitted rows (their prompts, and for a preempted row also its codes so far), in passes
+        of at most `prefill_chunk` tokens (what the plan's activation reserve covers): consecutive rows share a pass,
+        right-padded to the longest, while rows x longest <= `prefill_chunk`; a longer context runs alone,
+        `prefill_chunk` tokens at a time. Rows are independent (own blocks, own positions), so how they are grouped
+        does not change any row's result."""
         chunk = self.plan.prefill_chunk
         group: list[tuple[int, RowRequest]] = []
         longest = 0
-        # Shortest prompts first, so rows of similar length share a pass and little of it is padding.
-        by_length = sorted(zip(slots, requests, strict=True), key=lambda pair: pair[1].prompt.length)
+        # Shortest contexts first, so rows of similar length share a pass and little of it is padding.
+        by_length = sorted(zip(slots, requests, strict=True), key=lambda pair: pair[1].context)
         for slot, request in by_length:
-            if group and (len(group) + 1) * min(chunk, max(longest, request.prompt.length)) > chunk:
+            if group and (len(group) + 1) * min(chunk, max(longest, request.context)) > chunk:
                 self._prefill_group(group)
                 group, longest = [], 0
             group.append((slot, request))
-            longest = max(longest, request.prompt.length)
+            longest = max(longest, request.context)
         self._prefill_group(group)
 
+    def _context_embeddings(self, request: RowRequest) -> torch.Tensor:
+        embeds = self._embed_prompt(self.model, request.prompt, self.spk_emb_id)
+        if request.resume is None:
+            return embeds
+        codes = self.model.embed.embed_codes(request.resume.codes).to(embeds.dtype)
+        return torch.cat([embeds, codes])
+
     def _prefill_group(self, rows: list[tuple[int, RowRequest]]) -> None:
-        """Prompts of (slot, row) pairs, right-padded to the longest and run `prefill_chunk` tokens at a time."""
+        """Contexts of (slot, row) pairs, right-padded to the longest and run `prefill_chunk` tokens at a time."""
         slots = [slot for slot, _ in rows]
         requests = [request for _, request in rows]
-        lengths = [r.prompt.length for r in requests]
+        lengths = [r.context for r in requests]
         longest = max(lengths)
         embeds = torch.zeros(len(slots), longest, self.config.hidden_size, device=self.device, dtype=self.dtype)
         for row, request in enumerate(requests):
-            embeds[row, : lengths[row]] = self._embed_prompt(self.model, request.prompt, self.spk_emb_id)
+            embeds[row, : lengths[row]] = self._context_embeddings(request)
         slot_index = torch.tensor(slots, device=self.device)
+        tables = self.tables[slot_index]
         last = torch.tensor([n - 1 for n in lengths], device=self.device)
         hidden_last = torch.zeros(len(slots), self.config.hidden_size, device=self.device, dtype=self.dtype)
-        # Rows whose prompt is shorter than the pass's longest are padded; chunks past a row's end write cache
-        # entries that its own decode steps overwrite before any of its queries can see them.
+        # Rows whose context is shorter than the pass's longest are padded; their writes past the row's end land in
+        # the row's own look-ahead (overwritten by its decode steps before any of its queries can see them) or, past
+        # its blocks, in the null block.
         for start in range(0, longest, self.plan.prefill_chunk):
             end = min(longest, start + self.plan.prefill_chunk)
             positions = torch.arange(start, end, device=self.device).unsqueeze(0).expand(len(slots), end - start)
-            out = self.model.gpt(embeds[:, start:end], positions, self.cache, end, slots=slot_index)
+            out = self.model.gpt(embeds[:, start:end], positions, self.cache, tables, [(None, end)])
             inside = (last >= start) & (last < end)
             if bool(inside.any()):
                 picked = out[torch.arange(len(slots), device=self.device), (last - start).clamp(0, end - start - 1)]
@@ -300,23 +463,63 @@ class ContinuousBatcher:
         self.hidden[slot_index] = hidden_last
         self.position[slot_index] = torch.tensor(lengths, device=self.device)
         self.stats.prefill_tokens += sum(lengths)
+        for slot, request in rows:
+            resume = request.resume
+            if resume is None:
+                continue
+            # The row carries on exactly where it stopped: its outputs, penalty window and next hidden state.
+            n = resume.produced
+            self.codes[slot, :n] = resume.codes
+            self.hidden_out[slot, :n] = resume.hidden_out
+            self.recent[slot] = resume.recent
+            self.hidden[slot] = resume.hidden
+            self.produced[slot] = n
+            self.stats.recomputed_tokens += request.context
 
-    def _decode_step(self) -> None:
+    def _group_index(self, rows: list[int]) -> torch.Tensor:
+        key = tuple(rows)
+        index = self._group_rows.get(key)
+        if index is None:
+            if len(self._group_rows) >= 256:
+                self._group_rows.clear()
+            index = self._group_rows[key] = torch.tensor(rows, device=self.device)
+        return index
+
+    def _plan_reads(self, steps: int) -> tuple[int, list[ReadGroup], int]:
+        """(rows computed, read groups, keys gathered per step) for the next `steps` decode steps, made before them
+        so that the steps themselves create no tensors (no host-to-device copies on CUDA).
+
+        Slots fill from the bottom and `_compact` closes holes, so the live rows are a prefix of the pool and a step
+        works on views of it. The eager step reads rows in groups of similar length, each up to its longest row at
+        the block's last step; a compiled step reads all rows up to the bucketed longest (`step_shape`: fewer
+        shapes, idle rows and masked positions read).
+        """
         occupied = [i for i, o in enumerate(self.owner) if o is not None]
-        # Slots fill from the bottom and `_compact` closes holes, so the live rows are a prefix of the pool, and the
-        # step works on views of it (nothing is gathered). Bucketing (`step_shape`) trades a few idle rows and
-        # masked cache positions for fewer shapes.
-        longest = max(self.host_position[i] for i in occupied) + 1
+        size, cap = self.plan.block_size, self.plan.slot_tokens
+        if self.compile == "off":
+            n = occupied[-1] + 1
+            groups = read_groups([(i, min(cap, self.host_position[i] + steps)) for i in occupied], size)
+            read: list[ReadGroup] = [
+                (None if len(rows) == n else self._group_index(rows), keys) for rows, keys in groups
+            ]
+            return n, read, sum(len(rows) * ceil_to(keys, size) for rows, keys in groups)
+        longest = max(self.host_position[i] for i in occupied) + steps
         n, kv_len = step_shape(occupied[-1] + 1, longest, self.plan, self.compile, self.device.type)
-        self._step(n, kv_len)
+        kv_len = self._compiled_keys(kv_len)
+        return n, [(None, kv_len)], n * kv_len
+
+    def _decode_step(self, n: int, read: list[ReadGroup], gathered: int) -> None:
+        occupied = [i for i, o in enumerate(self.owner) if o is not None]
+        self._step(n, read)
         own = 0
         for i in occupied:
             own += self.host_position[i] + 1  # the cache entries row i attended to in this step, its own included
             self.host_position[i] = min(self.host_position[i] + 1, self.plan.slot_tokens - 1)
+        size = self.plan.block_size
         self.stats.own_keys += own
-        self.stats.read_keys += n * kv_len
+        self.stats.read_keys += gathered
         self.stats.held_tokens += own
-        self.stats.reserved_tokens += len(occupied) * self.plan.slot_tokens
+        self.stats.reserved_tokens += sum(len(self.row_blocks[i]) for i in occupied) * size
         self.stats.steps += 1
         self.stats.slot_steps += self.plan.slots
         self.stats.busy_slot_steps += len(occupied)
@@ -325,9 +528,15 @@ class ContinuousBatcher:
         if len(self.stats.history) < 10_000:
             self.stats.history.append(len(occupied))
 
-    def _step_tensors(self, n: int, kv_len: int) -> None:
-        """One decode step of slots [0, n) attending to cache positions [0, kv_len): sample every live row's next
-        codes, record them, and run them through the GPT. Device tensors only (no host sync), so it compiles."""
+    def _compiled_keys(self, kv_len: int) -> int:
+        """Keys a compiled step reads: whole blocks, at least two, so that its graph never specialises on one block
+        or on a partial one (a recompile while serving)."""
+        size = self.plan.block_size
+        return min(max(2 * size, ceil_to(kv_len, size)), self.plan.row_blocks * size)
+
+    def _step_tensors(self, n: int, read: list[ReadGroup]) -> None:
+        """One decode step of slots [0, n) reading the cache as `read` says: sample every live row's next codes,
+        record them, and run them through the GPT. Device tensors only (no host sync), so it compiles."""
         config = self.config
         live = (self.live & ~self.eos & (self.produced < self.max_new))[:n]
         steps = self.produced[:n]
@@ -346,10 +555,11 @@ class ContinuousBatcher:
         self.recent[rows, window] = torch.where(live.unsqueeze(-1), tokens, self.recent[rows, window])
         self.eos[:n] |= live & hit_eos
         self.produced[:n] += keep.long()
-        # Rows that just finished idle in place until collected; their (ignored) writes go to position 0.
+        # Rows that just finished idle in place until collected; their (ignored) writes go to position 0 (their own
+        # first block, or the null block for an idle slot).
         embeds = self.model.embed.embed_codes(tokens).to(self.dtype).unsqueeze(1)
         position = torch.where(live, self.position[:n], torch.zeros_like(steps))
-        new_hidden = self.model.gpt(embeds, position.unsqueeze(1), self.cache, kv_len)[:, 0]
+        new_hidden = self.model.gpt(embeds, position.unsqueeze(1), self.cache, self.tables[:n], read)[:, 0]
         self.hidden[:n] = torch.where(live.unsqueeze(-1), new_hidden, hidden)
         self.position[:n] += live.long()
 
@@ -357,8 +567,7 @@ class ContinuousBatcher:
     def record_cuda_graphs(self) -> list[tuple[int, int]]:
         """Run the compiled step twice at every CUDA-graph shape (`cuda_graph_shapes`) over the idle pool, so that
         serving only replays graphs: cudagraph trees run a new shape once without recording, then record it. No row
-        is live, so the step changes no row's state (its ignored cache writes go to position 0 of idle slots, which
-        prefill overwrites). Returns the shapes."""
+        is live and every table points at the null block, so the step changes no row's state. Returns the shapes."""
         if self.compile != "cudagraphs":
             raise ValueError(f"only compile='cudagraphs' records CUDA graphs; this batcher runs {self.compile!r}")
         if self.busy:
@@ -366,7 +575,7 @@ class ContinuousBatcher:
         shapes = cuda_graph_shapes(self.plan)
         for n, kv_len in shapes:
             for _ in range(2):
-                self._step(n, kv_len)
+                self._step(n, [(None, self._compiled_keys(kv_len))])
         return shapes
 
     def _collect(self) -> list[FinishedRow]:
@@ -382,19 +591,17 @@ class ContinuousBatcher:
         if not any(flags):
             return []
         finished = []
-        for slot, is_done in enumerate(flags):
-            if not is_done:
-                continue
+        slots = [slot for slot, is_done in enumerate(flags) if is_done]
+        for slot in slots:
             request = self.owner[slot]
             n = lengths[slot]
             finished.append(FinishedRow(request.key, self.codes[slot, :n], self.hidden_out[slot, :n], bool(eos[slot])))
-            # Steps this row generated (its frames, plus the step that sampled EOS); with check_every > 1 it held
-            # its slot for up to check_every - 1 more steps after ending, which are not busy.
+            # Steps this row generated since its last admission (its frames since then, plus the step that sampled
+            # EOS); with check_every > 1 it held its slot for up to check_every - 1 more steps after ending, which
+            # are not busy.
             held = self.stats.steps - request.admitted_step
-            self.stats.busy_slot_steps -= max(0, held - (n + eos[slot]))
-            self.owner[slot] = None
-            self.host_position[slot] = 0
-        index = torch.tensor([s for s, f in enumerate(flags) if f], device=self.device)
-        self.live[index] = False
+            generated = n - request.base
+            self.stats.busy_slot_steps -= max(0, held - (generated + eos[slot]))
+        self._release(slots)
         self.stats.finished += len(finished)
         return finished

@@ -1,10 +1,11 @@
-"""LLaMA backbone of the ChatTTS code generator, with a preallocated per-slot KV cache.
+"""LLaMA backbone of the ChatTTS code generator, over a paged KV cache.
 
 Pure modules: no sampling, no I/O, no device choice. Parameter names follow HF `LlamaModel` (without the
 `model.` prefix and without `embed_tokens`), which is how asset/gpt/model.safetensors stores them.
 
-Batch rows are KV-cache *slots*: row b of the input always reads and writes slot b of the cache, and each row
-carries its own absolute positions, so rows of different lengths share a step without padding tricks.
+Each batch row carries its own absolute positions and its own block table into the shared cache, so rows of
+different lengths share a step without padding tricks; rows are read in groups (`ReadGroup`), each group only up
+to its longest row, so a step reads about each row's own context instead of every row up to the longest one.
 """
 
 from __future__ import annotations
@@ -29,26 +30,48 @@ class RMSNorm(nn.Module):
         return (self.weight * x32.to(dtype)).to(dtype)
 
 
-class KVCache:
-    """Preallocated keys and values for every layer: [slots, max_tokens, kv_heads, head_dim] each."""
+class PagedKVCache:
+    """Keys and values of every layer in fixed-size blocks shared by all rows: [kv_heads, blocks, block_size,
+    head_dim] per layer (heads first, so the blocks a group of rows reads gather into one contiguous
+    [kv_heads, rows, tokens, head_dim] tensor that the attention matmuls use in place).
+
+    A row's position p lives in block `table[p // block_size]` at offset `p % block_size`; which blocks a row owns
+    is the caller's business (`actors.engine.blocks`). Block 0 is the null block: never handed to a row, it takes
+    the writes of idle rows and pads tables, and is only ever read at masked positions. Blocks start uninitialised
+    (`zero_blocks` clears them before first use), so a pool planned larger than what rows use costs no resident
+    memory on CPU.
+    """
 
     def __init__(
         self,
         config: GPTConfig,
-        slots: int,
-        max_tokens: int,
+        blocks: int,
+        block_size: int,
         device: torch.device | str,
         dtype: torch.dtype,
     ) -> None:
-        shape = (slots, max_tokens, config.num_key_value_heads, config.head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.slots = slots
-        self.max_tokens = max_tokens
+        if blocks < 2:
+            raise ValueError(f"a paged cache needs the null block and at least one more, got {blocks} blocks")
+        shape = (config.num_key_value_heads, blocks, block_size, config.head_dim)
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.blocks = blocks
+        self.block_size = block_size
+        self.zero_blocks(0, 1)
+
+    def zero_blocks(self, start: int, stop: int) -> None:
+        """Clear blocks [start, stop) of every layer (masked reads multiply their values by zero: no NaN allowed)."""
+        for tensor in (*self.keys, *self.values):
+            tensor[:, start:stop].zero_()
 
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+# (rows of the batch or None for all of them, keys each reads): every batch row is in exactly one group; its rows
+# read their first ceil(keys / block_size) blocks, positions above each row's query masked.
+ReadGroup = tuple[torch.Tensor | None, int]
 
 
 def rope_inv_freq(config: GPTConfig, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -64,11 +87,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Attention as matmuls with a float32 softmax. On CPU this beats the fused kernel for decode shapes (about 5x
-    in bfloat16, equal in float32; see benchmarks/RESULTS.md)."""
-    if k.shape[1] != q.shape[1]:
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    """q [heads, rows, S, D], k and v [kv_heads, rows, T, D], mask [rows, S, T] -> [heads, rows, S, D]: matmuls
+    with a float32 softmax. On CPU this beats the fused kernel for decode shapes (about 5x in bfloat16, equal in
+    float32; see benchmarks/RESULTS.md)."""
+    if k.shape[0] != q.shape[0]:
+        k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)
+        v = v.repeat_interleave(q.shape[0] // v.shape[0], dim=0)
     scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
     weights = scores.masked_fill(~mask, float("-inf")).float().softmax(dim=-1).to(q.dtype)
     return weights @ v
@@ -93,33 +117,45 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         cache_k: torch.Tensor,
         cache_v: torch.Tensor,
-        positions: torch.Tensor,
-        kv_len: int,
-        mask: torch.Tensor,
-        slots: torch.Tensor | None,
+        write_at: tuple[torch.Tensor, torch.Tensor],
+        reads: list[tuple[torch.Tensor | None, torch.Tensor, int, torch.Tensor]],
     ) -> torch.Tensor:
+        """Write this call's keys and values at `write_at` (block ids, offsets: [B, S] each), then attend: every
+        read group (rows or None, their blocks [g, nb], keys, mask [g, S, keys]) gathers its rows' blocks once."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        rows = torch.arange(batch, device=x.device) if slots is None else slots
-        rows = rows.unsqueeze(1).expand(batch, seq)
-        cache_k.index_put_((rows, positions), k.transpose(1, 2))
-        cache_v.index_put_((rows, positions), v)
-        if slots is None:  # rows are slots 0..B-1: read the cache in place
-            keys, values = cache_k[:batch, :kv_len], cache_v[:batch, :kv_len]
-        else:  # a subset of slots (prefill of admitted rows): gather their prefixes
-            keys, values = cache_k[slots, :kv_len], cache_v[slots, :kv_len]
-        keys, values = keys.transpose(1, 2), values.transpose(1, 2)
-        if x.device.type == "cpu":
-            out = _math_attention(q, keys, values, mask)
-        else:
-            out = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads
-            )
-        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim))
+        blocks, offsets = write_at
+        cache_k[:, blocks, offsets] = k.permute(1, 0, 2, 3)  # [kv_heads, B, S, D]
+        cache_v[:, blocks, offsets] = v.permute(2, 0, 1, 3)
+        width = self.n_heads * self.head_dim
+        out = None if len(reads) == 1 else x.new_empty(batch, seq, width)
+        for rows, table, keys, mask in reads:
+            group_q = q if rows is None else q[rows]
+            rows_read, nb = table.shape
+            shape = (self.n_kv_heads, rows_read, nb * cache_k.shape[2], self.head_dim)
+            flat = table.reshape(-1)  # index_select copies whole blocks: several times faster than indexing
+            k_read = cache_k.index_select(1, flat).view(shape)[:, :, :keys]
+            v_read = cache_v.index_select(1, flat).view(shape)[:, :, :keys]
+            if x.device.type == "cpu":
+                part = _math_attention(group_q.transpose(0, 1), k_read, v_read, mask).transpose(0, 1)
+            else:
+                part = F.scaled_dot_product_attention(
+                    group_q,
+                    k_read.transpose(0, 1),
+                    v_read.transpose(0, 1),
+                    attn_mask=mask.unsqueeze(1),
+                    enable_gqa=self.n_kv_heads != self.n_heads,
+                )
+            part = part.transpose(1, 2).reshape(rows_read, seq, width)
+            if out is None:
+                out = part
+            else:
+                out[rows] = part
+        return self.o_proj(out)
 
 
 class MLP(nn.Module):
@@ -159,25 +195,30 @@ class LlamaBackbone(nn.Module):
         self,
         embeds: torch.Tensor,
         positions: torch.Tensor,
-        cache: KVCache,
-        kv_len: int,
-        slots: torch.Tensor | None = None,
+        cache: PagedKVCache,
+        tables: torch.Tensor,
+        groups: list[ReadGroup],
     ) -> torch.Tensor:
-        """Run `embeds` [B, S, H] at absolute `positions` [B, S] of cache `slots` [B] (default 0..B-1).
+        """Run `embeds` [B, S, H] at absolute `positions` [B, S] of the rows whose block tables are `tables` [B, nb].
 
-        Each row attends to its own cached tokens at positions <= the query position; `kv_len` bounds the
-        positions any row uses this call (max position + 1), so the attention reads only that prefix.
+        Each row attends to its own cached tokens at positions <= the query position. `groups` split the rows by
+        how far they read (`ReadGroup`); one group of all rows (None) reads every row up to the group's keys.
         """
         freqs = positions.unsqueeze(-1).float() * self.inv_freq
         angles = torch.cat((freqs, freqs), dim=-1)
         cos = angles.cos().to(embeds.dtype).unsqueeze(1)
         sin = angles.sin().to(embeds.dtype).unsqueeze(1)
-        key_positions = torch.arange(kv_len, device=embeds.device)
-        mask = (key_positions.view(1, 1, kv_len) <= positions.unsqueeze(-1)).unsqueeze(1)
+        size = cache.block_size
+        write_at = (tables.gather(1, positions // size), positions % size)
+        reads = []
+        for rows, keys in groups:
+            nb = -(-keys // size)
+            table = tables[:, :nb] if rows is None else tables[rows, :nb]
+            row_positions = positions if rows is None else positions[rows]
+            key_positions = torch.arange(keys, device=embeds.device)
+            reads.append((rows, table, keys, key_positions.view(1, 1, keys) <= row_positions.unsqueeze(-1)))
         x = embeds
         for layer, cache_k, cache_v in zip(self.layers, cache.keys, cache.values, strict=True):
-            x = x + layer.self_attn(
-                layer.input_layernorm(x), cos, sin, cache_k, cache_v, positions, kv_len, mask, slots
-            )
+            x = x + layer.self_attn(layer.input_layernorm(x), cos, sin, cache_k, cache_v, write_at, reads)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.norm(x)
