@@ -119,7 +119,7 @@ def worker(args: argparse.Namespace) -> None:
     if args.device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    synth.batcher.stats = type(synth.batcher.stats)()
+    synth.batcher.stats = type(synth.batcher.stats)(blocks_total=synth.plan.pool_blocks)
     started = time.perf_counter()
     results = synth.synthesize(requests)
     if args.device == "cuda":
@@ -139,6 +139,8 @@ def worker(args: argparse.Namespace) -> None:
                 "occupancy": synth.batcher.stats.occupancy,
                 "attention_read_efficiency": synth.batcher.stats.attention_read_efficiency,
                 "kv_held_share": synth.batcher.stats.kv_held_share,
+                "accounting": synth.batcher.stats.accounting(),
+                "kv_blocks": synth.plan.pool_blocks,
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
                 "budget_mib": synth.budget_bytes / 2**20,
@@ -192,6 +194,9 @@ def summarise(name: str, result: dict) -> dict:
         "slots": result.get("slots"),
         "read_eff": round(result["attention_read_efficiency"], 3) if "attention_read_efficiency" in result else None,
         "kv_held": round(result["kv_held_share"], 3) if "kv_held_share" in result else None,
+        "in_flight": result["accounting"]["max_rows_in_flight"] if "accounting" in result else None,
+        "preempt": result["accounting"]["preemptions"] if "accounting" in result else None,
+        "accounting": result.get("accounting"),
         "budget": f"{result['budget_mib']:.0f} MiB ({result['budget_source']})"
         if result.get("budget_source")
         else None,
@@ -286,6 +291,8 @@ def _print_table(rows: list[dict]) -> None:
         "occupancy",
         "read_eff",
         "kv_held",
+        "in_flight",
+        "preempt",
         "vs_upstream",
     ]
     widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]

@@ -1,9 +1,12 @@
-"""GPU memory model of the engine, computed (no GPU needed) by the same planning code the replica runs.
+"""GPU memory model of the engine, computed (no GPU needed) by the same planning and grouping code the replica runs.
 
-For each GPU (H100 80 GB, L4 24 GB) in float16 with the full-size model: the budget a replica plans by default (85%
-of the memory left after the weights), the rows in flight `plan_slots` gives at a reservation of prompt + new tokens
-per row, and the KV bytes one decode step reads: every computed row up to the longest live row's context (today's
-masked-prefix step) against each row reading only its own context (what per-row attention would read).
+For each GPU (H100 80 GB, L4 24 GB) in float16 with the full-size model, the budget a replica plans by default (85%
+of the memory left after the weights), and for a fixed 2 GiB budget in float32 and float16, before and after paging:
+- before: every row reserves prompt + new tokens (`plan_slots(planned_row_share=1.0, exact_reads=False)`), and a
+  decode step reads every row up to the longest live row's context (the masked-prefix step);
+- after: `plan_slots` as the replica runs it (slots planned at a fifth of a row's maximum, a shared pool of KV
+  blocks), rows in flight = as many of the live rows as the slots and blocks hold, and a step reads the blocks of
+  `batcher.read_groups` (the eager step's groups), the bytes each group gathers.
 
     python benchmarks/gpu_memory_model.py [--max-new-tokens 2048] [--prompt-tokens 640] [--contexts 150,400,900]
         [--out benchmarks/results/gpu-memory-model.json]
@@ -25,34 +28,58 @@ sys.path.insert(0, str(REPO))
 GPUS = {"H100 80 GB": 80 * 10**9, "L4 24 GB": 24 * 10**9}  # decimal GB, as sold
 WEIGHTS_FP16 = 0.5 * 10**9  # ~0.45 GB of fp16 weights (GPT + Decoder + DVAE + Vocos), rounded up
 BUDGET_FRACTION = 0.85
+FIXED = {"2 GiB budget, float32": (2 << 30, "float32"), "2 GiB budget, float16": (2 << 30, "float16")}
 
 
 def model_rows(max_new_tokens: int, prompt_tokens: int, contexts: list[int]) -> list[dict]:
     import torch
 
+    from actors.engine.batcher import read_groups
     from actors.engine.memory import plan_slots
     from actors.model.config import ModelConfig
 
     config = ModelConfig.from_name("full")
-    kv_per_token = config.gpt.kv_bytes_per_token(2)
     rows = []
-    for name, total in GPUS.items():
-        budget = int((total - WEIGHTS_FP16) * BUDGET_FRACTION)
-        plan = plan_slots(config, torch.float16, budget, prompt_tokens, max_new_tokens)
-        live = [contexts[i % len(contexts)] for i in range(plan.slots)]
-        read_now = plan.slots * max(live) * kv_per_token
-        read_own = sum(live) * kv_per_token
+    budgets = {name: (int((total - WEIGHTS_FP16) * BUDGET_FRACTION), "float16") for name, total in GPUS.items()}
+    for name, (budget, dtype_name) in {**budgets, **FIXED}.items():
+        dtype = getattr(torch, dtype_name)
+        kv_per_token = config.gpt.kv_bytes_per_token(dtype.itemsize)
+        before = plan_slots(
+            config, dtype, budget, prompt_tokens, max_new_tokens, planned_row_share=1.0, exact_reads=False
+        )
+        live_before = [contexts[i % len(contexts)] for i in range(before.slots)]
+        read_before = before.slots * max(live_before) * kv_per_token
+        after = plan_slots(config, dtype, budget, prompt_tokens, max_new_tokens)
+        live_after: list[int] = []
+        blocks = 0
+        while len(live_after) < after.slots:
+            context = contexts[len(live_after) % len(contexts)]
+            need = -(-context // after.block_size)
+            if blocks + need > after.pool_blocks:
+                break
+            live_after.append(context)
+            blocks += need
+        groups = read_groups(list(enumerate(live_after)), after.block_size)
+        gathered = sum(len(g) * -(-keys // after.block_size) * after.block_size for g, keys in groups)
         rows.append(
             {
-                "gpu": name,
+                "plan": name,
                 "budget_gb": round(budget / 1e9, 1),
-                "slot_tokens": plan.slot_tokens,
-                "rows_in_flight": plan.slots,
-                "kv_held_share": round(sum(live) / (plan.slots * plan.slot_tokens), 3),
-                "kv_read_per_step_gb": round(read_now / 1e9, 2),
-                "kv_read_own_context_gb": round(read_own / 1e9, 2),
-                "attention_read_efficiency": round(read_own / read_now, 3),
-                "rows_if_reserved_by_context": int((plan.slots * plan.slot_tokens) / (sum(live) / len(live))),
+                "slot_tokens": before.slot_tokens,
+                "rows_before": before.slots,
+                "rows_after": len(live_after),
+                "rows_ratio": round(len(live_after) / before.slots, 2),
+                "slots_after": after.slots,
+                "kv_blocks_after": after.pool_blocks,
+                "kv_held_share_before": round(sum(live_before) / (before.slots * before.slot_tokens), 3),
+                "kv_held_share_after": round(sum(live_after) / (blocks * after.block_size), 3),
+                "kv_read_per_step_gb_before": round(read_before / 1e9, 2),
+                "kv_read_per_step_gb_after": round(gathered * kv_per_token / 1e9, 2),
+                "read_efficiency_before": round(sum(live_before) / (before.slots * max(live_before)), 3),
+                "read_efficiency_after": round(sum(live_after) / gathered, 3),
+                "read_groups_after": len(groups),
+                "kv_read_per_row_mb_before": round(read_before / before.slots / 1e6, 1),
+                "kv_read_per_row_mb_after": round(gathered * kv_per_token / len(live_after) / 1e6, 1),
             }
         )
     return rows

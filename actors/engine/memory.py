@@ -23,7 +23,7 @@ BLOCK_SIZE = 8  # tokens per KV block, the unit rows grow by (8 vs 16: read effi
 LOOKAHEAD_TOKENS = 32  # a row is admitted only with room to grow this far past its prompt (fewer preemptions)
 # Rows are planned at this share of their `slot_tokens` to size the slot count (rows in flight); the KV pool holds
 # what the budget leaves, so rows that grow longer are held by fewer slots, never over the budget.
-PLANNED_ROW_SHARE = 0.25
+PLANNED_ROW_SHARE = 0.2
 # Decode reads rows in groups whose own blocks are at least this share of what the group gathers (see
 # `batcher.read_groups`): the reserve bounds a step's gathered keys by the pool / this.
 GROUP_EFFICIENCY = 0.95

@@ -164,10 +164,10 @@ class DeploymentSpec(Strict):
         64, gt=0, description="Autoscaling target of requests in flight per replica (keep it near the slot count)."
     )
     max_ongoing_requests: int = Field(
-        1536,
+        2048,
         ge=1,
-        description="Requests one replica holds at once; keep it >= the engine's slots (1366 for the full model in "
-        "fp16 on an 80 GB GPU, 403 on 24 GB) or batches shrink at the proxy.",
+        description="Requests one replica holds at once; keep it >= the engine's slots (1659 for the full model in "
+        "fp16 on an 80 GB GPU, 490 on 24 GB) or batches shrink at the proxy.",
     )
     max_queued_requests: int = Field(1024, ge=1, description="Requests waiting for a replica before 503.")
     num_gpus: float | None = Field(None, ge=0, description="GPUs per replica (default 1 unless engine.device=cpu).")
