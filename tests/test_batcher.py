@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
@@ -710,3 +712,32 @@ def test_preempted_rows_on_cuda_resume_with_the_codes_they_would_have_produced(t
             assert torch.equal(fresh.codes, rows[i]), f"row {i} changed after a preemption on CUDA"
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    pool=st.integers(min_value=7, max_value=14),
+    slots=st.integers(min_value=1, max_value=6),
+    check_every=st.sampled_from([1, 3]),
+    rows=st.lists(st.tuples(st.integers(1, 60), st.integers(8, 48)), min_size=1, max_size=8),
+)
+def test_every_row_gets_its_own_codes_whatever_the_pool(tiny_model, tiny_tokenizer, pool, slots, check_every, rows):
+    """The invariant behind paging, over generated pools (from one full row up), slot counts, host-check intervals
+    and rows (prompt tokens, new tokens): every row finishes once, with the codes it gets alone; the pool never
+    goes over (the allocator refuses) and is whole again at the end."""
+    prompts = [CodePrompt([1 + (7 * i + j) % 500 for j in range(length)]) for i, (length, _) in enumerate(rows)]
+    params = [SamplingParams(temperature=0.7, max_new_tokens=n, min_new_tokens=n // 2, seed=i) for i, (_, n) in
+              enumerate(rows)]  # fmt: skip
+    batcher = ContinuousBatcher(tiny_model, _small_pool_plan(pool, slots), tiny_tokenizer.spk_emb_id, check_every)
+    for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+        batcher.submit(i, prompt, p)
+    got: dict[int, torch.Tensor] = {}
+    while batcher.busy:
+        for row in batcher.step():
+            assert row.key not in got, f"row {row.key} finished twice"
+            got[row.key] = row.codes.clone()
+    assert sorted(got) == list(range(len(rows)))
+    assert batcher.allocator.free == pool and batcher.stats.peak_blocks_used <= pool
+    for i, fresh in enumerate(generate(tiny_model, prompts, params, tiny_tokenizer.spk_emb_id)):
+        assert torch.equal(fresh.codes, got[i]), f"row {i} of {rows} changed (pool {pool}, slots {slots})"
