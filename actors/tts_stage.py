@@ -44,6 +44,23 @@ class StageSettings(Strict):
     max_concurrent_batches: int = Field(2, ge=1, description="Calls running at once on the actor.")
 
 
+# The replica's engine accounting when a row's batch finished (`BatcherStats.accounting`, cumulative per actor):
+# the job report keeps each worker's latest (most steps).
+ENGINE_ACCOUNTING = pa.struct(
+    [
+        ("steps", pa.int64()),
+        ("max_rows_in_flight", pa.int64()),
+        ("occupancy", pa.float64()),
+        ("attention_read_efficiency", pa.float64()),
+        ("kv_held_share", pa.float64()),
+        ("blocks_total", pa.int64()),
+        ("blocks_free", pa.int64()),
+        ("peak_blocks_used", pa.int64()),
+        ("preemptions", pa.int64()),
+        ("recomputed_tokens", pa.int64()),
+    ]
+)
+
 # What the GPU stage hands to the store stage: raw PCM, never encoded on the GPU actor.
 STAGE_SCHEMA = pa.schema(
     [
@@ -59,6 +76,7 @@ STAGE_SCHEMA = pa.schema(
         ("error", pa.string()),
         ("worker", pa.string()),
         ("engine_occupancy", pa.float64()),
+        ("engine", ENGINE_ACCOUNTING),
         ("model", pa.string()),  # the checkpoint as given plus its digest (`ResolvedCheckpoint.model_id`)
     ]
 )
@@ -203,6 +221,7 @@ class TTSStage:
             "error": [r.error for r in results],
             "worker": [self.worker] * n,
             "engine_occupancy": [float(self.synthesizer.batcher.stats.occupancy)] * n,
+            "engine": [self.synthesizer.batcher.stats.accounting()] * n,
             "model": [self.model_id] * n,
         }
         # One flat int16 buffer plus offsets: no per-sample Python objects on the way to Arrow, and the samples

@@ -258,9 +258,15 @@ def report_table(summary: dict) -> str:
     workers = summary["workers"]
     if workers:
         width = max(len("worker"), *(len(name) for name in workers))
-        lines.append(f"{'worker':<{width}}  {'rows':>8}  {'audio s':>10}  {'occupancy':>9}")
+        head = f"{'worker':<{width}}  {'rows':>8}  {'audio s':>10}  {'occupancy':>9}"
+        lines.append(f"{head}  {'in flight':>9}  {'read eff':>8}  {'KV held':>7}  {'preempted':>9}")
         for name, w in workers.items():
-            lines.append(f"{name:<{width}}  {w['rows']:>8}  {w['audio_seconds']:>10.1f}  {w['occupancy']:>9.2f}")
+            line = f"{name:<{width}}  {w['rows']:>8}  {w['audio_seconds']:>10.1f}  {w['occupancy']:>9.2f}"
+            e = w.get("engine")
+            if e:  # the engine's latest accounting (see actors.tts_stage.ENGINE_ACCOUNTING)
+                line += f"  {e['max_rows_in_flight']:>9}  {e['attention_read_efficiency']:>8.2f}"
+                line += f"  {e['kv_held_share']:>7.2f}  {e['preemptions']:>9}"
+            lines.append(line)
     return "\n".join(lines)
 
 

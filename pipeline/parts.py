@@ -20,6 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from actors.tts_stage import ENGINE_ACCOUNTING
+
 from .output import SCHEMA, hf_metadata
 
 log = logging.getLogger(__name__)
@@ -30,12 +32,17 @@ RUN_SCHEMA = pa.schema(
         pa.field("source", pa.string()),
         pa.field("worker", pa.string()),
         pa.field("engine_occupancy", pa.float64()),
+        pa.field("engine", ENGINE_ACCOUNTING),
     ],
     metadata=hf_metadata(
         {
             "source": {"dtype": "string", "_type": "Value"},
             "worker": {"dtype": "string", "_type": "Value"},
             "engine_occupancy": {"dtype": "float64", "_type": "Value"},
+            "engine": {
+                field.name: {"dtype": str(field.type).replace("double", "float64"), "_type": "Value"}
+                for field in ENGINE_ACCOUNTING
+            },
         }
     ),
 )
@@ -102,7 +109,7 @@ def iter_outputs(output: str, columns: list[str], clean: bool = False) -> Iterat
         if not info.path.endswith(".parquet"):
             continue
         try:
-            table = pq.read_table(info.path, filesystem=fs, columns=columns)
+            table = _read_part(fs, info.path, columns)
         except (OSError, pa.ArrowInvalid) as err:
             if clean:
                 log.warning("removing unreadable part %s (%s): its rows will be redone", info.path, err)
@@ -111,6 +118,24 @@ def iter_outputs(output: str, columns: list[str], clean: bool = False) -> Iterat
                 log.warning("skipping unreadable part %s (%s); the next run redoes its rows", info.path, err)
             continue
         yield table
+
+
+# Columns added after parts were first written: a part from an earlier version reads them as nulls (never as an
+# unreadable part, which a clean start would delete and redo).
+LATER_COLUMNS = {"engine"}
+
+
+def _read_part(fs: pafs.FileSystem, path: str, columns: list[str]) -> pa.Table:
+    try:
+        return pq.read_table(path, filesystem=fs, columns=columns)
+    except pa.ArrowInvalid:
+        later = [c for c in columns if c in LATER_COLUMNS]
+        if not later:
+            raise
+        table = pq.read_table(path, filesystem=fs, columns=[c for c in columns if c not in LATER_COLUMNS])
+        for column in later:
+            table = table.append_column(column, pa.nulls(table.num_rows, RUN_SCHEMA.field(column).type))
+        return table.select([c.split(".")[-1] for c in columns])
 
 
 def _list_parts(fs: pafs.FileSystem, parts: str) -> list[pafs.FileInfo]:

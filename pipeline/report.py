@@ -60,8 +60,8 @@ def finish_report(report: JobReport, output: str, finished_before: pa.Array) -> 
     """Totals, per-worker stats, failures and the manifest from the parts, one part at a time: the driver never
     holds every row of a million-row job."""
     # Only the audio's path: reading the `audio` struct would pull every row's encoded bytes back in.
-    columns = ["id", "source", "error", "duration_s", "worker", "engine_occupancy", "audio.path"]
-    workers: dict[str, dict[str, float]] = {}
+    columns = ["id", "source", "error", "duration_s", "worker", "engine_occupancy", "engine", "audio.path"]
+    workers: dict[str, dict[str, Any]] = {}
     ok_keys: list[pa.ChunkedArray] = []  # of the ok rows, to tell this run's from earlier ones in one lookup
     ok_seconds: list[pa.ChunkedArray] = []
     fs, base = filesystem(output)
@@ -83,7 +83,12 @@ def finish_report(report: JobReport, output: str, finished_before: pa.Array) -> 
         new = pc.invert(pc.is_in(keys, value_set=finished_before))
         report.audio_seconds_this_run = pc.sum(pc.filter(seconds, new)).as_py() or 0.0
     report.workers = {
-        name: {"rows": w["rows"], "audio_seconds": round(w["audio_seconds"], 3), "occupancy": round(w["occupancy"], 3)}
+        name: {
+            "rows": w["rows"],
+            "audio_seconds": round(w["audio_seconds"], 3),
+            "occupancy": round(w["occupancy"], 3),
+            "engine": w.get("engine"),
+        }
         for name, w in sorted(workers.items())
     }
     with fs.open_output_stream(f"{base}/_report.json") as f:
@@ -91,7 +96,7 @@ def finish_report(report: JobReport, output: str, finished_before: pa.Array) -> 
     return report
 
 
-def _account_part(report: JobReport, table: pa.Table, workers: dict[str, dict[str, float]]) -> pa.Table:
+def _account_part(report: JobReport, table: pa.Table, workers: dict[str, dict[str, Any]]) -> pa.Table:
     """Adds one part's rows to the report's totals, failures and per-worker stats; returns its ok rows."""
     failed = pc.is_valid(table.column("error"))
     report.rows += table.num_rows
@@ -111,7 +116,24 @@ def _account_part(report: JobReport, table: pa.Table, workers: dict[str, dict[st
         w["rows"] += row["seconds_count"]
         w["audio_seconds"] += row["seconds_sum"]
         w["occupancy"] = max(w["occupancy"], row["occupancy_max"])
+    _latest_engine(named.select(["worker", "engine"]), workers)
     return ok
+
+
+def _latest_engine(table: pa.Table, workers: dict[str, dict[str, Any]]) -> None:
+    """Each worker's engine accounting from its row with the most engine steps (the counters are cumulative per
+    actor, so that is the latest); parts from before the column existed have none."""
+    table = table.filter(pc.is_valid(table.column("engine")))
+    if table.num_rows == 0:
+        return
+    steps = pc.struct_field(table.column("engine"), "steps")
+    latest = table.append_column("steps", steps).group_by("worker").aggregate([("steps", "max")])
+    for name, most in zip(*(latest.column(c).to_pylist() for c in ("worker", "steps_max")), strict=True):
+        held = workers[name].get("engine")
+        if held is not None and held["steps"] >= most:
+            continue
+        mask = pc.and_(pc.equal(table.column("worker"), name), pc.equal(steps, most))
+        workers[name]["engine"] = table.column("engine")[pc.index(mask, True).as_py()].as_py()
 
 
 def write_status(output: str, status: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.bookkeeping import finished_keys, keep_rows, unfinished_plan
@@ -98,7 +99,14 @@ def _row(i: int, error: str | None = None, worker: str | None = "n1/1", seconds:
         "id": row_id, "text": "t", "source": f"in.jsonl:{i + 1}", "error": error,
         "audio": {"bytes": b"\0", "path": f"out/audio/r{i}.flac"} if ok else None,
         "duration_s": seconds if ok else None, "worker": worker, "engine_occupancy": occ if worker else None,
+        "engine": _engine(steps=(i * 7) % 61, preemptions=i) if worker and i % 4 else None,
     }  # fmt: skip
+
+
+def _engine(steps: int, preemptions: int) -> dict:
+    return {"steps": steps, "max_rows_in_flight": 8, "occupancy": 0.5, "attention_read_efficiency": 0.9,
+            "kv_held_share": 0.95, "blocks_total": 64, "blocks_free": 10, "peak_blocks_used": 60,
+            "preemptions": preemptions, "recomputed_tokens": 3 * preemptions}  # fmt: skip
 
 
 def test_report_streams_parts_and_matches_the_per_row_definition(tmp_path: Path):
@@ -116,7 +124,7 @@ def test_report_streams_parts_and_matches_the_per_row_definition(tmp_path: Path)
 
     # The per-row definition, over the same parts in the same order.
     table = read_outputs(
-        str(output), ["id", "source", "error", "duration_s", "worker", "engine_occupancy", "audio.path"]
+        str(output), ["id", "source", "error", "duration_s", "worker", "engine_occupancy", "engine", "audio.path"]
     )
     got = table.to_pylist()
     ok = [r for r in got if r["error"] is None]
@@ -134,11 +142,15 @@ def test_report_streams_parts_and_matches_the_per_row_definition(tmp_path: Path)
             w["rows"] += 1
             w["audio_seconds"] += r["duration_s"] or 0.0
             w["occupancy"] = max(w["occupancy"], r["engine_occupancy"] or 0.0)
+            if r["engine"] and r["engine"]["steps"] >= w.get("engine", {"steps": -1})["steps"]:
+                w["engine"] = r["engine"]  # the latest accounting: most steps (unique here)
     assert report.workers.keys() == workers.keys()
+    assert all("engine" in w for w in workers.values())
     for name, w in workers.items():
         assert report.workers[name]["rows"] == w["rows"]
         assert report.workers[name]["audio_seconds"] == pytest.approx(w["audio_seconds"], abs=1e-3)
         assert report.workers[name]["occupancy"] == pytest.approx(w["occupancy"], abs=1e-3)
+        assert report.workers[name]["engine"] == w["engine"]
     manifest = [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines()]
     assert manifest == [
         {"id": r["id"], "audio": r["path"], "duration_s": r["duration_s"], "error": r["error"]} for r in got
@@ -192,3 +204,19 @@ def test_source_names_are_relative_to_the_job_folder_when_inside_it(tmp_path: Pa
     names = source_names([inside, outside, "bucket/c.csv", "s3://bucket/d.csv"], base=str(tmp_path / "job"))
     assert names == {inside: "texts/a.txt"}
     assert source_names([inside], base=None) == {}  # a config built in code, without a YAML: absolute names
+
+
+def test_parts_written_before_the_engine_column_read_as_nulls_and_are_kept(tmp_path: Path):
+    """A part from an earlier raytts (no `engine` column) is a finished part, not an unreadable one: a clean start
+    must not delete it (its rows would be synthesised again), and the report reads its engine accounting as none."""
+    rows = [_row(i) for i in range(6)]
+    old = _part(rows).drop_columns(["engine"])
+    output = tmp_path / "out"
+    (output / "parts").mkdir(parents=True)
+    pq.write_table(old, output / "parts" / "old.parquet")
+    write_part(_part([_row(i) for i in range(6, 10)]), str(output / "parts"))
+    table = read_outputs(str(output), ["id", "engine", "audio.path"], clean=True)
+    assert table.num_rows == 10 and (output / "parts" / "old.parquet").exists()
+    assert table.column("engine").null_count >= 6
+    report = finish_report(JobReport(output=str(output)), str(output), pa.array([], pa.string()))
+    assert report.rows == 10 and report.workers["n1/1"]["engine"]["steps"] == max((i * 7) % 61 for i in (6, 7, 9))

@@ -400,6 +400,9 @@ def test_batches_in_flight_on_one_actor_share_its_engine_slots(local_ray, tiny_c
     [(worker, stats)] = report.workers.items()
     assert stats["rows"] == 48
     assert stats["occupancy"] > 0.7, f"{worker}: engine slots {stats['occupancy']:.0%} busy, calls did not overlap"
+    engine = stats["engine"]  # the actor's latest engine accounting
+    assert engine["max_rows_in_flight"] == 8 and engine["steps"] >= 6 * 24 and engine["preemptions"] == 0
+    assert 0.5 < engine["attention_read_efficiency"] <= 1 and 0.5 < engine["kv_held_share"] <= 1
 
 
 def test_an_actor_fed_fewer_rows_than_its_slots_says_so(tiny_checkpoint, caplog):
