@@ -121,7 +121,7 @@ class Attention(nn.Module):
         reads: list[tuple[torch.Tensor | None, torch.Tensor, int, torch.Tensor]],
     ) -> torch.Tensor:
         """Write this call's keys and values at `write_at` (block ids, offsets: [B, S] each), then attend: every
-        read group (rows or None, their blocks [g, nb], keys, mask [g, S, keys]) gathers its rows' blocks once."""
+        read group (rows or None, the rows' blocks [g, nb], keys, mask [g, S, keys]) gathers its rows' blocks once."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -136,10 +136,13 @@ class Attention(nn.Module):
         for rows, table, keys, mask in reads:
             group_q = q if rows is None else q[rows]
             rows_read, nb = table.shape
-            shape = (self.n_kv_heads, rows_read, nb * cache_k.shape[2], self.head_dim)
-            flat = table.reshape(-1)  # index_select copies whole blocks: several times faster than indexing
-            k_read = cache_k.index_select(1, flat).view(shape)[:, :, :keys]
-            v_read = cache_v.index_select(1, flat).view(shape)[:, :, :keys]
+            heads_kv, blocks, size, dim = cache_k.shape
+            shape = (heads_kv, rows_read, nb * size, dim)
+            # Every (head, block) as one row of a 2-D view: index_select along its first dim copies whole rows, about
+            # 3x faster on CPU than selecting along the block dim of the 4-D pool (benchmarks/RESULTS.md).
+            flat = (torch.arange(heads_kv, device=x.device).unsqueeze(1) * blocks + table.reshape(1, -1)).reshape(-1)
+            k_read = cache_k.view(heads_kv * blocks, size * dim).index_select(0, flat).view(shape)[:, :, :keys]
+            v_read = cache_v.view(heads_kv * blocks, size * dim).index_select(0, flat).view(shape)[:, :, :keys]
             if x.device.type == "cpu":
                 part = _math_attention(group_q.transpose(0, 1), k_read, v_read, mask).transpose(0, 1)
             else:
