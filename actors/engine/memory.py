@@ -227,12 +227,12 @@ def plan_slots(
     )
 
 
-def default_budget_bytes(device: torch.device, fraction: float = 0.85, cpu_bytes: int = 1 << 30) -> int:
-    """A fraction of the free device memory on CUDA; a fixed RAM budget on CPU."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * fraction)
-    return cpu_bytes
+def default_budget_bytes(device: torch.device, fraction: float = 0.85) -> int:
+    """A fraction of the free memory of a CUDA device (CPU budgets: `actors.placement.cpu_budget_bytes`)."""
+    if device.type != "cuda":
+        raise ValueError(f"default_budget_bytes reads a CUDA device's free memory; got {device}")
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free * fraction)
 
 
 def step_shape(rows: int, tokens: int, plan: SlotPlan, compile: str, device_type: str) -> tuple[int, int]:
