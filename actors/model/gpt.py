@@ -98,6 +98,14 @@ def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return weights @ v
 
 
+def _gather_index(table: torch.Tensor, blocks: int, heads_kv: int) -> torch.Tensor:
+    """Rows of a layer's pool viewed as [kv_heads x blocks, block x head_dim] that hold the blocks of `table` [g, nb],
+    head-major: index_select along that view's first dim copies whole rows, about 3x faster on CPU than selecting
+    along the block dim of the 4-D pool (benchmarks/RESULTS.md). The same for every layer: computed once a call."""
+    heads = torch.arange(heads_kv, device=table.device).unsqueeze(1) * blocks
+    return (heads + table.reshape(1, -1)).reshape(-1)
+
+
 class Attention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -118,10 +126,11 @@ class Attention(nn.Module):
         cache_k: torch.Tensor,
         cache_v: torch.Tensor,
         write_at: tuple[torch.Tensor, torch.Tensor],
-        reads: list[tuple[torch.Tensor | None, torch.Tensor, int, torch.Tensor]],
+        reads: list[tuple[torch.Tensor | None, torch.Tensor, tuple[int, int, int, int], int, torch.Tensor]],
     ) -> torch.Tensor:
         """Write this call's keys and values at `write_at` (block ids, offsets: [B, S] each), then attend: every
-        read group (rows or None, the rows' blocks [g, nb], keys, mask [g, S, keys]) gathers its rows' blocks once."""
+        read group (rows or None, the (head, block) rows to gather from the pool's 2-D view (`_gather_index`), the
+        gathered shape [kv_heads, g, nb x block, head_dim], keys, mask [g, S, keys]) gathers its blocks once."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -133,14 +142,10 @@ class Attention(nn.Module):
         cache_v[:, blocks, offsets] = v.permute(2, 0, 1, 3)
         width = self.n_heads * self.head_dim
         out = None if len(reads) == 1 else x.new_empty(batch, seq, width)
-        for rows, table, keys, mask in reads:
+        heads_kv, blocks, size, dim = cache_k.shape
+        for rows, flat, shape, keys, mask in reads:
             group_q = q if rows is None else q[rows]
-            rows_read, nb = table.shape
-            heads_kv, blocks, size, dim = cache_k.shape
-            shape = (heads_kv, rows_read, nb * size, dim)
-            # Every (head, block) as one row of a 2-D view: index_select along its first dim copies whole rows, about
-            # 3x faster on CPU than selecting along the block dim of the 4-D pool (benchmarks/RESULTS.md).
-            flat = (torch.arange(heads_kv, device=x.device).unsqueeze(1) * blocks + table.reshape(1, -1)).reshape(-1)
+            rows_read = shape[1]
             k_read = cache_k.view(heads_kv * blocks, size * dim).index_select(0, flat).view(shape)[:, :, :keys]
             v_read = cache_v.view(heads_kv * blocks, size * dim).index_select(0, flat).view(shape)[:, :, :keys]
             if x.device.type == "cpu":
@@ -219,7 +224,9 @@ class LlamaBackbone(nn.Module):
             table = tables[:, :nb] if rows is None else tables[rows, :nb]
             row_positions = positions if rows is None else positions[rows]
             key_positions = torch.arange(keys, device=embeds.device)
-            reads.append((rows, table, keys, key_positions.view(1, 1, keys) <= row_positions.unsqueeze(-1)))
+            mask = key_positions.view(1, 1, keys) <= row_positions.unsqueeze(-1)
+            shape = (cache.keys[0].shape[0], table.shape[0], nb * size, cache.keys[0].shape[3])
+            reads.append((rows, _gather_index(table, cache.blocks, shape[0]), shape, keys, mask))
         x = embeds
         for layer, cache_k, cache_v in zip(self.layers, cache.keys, cache.values, strict=True):
             x = x + layer.self_attn(layer.input_layernorm(x), cos, sin, cache_k, cache_v, write_at, reads)
