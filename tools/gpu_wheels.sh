@@ -15,7 +15,8 @@ platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --p
   --platform manylinux1_x86_64 --platform any)
 # Compiled: the CPython 3.12 x86-64 builds.
 $pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" -d .whl \
-  pybase16384==0.3.9 cffi==2.1.1 pycparser==3.12 frozendict==2.5.1
+  pybase16384==0.3.9 cffi==2.1.1 pycparser==3.12 frozendict==2.5.1 \
+  hypothesis==6.170.17 sortedcontainers==2.4.0 attrs==26.1.0  # tests/test_batcher.py's paging invariant
 # Pure Python (some are published as source only): built into py3-none-any wheels here.
 $pip wheel -q --no-deps -w .whl \
   chattts==0.2.5 vector-quantize-pytorch==1.14.24 vocos==0.1.0 encodec==0.1.1 einx==0.4.3
