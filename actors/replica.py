@@ -31,7 +31,7 @@ from .engine.stream import StreamDecoder
 from .placement import pick_device, pick_dtype, replica_budget_bytes
 from .requests import SynthesisRequest, SynthesisResult
 from .speaker import SpeakerError, normalized_speaker, parse_speaker
-from .text import clean_text, decorate, segment_token_ids
+from .text import clean_text, decorate, text_front_end
 from .tokenizer import TextTokenizer
 from .validation import RequestError
 from .voices import encode_reference
@@ -197,8 +197,9 @@ class Synthesizer:
         """Reference speech (any rate, mono or [samples, channels]) -> DVAE prompt codes [num_vq, P]."""
         return encode_reference(self.model.dvae, self.device, audio, sample_rate, self.max_reference_seconds)
 
-    def _segments(self, row: int, request: SynthesisRequest) -> list[Segment]:
-        if request.segment_ids is None and not isinstance(request.text, str):
+    def _segments(self, row: int, request: SynthesisRequest, result: SynthesisResult) -> list[Segment]:
+        """The request's segments; fills the result's spoken text and dropped characters."""
+        if request.front_end is None and not isinstance(request.text, str):
             raise RequestError(f"text must be a string, got {type(request.text).__name__}")
         request.params.validate(self.config.gpt.num_vq)
         if not re.fullmatch(r"(\[[\w]+\])*", request.prompt or ""):
@@ -209,9 +210,9 @@ class Synthesizer:
         reference = request.reference_codes
         if reference is not None and (reference.ndim != 2 or reference.shape[0] != self.config.gpt.num_vq):
             raise RequestError(f"reference codes must be [{self.config.gpt.num_vq}, T], got {tuple(reference.shape)}")
-        segment_ids = request.segment_ids
-        if segment_ids is None:
-            segment_ids = segment_token_ids(
+        front_end = request.front_end
+        if front_end is None:
+            front_end = text_front_end(
                 request.text,
                 self.tokenizer,
                 prompt=request.prompt,
@@ -221,8 +222,9 @@ class Synthesizer:
                 max_segment_tokens=self.max_segment_tokens,
                 max_chars=self.max_chars,
             )
+        result.spoken_text, result.dropped = front_end.spoken_text, front_end.dropped
         segments = []
-        for index, ids in enumerate(segment_ids):
+        for index, ids in enumerate(front_end.segment_ids):
             seed = request.params.seed if index == 0 else (request.params.seed ^ (index * _SEGMENT_SEED_STEP)) % 2**63
             prompt = CodePrompt(ids, speaker, reference)
             prompt_room = self.plan.slot_tokens - self.plan.max_new_tokens
@@ -257,9 +259,10 @@ class Synthesizer:
         segments: list[Segment] = []
         for row, request in enumerate(requests):
             try:
-                segments.extend(self._segments(row, request))
+                segments.extend(self._segments(row, request, results[row]))
             except (RequestError, SpeakerError, ValueError) as err:
                 results[row].error = str(err)
+                results[row].spoken_text = results[row].dropped = None
         return results, segments
 
     def submit(self, segment: Segment, key: object, stream: bool = False) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .engine.params import SamplingParams
 from .model.config import NUM_VQ, SAMPLE_RATE
-from .text import DEFAULT_PROMPT
+from .text import DEFAULT_PROMPT, FrontEnd
 from .validation import RequestError
 
 if TYPE_CHECKING:
@@ -45,9 +45,9 @@ class SynthesisRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     normalize: bool = True
     prompt: str = DEFAULT_PROMPT  # control tags placed before the text, e.g. "[speed_3][oral_2]"
-    # Token ids of each segment's decorated prompt when a CPU stage already ran `segment_token_ids` (the offline
-    # job); None: the engine cleans, splits and tokenises `text` itself.
-    segment_ids: list[list[int]] | None = None
+    # What a CPU stage's `text_front_end` made of `text` (the offline job): each segment's token ids, the spoken text
+    # and the characters dropped; None: the engine cleans, splits and tokenises `text` itself.
+    front_end: FrontEnd | None = None
 
 
 @dataclass
@@ -60,6 +60,8 @@ class SynthesisResult:
     segments: int = 0
     truncated_segments: int = 0  # segments that hit max_new_tokens before EOS
     error: str | None = None
+    spoken_text: str | None = None  # the text the model was asked to say (after the front end), None on error
+    dropped: str | None = None  # characters the front end deleted because it cannot speak them ("" when none)
 
     @property
     def ok(self) -> bool:

@@ -5,7 +5,8 @@ Cleaning matches upstream ChatTTS with no external normaliser registered and hom
   punctuation mapped to full width;
 - if any character outside letters, CJK, `，。、,.` and space is present (ignoring `[tags]`), a fixed map
   simplifies punctuation (`：`->`，`, `!`->`.`, ...) and then every remaining such character outside tags
-  is deleted. Digits and `?` are deleted: spell numbers out before synthesis.
+  is deleted. Digits and `?` are deleted: spell numbers out before synthesis. What was deleted is reported
+  (`cleaned_and_dropped`, `FrontEnd.dropped`) and every output row records it (`dropped_chars`, `spoken_text`).
 Lower-casing happens in the tokenizer (BERT normaliser). Control tags such as `[uv_break]`, `[laugh]`,
 `[lbreak]` pass through untouched.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .validation import RequestError
@@ -83,12 +85,36 @@ def _outside_tags(text: str, fn: Callable[[str], str]) -> str:
 
 def clean_text(text: str, normalize: bool = True) -> str:
     """The text upstream would feed to its tokenizer (see module docstring)."""
+    return cleaned_and_dropped(text, normalize)[0]
+
+
+def cleaned_and_dropped(text: str, normalize: bool = True) -> tuple[str, str]:
+    """(`clean_text`, the characters it deleted because the model cannot speak them, in order; "" when none)."""
     if normalize and detect_language(text) == "zh":
         text = text.translate(_HALF_TO_FULL)
-    if _REJECT.search(_TAG.sub("", text)):
-        text = text.translate(_SIMPLIFY)
-        text = _outside_tags(text, lambda piece: _REJECT.sub("", piece))
-    return text
+    if not _REJECT.search(_TAG.sub("", text)):
+        return text, ""
+    simplified = text.translate(_SIMPLIFY)
+    cleaned = _outside_tags(simplified, lambda piece: _REJECT.sub("", piece))
+    # Cleaning only deletes (the maps above are one character to one), so the cleaned text is a subsequence of the
+    # simplified one: walking both names every deleted character, also those an unclosed `[` swallowed.
+    dropped, kept = [], 0
+    for ch in simplified:
+        if kept < len(cleaned) and cleaned[kept] == ch:
+            kept += 1
+        else:
+            dropped.append(ch)
+    return cleaned, "".join(dropped)
+
+
+@dataclass(frozen=True)
+class FrontEnd:
+    """What the text front end made of a row: the segments' token ids, the text the model is asked to say, and
+    what it could not say (recorded on the row: nothing is dropped silently)."""
+
+    segment_ids: list[list[int]]  # token ids of each segment's decorated prompt
+    spoken_text: str  # the row's text after cleaning (control tags included), before it is split into segments
+    dropped: str  # characters deleted because they cannot be spoken, in order ("" when none)
 
 
 def decorate(text: str, prompt: str = DEFAULT_PROMPT, has_speaker: bool = False, transcript: str = "") -> str:
@@ -151,7 +177,7 @@ class _Tokenizer(Protocol):
     def count(self, text: str) -> int: ...
 
 
-def segment_token_ids(
+def text_front_end(
     text: Any,
     tokenizer: _Tokenizer,
     *,
@@ -161,9 +187,10 @@ def segment_token_ids(
     normalize: bool,
     max_segment_tokens: int,
     max_chars: int,
-) -> list[list[int]]:
-    """A row's text -> the token ids of each segment's decorated prompt; raises RequestError for text that cannot be
-    synthesised. Torch-free: the offline job runs it in a CPU stage, the engine for requests that arrive as text."""
+) -> FrontEnd:
+    """A row's text -> the token ids of each segment's decorated prompt, the spoken text and what was dropped; raises
+    RequestError for text that cannot be synthesised. Torch-free: the offline job runs it in a CPU stage, the engine
+    for requests that arrive as text."""
     if not isinstance(text, str):
         raise RequestError(f"text must be a string, got {type(text).__name__}")
     if not text.strip():
@@ -171,11 +198,12 @@ def segment_token_ids(
     if len(text) > max_chars:
         raise RequestError(f"text has {len(text)} characters; the limit is {max_chars}: split it into several rows")
     transcript = clean_text(reference_text, normalize) if reference_text else ""
-    cleaned = clean_text(text, normalize)
+    cleaned, dropped = cleaned_and_dropped(text, normalize)
     if not re.sub(r"\[[\w_]+\]", "", cleaned).strip(" ，。、,."):
         raise RequestError(
             f"text {text[:40]!r} has nothing speakable after cleaning (digits and most symbols are removed): spell "
             f"numbers out"
         )
     pieces = split_segments(cleaned, max_segment_tokens, tokenizer.count)
-    return [tokenizer.encode(decorate(piece, prompt, has_speaker, transcript)) for piece in pieces]
+    ids = [tokenizer.encode(decorate(piece, prompt, has_speaker, transcript)) for piece in pieces]
+    return FrontEnd(segment_ids=ids, spoken_text=cleaned.strip(), dropped=dropped)

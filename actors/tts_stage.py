@@ -74,6 +74,8 @@ STAGE_SCHEMA = pa.schema(
         ("truncated_segments", pa.int32()),
         ("codes", pa.list_(pa.list_(pa.int16()))),
         ("error", pa.string()),
+        ("spoken_text", pa.string()),  # the text the model was asked to say (actors.text.FrontEnd)
+        ("dropped_chars", pa.string()),  # characters the front end deleted ("" when none)
         ("worker", pa.string()),
         ("engine_occupancy", pa.float64()),
         ("engine", ENGINE_ACCOUNTING),
@@ -157,9 +159,16 @@ class TTSStage:
 
     async def __call__(self, table: pa.Table) -> pa.Table:
         from .requests import SynthesisResult
+        from .text import FrontEnd
 
         batch = {name: table.column(name).to_pylist() for name in ("id", "text", "source", "fields", "error")}
-        results, requests, positions, speakers, seeds = self._requests(batch, table.column("segment_ids").to_pylist())
+        front_ends = [
+            None if ids is None else FrontEnd(ids, spoken or "", dropped or "")
+            for ids, spoken, dropped in zip(
+                *(table.column(c).to_pylist() for c in ("segment_ids", "spoken_text", "dropped_chars")), strict=True
+            )
+        ]
+        results, requests, positions, speakers, seeds = self._requests(batch, front_ends)
         if requests:
             for i, result in zip(positions, await self._synthesize(requests), strict=True):
                 if result.error:
@@ -168,7 +177,7 @@ class TTSStage:
         done: list[SynthesisResult] = results  # type: ignore[assignment]
         return self._table(done, [str(s) for s in batch["source"]], speakers, seeds)
 
-    def _requests(self, batch: dict[str, list], segment_ids: list) -> tuple[list, list, list[int], list, list]:
+    def _requests(self, batch: dict[str, list], front_ends: list) -> tuple[list, list, list[int], list, list]:
         """(results so far: error rows filled in, requests to run, their row positions, speaker and seed columns)."""
         from .requests import SynthesisResult, request_from_fields
         from .speaker import SpeakerError
@@ -192,8 +201,8 @@ class TTSStage:
                 )
                 speakers[i] = self.voices.apply(request, fields)
                 seeds[i] = request.params.seed
-                request.segment_ids = segment_ids[i]
-                if request.segment_ids is None:  # the prepare stage tokenises every row it does not fail
+                request.front_end = front_ends[i]
+                if request.front_end is None:  # the prepare stage tokenises every row it does not fail
                     raise RequestError(
                         "reached the TTS stage without token ids from the prepare stage; this is a raytts bug, "
                         "please report it with the row"
@@ -219,6 +228,8 @@ class TTSStage:
             "truncated_segments": [r.truncated_segments if r.ok else None for r in results],
             "codes": [r.codes.tolist() if r.ok and r.codes is not None and save_codes else None for r in results],
             "error": [r.error for r in results],
+            "spoken_text": [r.spoken_text if r.ok else None for r in results],
+            "dropped_chars": [r.dropped if r.ok else None for r in results],
             "worker": [self.worker] * n,
             "engine_occupancy": [float(self.synthesizer.batcher.stats.occupancy)] * n,
             "engine": [self.synthesizer.batcher.stats.accounting()] * n,

@@ -255,6 +255,11 @@ def report_table(summary: dict) -> str:
         f"audio {summary['audio_seconds']:.1f} s ({summary['audio_seconds_this_run']:.1f} s this run)  wall "
         f"{summary['wall_seconds']:.1f} s  audio-seconds per second {summary['audio_seconds_per_second']:.2f}",
     ]
+    if summary.get("dropped_chars_rows"):
+        lines.append(
+            f"{summary['dropped_chars_rows']} ok rows lost characters the model cannot say (see their dropped_chars "
+            f"and spoken_text columns)"
+        )
     workers = summary["workers"]
     if workers:
         width = max(len("worker"), *(len(name) for name in workers))

@@ -56,6 +56,7 @@ class SynthReport:
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)
+    dropped_chars_rows: int = 0  # ok rows whose text lost characters the model cannot say (`dropped_chars`)
     output: str = ""
     engine: dict = field(default_factory=dict)  # the replica's plan (slots, blocks, budget and its source), accounting
 
@@ -71,6 +72,7 @@ class SynthReport:
             "audio_seconds": round(self.audio_seconds, 3),
             "wall_seconds": round(self.wall_seconds, 3),
             "audio_seconds_per_second": round(self.audio_seconds_per_second, 3),
+            "dropped_chars_rows": self.dropped_chars_rows,
             "output": self.output,
             "engine": self.engine,
             "failures": self.failures,
@@ -144,6 +146,7 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
                 else:
                     report.ok += 1
                     report.audio_seconds += out[-1]["duration_s"]
+                    report.dropped_chars_rows += bool(out[-1]["dropped_chars"])
             sink.write(out)
             log.info("synth: %d/%d rows written", report.rows, len(rows))
     report.wall_seconds = time.perf_counter() - started

@@ -40,6 +40,8 @@ SCHEMA = pa.schema(
         ("codes", pa.list_(pa.list_(pa.int16()))),
         ("model", pa.string()),
         ("error", pa.string()),
+        ("spoken_text", pa.string()),
+        ("dropped_chars", pa.string()),
     ]
 )
 
@@ -59,6 +61,8 @@ _HF_FEATURES = {
     "codes": {"feature": {"feature": {"dtype": "int16", "_type": "Value"}, "_type": "Sequence"}, "_type": "Sequence"},
     "model": {"dtype": "string", "_type": "Value"},
     "error": {"dtype": "string", "_type": "Value"},
+    "spoken_text": {"dtype": "string", "_type": "Value"},
+    "dropped_chars": {"dtype": "string", "_type": "Value"},
 }
 
 
@@ -115,6 +119,8 @@ def result_row(
         "codes": result.codes.tolist() if ok and save_codes and result.codes is not None else None,
         "model": model,
         "error": error,
+        "spoken_text": result.spoken_text if ok else None,
+        "dropped_chars": result.dropped if ok else None,
     }
 
 

@@ -122,7 +122,7 @@ def iter_outputs(output: str, columns: list[str], clean: bool = False) -> Iterat
 
 # Columns added after parts were first written: a part from an earlier version reads them as nulls (never as an
 # unreadable part, which a clean start would delete and redo).
-LATER_COLUMNS = {"engine"}
+LATER_COLUMNS = {"engine", "spoken_text", "dropped_chars"}
 
 
 def _read_part(fs: pafs.FileSystem, path: str, columns: list[str]) -> pa.Table:

@@ -2,7 +2,8 @@
 CPU time on the model only. Torch-free: it runs in plain Ray Data tasks.
 
 Each row gets `segment_ids` (token ids of every segment's decorated prompt, exactly what the engine would compute
-from the text: `actors.text.segment_token_ids`) or, for text that cannot be synthesised, an `error`. Rows whose
+from the text: `actors.text.text_front_end`), `spoken_text` and `dropped_chars` (what the model is asked to say and
+the characters deleted because it cannot say them), or, for text that cannot be synthesised, an `error`. Rows whose
 other fields are malformed keep null ids and reach the TTS stage, which reports the field's problem.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from actors.text import DEFAULT_PROMPT, segment_token_ids
+from actors.text import DEFAULT_PROMPT, text_front_end
 from actors.tokenizer import TextTokenizer
 from actors.validation import RequestError
 from actors.voices import row_voice
@@ -32,7 +33,7 @@ def _tokenizer(json_text: str, num_text_tokens: int) -> TextTokenizer:
 
 
 def prepare_rows(block: pa.Table, tokenizer: dict[str, Any], settings: dict[str, Any]) -> pa.Table:
-    """`block` with a `segment_ids` column added and text errors filled in.
+    """`block` with `segment_ids`, `spoken_text` and `dropped_chars` columns added and text errors filled in.
 
     tokenizer: {"json": tokenizer.json text, "num_text_tokens": int}; settings: {"speaker", "normalize",
     "max_segment_tokens", "max_chars", "references": {reference speaker name: {"text": transcript}}}.
@@ -43,6 +44,8 @@ def prepare_rows(block: pa.Table, tokenizer: dict[str, Any], settings: dict[str,
     sources = block.column("source").to_pylist()
     errors = block.column("error").to_pylist()
     ids: list[list[list[int]] | None] = [None] * block.num_rows
+    spoken: list[str | None] = [None] * block.num_rows
+    dropped: list[str | None] = [None] * block.num_rows
     for i, (text, raw, source) in enumerate(zip(texts, fields_json, sources, strict=True)):
         if errors[i] is not None:
             continue
@@ -52,7 +55,7 @@ def prepare_rows(block: pa.Table, tokenizer: dict[str, Any], settings: dict[str,
         if not isinstance(prompt, str) or not isinstance(transcript, str) or not isinstance(speaker, str | None):
             continue  # a malformed field: the TTS stage's validation names it
         try:
-            ids[i] = segment_token_ids(
+            front_end = text_front_end(
                 text,
                 tok,
                 prompt=prompt,
@@ -64,5 +67,9 @@ def prepare_rows(block: pa.Table, tokenizer: dict[str, Any], settings: dict[str,
             )
         except RequestError as err:
             errors[i] = f"{source}: {err}"
+            continue
+        ids[i], spoken[i], dropped[i] = front_end.segment_ids, front_end.spoken_text, front_end.dropped
     block = block.set_column(block.schema.get_field_index("error"), "error", pa.array(errors, type=pa.string()))
-    return block.append_column("segment_ids", pa.array(ids, type=SEGMENT_IDS))
+    block = block.append_column("segment_ids", pa.array(ids, type=SEGMENT_IDS))
+    block = block.append_column("spoken_text", pa.array(spoken, type=pa.string()))
+    return block.append_column("dropped_chars", pa.array(dropped, type=pa.string()))

@@ -28,6 +28,7 @@ class JobReport:
     wall_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)  # inputs that yielded no rows (missing shards, ...)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    dropped_chars_rows: int = 0  # ok rows whose text lost characters the model cannot say (`dropped_chars`)
     workers: dict[str, dict[str, float]] = field(default_factory=dict)
     output: str = ""
 
@@ -50,6 +51,7 @@ class JobReport:
             if self.wall_seconds
             else 0,
             "problems": self.problems,
+            "dropped_chars_rows": self.dropped_chars_rows,
             "workers": self.workers,
             "output": self.output,
             "failures": self.failures,
@@ -60,7 +62,9 @@ def finish_report(report: JobReport, output: str, finished_before: pa.Array) -> 
     """Totals, per-worker stats, failures and the manifest from the parts, one part at a time: the driver never
     holds every row of a million-row job."""
     # Only the audio's path: reading the `audio` struct would pull every row's encoded bytes back in.
-    columns = ["id", "source", "error", "duration_s", "worker", "engine_occupancy", "engine", "audio.path"]
+    columns = [
+        "id", "source", "error", "duration_s", "worker", "engine_occupancy", "engine", "dropped_chars", "audio.path"
+    ]  # fmt: skip
     workers: dict[str, dict[str, Any]] = {}
     ok_keys: list[pa.ChunkedArray] = []  # of the ok rows, to tell this run's from earlier ones in one lookup
     ok_seconds: list[pa.ChunkedArray] = []
@@ -105,6 +109,8 @@ def _account_part(report: JobReport, table: pa.Table, workers: dict[str, dict[st
     ok = table.filter(pc.invert(failed))
     report.ok += ok.num_rows
     report.audio_seconds += pc.sum(pc.fill_null(ok.column("duration_s"), 0.0)).as_py() or 0.0
+    dropped = pc.fill_null(pc.greater(pc.utf8_length(ok.column("dropped_chars")), 0), False)
+    report.dropped_chars_rows += pc.sum(dropped).as_py() or 0
     named = table.filter(pc.fill_null(pc.not_equal(table.column("worker"), ""), False))
     stats = pa.table({
         "worker": named.column("worker"),

@@ -100,6 +100,7 @@ def _row(i: int, error: str | None = None, worker: str | None = "n1/1", seconds:
         "audio": {"bytes": b"\0", "path": f"out/audio/r{i}.flac"} if ok else None,
         "duration_s": seconds if ok else None, "worker": worker, "engine_occupancy": occ if worker else None,
         "engine": _engine(steps=(i * 7) % 61, preemptions=i) if worker and i % 4 else None,
+        "spoken_text": "t" if ok else None, "dropped_chars": ("7%" if i % 6 == 1 else "") if ok else None,
     }  # fmt: skip
 
 
@@ -124,7 +125,8 @@ def test_report_streams_parts_and_matches_the_per_row_definition(tmp_path: Path)
 
     # The per-row definition, over the same parts in the same order.
     table = read_outputs(
-        str(output), ["id", "source", "error", "duration_s", "worker", "engine_occupancy", "engine", "audio.path"]
+        str(output),
+        ["id", "source", "error", "duration_s", "worker", "engine_occupancy", "engine", "dropped_chars", "audio.path"],
     )
     got = table.to_pylist()
     ok = [r for r in got if r["error"] is None]
@@ -135,6 +137,7 @@ def test_report_streams_parts_and_matches_the_per_row_definition(tmp_path: Path)
         sum(r["duration_s"] for r in ok if row_key(r["id"], r["source"]) not in before)
     )
     assert report.failures == [{"id": r["id"], "source": r["source"], "error": r["error"]} for r in got if r["error"]]
+    assert report.dropped_chars_rows == sum(1 for r in ok if r["dropped_chars"]) > 0
     workers: dict[str, dict[str, float]] = {}
     for r in got:
         if r["worker"]:
@@ -207,16 +210,16 @@ def test_source_names_are_relative_to_the_job_folder_when_inside_it(tmp_path: Pa
 
 
 def test_parts_written_before_the_engine_column_read_as_nulls_and_are_kept(tmp_path: Path):
-    """A part from an earlier raytts (no `engine` column) is a finished part, not an unreadable one: a clean start
+    """A part from an earlier raytts (no `engine`, `spoken_text` or `dropped_chars` column) is a finished part, not an unreadable one: a clean start
     must not delete it (its rows would be synthesised again), and the report reads its engine accounting as none."""
     rows = [_row(i) for i in range(6)]
-    old = _part(rows).drop_columns(["engine"])
+    old = _part(rows).drop_columns(["engine", "spoken_text", "dropped_chars"])
     output = tmp_path / "out"
     (output / "parts").mkdir(parents=True)
     pq.write_table(old, output / "parts" / "old.parquet")
     write_part(_part([_row(i) for i in range(6, 10)]), str(output / "parts"))
-    table = read_outputs(str(output), ["id", "engine", "audio.path"], clean=True)
+    table = read_outputs(str(output), ["id", "engine", "spoken_text", "audio.path"], clean=True)
     assert table.num_rows == 10 and (output / "parts" / "old.parquet").exists()
-    assert table.column("engine").null_count >= 6
+    assert table.column("engine").null_count >= 6 and table.column("spoken_text").null_count == 6
     report = finish_report(JobReport(output=str(output)), str(output), pa.array([], pa.string()))
     assert report.rows == 10 and report.workers["n1/1"]["engine"]["steps"] == max((i * 7) % 61 for i in (6, 7, 9))

@@ -482,6 +482,7 @@ def test_the_prepare_stage_tokenises_exactly_as_the_engine_does(local_ray, tiny_
         {"id": "long", "text": long_text * 3},
         {"id": "zh", "text": "你好，欢迎使用语音合成。今天天气很好！"},
         {"id": "null-speaker", "text": "default voice.", "speaker": None},
+        {"id": "digits", "text": "call 555 now [uv_break] please!"},
     ]
     texts = tmp_path / "texts"
     texts.mkdir()
@@ -493,8 +494,11 @@ def test_the_prepare_stage_tokenises_exactly_as_the_engine_does(local_ray, tiny_
     config.sampling.min_new_tokens = 8  # a random checkpoint may otherwise end a segment at its first step
     report = run_job(config)
     assert report.failed == 0, report.failures
-    job = {r["id"]: r for r in read_outputs(str(tmp_path / "out"), ["id", "codes", "segments"]).to_pylist()}
+    columns = ["id", "codes", "segments", "spoken_text", "dropped_chars"]
+    job = {r["id"]: r for r in read_outputs(str(tmp_path / "out"), columns).to_pylist()}
     assert job["long"]["segments"] > 2
+    assert (job["digits"]["spoken_text"], job["digits"]["dropped_chars"]) == ("call  now [uv_break] please.", "555")
+    assert report.dropped_chars_rows == 1
 
     engine = config.engine
     synth = Synthesizer(model=config.model, device="cpu", max_batch_size=engine.max_slots,
@@ -511,3 +515,4 @@ def test_the_prepare_stage_tokenises_exactly_as_the_engine_does(local_ray, tiny_
         assert result.error is None
         assert job[row["id"]]["segments"] == result.segments, row["id"]
         assert job[row["id"]]["codes"] == result.codes.tolist(), row["id"]
+        assert (job[row["id"]]["spoken_text"], job[row["id"]]["dropped_chars"]) == (result.spoken_text, result.dropped)

@@ -128,6 +128,28 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
 
 
+def test_responses_say_what_was_spoken_and_what_was_dropped(server):
+    """Nothing dropped silently over HTTP: the native endpoint's JSON (return_codes) carries the spoken text and the
+    deleted characters, and whole (not streamed) responses of both endpoints carry them percent-encoded in
+    X-Raytts-Spoken-Text / X-Raytts-Dropped-Chars."""
+    from urllib.parse import unquote
+
+    text = "call 555 now [uv_break] 你好!"
+    status, headers, body = _post(f"{server}/v1/tts", {"text": text, "return_codes": True, "max_new_tokens": 20})
+    assert status == 200, body
+    answer = json.loads(body)
+    assert (answer["spoken_text"], answer["dropped_chars"]) == ("call  now [uv_break] 你好.", "555")
+    headers = {k.lower(): v for k, v in headers.items()}
+    assert unquote(headers["x-raytts-spoken-text"]) == answer["spoken_text"]
+    assert unquote(headers["x-raytts-dropped-chars"]) == "555"
+    payload = {"model": "tts-1", "voice": "alloy", "input": "it costs $5.", "response_format": "flac"}
+    status, headers, body = _post(f"{server}/v1/audio/speech", payload)
+    assert status == 200, body
+    headers = {k.lower(): v for k, v in headers.items()}
+    assert unquote(headers["x-raytts-spoken-text"]) == "it costs ."
+    assert unquote(headers["x-raytts-dropped-chars"]) == "$5"
+
+
 def test_openai_sdk_speech_create_returns_playable_audio_in_every_format(server):
     client = _client(server)
     text = "Hello from raytts, the speech server."

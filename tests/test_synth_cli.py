@@ -57,6 +57,7 @@ def synth_run(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
         _line({"id": "ref-empty", "text": "hello", "reference_audio": "empty.wav"}),  # 17
         _line({"id": "bad-codes", "text": "hello", "reference_codes": "garbage"}),  # 18
         _line({"id": 42, "text": "integer ids are fine", "temperature": 0.5}),  # 19
+        _line({"id": "digits-inside", "text": "Call me at 555-1234 [uv_break] today!"}),  # 20
         b"\n",  # blank lines are skipped
     ]
     (work / "in.jsonl").write_bytes(b"".join(lines))
@@ -75,8 +76,8 @@ def synth_run(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_every_input_line_yields_one_row_in_order(synth_run):
     proc, rows, report = synth_run
     assert proc.returncode == 1, proc.stderr
-    assert len(rows) == 19
-    assert report["rows"] == 19
+    assert len(rows) == 20
+    assert report["rows"] == 20
     assert [r["id"] for r in rows[:2]] == ["good-en", "good-zh"]
     assert rows[18]["id"] == "42"
 
@@ -108,7 +109,7 @@ def test_bad_rows_carry_an_error_naming_the_line_and_reason(synth_run):
         assert fragment in row["error"], row["error"]
         assert row["audio"] is None
     assert report["failed"] == len(EXPECTED_ERRORS)
-    assert report["ok"] == 19 - len(EXPECTED_ERRORS)
+    assert report["ok"] == 20 - len(EXPECTED_ERRORS)
     printed = [line for line in proc.stderr.splitlines() if line.startswith("FAILED ")]
     assert len(printed) == len(EXPECTED_ERRORS)
     repeated = [line for line in printed if max(Counter(re.findall(r"in\.jsonl:\d+", line)).values()) != 1]
@@ -119,7 +120,7 @@ def test_bad_rows_carry_an_error_naming_the_line_and_reason(synth_run):
 def test_good_rows_hold_playable_flac_of_the_right_length(synth_run):
     _, rows, _ = synth_run
     good = [r for r in rows if r["error"] is None]
-    assert {r["id"] for r in good} == {"good-en", "good-zh", "long", "ref", "42"}
+    assert {r["id"] for r in good} == {"good-en", "good-zh", "long", "ref", "42", "digits-inside"}
     for row in good:
         audio, rate = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")
         assert rate == row["sample_rate"] == 24_000
@@ -144,6 +145,20 @@ def test_row_fields_are_reported(synth_run):
     zh = next(r for r in rows if r["id"] == "good-zh")
     assert zh["speaker"] == "seed:1234" and zh["seed"] == 3
     assert next(r for r in rows if r["id"] == "good-en")["seed"] == 0
+
+
+def test_rows_say_what_was_spoken_and_what_was_dropped(synth_run):
+    """Nothing is dropped silently: each ok row carries the text the model was asked to say and the characters the
+    front end deleted (control tags kept); the report counts the rows that lost any; error rows carry neither."""
+    _, rows, report = synth_run
+    row = next(r for r in rows if r["id"] == "digits-inside")
+    assert row["spoken_text"] == "Call me at , [uv_break] today." and row["dropped_chars"] == "5551234"
+    en = next(r for r in rows if r["id"] == "good-en")
+    assert en["spoken_text"] == "Hello world, this is raytts." and en["dropped_chars"] == ""
+    zh = next(r for r in rows if r["id"] == "good-zh")
+    assert zh["spoken_text"] == "你好，欢迎使用语音合成。" and zh["dropped_chars"] == ""
+    assert all(r["spoken_text"] is None and r["dropped_chars"] is None for r in rows if r["error"])
+    assert report["dropped_chars_rows"] == 1
 
 
 def test_missing_input_file_is_a_usage_error(tmp_path):

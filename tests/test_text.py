@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from actors.text import clean_text, decorate, detect_language, split_segments
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actors.text import clean_text, cleaned_and_dropped, decorate, detect_language, split_segments
 
 
 @pytest.mark.parametrize(
@@ -60,3 +64,35 @@ def test_a_single_overlong_sentence_is_cut_at_clauses_then_words(tiny_tokenizer)
     unbroken = "汉" * 300
     pieces = split_segments(unbroken, 50, tiny_tokenizer.count)
     assert "".join(pieces) == unbroken and all(tiny_tokenizer.count(p) <= 50 for p in pieces)
+
+
+@pytest.mark.parametrize(
+    ("raw", "spoken", "dropped"),
+    [
+        ("Call me at 555-1234 on March 3rd, 2025.", "Call me at , on March rd, .", "555123432025"),
+        ("The price is $12.50, about 20% off!", "The price is ., about  off.", "$125020%"),
+        ("我有3个苹果，价格是12.5元。", "我有个苹果，价格是。元。", "3125"),
+        ("hello [uv_break] world 42 [laugh", "hello [uv_break] world  ", "42[laugh"),  # an unclosed [ is swallowed
+        ("plain words.", "plain words.", ""),
+    ],
+)
+def test_the_front_end_names_every_character_it_deletes(raw, spoken, dropped):
+    assert cleaned_and_dropped(raw) == (spoken, dropped)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(text=st.text(alphabet=st.sampled_from(list("ab 我是，。,.!?-:()[]_0123456789$%&@#")) | st.characters(), max_size=60),
+       normalize=st.booleans())  # fmt: skip
+def test_cleaning_only_deletes_and_says_what(text, normalize):
+    """Over generated text: the cleaned text plus the dropped characters account for every input character (the
+    punctuation maps are one character to one), the cleaned text is what `clean_text` gives, and nothing it keeps
+    outside tags is a character the model cannot say."""
+    cleaned, dropped = cleaned_and_dropped(text, normalize)
+    assert cleaned == clean_text(text, normalize)
+    assert len(cleaned) + len(dropped) == len(text)
+    if dropped:
+        assert not _REJECTED.search(_TAGS.sub("", cleaned))
+
+
+_REJECTED = re.compile(r"[^\u4e00-\u9fffA-Za-z，。、,\. ]")
+_TAGS = re.compile(r"\[[^\]]*\]")  # what the bracket scanner keeps as a tag

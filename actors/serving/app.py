@@ -21,6 +21,7 @@ import time
 import uuid
 from collections import OrderedDict
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -59,6 +60,15 @@ from .streaming import stream_response
 __all__ = ["TTSServer", "build_app"]
 
 log = logging.getLogger(__name__)
+
+
+def spoken_headers(result: SynthesisResult) -> dict[str, str]:
+    """What the model was asked to say and what the front end deleted, for a whole (not streamed) response: UTF-8,
+    percent-encoded (HTTP header values are Latin-1)."""
+    return {
+        "X-Raytts-Spoken-Text": quote(result.spoken_text or "", safe=" ,.[]_'"),
+        "X-Raytts-Dropped-Chars": quote(result.dropped or "", safe=""),
+    }
 
 
 def _is_request_problem(error: str) -> bool:
@@ -268,6 +278,7 @@ class TTSServer:
                     stream, encoder, body.stream_format == "sse", headers, lease, self.config.limits.request_timeout_s
                 )
             result = await self._whole(loaded, synth_request)
+            headers |= spoken_headers(result)
             return Response(encode_whole(result.audio, encoder.format), media_type=encoder.media_type, headers=headers)
         finally:
             if not lease.streaming:
@@ -332,6 +343,7 @@ class TTSServer:
                 stream = await self._open(loaded, synth_request)
                 return stream_response(stream, encoder, False, headers, lease, self.config.limits.request_timeout_s)
             result = await self._whole(loaded, synth_request)
+            headers |= spoken_headers(result)
             audio = encode_whole(result.audio, encoder.format)
             if not body.return_codes:
                 return Response(audio, media_type=encoder.media_type, headers=headers)
@@ -344,6 +356,8 @@ class TTSServer:
                     "duration_s": result.audio.size / result.sample_rate,
                     "segments": result.segments,
                     "truncated_segments": result.truncated_segments,
+                    "spoken_text": result.spoken_text,
+                    "dropped_chars": result.dropped,
                     "format": encoder.format,
                     "audio": base64.b64encode(audio).decode(),
                     "codes": result.codes.tolist(),
