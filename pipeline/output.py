@@ -74,6 +74,9 @@ SCHEMA_WITH_METADATA = SCHEMA.with_metadata(hf_metadata())
 
 
 NO_AUDIO = {"audio": None, "sample_rate": None, "num_samples": None, "duration_s": None}
+# A row that failed after synthesis (no audio, or its file could not be written): like every error row, it carries
+# neither audio nor what was spoken.
+FAILED_OUTPUT = {**NO_AUDIO, "spoken_text": None, "dropped_chars": None}
 
 
 def audio_fields(row_id: str, pcm: np.ndarray, fmt: str) -> dict:

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from .output import NO_AUDIO, audio_fields, no_audio_error
+from .output import FAILED_OUTPUT, audio_fields, no_audio_error
 from .parts import RUN_SCHEMA, write_part
 
 SUMMARY_SCHEMA = pa.schema([("part", pa.string()), ("rows", pa.int64()), ("failed", pa.int64())])
@@ -45,7 +45,7 @@ class StoreAudio:
 
         row["error"] = no_audio_error(row["error"], pcm.size, row["source"])
         if row["error"] is not None:
-            row.update(NO_AUDIO)
+            row.update(FAILED_OUTPUT)
             return
         fields = audio_fields(row["id"], pcm, self.audio_format)
         if self.audio_files:
@@ -57,7 +57,7 @@ class StoreAudio:
                     f.write(fields["audio"]["bytes"])
             except OSError as err:
                 row["error"] = f"{row['source']}: writing {path} failed ({err})"
-                row.update(NO_AUDIO)
+                row.update(FAILED_OUTPUT)
                 return
             fields["audio"]["path"] = path
         row.update(fields)

@@ -36,7 +36,7 @@ def test_plan_arithmetic_uses_the_models_kv_bytes_per_token():
     full = ModelConfig.from_name("full")
     assert full.gpt.kv_bytes_per_token(2) == 2 * 20 * 768 * 2 == 61_440  # 60 KiB per token in fp16
     plan = plan_slots(full, torch.float16, 40 << 30, 512, 2048, block_size=16)
-    kv, buffers = slot_bytes(full.gpt, torch.float16, 2560, 2048)
+    kv, buffers = slot_bytes(full.gpt, torch.float16, 2560, 2048, block_size=16)
     assert kv == 61_440 * 2560
     block = 61_440 * plan.block_size
     assert plan.kv_bytes == (plan.blocks + 1) * block and plan.buffer_bytes == plan.slots * buffers

@@ -223,3 +223,25 @@ def test_parts_written_before_the_engine_column_read_as_nulls_and_are_kept(tmp_p
     assert table.column("engine").null_count >= 6 and table.column("spoken_text").null_count == 6
     report = finish_report(JobReport(output=str(output)), str(output), pa.array([], pa.string()))
     assert report.rows == 10 and report.workers["n1/1"]["engine"]["steps"] == max((i * 7) % 61 for i in (6, 7, 9))
+
+
+def test_a_row_that_fails_in_the_store_stage_carries_no_audio_and_no_spoken_text(tmp_path: Path):
+    """The store stage fails a row that produced no samples; like every error row it then carries neither audio nor
+    what was spoken, while the row beside it keeps both."""
+    from actors.tts_stage import STAGE_SCHEMA
+    from pipeline.store import StoreAudio
+
+    base = {"text": "t", "spoken_text": "t", "dropped_chars": "", "worker": "n1/1", "error": None}
+    rows = [
+        {**base, "id": "good", "source": "in.jsonl:1", "pcm": [0, 100, -100] * 400},
+        {**base, "id": "silent", "source": "in.jsonl:2", "pcm": []},
+    ]
+    summary = StoreAudio(str(tmp_path / "out"), "flac", audio_files=False)(pa.Table.from_pylist(rows, STAGE_SCHEMA))
+    assert summary.column("failed").to_pylist() == [1]
+    got = {
+        r["id"]: r
+        for r in read_outputs(str(tmp_path / "out"), ["id", "error", "spoken_text", "duration_s"]).to_pylist()
+    }
+    assert got["silent"]["error"] == "in.jsonl:2: no audio was produced"
+    assert got["silent"]["spoken_text"] is None and got["silent"]["duration_s"] is None
+    assert got["good"]["error"] is None and got["good"]["spoken_text"] == "t"

@@ -66,7 +66,9 @@ def _bytes_per_element(dtype: torch.dtype) -> int:
     return torch.empty(0, dtype=dtype).element_size()
 
 
-def slot_bytes(config: GPTConfig, dtype: torch.dtype, slot_tokens: int, max_new_tokens: int) -> tuple[int, int]:
+def slot_bytes(
+    config: GPTConfig, dtype: torch.dtype, slot_tokens: int, max_new_tokens: int, block_size: int = BLOCK_SIZE
+) -> tuple[int, int]:
     """(KV-cache bytes of a full row, other per-slot buffer bytes): the per-slot tensors `ContinuousBatcher`
     preallocates, and the KV a row of `slot_tokens` tokens holds in the shared pool."""
     e = _bytes_per_element(dtype)
@@ -74,7 +76,7 @@ def slot_bytes(config: GPTConfig, dtype: torch.dtype, slot_tokens: int, max_new_
     # outputs (codes, hidden_out), the penalty window, and the hidden state the next step samples from
     hidden = (max_new_tokens + 1) * config.hidden_size * e
     codes = max_new_tokens * config.num_vq * 8 + PENALTY_WINDOW * config.num_vq * 8
-    table = -(-slot_tokens // BLOCK_SIZE) * 8  # the row's block table (int64)
+    table = -(-slot_tokens // block_size) * 8  # the row's block table (int64)
     # positions, counters, flags and sampling parameters (< 100 bytes)
     return kv, hidden + codes + table + 256
 
@@ -178,7 +180,7 @@ def plan_slots(
             f"{gpt.max_position_embeddings} positions"
         )
     block_bytes = gpt.kv_bytes_per_token(_bytes_per_element(dtype)) * block_size
-    _, buffers = slot_bytes(gpt, dtype, slot_tokens, max_new_tokens)
+    _, buffers = slot_bytes(gpt, dtype, slot_tokens, max_new_tokens, block_size)
     row_blocks = -(-slot_tokens // block_size)
     planned_blocks = max(1, math.ceil(row_blocks * planned_row_share))
     decode_reserve = max(
