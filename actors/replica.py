@@ -221,6 +221,7 @@ class Synthesizer:
                 normalize=request.normalize,
                 max_segment_tokens=self.max_segment_tokens,
                 max_chars=self.max_chars,
+                strict=request.strict,
             )
         result.spoken_text, result.dropped = front_end.spoken_text, front_end.dropped
         segments = []

@@ -15,7 +15,7 @@ import numpy as np
 
 from .engine.params import SamplingParams
 from .model.config import NUM_VQ, SAMPLE_RATE
-from .text import DEFAULT_PROMPT, FrontEnd
+from .text import DEFAULT_NORMALIZE, DEFAULT_PROMPT, FrontEnd
 from .validation import RequestError
 
 if TYPE_CHECKING:
@@ -43,7 +43,8 @@ class SynthesisRequest:
     reference_codes: torch.Tensor | None = None  # [num_vq, P] prompt codes (from reference audio)
     reference_text: str = ""  # transcript of the reference audio
     params: SamplingParams = field(default_factory=SamplingParams)
-    normalize: bool = True
+    normalize: str = DEFAULT_NORMALIZE  # the text front end's mode: full, upstream or off (actors/text.py)
+    strict: bool = False  # text with characters the model cannot say fails instead of losing them
     prompt: str = DEFAULT_PROMPT  # control tags placed before the text, e.g. "[speed_3][oral_2]"
     # What a CPU stage's `text_front_end` made of `text` (the offline job): each segment's token ids, the spoken text
     # and the characters dropped; None: the engine cleans, splits and tokenises `text` itself.
@@ -74,7 +75,8 @@ def request_from_fields(
     data: dict[str, Any],
     defaults: SamplingParams,
     speaker: str | None,
-    normalize: bool,
+    normalize: str,
+    strict: bool = False,
 ) -> SynthesisRequest:
     """A row's fields (text, speaker, seed, prompt, reference_text, sampling overrides) -> a request, with the job's
     `defaults` and default `speaker`; raises RequestError naming `source` (the row's file:line)."""
@@ -109,6 +111,7 @@ def request_from_fields(
         reference_text=reference_text,
         params=params,
         normalize=normalize,
+        strict=strict,
         prompt=prompt,
     )
 

@@ -10,12 +10,13 @@ description per field; torch-free at import (the job's driver and CPU stages val
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .engine.params import SamplingParams
+from .text import normalize_mode
 
 if TYPE_CHECKING:
     from .replica import Synthesizer
@@ -29,6 +30,17 @@ if TYPE_CHECKING:
 SYNTH_ROW_RESERVE = 2048
 SYNTH_MAX_RESERVE = 4096 - 640
 SERVE_MAX_NEW_TOKENS = 2048  # Serve: new tokens reserved per slot and the most a request may ask for (~43 s)
+
+
+# The text front end's normalisation mode (actors/text.py): full, upstream or off; true/false (the older boolean
+# setting) mean full/off.
+NormalizeMode = Annotated[Literal["full", "upstream", "off"] | bool, AfterValidator(normalize_mode)]
+NORMALIZE_HELP = (
+    "full: numbers, dates, money, units and symbols spoken (WeTextProcessing grammars, English or Chinese per "
+    "sentence), then upstream's cleaning; upstream: upstream ChatTTS without a normaliser (digits deleted); off: no "
+    "number reading or punctuation mapping. true/false mean full/off."
+)
+STRICT_TEXT_HELP = "A row whose text has characters the model cannot say (which would be deleted) fails instead."
 
 
 class Strict(BaseModel):

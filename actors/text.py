@@ -1,14 +1,21 @@
-"""Text front end: upstream-compatible cleaning, prompt decoration, and splitting long text into segments.
+"""Text front end: normalisation, upstream-compatible cleaning, prompt decoration, and splitting long text into
+segments.
 
-Cleaning matches upstream ChatTTS with no external normaliser registered and homophone replacement off:
-- with normalisation on, text detected as Chinese (more CJK characters than English words) has half-width
-  punctuation mapped to full width;
-- if any character outside letters, CJK, `，。、,.` and space is present (ignoring `[tags]`), a fixed map
-  simplifies punctuation (`：`->`，`, `!`->`.`, ...) and then every remaining such character outside tags
-  is deleted. Digits and `?` are deleted: spell numbers out before synthesis. What was deleted is reported
-  (`cleaned_and_dropped`, `FrontEnd.dropped`) and every output row records it (`dropped_chars`, `spoken_text`).
-Lower-casing happens in the tokenizer (BERT normaliser). Control tags such as `[uv_break]`, `[laugh]`,
-`[lbreak]` pass through untouched.
+Three normalisation modes (`normalize`; `NORMALIZE_MODES`):
+- `full` (the default): numbers, dates, times, money, percentages, phone numbers, units and symbols are written out
+  as words by the WeTextProcessing grammars (`actors.normalize`: English or Chinese per sentence, control tags
+  untouched), then the `upstream` cleaning below runs on the result. This is upstream ChatTTS with its documented
+  normalisers registered.
+- `upstream`: exactly upstream ChatTTS 0.2.5 with no normaliser registered (`do_text_normalization=True`, homophone
+  replacement off): text detected as Chinese (more CJK characters than English words) has half-width punctuation
+  mapped to full width; if any character outside letters, CJK, `，。、,.` and space is present (ignoring `[tags]`),
+  a fixed map simplifies punctuation (`：`->`，`, `!`->`.`, ...) and every remaining such character outside tags is
+  deleted, digits included. The parity goldens run in this mode.
+- `off`: upstream's `do_text_normalization=False`: no number reading, no punctuation mapping; the invalid-character
+  deletion still runs (the model has no tokens for those characters).
+What the front end changed is never silent: every output row records the text the model was asked to say
+(`spoken_text`) and the characters deleted because they cannot be spoken (`dropped_chars`; `FrontEnd.dropped`), and
+with `strict` a row that lost characters is an error row. Lower-casing happens in the tokenizer (BERT normaliser).
 """
 
 from __future__ import annotations
@@ -18,7 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from . import normalize as spoken
 from .validation import RequestError
+
+# How the front end normalises text (module docstring): the default first.
+NORMALIZE_MODES = ("full", "upstream", "off")
+DEFAULT_NORMALIZE = "full"
 
 # Control tags placed before a row's text when the row gives none (upstream's default: normal speed).
 DEFAULT_PROMPT = "[speed_5]"
@@ -83,14 +95,29 @@ def _outside_tags(text: str, fn: Callable[[str], str]) -> str:
     return "".join(out)
 
 
-def clean_text(text: str, normalize: bool = True) -> str:
-    """The text upstream would feed to its tokenizer (see module docstring)."""
+def normalize_mode(value: Any) -> str:
+    """A normalisation setting -> one of NORMALIZE_MODES; booleans from older configs: true = full, false = off."""
+    if value is True:
+        return "full"
+    if value is False:
+        return "off"
+    if isinstance(value, str) and value.strip().lower() in NORMALIZE_MODES:
+        return value.strip().lower()
+    raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)} (or true/false), got {value!r:.40}")
+
+
+def clean_text(text: str, normalize: str = DEFAULT_NORMALIZE) -> str:
+    """The text the tokenizer is given in `normalize` mode (see module docstring)."""
     return cleaned_and_dropped(text, normalize)[0]
 
 
-def cleaned_and_dropped(text: str, normalize: bool = True) -> tuple[str, str]:
+def cleaned_and_dropped(text: str, normalize: str = DEFAULT_NORMALIZE) -> tuple[str, str]:
     """(`clean_text`, the characters it deleted because the model cannot speak them, in order; "" when none)."""
-    if normalize and detect_language(text) == "zh":
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {normalize!r:.40}")
+    if normalize == "full":
+        text = spoken.spoken_form(text)
+    if normalize != "off" and detect_language(text) == "zh":
         text = text.translate(_HALF_TO_FULL)
     if not _REJECT.search(_TAG.sub("", text)):
         return text, ""
@@ -113,7 +140,7 @@ class FrontEnd:
     what it could not say (recorded on the row: nothing is dropped silently)."""
 
     segment_ids: list[list[int]]  # token ids of each segment's decorated prompt
-    spoken_text: str  # the row's text after cleaning (control tags included), before it is split into segments
+    spoken_text: str  # the row's text after normalisation and cleaning (control tags included), before splitting
     dropped: str  # characters deleted because they cannot be spoken, in order ("" when none)
 
 
@@ -184,9 +211,10 @@ def text_front_end(
     prompt: str,
     has_speaker: bool,
     reference_text: str,
-    normalize: bool,
+    normalize: str,
     max_segment_tokens: int,
     max_chars: int,
+    strict: bool = False,
 ) -> FrontEnd:
     """A row's text -> the token ids of each segment's decorated prompt, the spoken text and what was dropped; raises
     RequestError for text that cannot be synthesised. Torch-free: the offline job runs it in a CPU stage, the engine
@@ -199,10 +227,16 @@ def text_front_end(
         raise RequestError(f"text has {len(text)} characters; the limit is {max_chars}: split it into several rows")
     transcript = clean_text(reference_text, normalize) if reference_text else ""
     cleaned, dropped = cleaned_and_dropped(text, normalize)
-    if not re.sub(r"\[[\w_]+\]", "", cleaned).strip(" ，。、,."):
+    if strict and dropped:
         raise RequestError(
-            f"text {text[:40]!r} has nothing speakable after cleaning (digits and most symbols are removed): spell "
-            f"numbers out"
+            f"text {text[:40]!r} has characters the model cannot say, which the front end would delete: {dropped!r:.60}"
+            f" (strict text is on: rewrite them as words, or turn strict off to synthesise without them)"
+        )
+    if not re.sub(r"\[[\w_]+\]", "", cleaned).strip(" ，。、,."):
+        hint = "spell numbers out" if normalize != "full" else "rewrite it in words"
+        raise RequestError(
+            f"text {text[:40]!r} has nothing speakable after {normalize!r} normalisation and cleaning (it deleted "
+            f"{dropped!r:.40}): {hint}"
         )
     pieces = split_segments(cleaned, max_segment_tokens, tokenizer.count)
     ids = [tokenizer.encode(decorate(piece, prompt, has_speaker, transcript)) for piece in pieces]

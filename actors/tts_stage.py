@@ -23,7 +23,7 @@ from pydantic import Field
 
 from .audio import to_pcm16
 from .requests import with_source
-from .settings import EngineSettings, SamplingSettings, Strict
+from .settings import NORMALIZE_HELP, STRICT_TEXT_HELP, EngineSettings, NormalizeMode, SamplingSettings, Strict
 from .validation import RequestError
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,8 @@ class StageSettings(Strict):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     speaker: str | None = Field(None, description="Default voice of rows without a speaker.")
-    normalize: bool = Field(True, description="Language-aware punctuation mapping.")
+    normalize: NormalizeMode = Field("full", description=NORMALIZE_HELP)
+    strict_text: bool = Field(False, description=STRICT_TEXT_HELP)
     max_chars: int = Field(10_000, ge=1, description="Rows with longer text fail.")
     save_codes: bool = Field(False, description="Keep the [T, 4] codes column.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs of the actor (its default torch threads).")
@@ -197,7 +198,13 @@ class TTSStage:
             fields = json.loads(batch["fields"][i]) if batch["fields"][i] else {}
             try:
                 request = request_from_fields(
-                    source, row_id, {"text": text, **fields}, sampling, self.settings.speaker, self.settings.normalize
+                    source,
+                    row_id,
+                    {"text": text, **fields},
+                    sampling,
+                    self.settings.speaker,
+                    self.settings.normalize,
+                    self.settings.strict_text,
                 )
                 speakers[i] = self.voices.apply(request, fields)
                 seeds[i] = request.params.seed

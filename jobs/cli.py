@@ -10,7 +10,8 @@ from pathlib import Path
 
 from actors.audio import AUDIO_FORMATS
 from actors.checkpoint import CheckpointError
-from actors.settings import EngineSettings, SamplingSettings, resolve_path
+from actors.settings import NORMALIZE_HELP, STRICT_TEXT_HELP, EngineSettings, SamplingSettings, resolve_path
+from actors.text import DEFAULT_NORMALIZE, NORMALIZE_MODES
 
 
 def _synth_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +38,11 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
         field = SamplingSettings.model_fields[name]  # the defaults of every front end (actors/settings.py)
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=field.default, help=field.description)
     p.add_argument("--save-codes", action="store_true", help="also store the [T, 4] audio codes")
-    p.add_argument("--no-normalize", action="store_true", help="skip language-aware punctuation mapping")
+    p.add_argument("--normalize", choices=NORMALIZE_MODES, default=DEFAULT_NORMALIZE, help=NORMALIZE_HELP)
+    p.add_argument(
+        "--no-normalize", dest="normalize", action="store_const", const="off", help="the same as --normalize off"
+    )
+    p.add_argument("--strict-text", action="store_true", help=STRICT_TEXT_HELP)
     p.add_argument("--decoder", choices=("hidden", "dvae"), default="hidden")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
@@ -300,7 +305,8 @@ def _synth(args: argparse.Namespace) -> int:
                 compile=args.compile,
             ),
             save_codes=args.save_codes,
-            normalize=not args.no_normalize,
+            normalize=args.normalize,
+            strict_text=args.strict_text,
             audio_format=args.audio_format,
         )
     except ValueError as err:

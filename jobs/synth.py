@@ -22,6 +22,7 @@ from actors.settings import (
     SamplingSettings,
     build_synthesizer,
 )
+from actors.text import DEFAULT_NORMALIZE
 from actors.validation import RequestError
 from actors.voices import RowVoices, read_reference_audio
 from pipeline.inputs import InputRow, mark_duplicates, read_jsonl, unknown_fields
@@ -43,7 +44,8 @@ class SynthOptions:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)  # defaults for rows without overrides
     engine: EngineSettings = field(default_factory=EngineSettings)
     save_codes: bool = False
-    normalize: bool = True
+    normalize: str = DEFAULT_NORMALIZE  # full, upstream or off (actors/text.py)
+    strict_text: bool = False  # rows with characters the model cannot say fail instead of losing them
     audio_format: str = "flac"
     chunk_rows: int = 256
 
@@ -181,7 +183,9 @@ def _synthesize_chunk(
             results[i] = SynthesisResult(id=row.id or "", text=text, error=row.error)
             continue
         try:
-            request = request_from_fields(row.source, row.id, row.fields, defaults, options.speaker, options.normalize)
+            request = request_from_fields(
+                row.source, row.id, row.fields, defaults, options.speaker, options.normalize, options.strict_text
+            )
             voices.apply(request, row.fields)
         except RequestError as err:
             results[i] = SynthesisResult(id=row.id or "", text=text, error=with_source(str(err), row.source))

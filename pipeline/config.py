@@ -10,7 +10,16 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from actors.settings import EngineSettings, SamplingSettings, Strict, load_mapping, resolve_path
+from actors.settings import (
+    NORMALIZE_HELP,
+    STRICT_TEXT_HELP,
+    EngineSettings,
+    NormalizeMode,
+    SamplingSettings,
+    Strict,
+    load_mapping,
+    resolve_path,
+)
 
 
 class InputsConfig(Strict):
@@ -112,7 +121,8 @@ class JobConfig(Strict):
     speaker: str | None = Field(
         None, description="Default speaker: 'seed:N', an upstream speaker string or a reference name."
     )
-    normalize: bool = Field(True, description="Language-aware punctuation mapping (upstream's default).")
+    normalize: NormalizeMode = Field("full", description=NORMALIZE_HELP)
+    strict_text: bool = Field(False, description=STRICT_TEXT_HELP)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     actors: ActorsConfig = Field(default_factory=ActorsConfig)

@@ -23,6 +23,7 @@ def stage_settings(config: JobConfig) -> StageSettings:
         sampling=config.sampling,
         speaker=config.speaker,
         normalize=config.normalize,
+        strict_text=config.strict_text,
         max_chars=config.max_chars,
         save_codes=config.output.save_codes,
         num_cpus=actors.num_cpus,
@@ -62,6 +63,7 @@ def synthesis_stages(
     prepare_settings = {
         "speaker": config.speaker,
         "normalize": config.normalize,
+        "strict_text": config.strict_text,
         "max_segment_tokens": config.engine.max_segment_tokens,
         "max_chars": config.max_chars,
         "references": references,

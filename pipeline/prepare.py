@@ -35,7 +35,7 @@ def _tokenizer(json_text: str, num_text_tokens: int) -> TextTokenizer:
 def prepare_rows(block: pa.Table, tokenizer: dict[str, Any], settings: dict[str, Any]) -> pa.Table:
     """`block` with `segment_ids`, `spoken_text` and `dropped_chars` columns added and text errors filled in.
 
-    tokenizer: {"json": tokenizer.json text, "num_text_tokens": int}; settings: {"speaker", "normalize",
+    tokenizer: {"json": tokenizer.json text, "num_text_tokens": int}; settings: {"speaker", "normalize", "strict_text",
     "max_segment_tokens", "max_chars", "references": {reference speaker name: {"text": transcript}}}.
     """
     tok = _tokenizer(tokenizer["json"], tokenizer["num_text_tokens"])
@@ -64,6 +64,7 @@ def prepare_rows(block: pa.Table, tokenizer: dict[str, Any], settings: dict[str,
                 normalize=settings["normalize"],
                 max_segment_tokens=settings["max_segment_tokens"],
                 max_chars=settings["max_chars"],
+                strict=settings.get("strict_text", False),
             )
         except RequestError as err:
             errors[i] = f"{source}: {err}"

@@ -448,7 +448,7 @@ def test_an_engine_that_dies_fails_the_rows_in_flight_and_is_rebuilt(tiny_checkp
         "id": ["a", "b"], "text": ["hello there.", "good morning."], "source": ["t.jsonl:1", "t.jsonl:2"],
         "fields": ["{}", "{}"], "error": pa.array([None, None], pa.string()),
     })  # fmt: skip
-    settings = {"speaker": None, "normalize": True, "max_segment_tokens": 120, "max_chars": 1000, "references": {}}
+    settings = {"speaker": None, "normalize": "full", "max_segment_tokens": 120, "max_chars": 1000, "references": {}}
     rows = prepare_rows(rows, tokenizer_of(config.model, "auto"), settings)
 
     async def two_batches() -> tuple[pa.Table, pa.Table]:
@@ -482,7 +482,7 @@ def test_the_prepare_stage_tokenises_exactly_as_the_engine_does(local_ray, tiny_
         {"id": "long", "text": long_text * 3},
         {"id": "zh", "text": "你好，欢迎使用语音合成。今天天气很好！"},
         {"id": "null-speaker", "text": "default voice.", "speaker": None},
-        {"id": "digits", "text": "call 555 now [uv_break] please!"},
+        {"id": "digits", "text": "call 555 now [uv_break] please?"},
     ]
     texts = tmp_path / "texts"
     texts.mkdir()
@@ -497,7 +497,8 @@ def test_the_prepare_stage_tokenises_exactly_as_the_engine_does(local_ray, tiny_
     columns = ["id", "codes", "segments", "spoken_text", "dropped_chars"]
     job = {r["id"]: r for r in read_outputs(str(tmp_path / "out"), columns).to_pylist()}
     assert job["long"]["segments"] > 2
-    assert (job["digits"]["spoken_text"], job["digits"]["dropped_chars"]) == ("call  now [uv_break] please.", "555")
+    spoken = ("call five hundred and fifty five now [uv_break] please", "?")  # digits read, `?` deleted
+    assert (job["digits"]["spoken_text"], job["digits"]["dropped_chars"]) == spoken
     assert report.dropped_chars_rows == 1
 
     engine = config.engine
@@ -507,7 +508,7 @@ def test_the_prepare_stage_tokenises_exactly_as_the_engine_does(local_ray, tiny_
     defaults = SamplingParams(**config.sampling.model_dump())
     requests = []
     for number, row in enumerate(rows, start=1):
-        request = request_from_fields(f"t.jsonl:{number}", row["id"], row, defaults, config.speaker, True)
+        request = request_from_fields(f"t.jsonl:{number}", row["id"], row, defaults, config.speaker, config.normalize)
         if row.get("reference_codes"):
             request.reference_codes = reference_codes_from_prompt(row["reference_codes"])
         requests.append(request)

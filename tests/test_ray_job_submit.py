@@ -44,7 +44,7 @@ def test_ray_job_submit_runs_raytts_run(tmp_path, tiny_checkpoint):
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "succeeded" in done.stdout + done.stderr
         report = json.loads((output / "_report.json").read_text())
-        assert report["rows"] == 10 and report["failed"] == 0
-        assert len(list((output / "audio").glob("*.flac"))) == 10
+        assert report["rows"] == 11 and report["failed"] == 0
+        assert len(list((output / "audio").glob("*.flac"))) == 11
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)

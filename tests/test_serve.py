@@ -134,20 +134,29 @@ def test_responses_say_what_was_spoken_and_what_was_dropped(server):
     X-Raytts-Spoken-Text / X-Raytts-Dropped-Chars."""
     from urllib.parse import unquote
 
-    text = "call 555 now [uv_break] 你好!"
+    text = "call 555 now [uv_break] 你好?"
     status, headers, body = _post(f"{server}/v1/tts", {"text": text, "return_codes": True, "max_new_tokens": 20})
     assert status == 200, body
     answer = json.loads(body)
-    assert (answer["spoken_text"], answer["dropped_chars"]) == ("call  now [uv_break] 你好.", "555")
+    assert (answer["spoken_text"], answer["dropped_chars"]) == (
+        "call five hundred and fifty five now [uv_break] 你好",
+        "?",
+    )
     headers = {k.lower(): v for k, v in headers.items()}
     assert unquote(headers["x-raytts-spoken-text"]) == answer["spoken_text"]
-    assert unquote(headers["x-raytts-dropped-chars"]) == "555"
-    payload = {"model": "tts-1", "voice": "alloy", "input": "it costs $5.", "response_format": "flac"}
+    assert unquote(headers["x-raytts-dropped-chars"]) == "?"
+    upstream = {"text": text, "return_codes": True, "max_new_tokens": 20, "normalize": "upstream"}
+    status, _, body = _post(f"{server}/v1/tts", upstream)
+    assert status == 200, body
+    assert (json.loads(body)["spoken_text"], json.loads(body)["dropped_chars"]) == ("call  now [uv_break] 你好", "555?")
+    status, _, body = _post(f"{server}/v1/tts", {"text": text, "strict_text": True})
+    assert status == 400 and b"strict" in body and b"'?'" in body, body
+    payload = {"model": "tts-1", "voice": "alloy", "input": "it costs $5?", "response_format": "flac"}
     status, headers, body = _post(f"{server}/v1/audio/speech", payload)
     assert status == 200, body
     headers = {k.lower(): v for k, v in headers.items()}
-    assert unquote(headers["x-raytts-spoken-text"]) == "it costs ."
-    assert unquote(headers["x-raytts-dropped-chars"]) == "$5"
+    assert unquote(headers["x-raytts-spoken-text"]) == "it costs five dollars"
+    assert unquote(headers["x-raytts-dropped-chars"]) == "?"
 
 
 def test_openai_sdk_speech_create_returns_playable_audio_in_every_format(server):
@@ -342,7 +351,7 @@ def _malformed(rng: random.Random, n: int) -> list[tuple[str, str, bytes, dict]]
             headers = {**json_headers, **({"Authorization": token} if token else {})}
             cases.append(("bad token", "/small/v1/audio/speech", json.dumps(good).encode(), headers))
         elif kind == 10:
-            text = rng.choice(["   ", "\n\t", "1234 5678", "!!!???", "\u200b"])
+            text = rng.choice(["   ", "\n\t", "?!", "!!!???", "\u200b"])  # digits are spoken (normalize: full)
             cases.append(("unspeakable", "/v1/tts", json.dumps({**native, "text": text}).encode(), json_headers))
         else:
             path = rng.choice(["/v1/audio/speech2", "/v1/audio", "/admin", "/v1/tts/x", "/v1/models/x"])

@@ -42,7 +42,7 @@ def synth_run(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
         _line({"id": "good-en", "text": "a duplicate id"}),  # 9
         _line({"id": "../x", "text": "path traversal"}),  # 10
         _line({"id": "bad-seed", "text": "hello", "seed": "abc"}),  # 11
-        _line({"id": "digits", "text": "12345 678"}),  # 12
+        _line({"id": "punctuation-only", "text": "?!"}),  # 12
         b"this is not json\n",  # 13
         _line({"id": "long", "text": long_text}),  # 14
         _line(
@@ -57,7 +57,7 @@ def synth_run(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
         _line({"id": "ref-empty", "text": "hello", "reference_audio": "empty.wav"}),  # 17
         _line({"id": "bad-codes", "text": "hello", "reference_codes": "garbage"}),  # 18
         _line({"id": 42, "text": "integer ids are fine", "temperature": 0.5}),  # 19
-        _line({"id": "digits-inside", "text": "Call me at 555-1234 [uv_break] today!"}),  # 20
+        _line({"id": "digits-inside", "text": "Call me at 555-1234 [uv_break] today?"}),  # 20
         b"\n",  # blank lines are skipped
     ]
     (work / "in.jsonl").write_bytes(b"".join(lines))
@@ -151,8 +151,11 @@ def test_rows_say_what_was_spoken_and_what_was_dropped(synth_run):
     """Nothing is dropped silently: each ok row carries the text the model was asked to say and the characters the
     front end deleted (control tags kept); the report counts the rows that lost any; error rows carry neither."""
     _, rows, report = synth_run
-    row = next(r for r in rows if r["id"] == "digits-inside")
-    assert row["spoken_text"] == "Call me at , [uv_break] today." and row["dropped_chars"] == "5551234"
+    row = next(r for r in rows if r["id"] == "digits-inside")  # numbers read (the default `full` mode), `?` deleted
+    assert row["spoken_text"] == (
+        "Call me at five hundred and fifty five to one thousand two hundred and thirty four [uv_break] today"
+    )
+    assert row["dropped_chars"] == "?"
     en = next(r for r in rows if r["id"] == "good-en")
     assert en["spoken_text"] == "Hello world, this is raytts." and en["dropped_chars"] == ""
     zh = next(r for r in rows if r["id"] == "good-zh")

@@ -1,4 +1,5 @@
-"""Text cleaning (upstream-compatible) and long-text segmentation."""
+"""Text cleaning (upstream-compatible modes) and long-text segmentation; the `full` mode's normalisation is
+tests/test_normalize.py's."""
 
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ from actors.text import clean_text, cleaned_and_dropped, decorate, detect_langua
     ],
 )
 def test_clean_text_matches_upstream_rules(raw, cleaned):
-    assert clean_text(raw) == cleaned
+    assert clean_text(raw, "upstream") == cleaned
 
 
 def test_without_normalisation_invalid_characters_are_still_handled():
-    assert clean_text("你好!", normalize=False) == "你好."
+    assert clean_text("你好!", normalize="off") == "你好."
 
 
 def test_language_detection():
@@ -77,12 +78,13 @@ def test_a_single_overlong_sentence_is_cut_at_clauses_then_words(tiny_tokenizer)
     ],
 )
 def test_the_front_end_names_every_character_it_deletes(raw, spoken, dropped):
-    assert cleaned_and_dropped(raw) == (spoken, dropped)
+    """In `upstream` mode (no normaliser: digits cannot be said and are deleted), every deleted character is named."""
+    assert cleaned_and_dropped(raw, "upstream") == (spoken, dropped)
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(text=st.text(alphabet=st.sampled_from(list("ab 我是，。,.!?-:()[]_0123456789$%&@#")) | st.characters(), max_size=60),
-       normalize=st.booleans())  # fmt: skip
+       normalize=st.sampled_from(["upstream", "off"]))  # fmt: skip
 def test_cleaning_only_deletes_and_says_what(text, normalize):
     """Over generated text: the cleaned text plus the dropped characters account for every input character (the
     punctuation maps are one character to one), the cleaned text is what `clean_text` gives, and nothing it keeps

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from actors.audio import encode_audio, to_pcm16
 from actors.engine.params import SamplingParams
 from actors.model.config import SAMPLE_RATE
+from actors.settings import NORMALIZE_HELP, STRICT_TEXT_HELP, NormalizeMode
 from actors.text import DEFAULT_PROMPT
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -105,7 +106,8 @@ class NativeRequest(_Body):
     min_new_tokens: int = Field(SamplingParams.min_new_tokens, ge=0)
     max_new_tokens: int | None = Field(None, ge=1, description="GPT steps per segment (default: the server's).")
     prompt: str = Field(DEFAULT_PROMPT, max_length=400, description="Control tags placed before the text.")
-    normalize: bool = Field(True, description="Language-aware punctuation mapping.")
+    normalize: NormalizeMode = Field("full", description=NORMALIZE_HELP)
+    strict_text: bool = Field(False, description=STRICT_TEXT_HELP)
     response_format: ResponseFormat = Field("wav")
     stream: bool = Field(False, description="Send audio while it is generated (pcm, wav, opus).")
     return_codes: bool = Field(False, description="Answer JSON with base64 audio and the [T, 4] codes.")

@@ -337,7 +337,7 @@ class TTSServer:
             if body.seed is not None:
                 sampling["seed"] = body.seed
             synth_request = self._request(body.text, voice, body.speaker, prompt, **sampling)
-            synth_request.normalize = body.normalize
+            synth_request.normalize, synth_request.strict = body.normalize, body.strict_text
             headers = {"X-Raytts-Model": name, "X-Raytts-Voice": voice_name or "speaker"}
             if body.stream:
                 stream = await self._open(loaded, synth_request)
