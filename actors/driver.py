@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -23,8 +23,9 @@ class Segment:
 
     request: int
     index: int
-    prompt: Any  # actors.engine.prompt.CodePrompt
-    params: Any  # actors.engine.params.SamplingParams
+    prompt: Any  # actors.engine.prompt.CodePrompt (of the refine-text stage when `refine` is set)
+    params: Any  # actors.engine.params.SamplingParams (same)
+    refine: Any = None  # the engine's plan for the code stage after refining (actors.replica.Refine), or None
 
 
 @dataclass
@@ -36,10 +37,22 @@ class SegmentAudio:
     codes: np.ndarray | None  # [T, num_vq] once the segment is done
     done: bool  # the segment finished (for a stream: `audio` is its last piece)
     eos: bool = False  # ended by EOS (not by max_new_tokens)
+    text: str | None = None  # (done) the segment's text as the refine-text stage rewrote it; None: not refined
+    error: str | None = None  # (done) why the segment has no audio, when it failed in the engine
 
 
-# row -> segment index -> (audio, codes, ended by EOS)
-Parts = dict[int, dict[int, tuple[np.ndarray, np.ndarray | None, bool]]]
+class SegmentPart(NamedTuple):
+    """A finished segment as the driver keeps it for `Engine.join`."""
+
+    audio: np.ndarray
+    codes: np.ndarray | None  # None: no audio was made (refine-only, or `error`)
+    eos: bool
+    text: str | None = None
+    error: str | None = None
+
+
+# row -> segment index -> its finished part
+Parts = dict[int, dict[int, SegmentPart]]
 
 
 class Engine(Protocol):
@@ -136,7 +149,7 @@ class EngineDriver:
             if call.stream:
                 self._stream_piece(call, index, out)
             else:
-                call.parts.setdefault(row, {})[index] = (out.audio, out.codes, out.eos)
+                call.parts.setdefault(row, {})[index] = SegmentPart(out.audio, out.codes, out.eos, out.text, out.error)
             if out.done:
                 call.remaining -= 1
                 if call.remaining == 0:
@@ -153,7 +166,9 @@ class EngineDriver:
 
     def _stream_piece(self, call: Call, index: int, out: SegmentAudio) -> None:
         if out.done:
-            call.parts.setdefault(0, {})[index] = (np.zeros(0, np.float32), out.codes, out.eos)
+            call.parts.setdefault(0, {})[index] = SegmentPart(
+                np.zeros(0, np.float32), out.codes, out.eos, out.text, out.error
+            )
         if index != call.next_segment:
             call.held.setdefault(index, []).append(out.audio)
             return

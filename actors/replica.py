@@ -6,6 +6,11 @@ an exception that takes the batch down), segmenting long text, submitting segmen
 decoding finished ones to audio, and joining segment audio back per row: the `actors.driver.Engine` protocol, which
 the one driver (`actors.driver.EngineDriver`) runs for `synthesize` and for `AsyncSynthesizer`. Generation itself is
 `actors.engine`; device, dtype and budget choice `actors.placement`; the factory from settings `actors.settings`.
+
+Upstream's refine-text stage (on by default, `SynthesisRequest.refine`): each segment first runs as a text row in
+the same batcher (`[Sbreak]{text}[Pbreak]{refine prompt}`, text head, until [Ebreak]); when it finishes, its
+tokens below [break_0] are decoded (and re-encoded, as upstream does) into the code stage's prompt, and the segment
+goes on as a code row, in the same replica, memory budget and decode steps as every other row.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from .engine.stream import StreamDecoder
 from .placement import pick_device, pick_dtype, replica_budget_bytes
 from .requests import SynthesisRequest, SynthesisResult
 from .speaker import SpeakerError, normalized_speaker, parse_speaker
-from .text import clean_text, decorate, text_front_end
+from .text import clean_text, decorate, refine_prompt, text_front_end
 from .tokenizer import TextTokenizer
 from .validation import RequestError
 from .voices import encode_reference
@@ -43,6 +48,26 @@ CPU_MAX_SLOTS = 64  # rows at once on CPU unless engine.max_slots says otherwise
 
 
 @dataclass
+class Refine:
+    """A segment's code stage, waiting for its refine-text stage to finish: what its code prompt is built from."""
+
+    source: str  # the segment's text before refining (spoken if the refine stage returns no text)
+    prompt: str  # the code stage's control tags
+    transcript: str  # the reference transcript placed before them
+    speaker: torch.Tensor | None
+    reference: torch.Tensor | None
+    params: SamplingParams  # the code stage's
+    only: bool  # refine only: the refined text is the result, no audio
+
+
+@dataclass(frozen=True)
+class _Refining:
+    """The batcher key of a segment's refine-text row."""
+
+    key: object
+
+
+@dataclass
 class ReplicaStats:
     requests: int = 0
     failed: int = 0
@@ -51,6 +76,10 @@ class ReplicaStats:
     generate_s: float = 0.0
     decode_s: float = 0.0
     stream_chunks: int = 0
+    refined_segments: int = 0
+    refined_tokens: int = 0  # text tokens the refine stage generated (before the [break_0] filter)
+    # refine stages whose text was empty, or too long for the prompt once re-encoded: the segment was spoken unrefined
+    refine_fallbacks: int = 0
 
 
 class Synthesizer:
@@ -97,11 +126,15 @@ class Synthesizer:
         self.max_reference_seconds = max_reference_seconds
         self.stream_chunk_steps = max(1, stream_chunk_steps)
         self._streams: dict[object, StreamDecoder] = {}
+        self._refining: dict[object, tuple[Refine, bool]] = {}  # key -> its code stage, streamed
+        self._refined: dict[object, str] = {}  # key -> refined text, for code rows that were refined
         capped = self._plan(budget_bytes, device_share, budget_fraction, weights, max_batch_size, compile,
                             max_prompt_tokens, max_new_tokens)  # fmt: skip
         self.decode_frame_bytes = decode_bytes_per_mel_frame(self.config, self.dtype)
         check_every = 1 if self.device.type == "cpu" else 8
-        self.batcher = ContinuousBatcher(self.model, self.plan, self.tokenizer.spk_emb_id, check_every, compile)
+        self.batcher = ContinuousBatcher(
+            self.model, self.plan, self.tokenizer.spk_emb_id, check_every, compile, text_eos_id=self.tokenizer.eos_id
+        )
         self.stats = ReplicaStats()
         if compile != "off":
             self._warm_up()
@@ -182,6 +215,11 @@ class Synthesizer:
                 self.batcher.submit(("warm-up", row), prompt, params)
             for _ in self.batcher.run():
                 pass
+        # and a step with a refine-text row in it: the compiled step's text path (another graph)
+        self.batcher.submit(("warm-up", "code"), CodePrompt(token_ids=[1, 2]), params)
+        self.batcher.submit(("warm-up", "text"), CodePrompt(token_ids=[1, 2, 3]), params, text=True)
+        for _ in self.batcher.run():
+            pass
         graphs = len(self.batcher.record_cuda_graphs()) if self.batcher.compile == "cudagraphs" else 0
         self.batcher.stats = BatcherStats()
         log.info(
@@ -224,9 +262,23 @@ class Synthesizer:
                 strict=request.strict,
             )
         result.spoken_text, result.dropped = front_end.spoken_text, front_end.dropped
+        refine = request.refine
+        if refine.enabled and not re.fullmatch(r"(\[[\w]+\])*", refine.prompt or ""):
+            raise RequestError(
+                f"refine prompt must be a run of control tags such as [oral_2], got {refine.prompt!r:.60}"
+            )
+        if refine.enabled and len(front_end.segments) != len(front_end.segment_ids):
+            raise RequestError(
+                "the refine-text stage needs each segment's text; this is a raytts bug, please report it"
+            )
         segments = []
         for index, ids in enumerate(front_end.segment_ids):
-            seed = request.params.seed if index == 0 else (request.params.seed ^ (index * _SEGMENT_SEED_STEP)) % 2**63
+            seed = _segment_seed(request.params.seed, index)
+            if refine.enabled:
+                segments.append(
+                    self._refine_segment(row, index, request, front_end.segments[index], speaker, reference)
+                )
+                continue
             prompt = CodePrompt(ids, speaker, reference)
             prompt_room = self.plan.slot_tokens - self.plan.max_new_tokens
             if prompt.length > prompt_room:
@@ -244,6 +296,51 @@ class Synthesizer:
                 )
             segments.append(Segment(row, index, prompt, replace(request.params, seed=seed)))
         return segments
+
+    def _refine_segment(
+        self,
+        row: int,
+        index: int,
+        request: SynthesisRequest,
+        text: str,
+        speaker: torch.Tensor | None,
+        reference: torch.Tensor | None,
+    ) -> Segment:
+        """A segment that starts as a refine-text row: `[Sbreak]{text}[Pbreak]{refine prompt}`, the refine stage's
+        own sampling and seed (per segment, like the code stage's)."""
+        refine = request.refine
+        prompt = CodePrompt(self.tokenizer.encode(refine_prompt(text, refine.prompt)))
+        transcript = clean_text(request.reference_text, request.normalize) if request.reference_text else ""
+        # The refined text becomes the code prompt: it may take what the prompt room leaves after the decoration,
+        # the transcript and the reference codes (and fits the slot as a refine row too).
+        decoration = self.tokenizer.count(decorate("", request.prompt, speaker is not None, transcript))
+        references = 0 if reference is None else int(reference.shape[1])
+        room = min(
+            self.plan.max_new_tokens,
+            self.plan.slot_tokens - prompt.length,
+            self.plan.slot_tokens - self.plan.max_new_tokens - decoration - references,
+        )
+        if room < 1:
+            raise RequestError(
+                f"the code prompt's decoration, transcript and reference codes ({decoration + references} tokens) "
+                f"leave no room for the refined text in this replica's prompt tokens: use a shorter reference, or "
+                f"turn refine off"
+            )
+        params = refine.params(request.params.seed, room)
+        params = replace(params, seed=_segment_seed(params.seed, index))
+        if params.max_new_tokens > room:
+            raise RequestError(
+                f"refine max_new_tokens {params.max_new_tokens} exceeds the {room} this replica's rows hold for "
+                f"refined text (prompt tokens left after the decoration and reference, and the slot); lower it"
+            )
+        if request.params.max_new_tokens > self.plan.max_new_tokens:
+            raise RequestError(
+                f"max_new_tokens {request.params.max_new_tokens} exceeds this replica's "
+                f"{self.plan.max_new_tokens}; lower it or start the replica with a larger max_new_tokens"
+            )
+        code_params = replace(request.params, seed=_segment_seed(request.params.seed, index))
+        plan = Refine(text, request.prompt, transcript, speaker, reference, code_params, refine.only)
+        return Segment(row, index, prompt, params, plan)
 
     # ---------------------------------------------------------------------------------------------- synthesis
 
@@ -267,16 +364,22 @@ class Synthesizer:
         return results, segments
 
     def submit(self, segment: Segment, key: object, stream: bool = False) -> None:
-        """Queue a segment. A streamed segment comes back from `pump` in pieces as its frames are generated."""
+        """Queue a segment. A streamed segment comes back from `pump` in pieces as its frames are generated (after
+        its refine-text stage, when it has one)."""
+        if segment.refine is not None:
+            self._refining[key] = (segment.refine, stream)
+            self.batcher.submit(_Refining(key), segment.prompt, segment.params, text=True)
+            return
         if stream:
             self._streams[key] = StreamDecoder(self.model, self.use_decoder)
         self.batcher.submit(key, segment.prompt, segment.params, stream=stream)
 
     def cancel(self, keys: Callable[[object], bool]) -> int:
         """Forget every queued or running segment whose key matches (a caller that went away)."""
-        for key in [k for k in self._streams if keys(k)]:
-            del self._streams[key]
-        return self.batcher.cancel(keys)
+        for held in (self._streams, self._refining, self._refined):
+            for key in [k for k in held if keys(k)]:
+                del held[key]
+        return self.batcher.cancel(lambda k: keys(k.key) if isinstance(k, _Refining) else keys(k))
 
     def pump(self) -> list[SegmentAudio]:
         """One engine step: every segment that finished in it, and new audio of streamed segments."""
@@ -284,6 +387,10 @@ class Synthesizer:
         finished = self.batcher.step()
         self.stats.generate_s += time.perf_counter() - started
         out: list[SegmentAudio] = []
+        refined = [row for row in finished if isinstance(row.key, _Refining)]
+        finished = [row for row in finished if not isinstance(row.key, _Refining)]
+        for row in refined:
+            out.extend(self._code_stage(row))
         # Finished rows and progress are views into their slots: decode them before the next step refills them.
         for partial in self.batcher.progress:
             stream = self._streams[partial.key]
@@ -296,13 +403,51 @@ class Synthesizer:
             if row.key in self._streams:
                 stream = self._streams.pop(row.key)
                 chunk = self._stream_piece(stream, row.hidden if self.use_decoder else row.codes, True)
-                out.append(SegmentAudio(row.key, chunk, _to_host(row.codes, np.int64), True, row.finished))
+                codes = _to_host(row.codes, np.int64)
+                out.append(SegmentAudio(row.key, chunk, codes, True, row.finished, self._refined.pop(row.key, None)))
                 self.stats.segments += 1
                 self.stats.frames += int(row.codes.shape[0])
         for group in self._decode_groups(whole):
             for row, (audio, codes) in zip(group, self._decode(group), strict=True):
-                out.append(SegmentAudio(row.key, audio, codes, True, row.finished))
+                out.append(SegmentAudio(row.key, audio, codes, True, row.finished, self._refined.pop(row.key, None)))
         return out
+
+    def _code_stage(self, row: FinishedRow) -> list[SegmentAudio]:
+        """A refine-text row finished: keep its tokens below [break_0], decode them (re-encoding canonicalises the
+        WordPiece tokens, as upstream's decode -> encode does), and queue the segment's code row with that text (no
+        second normalisation, as upstream). Refine-only segments are done here."""
+        key = row.key.key
+        plan, stream = self._refining.pop(key)
+        tokens = row.codes[:, 0].tolist()
+        self.stats.refined_segments += 1
+        self.stats.refined_tokens += len(tokens)
+        text = self.tokenizer.decode([t for t in tokens if t < self.tokenizer.break_0_id]).strip()
+        if not re.sub(r"\[[\w]+\]", "", text).strip(" ，。、,."):
+            # Upstream regenerates the whole batch when a row's first token is [Ebreak] (ensure_non_empty, unseeded
+            # only); rows here have their own seeded streams, so the segment is spoken as it was before refining.
+            self.stats.refine_fallbacks += 1
+            text = plan.source
+        if plan.only:
+            return [SegmentAudio(key, np.zeros(0, np.float32), None, True, row.finished, text)]
+        room = self.plan.slot_tokens - self.plan.max_new_tokens
+        ids = self.tokenizer.encode(decorate(text, plan.prompt, plan.speaker is not None, plan.transcript))
+        if len(ids) + (0 if plan.reference is None else int(plan.reference.shape[1])) > room:
+            # Refinement is capped to the prompt room, but decode -> encode can grow it (an `[unused3]` token reads
+            # back as four): the segment is spoken unrefined, as `spoken_text` then says.
+            log.warning(
+                "a refined segment re-encoded to %d prompt tokens, over the replica's %d: spoken unrefined",
+                len(ids),
+                room,
+            )
+            self.stats.refine_fallbacks += 1
+            text = plan.source
+            ids = self.tokenizer.encode(decorate(text, plan.prompt, plan.speaker is not None, plan.transcript))
+        prompt = CodePrompt(ids, plan.speaker, plan.reference)
+        self._refined[key] = text
+        if stream:
+            self._streams[key] = StreamDecoder(self.model, self.use_decoder)
+        self.batcher.submit(key, prompt, plan.params, stream=stream)
+        return []
 
     def _stream_piece(self, stream: StreamDecoder, rows: torch.Tensor, final: bool) -> np.ndarray:
         started = time.perf_counter()
@@ -322,15 +467,24 @@ class Synthesizer:
             result = results[row]
             ordered = [row_parts[i] for i in sorted(row_parts)]
             result.segments = len(ordered)
-            result.truncated_segments = sum(1 for _, _, finished in ordered if not finished)
-            if any(codes.shape[0] == 0 for _, codes, _ in ordered):
+            failed = [part.error for part in ordered if part.error]
+            if failed:
+                result.error, result.spoken_text, result.dropped = failed[0], None, None
+                continue
+            if any(part.text is not None for part in ordered):  # refined: what was said is the refined text
+                result.spoken_text = " ".join(part.text or "" for part in ordered)
+            if all(part.codes is None for part in ordered):  # refine only: the text is the result
+                result.refine_only = True
+                continue
+            result.truncated_segments = sum(1 for part in ordered if not part.eos)
+            if any(part.codes.shape[0] == 0 for part in ordered):
                 result.error = (
                     "the model ended a segment before producing any audio (EOS at the first step); "
                     "retry with another seed or set min_new_tokens >= 1"
                 )
                 continue
-            result.audio = np.concatenate([audio for audio, _, _ in ordered])
-            result.codes = np.concatenate([codes for _, codes, _ in ordered]).astype(np.int16)
+            result.audio = np.concatenate([part.audio for part in ordered])
+            result.codes = np.concatenate([part.codes for part in ordered]).astype(np.int16)
         self.stats.requests += len(results)
         self.stats.failed += sum(1 for r in results if r.error)
 
@@ -370,6 +524,11 @@ class Synthesizer:
             audio_at += n
             codes_at += t
         return out
+
+
+def _segment_seed(seed: int, index: int) -> int:
+    """Segment `index`'s seed of a row seeded `seed` (segment 0 keeps the row's seed)."""
+    return seed if index == 0 else (seed ^ (index * _SEGMENT_SEED_STEP)) % 2**63
 
 
 def _to_host(tensor: torch.Tensor, dtype: type) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .engine.params import SamplingParams
+from .engine.params import REFINE_PARAMS, SamplingParams
 from .model.config import NUM_VQ, SAMPLE_RATE
 from .text import DEFAULT_NORMALIZE, DEFAULT_PROMPT, FrontEnd
 from .validation import RequestError
@@ -31,8 +31,50 @@ KNOWN_FIELDS = {
     "reference_audio",
     "reference_text",
     "reference_codes",
+    "refine",
     *SAMPLING_FIELDS,
 }
+# A refine stage's seed, when not given, is the row's seed mixed with this (its stream differs from the code stage's).
+REFINE_SEED_SALT = 0x5EF1_4E5E_ED00_7E47
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """Upstream's refine-text stage for a request: the GPT rewrites each segment's text with prosody tags
+    (`[uv_break]`, `[laugh]`, ...) from its text head before the code stage speaks it. On by default, as upstream's
+    `infer(skip_refine_text=False)`; sampling defaults are upstream's `RefineTextParams`."""
+
+    enabled: bool = True
+    prompt: str = ""  # control tags after [Pbreak], e.g. "[oral_2][laugh_0][break_6]"
+    temperature: float = REFINE_PARAMS.temperature  # type: ignore[assignment]
+    top_p: float = REFINE_PARAMS.top_p
+    top_k: int = REFINE_PARAMS.top_k
+    repetition_penalty: float = REFINE_PARAMS.repetition_penalty
+    # None: upstream's 384, or as many as the replica's rows hold when fewer (a value given is checked, never cut)
+    max_new_tokens: int | None = None
+    min_new_tokens: int = REFINE_PARAMS.min_new_tokens
+    seed: int | None = None  # None: derived from the row's seed
+    only: bool = False  # return the refined text without audio (upstream's refine_text_only)
+
+    def params(self, row_seed: int, room: int | None = None) -> SamplingParams:
+        """The refine stage's sampling parameters for a row seeded `row_seed`, on a replica whose rows hold `room`
+        new tokens (caps the default max_new_tokens)."""
+        seed = self.seed if self.seed is not None else (row_seed ^ REFINE_SEED_SALT) % 2**63
+        max_new = self.max_new_tokens
+        if max_new is None:
+            max_new = REFINE_PARAMS.max_new_tokens if room is None else max(1, min(REFINE_PARAMS.max_new_tokens, room))
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty,
+            max_new_tokens=max_new,
+            min_new_tokens=self.min_new_tokens,
+            seed=seed,
+        )
+
+
+REFINE_FIELDS = {f.name for f in dataclasses.fields(RefineOptions)}
 
 
 @dataclass
@@ -45,6 +87,7 @@ class SynthesisRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     normalize: str = DEFAULT_NORMALIZE  # the text front end's mode: full, upstream or off (actors/text.py)
     strict: bool = False  # text with characters the model cannot say fails instead of losing them
+    refine: RefineOptions = field(default_factory=RefineOptions)  # the refine-text stage before the code stage
     prompt: str = DEFAULT_PROMPT  # control tags placed before the text, e.g. "[speed_3][oral_2]"
     # What a CPU stage's `text_front_end` made of `text` (the offline job): each segment's token ids, the spoken text
     # and the characters dropped; None: the engine cleans, splits and tokenises `text` itself.
@@ -61,8 +104,10 @@ class SynthesisResult:
     segments: int = 0
     truncated_segments: int = 0  # segments that hit max_new_tokens before EOS
     error: str | None = None
-    spoken_text: str | None = None  # the text the model was asked to say (after the front end), None on error
+    # the text the model was asked to say (after the front end and, when it ran, the refine-text stage), None on error
+    spoken_text: str | None = None
     dropped: str | None = None  # characters the front end deleted because it cannot speak them ("" when none)
+    refine_only: bool = False  # the refined text is the result: no audio, no codes
 
     @property
     def ok(self) -> bool:
@@ -77,6 +122,7 @@ def request_from_fields(
     speaker: str | None,
     normalize: str,
     strict: bool = False,
+    refine: RefineOptions | None = None,
 ) -> SynthesisRequest:
     """A row's fields (text, speaker, seed, prompt, reference_text, sampling overrides) -> a request, with the job's
     `defaults` and default `speaker`; raises RequestError naming `source` (the row's file:line)."""
@@ -105,6 +151,7 @@ def request_from_fields(
     if not isinstance(reference_text, str):
         raise RequestError(f"{source}: reference_text must be a string")
     return SynthesisRequest(
+        refine=refine_from_field(source, data.get("refine"), refine or RefineOptions()),
         id=row_id or "",
         text=text,
         speaker=row_speaker,
@@ -114,6 +161,46 @@ def request_from_fields(
         strict=strict,
         prompt=prompt,
     )
+
+
+def refine_from_field(source: str, value: Any, default: RefineOptions) -> RefineOptions:
+    """A row's `refine` field over the job's default: null (the default), true/false (on/off), or an object of
+    RefineOptions' fields (`{"prompt": "[oral_2][laugh_0][break_6]", "temperature": 0.5, "seed": 3}`)."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return dataclasses.replace(default, enabled=value)
+    if not isinstance(value, dict):
+        raise RequestError(f"{source}: refine must be true, false or an object of {sorted(REFINE_FIELDS)}")
+    unknown = sorted(set(value) - REFINE_FIELDS)
+    if unknown:
+        raise RequestError(f"{source}: refine has unknown keys {unknown}; known: {sorted(REFINE_FIELDS)}")
+    changes: dict[str, Any] = {}
+    for name, item in value.items():
+        if item is None:
+            changes[name] = None if name in ("seed", "max_new_tokens") else getattr(RefineOptions, name)
+            continue
+        if name in ("enabled", "only"):
+            if not isinstance(item, bool):
+                raise RequestError(f"{source}: refine.{name} must be true or false, got {item!r:.30}")
+            changes[name] = item
+        elif name == "prompt":
+            if not isinstance(item, str):
+                raise RequestError(f"{source}: refine.prompt must be a string of control tags such as [oral_2]")
+            changes[name] = item
+        elif item is not None:
+            integer = name in ("top_k", "max_new_tokens", "min_new_tokens", "seed")
+            changes[name] = _number(source, f"refine.{name}", item, integer=integer)
+    refine = dataclasses.replace(default, **changes)
+    if refine.only and not refine.enabled:
+        raise RequestError(f"{source}: refine.only needs the refine stage on (enabled: true)")
+    try:
+        refine.params(0, room=refine.max_new_tokens or REFINE_PARAMS.max_new_tokens).validate(1)
+    except ValueError as err:
+        raise RequestError(f"{source}: refine: {err}") from None
+    if refine.seed is not None and not 0 <= refine.seed < 2**63:
+        raise RequestError(f"{source}: refine.seed must be in [0, 2**63), got {refine.seed}")
+    return refine
 
 
 def _number(source: str, name: str, value: Any, integer: bool) -> int | float:

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from .engine.params import SamplingParams
+from .engine.params import REFINE_PARAMS, SamplingParams
 from .text import normalize_mode
 
 if TYPE_CHECKING:
     from .replica import Synthesizer
+    from .requests import RefineOptions
 
 
 # The front ends' own defaults where they differ (documented with EngineSettings.max_new_tokens / max_slots).
@@ -66,6 +67,42 @@ class SamplingSettings(Strict):
 
     def params(self) -> SamplingParams:
         return SamplingParams(**self.model_dump())
+
+
+class RefineSettings(Strict):
+    """Upstream's refine-text stage: before speaking each segment, the GPT rewrites it with prosody tags
+    ([uv_break], [laugh], ...) from its text head, in the same engine steps as the code rows."""
+
+    enabled: bool = Field(True, description="Run the refine-text stage (upstream's default: on).")
+    prompt: str = Field(
+        "", max_length=400, description="Control tags for the refine stage, e.g. '[oral_2][laugh_0][break_6]'."
+    )
+    temperature: float = Field(REFINE_PARAMS.temperature, gt=0, description="Refine sampling temperature.")
+    top_p: float = Field(REFINE_PARAMS.top_p, gt=0, le=1, description="Refine nucleus mass (>= 3 tokens kept).")
+    top_k: int = Field(REFINE_PARAMS.top_k, ge=0, description="Refine top-k (0 disables; >= 3 kept).")
+    repetition_penalty: float = Field(
+        REFINE_PARAMS.repetition_penalty, gt=0, description="Penalty over the last 16 refined tokens (1.0: none)."
+    )
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        description=f"Refined tokens per segment at most (default: upstream's {REFINE_PARAMS.max_new_tokens}, or what "
+        "the replica's rows hold when fewer).",
+    )
+    min_new_tokens: int = Field(REFINE_PARAMS.min_new_tokens, ge=0, description="[Ebreak] masked before this.")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Refine seed (default: derived from the row's seed).")
+    only: bool = Field(False, description="Return the refined text without audio (upstream's refine_text_only).")
+
+    @model_validator(mode="after")
+    def _only_refines(self) -> RefineSettings:
+        if self.only and not self.enabled:
+            raise ValueError("refine.only needs the refine stage on (enabled: true)")
+        return self
+
+    def options(self) -> RefineOptions:
+        from .requests import RefineOptions
+
+        return RefineOptions(**self.model_dump())
 
 
 class EngineSettings(Strict):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import normalize as spoken
@@ -142,6 +142,12 @@ class FrontEnd:
     segment_ids: list[list[int]]  # token ids of each segment's decorated prompt
     spoken_text: str  # the row's text after normalisation and cleaning (control tags included), before splitting
     dropped: str  # characters deleted because they cannot be spoken, in order ("" when none)
+    segments: list[str] = field(default_factory=list)  # each segment's text (the refine-text stage's input)
+
+
+def refine_prompt(text: str, prompt: str = "") -> str:
+    """The refine-text stage's prompt (upstream's `decorate_text_prompts`): `[Sbreak]{text}[Pbreak]{prompt}`."""
+    return f"[Sbreak]{text}[Pbreak]{prompt}"
 
 
 def decorate(text: str, prompt: str = DEFAULT_PROMPT, has_speaker: bool = False, transcript: str = "") -> str:
@@ -240,4 +246,4 @@ def text_front_end(
         )
     pieces = split_segments(cleaned, max_segment_tokens, tokenizer.count)
     ids = [tokenizer.encode(decorate(piece, prompt, has_speaker, transcript)) for piece in pieces]
-    return FrontEnd(segment_ids=ids, spoken_text=cleaned.strip(), dropped=dropped)
+    return FrontEnd(segment_ids=ids, spoken_text=cleaned.strip(), dropped=dropped, segments=pieces)

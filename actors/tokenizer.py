@@ -38,5 +38,9 @@ class TextTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
 
+    def decode(self, ids: list[int]) -> str:
+        """Token ids -> text as upstream's tokenizer decodes them (special tokens kept verbatim, WordPiece joined)."""
+        return self._tokenizer.decode(ids, skip_special_tokens=False)
+
     def count(self, text: str) -> int:
         return len(self.encode(text))

@@ -23,7 +23,15 @@ from pydantic import Field
 
 from .audio import to_pcm16
 from .requests import with_source
-from .settings import NORMALIZE_HELP, STRICT_TEXT_HELP, EngineSettings, NormalizeMode, SamplingSettings, Strict
+from .settings import (
+    NORMALIZE_HELP,
+    STRICT_TEXT_HELP,
+    EngineSettings,
+    NormalizeMode,
+    RefineSettings,
+    SamplingSettings,
+    Strict,
+)
 from .validation import RequestError
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,7 @@ class StageSettings(Strict):
     speaker: str | None = Field(None, description="Default voice of rows without a speaker.")
     normalize: NormalizeMode = Field("full", description=NORMALIZE_HELP)
     strict_text: bool = Field(False, description=STRICT_TEXT_HELP)
+    refine: RefineSettings = Field(default_factory=RefineSettings, description="The refine-text stage's defaults.")
     max_chars: int = Field(10_000, ge=1, description="Rows with longer text fail.")
     save_codes: bool = Field(False, description="Keep the [T, 4] codes column.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs of the actor (its default torch threads).")
@@ -163,11 +172,10 @@ class TTSStage:
         from .text import FrontEnd
 
         batch = {name: table.column(name).to_pylist() for name in ("id", "text", "source", "fields", "error")}
+        columns = ("segment_ids", "spoken_text", "dropped_chars", "segment_texts")
         front_ends = [
-            None if ids is None else FrontEnd(ids, spoken or "", dropped or "")
-            for ids, spoken, dropped in zip(
-                *(table.column(c).to_pylist() for c in ("segment_ids", "spoken_text", "dropped_chars")), strict=True
-            )
+            None if ids is None else FrontEnd(ids, spoken or "", dropped or "", texts or [])
+            for ids, spoken, dropped, texts in zip(*(table.column(c).to_pylist() for c in columns), strict=True)
         ]
         results, requests, positions, speakers, seeds = self._requests(batch, front_ends)
         if requests:
@@ -205,7 +213,13 @@ class TTSStage:
                     self.settings.speaker,
                     self.settings.normalize,
                     self.settings.strict_text,
+                    self.settings.refine.options(),
                 )
+                if request.refine.enabled and request.refine.only:
+                    raise RequestError(
+                        "refine only (the refined text without audio) is not available in raytts run, which writes "
+                        "audio; use raytts synth --refine-only or Serve's /v1/tts with refine: {only: true}"
+                    )
                 speakers[i] = self.voices.apply(request, fields)
                 seeds[i] = request.params.seed
                 request.front_end = front_ends[i]
@@ -239,7 +253,7 @@ class TTSStage:
             "dropped_chars": [r.dropped if r.ok else None for r in results],
             "worker": [self.worker] * n,
             "engine_occupancy": [float(self.synthesizer.batcher.stats.occupancy)] * n,
-            "engine": [self.synthesizer.batcher.stats.accounting()] * n,
+            "engine": [_part_accounting(self.synthesizer.batcher.stats.accounting())] * n,
             "model": [self.model_id] * n,
         }
         # One flat int16 buffer plus offsets: no per-sample Python objects on the way to Arrow, and the samples
@@ -266,3 +280,9 @@ def _node_id() -> str:
         return ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - outside Ray (unit use) there is no node id
         return "local"
+
+
+def _part_accounting(accounting: dict[str, float | int]) -> dict[str, float | int]:
+    """The fields of the parts' `engine` column (ENGINE_ACCOUNTING): a fixed schema, so parts stay readable together;
+    newer counters (refine-text steps) are in `raytts synth`'s report and Serve's /v1/stats."""
+    return {name: accounting[name] for name in ENGINE_ACCOUNTING.names}

@@ -7,7 +7,11 @@ set-up, such as CUDA's, counts against neither). Prints a table and writes JSON.
 
     python benchmarks/engine.py [--preset full] [--eos-gain 1.8] [--texts 32] [--max-new-tokens 200] [--threads 2]
         [--device cpu|cuda] [--dtype D | --dtypes D1,D2] [--budget-mib N] [--batch1-texts 4]
-        [--compiles off,inductor] [--skip-upstream] [--out benchmarks/results/engine-<device>.json]
+        [--compiles off,inductor] [--skip-upstream] [--refine-compare] [--out benchmarks/results/engine-<device>.json]
+
+Every system runs the code stage only (upstream's `skip_refine_text=True`, raytts's refine off), except with
+`--refine-compare`, which runs upstream and `raytts synth` defaults with the refine-text stage off and on (refine
+deterministic as well, temperature 1e-6) and reports refine's share of the engine's steps and of the wall time.
 
 Upstream runs from the virtualenv of tools/upstream_venv.sh (UPSTREAM_VENV); raytts from this interpreter.
 """
@@ -54,7 +58,9 @@ def texts(n: int) -> list[str]:
 
 
 def ensure_checkpoint(preset: str, seed: int, eos_gain: float | None = None) -> Path:
-    name = f"{preset}-seed{seed}" + (f"-eos{eos_gain:g}" if eos_gain is not None else "")
+    from actors.checkpoint.random_weights import FORMAT_VERSION  # a new format writes new weights: a new folder
+
+    name = f"{preset}-seed{seed}" + (f"-eos{eos_gain:g}" if eos_gain is not None else "") + f"-v{FORMAT_VERSION}"
     root = REPO / ".cache" / "bench" / name
     if not (root / "asset" / "Vocos.safetensors").exists():
         # In-process, not through the CLI: a GPU image has torch and safetensors but not the CLI's other imports.
@@ -64,7 +70,9 @@ def ensure_checkpoint(preset: str, seed: int, eos_gain: float | None = None) -> 
     return root
 
 
-def run_upstream(root: Path, text_file: Path, max_new: int, threads: int, device: str = "cpu") -> dict:
+def run_upstream(
+    root: Path, text_file: Path, max_new: int, threads: int, device: str = "cpu", refine: bool = False
+) -> dict:
     """Upstream `Chat.infer` in its own interpreter: UPSTREAM_PYTHON (one that can import ChatTTS, e.g. on a GPU
     machine with the upstream wheels of tools/gpu_wheels.sh on its path), else the virtualenv of
     tools/upstream_venv.sh (UPSTREAM_VENV, created when missing)."""
@@ -78,7 +86,8 @@ def run_upstream(root: Path, text_file: Path, max_new: int, threads: int, device
         )
         python = f"{venv}/bin/python"
     out = subprocess.run(
-        [python, str(REPO / "benchmarks" / "upstream_infer.py"), str(root), str(text_file), str(max_new), str(threads), device],
+        [python, str(REPO / "benchmarks" / "upstream_infer.py"), str(root), str(text_file), str(max_new), str(threads), device,
+         "on" if refine else "off"],
         check=True, capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -90,7 +99,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from actors.engine.sampling import SamplingParams
     from actors.replica import Synthesizer
-    from actors.requests import SynthesisRequest
+    from actors.requests import RefineOptions, SynthesisRequest
 
     torch.set_num_threads(args.threads)
     rows = json.loads(Path(args.texts_file).read_text())
@@ -113,7 +122,8 @@ def worker(args: argparse.Namespace) -> None:
             compile=args.compile,
         )
     params = SamplingParams(temperature=1e-6, max_new_tokens=args.max_new_tokens, min_new_tokens=2)
-    requests = [SynthesisRequest(id=f"r{i}", text=t, params=params) for i, t in enumerate(rows)]
+    refine = RefineOptions(enabled=args.refine == "on", temperature=1e-6)  # upstream's refine defaults otherwise
+    requests = [SynthesisRequest(id=f"r{i}", text=t, params=params, refine=refine) for i, t in enumerate(rows)]
     warm = [SynthesisRequest(id="warm", text="warm up.", params=SamplingParams(temperature=1e-6, max_new_tokens=8))]
     synth.synthesize(warm)
     if args.device == "cuda":
@@ -140,12 +150,15 @@ def worker(args: argparse.Namespace) -> None:
                 "attention_read_efficiency": synth.batcher.stats.attention_read_efficiency,
                 "kv_held_share": synth.batcher.stats.kv_held_share,
                 "accounting": synth.batcher.stats.accounting(),
+                "busy_row_steps": synth.batcher.stats.busy_slot_steps,
                 "kv_blocks": synth.plan.pool_blocks,
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
                 "budget_mib": synth.budget_bytes / 2**20,
                 "planned_mib": synth.plan.planned_bytes / 2**20,
                 "decode_s": synth.stats.decode_s,
+                "refined_segments": synth.stats.refined_segments,
+                "refined_tokens": synth.stats.refined_tokens,
             }
         )
     )
@@ -159,11 +172,12 @@ def run_raytts(
     dtype: str | None,
     compile: str = "off",
     as_synth: bool = False,
+    refine: bool = False,
 ) -> dict:
     cmd = [
         sys.executable, str(Path(__file__).resolve()), "worker", "--checkpoint", str(root), "--texts-file", str(text_file),
         "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads), "--device", args.device,
-        "--compile", compile,
+        "--compile", compile, "--refine", "on" if refine else "off",
     ]  # fmt: skip
     if dtype:
         cmd += ["--dtype", dtype]
@@ -217,6 +231,7 @@ def _parse_args() -> argparse.Namespace:
     w.add_argument("--budget-mib", type=int, default=None)
     w.add_argument("--compile", default="off")
     w.add_argument("--as-synth", action="store_true", help="build the replica `raytts synth` builds by default")
+    w.add_argument("--refine", choices=("on", "off"), default="off")
     parser.add_argument("--preset", default="full")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -240,12 +255,46 @@ def _parse_args() -> argparse.Namespace:
         help="comma list of engine compile modes for budgeted runs: off,inductor,cudagraphs",
     )
     parser.add_argument("--skip-upstream", action="store_true")
+    parser.add_argument(
+        "--refine-compare", action="store_true", help="upstream and synth defaults with refine off and on, nothing else"
+    )
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args()
 
 
+def _refine_systems(args: argparse.Namespace, root: Path, all_texts: Path) -> list[dict]:
+    """Upstream (unless skipped) and `raytts synth` defaults, refine off then on, alternating; refine's shares."""
+    rows = []
+    for refine in (False, True):
+        state = "on" if refine else "off"
+        if not args.skip_upstream:
+            result = run_upstream(root, all_texts, args.max_new_tokens, args.threads, args.device, refine)
+            rows.append(summarise(f"upstream chattts 0.2.5, refine {state}", result))
+        result = run_raytts(root, all_texts, args, None, args.dtype, as_synth=True, refine=refine)
+        row = summarise(f"raytts synth defaults, refine {state}", result)
+        accounting = result["accounting"]
+        row["refine_row_step_share"] = round(accounting["text_row_steps"] / max(1, result["busy_row_steps"]), 3)
+        row["refine_steps_shared"] = accounting["shared_steps"]
+        row["refined_tokens"] = result["refined_tokens"]
+        rows.append(row)
+    for system in ("upstream chattts 0.2.5", "raytts synth defaults"):
+        off = next((r for r in rows if r["system"] == f"{system}, refine off"), None)
+        on = next((r for r in rows if r["system"] == f"{system}, refine on"), None)
+        if off and on:
+            on["refine_wall_share"] = round(1 - off["wall_s"] / on["wall_s"], 3)
+    for refine in ("off", "on"):
+        upstream = next((r for r in rows if r["system"] == f"upstream chattts 0.2.5, refine {refine}"), None)
+        ours = next(r for r in rows if r["system"] == f"raytts synth defaults, refine {refine}")
+        ours["vs_upstream"] = round(upstream["wall_s"] / ours["wall_s"], 2) if upstream else None
+        if upstream:
+            upstream["vs_upstream"] = 1.0
+    return rows
+
+
 def _systems(args: argparse.Namespace, root: Path, all_texts: Path, few_texts: Path) -> list[dict]:
     """Upstream (unless skipped), raytts at batch 1, then raytts budgeted per dtype and compile mode: one row each."""
+    if args.refine_compare:
+        return _refine_systems(args, root, all_texts)
     rows = []
     if not args.skip_upstream:
         rows.append(
@@ -295,11 +344,13 @@ def _print_table(rows: list[dict]) -> None:
         "preempt",
         "vs_upstream",
     ]
-    widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]
+    if any("refine_row_step_share" in r for r in rows):
+        header += ["refine_row_step_share", "refine_steps_shared", "refine_wall_share"]
+    widths = [max(len(h), *(len(str(r.get(h))) for r in rows)) for h in header]
     print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     print("-|-".join("-" * w for w in widths))
     for row in rows:
-        print(" | ".join(str(row[h]).ljust(w) for h, w in zip(header, widths, strict=True)))
+        print(" | ".join(str(row.get(h)).ljust(w) for h, w in zip(header, widths, strict=True)))
     for row in rows:
         if row.get("budget"):
             print(f"{row['system']}: budget {row['budget']}")

@@ -3,8 +3,10 @@
 Runs inside the upstream virtualenv (tools/upstream_venv.sh); imports nothing from raytts except the golden
 script's `configure` (shapes from raytts.json), which is plain Python. Like raytts's worker in benchmarks/engine.py,
 it runs one short untimed `Chat.infer` first, so neither side's timing includes first-call set-up.
-Usage: python upstream_infer.py CHECKPOINT_ROOT TEXTS_JSON MAX_NEW_TOKEN THREADS [DEVICE]
-(DEVICE: cpu by default, or cuda: upstream's own choices there, as `Chat.load` makes them.)
+Usage: python upstream_infer.py CHECKPOINT_ROOT TEXTS_JSON MAX_NEW_TOKEN THREADS [DEVICE] [REFINE]
+(DEVICE: cpu by default, or cuda: upstream's own choices there, as `Chat.load` makes them. REFINE: off by default
+(skip_refine_text=True); on: upstream's refine-text stage first, deterministic (temperature 1e-6), its other
+refine defaults.)
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from upstream_reference import configure
 def main() -> None:
     root, texts_path, max_new, threads = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     device = torch.device(sys.argv[5] if len(sys.argv) > 5 else "cpu")
+    refine = len(sys.argv) > 6 and sys.argv[6] == "on"
+    refine_params = Chat.RefineTextParams(temperature=1e-6, show_tqdm=False, manual_seed=0)
     torch.set_num_threads(threads)
     texts = json.loads(texts_path.read_text())
     chat = Chat()
@@ -63,7 +67,8 @@ def main() -> None:
     started = time.perf_counter()
     wavs = chat.infer(
         texts,
-        skip_refine_text=True,
+        skip_refine_text=not refine,
+        params_refine_text=refine_params,
         split_text=False,
         do_homophone_replacement=False,
         params_infer_code=params,
@@ -78,6 +83,7 @@ def main() -> None:
                 "frames": frames,
                 "rows": len(texts),
                 "returned_rows": len(wavs),
+                "refine": refine,
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
                 "torch": torch.__version__,

@@ -10,7 +10,14 @@ from pathlib import Path
 
 from actors.audio import AUDIO_FORMATS
 from actors.checkpoint import CheckpointError
-from actors.settings import NORMALIZE_HELP, STRICT_TEXT_HELP, EngineSettings, SamplingSettings, resolve_path
+from actors.settings import (
+    NORMALIZE_HELP,
+    STRICT_TEXT_HELP,
+    EngineSettings,
+    RefineSettings,
+    SamplingSettings,
+    resolve_path,
+)
 from actors.text import DEFAULT_NORMALIZE, NORMALIZE_MODES
 
 
@@ -43,6 +50,25 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
         "--no-normalize", dest="normalize", action="store_const", const="off", help="the same as --normalize off"
     )
     p.add_argument("--strict-text", action="store_true", help=STRICT_TEXT_HELP)
+    refine = p.add_argument_group("refine-text stage (upstream's, on by default; rows may override it: `refine`)")
+    refine.add_argument(
+        "--no-refine", action="store_true", help="skip the refine-text stage (upstream's skip_refine_text)"
+    )
+    refine.add_argument("--refine-only", action="store_true", help=RefineSettings.model_fields["only"].description)
+    refine.add_argument("--refine-prompt", default="", help=RefineSettings.model_fields["prompt"].description)
+    for name, kind in (
+        ("temperature", float),
+        ("top_p", float),
+        ("top_k", int),
+        ("repetition_penalty", float),
+        ("max_new_tokens", int),
+        ("min_new_tokens", int),
+        ("seed", int),
+    ):
+        field = RefineSettings.model_fields[name]
+        refine.add_argument(
+            f"--refine-{name.replace('_', '-')}", type=kind, default=field.default, help=field.description
+        )
     p.add_argument("--decoder", choices=("hidden", "dvae"), default="hidden")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
@@ -307,6 +333,23 @@ def _synth(args: argparse.Namespace) -> int:
             save_codes=args.save_codes,
             normalize=args.normalize,
             strict_text=args.strict_text,
+            refine=RefineSettings(
+                enabled=not args.no_refine,
+                only=args.refine_only,
+                prompt=args.refine_prompt,
+                **{
+                    name: getattr(args, f"refine_{name}")
+                    for name in (
+                        "temperature",
+                        "top_p",
+                        "top_k",
+                        "repetition_penalty",
+                        "max_new_tokens",
+                        "min_new_tokens",
+                        "seed",
+                    )
+                },
+            ),  # fmt: skip
             audio_format=args.audio_format,
         )
     except ValueError as err:

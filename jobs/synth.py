@@ -19,6 +19,7 @@ from actors.settings import (
     SYNTH_MAX_RESERVE,
     SYNTH_ROW_RESERVE,
     EngineSettings,
+    RefineSettings,
     SamplingSettings,
     build_synthesizer,
 )
@@ -46,6 +47,7 @@ class SynthOptions:
     save_codes: bool = False
     normalize: str = DEFAULT_NORMALIZE  # full, upstream or off (actors/text.py)
     strict_text: bool = False  # rows with characters the model cannot say fail instead of losing them
+    refine: RefineSettings = field(default_factory=RefineSettings)  # the refine-text stage (rows may override it)
     audio_format: str = "flac"
     chunk_rows: int = 256
 
@@ -59,6 +61,7 @@ class SynthReport:
     wall_seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)
     dropped_chars_rows: int = 0  # ok rows whose text lost characters the model cannot say (`dropped_chars`)
+    refine_only_rows: int = 0  # ok rows whose result is their refined text, without audio (refine only)
     output: str = ""
     engine: dict = field(default_factory=dict)  # the replica's plan (slots, blocks, budget and its source), accounting
 
@@ -75,6 +78,7 @@ class SynthReport:
             "wall_seconds": round(self.wall_seconds, 3),
             "audio_seconds_per_second": round(self.audio_seconds_per_second, 3),
             "dropped_chars_rows": self.dropped_chars_rows,
+            "refine_only_rows": self.refine_only_rows,
             "output": self.output,
             "engine": self.engine,
             "failures": self.failures,
@@ -147,12 +151,19 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
                     report.failures.append({"id": result.id or None, "error": out[-1]["error"]})
                 else:
                     report.ok += 1
-                    report.audio_seconds += out[-1]["duration_s"]
+                    report.audio_seconds += out[-1]["duration_s"] or 0.0
                     report.dropped_chars_rows += bool(out[-1]["dropped_chars"])
+                    report.refine_only_rows += result.refine_only
             sink.write(out)
             log.info("synth: %d/%d rows written", report.rows, len(rows))
     report.wall_seconds = time.perf_counter() - started
     report.engine["accounting"] = synthesizer.batcher.stats.accounting()
+    stats = synthesizer.stats
+    report.engine["refine"] = {
+        "refined_segments": stats.refined_segments,
+        "refined_tokens": stats.refined_tokens,
+        "fallbacks": stats.refine_fallbacks,
+    }
     (options.output / "_report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
     return (0 if report.failed == 0 else 1), report
 
@@ -184,7 +195,14 @@ def _synthesize_chunk(
             continue
         try:
             request = request_from_fields(
-                row.source, row.id, row.fields, defaults, options.speaker, options.normalize, options.strict_text
+                row.source,
+                row.id,
+                row.fields,
+                defaults,
+                options.speaker,
+                options.normalize,
+                options.strict_text,
+                options.refine.options(),
             )
             voices.apply(request, row.fields)
         except RequestError as err:

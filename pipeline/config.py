@@ -15,6 +15,7 @@ from actors.settings import (
     STRICT_TEXT_HELP,
     EngineSettings,
     NormalizeMode,
+    RefineSettings,
     SamplingSettings,
     Strict,
     load_mapping,
@@ -123,11 +124,25 @@ class JobConfig(Strict):
     )
     normalize: NormalizeMode = Field("full", description=NORMALIZE_HELP)
     strict_text: bool = Field(False, description=STRICT_TEXT_HELP)
+    refine: RefineSettings = Field(
+        default_factory=RefineSettings,
+        description="The refine-text stage (rows may override it with a `refine` field: true/false or an object).",
+    )
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     actors: ActorsConfig = Field(default_factory=ActorsConfig)
     retry_failed: bool = Field(False, description="On a re-run, redo rows whose earlier outcome was an error.")
     max_chars: int = Field(10_000, ge=1, description="Rows with longer text fail with an error.")
+
+    @field_validator("refine")
+    @classmethod
+    def _refine_writes_audio(cls, refine: RefineSettings) -> RefineSettings:
+        if refine.only:
+            raise ValueError(
+                "refine.only (the refined text without audio) is not available in raytts run, which writes audio; use "
+                "raytts synth --refine-only or Serve's /v1/tts with refine: {only: true}"
+            )
+        return refine
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None) -> JobConfig:

@@ -24,6 +24,7 @@ def stage_settings(config: JobConfig) -> StageSettings:
         speaker=config.speaker,
         normalize=config.normalize,
         strict_text=config.strict_text,
+        refine=config.refine,
         max_chars=config.max_chars,
         save_codes=config.output.save_codes,
         num_cpus=actors.num_cpus,

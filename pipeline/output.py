@@ -109,12 +109,12 @@ def result_row(
 ) -> dict:
     """The output row of one synthesis result (`raytts synth`), quantised and encoded as `raytts run` stores it."""
     pcm = to_pcm16(result.audio) if result.audio is not None else np.zeros(0, np.int16)
-    error = no_audio_error(result.error, pcm.size, source)
+    error = result.error if result.refine_only else no_audio_error(result.error, pcm.size, source)
     ok = error is None
     return {
         "id": result.id or None,
         "text": result.text,
-        **(audio_fields(result.id, pcm, fmt) if ok else NO_AUDIO),
+        **(audio_fields(result.id, pcm, fmt) if ok and not result.refine_only else NO_AUDIO),
         "speaker": speaker,
         "seed": seed,
         "segments": result.segments if ok else None,

@@ -2,7 +2,8 @@
 CPU time on the model only. Torch-free: it runs in plain Ray Data tasks.
 
 Each row gets `segment_ids` (token ids of every segment's decorated prompt, exactly what the engine would compute
-from the text: `actors.text.text_front_end`), `spoken_text` and `dropped_chars` (what the model is asked to say and
+from the text: `actors.text.text_front_end`), `segment_texts` (each segment's text: the refine-text stage's input,
+refined and tokenised in the engine actor), `spoken_text` and `dropped_chars` (what the model is asked to say and
 the characters deleted because it cannot say them), or, for text that cannot be synthesised, an `error`. Rows whose
 other fields are malformed keep null ids and reach the TTS stage, which reports the field's problem.
 """
@@ -33,7 +34,7 @@ def _tokenizer(json_text: str, num_text_tokens: int) -> TextTokenizer:
 
 
 def prepare_rows(block: pa.Table, tokenizer: dict[str, Any], settings: dict[str, Any]) -> pa.Table:
-    """`block` with `segment_ids`, `spoken_text` and `dropped_chars` columns added and text errors filled in.
+    """`block` with `segment_ids`, `segment_texts`, `spoken_text` and `dropped_chars` columns added and text errors filled in.
 
     tokenizer: {"json": tokenizer.json text, "num_text_tokens": int}; settings: {"speaker", "normalize", "strict_text",
     "max_segment_tokens", "max_chars", "references": {reference speaker name: {"text": transcript}}}.
@@ -46,6 +47,7 @@ def prepare_rows(block: pa.Table, tokenizer: dict[str, Any], settings: dict[str,
     ids: list[list[list[int]] | None] = [None] * block.num_rows
     spoken: list[str | None] = [None] * block.num_rows
     dropped: list[str | None] = [None] * block.num_rows
+    segments: list[list[str] | None] = [None] * block.num_rows
     for i, (text, raw, source) in enumerate(zip(texts, fields_json, sources, strict=True)):
         if errors[i] is not None:
             continue
@@ -70,7 +72,9 @@ def prepare_rows(block: pa.Table, tokenizer: dict[str, Any], settings: dict[str,
             errors[i] = f"{source}: {err}"
             continue
         ids[i], spoken[i], dropped[i] = front_end.segment_ids, front_end.spoken_text, front_end.dropped
+        segments[i] = front_end.segments
     block = block.set_column(block.schema.get_field_index("error"), "error", pa.array(errors, type=pa.string()))
     block = block.append_column("segment_ids", pa.array(ids, type=SEGMENT_IDS))
+    block = block.append_column("segment_texts", pa.array(segments, type=pa.list_(pa.string())))
     block = block.append_column("spoken_text", pa.array(spoken, type=pa.string()))
     return block.append_column("dropped_chars", pa.array(dropped, type=pa.string()))

@@ -9,7 +9,7 @@ import numpy as np
 from actors.async_engine import AsyncSynthesizer
 from actors.engine.sampling import SamplingParams
 from actors.replica import Synthesizer
-from actors.requests import SynthesisRequest
+from actors.requests import RefineOptions, SynthesisRequest
 
 
 def _requests(prefix: str, n: int) -> list[SynthesisRequest]:
@@ -129,6 +129,7 @@ def test_invalid_stream_raises_and_cancelled_callers_free_their_slots(tiny_check
     synth = _engine_synth(tiny_checkpoint, tmp_path, slots=4)
     engine = AsyncSynthesizer(synth)
     slow = SamplingParams(min_new_tokens=150, max_new_tokens=160)
+    code_only = RefineOptions(enabled=False)  # rows that are mid-generation of codes when cancelled
 
     async def main():
         try:
@@ -137,10 +138,14 @@ def test_invalid_stream_raises_and_cancelled_callers_free_their_slots(tiny_check
             bad = str(err)
         # Four long requests fill every slot; abandoning them must hand the slots to the next caller at once.
         stuck = [
-            asyncio.ensure_future(engine.synthesize([SynthesisRequest(id=f"s{i}", text="long wait.", params=slow)]))
+            asyncio.ensure_future(
+                engine.synthesize([SynthesisRequest(id=f"s{i}", text="long wait.", params=slow, refine=code_only)])
+            )
             for i in range(4)
         ]
-        stream = await engine.open_stream(SynthesisRequest(id="st", text="streamed then dropped.", params=slow))
+        stream = await engine.open_stream(
+            SynthesisRequest(id="st", text="streamed then dropped.", params=slow, refine=code_only)
+        )
         while engine.stats()["running_rows"] < 4:  # cancel while they are mid-generation, not after
             await asyncio.sleep(0.005)
         assert engine.stats()["finished"] == 0
@@ -159,4 +164,5 @@ def test_invalid_stream_raises_and_cancelled_callers_free_their_slots(tiny_check
     assert quick[0].error is None and quick[0].audio.size > 0
     stats = synth.batcher.stats
     assert stats.cancelled == 5, f"4 cancelled calls + 1 closed stream must drop 5 rows, dropped {stats.cancelled}"
-    assert stats.finished == 1, "only the quick request may run to the end"
+    # only the quick request may run to the end: its refine-text row, then its code row
+    assert stats.finished == 2 and synth.stats.refined_segments == 1

@@ -11,15 +11,17 @@ from hypothesis import strategies as st
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from actors.engine.batcher import ContinuousBatcher, read_groups
+from actors.engine.batcher import ContinuousBatcher, RowRequest, read_groups
 from actors.engine.generate import generate
 from actors.engine.memory import plan_slots, slot_bytes
 from actors.engine.prompt import CodePrompt
 from actors.engine.sampling import SamplingParams
 from actors.model.config import ModelConfig
 from actors.replica import Synthesizer
-from actors.requests import SynthesisRequest
+from actors.requests import RefineOptions, SynthesisRequest
 from actors.text import decorate
+
+NO_REFINE = RefineOptions(enabled=False)  # tests of the code stage alone (the refine stage has its own tests)
 
 TINY = ModelConfig.from_name("tiny")
 
@@ -72,7 +74,7 @@ def test_cuda_graphs_reserve_the_steps_memory_on_top_of_prefill_and_waveforms():
     full = ModelConfig.from_name("full")
     eager = plan_slots(full, torch.float16, 40 << 30, 512, 2048)
     graphs = plan_slots(full, torch.float16, 40 << 30, 512, 2048, persistent_step=True)
-    step, prefill = activation_parts(full.gpt, torch.float16, graphs.slots, 2560, 256)
+    step, prefill = activation_parts(full.gpt, torch.float16, graphs.slots, 2560, 256, text_rows=graphs.text_slots)
     assert graphs.reserve_bytes == step + max(prefill, graphs.decode_bytes) + (16 << 20)
     assert graphs.reserve_bytes > eager.reserve_bytes and graphs.slots <= eager.slots
     assert graphs.planned_bytes <= 40 << 30
@@ -243,8 +245,10 @@ def _preallocated_bytes(batcher: ContinuousBatcher) -> int:
     return sum(t.numel() * t.element_size() for t in (*cache, batcher.codes, batcher.hidden_out, *batcher._row_state()))
 
 
-def test_measured_memory_stays_within_the_budget(tiny_checkpoint, tmp_path):
-    """Tensor accounting on CPU: preallocated cache + buffers, plus the profiler's peak of everything else."""
+@pytest.mark.parametrize("refine", [False, True], ids=["code-rows", "with-refine-rows"])
+def test_measured_memory_stays_within_the_budget(tiny_checkpoint, tmp_path, refine):
+    """Tensor accounting on CPU: preallocated cache + buffers, plus the profiler's peak of everything else; also with
+    the refine-text stage on (text rows sample the whole text vocabulary in their lane)."""
     budget = 48 << 20
     synth = Synthesizer(model=str(tiny_checkpoint), device="cpu", budget_bytes=budget, max_prompt_tokens=128,
                         max_new_tokens=96, max_batch_size=None, cache_dir=tmp_path)  # fmt: skip
@@ -253,7 +257,7 @@ def test_measured_memory_stays_within_the_budget(tiny_checkpoint, tmp_path):
     assert preallocated <= synth.plan.kv_bytes + synth.plan.buffer_bytes
     assert synth.plan.slots >= 4
     requests = [
-        SynthesisRequest(id=f"r{i}", text=f"Sentence number {i} for the budget test.", params=SamplingParams(max_new_tokens=96, min_new_tokens=40, seed=i))
+        SynthesisRequest(id=f"r{i}", text=f"Sentence number {i} for the budget test.", params=SamplingParams(max_new_tokens=96, min_new_tokens=40, seed=i), refine=RefineOptions(enabled=refine))
         for i in range(2 * synth.plan.slots)
     ]  # fmt: skip
     peak, results = _peak_transient_bytes(lambda: synth.synthesize(requests))
@@ -262,7 +266,10 @@ def test_measured_memory_stays_within_the_budget(tiny_checkpoint, tmp_path):
         f"budget {budget >> 20} MiB: preallocated {preallocated / 2**20:.1f} MiB + transient peak {peak / 2**20:.1f} MiB"
     )
     assert preallocated + peak <= budget, f"{(preallocated + peak) / 2**20:.1f} MiB > {budget / 2**20:.0f} MiB"
-    assert batcher.stats.max_concurrent == synth.plan.slots
+    if refine:
+        assert batcher.stats.text_row_steps > 0 and synth.stats.refined_segments == len(requests)
+    else:
+        assert batcher.stats.max_concurrent == synth.plan.slots
 
 
 def test_admitting_every_slot_with_long_prompts_stays_within_the_budget(tiny_model, tiny_tokenizer):
@@ -282,7 +289,11 @@ def test_admitting_every_slot_with_long_prompts_stays_within_the_budget(tiny_mod
     peak, finished = _peak_transient_bytes(lambda: [row.key for row in batcher.run()])
     assert sorted(finished) == list(range(plan.slots))
     first = batcher.stats.history[0]
-    assert first >= 16, "rows are admitted together while the pool has blocks for them"
+    fits, taken = 0, 0  # rows, in order, whose prompt + look-ahead the pool holds at once
+    for i in range(plan.slots):
+        taken += -(-(380 + i % 100 + plan.lookahead_tokens) // plan.block_size)
+        fits += taken <= plan.pool_blocks
+    assert first == fits >= 8, "rows are admitted together while the pool has blocks for them"
     report = (
         f"preallocated {preallocated / 2**20:.1f} MiB + transient peak {peak / 2**20:.1f} MiB "
         f"(reserve {plan.reserve_bytes / 2**20:.1f} MiB, budget {budget >> 20} MiB)"
@@ -305,7 +316,7 @@ def test_cuda_peak_memory_stays_within_the_budget(tiny_checkpoint, tmp_path, com
                         max_new_tokens=96, cache_dir=tmp_path, compile=compile_mode)  # fmt: skip
     weights = sum(t.numel() * t.element_size() for t in (*synth.model.parameters(), *synth.model.buffers()))
     requests = [
-        SynthesisRequest(id=f"r{i}", text=f"Sentence number {i} for the budget test.", params=SamplingParams(max_new_tokens=96, min_new_tokens=40, seed=i))
+        SynthesisRequest(id=f"r{i}", text=f"Sentence number {i} for the budget test.", params=SamplingParams(max_new_tokens=96, min_new_tokens=40, seed=i), refine=NO_REFINE)
         for i in range(2 * synth.plan.slots)
     ]  # fmt: skip
     results = synth.synthesize(requests)
@@ -444,7 +455,7 @@ def _count_handoff(synth: Synthesizer, monkeypatch: pytest.MonkeyPatch) -> _Hand
     decoder in groups."""
     lengths = [12, 12, 12, 20, 20, 28, 28, 28]
     requests = [
-        SynthesisRequest(id=f"r{i}", text=f"Sentence number {i} for the handoff.", params=SamplingParams(max_new_tokens=n, min_new_tokens=n, seed=i))
+        SynthesisRequest(id=f"r{i}", text=f"Sentence number {i} for the handoff.", params=SamplingParams(max_new_tokens=n, min_new_tokens=n, seed=i), refine=NO_REFINE)
         for i, n in enumerate(lengths)
     ]  # fmt: skip
     results, segments = synth.prepare(requests)
@@ -513,7 +524,8 @@ def test_a_calls_longest_rows_are_admitted_first_and_results_do_not_change(synth
         "mid": "a b c d.",
     }
     requests = [
-        SynthesisRequest(id=k, text=v, params=SamplingParams(seed=7, max_new_tokens=16)) for k, v in texts.items()
+        SynthesisRequest(id=k, text=v, params=SamplingParams(seed=7, max_new_tokens=16), refine=NO_REFINE)
+        for k, v in texts.items()
     ]
     order: list[str] = []
     submit = synthesizer.batcher.submit
@@ -582,10 +594,12 @@ def test_rows_of_similar_length_share_a_read_group(tiny_model, tiny_tokenizer):
     plan = plan_slots(TINY, torch.float32, 64 << 20, 64, 40, max_slots=6)
     batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
     batcher.host_position[:] = [63, 62, 60, 9, 8, 30]
-    batcher.owner[:] = ["running"] * 6  # only whether a slot is taken matters to the read plan
+    running = RowRequest("running", CodePrompt([1]), SamplingParams())  # only that a slot is taken matters here
+    batcher.owner[:] = [running] * 6
     assert read_groups(list(enumerate([64, 63, 61, 10, 9, 31])), 8) == [([0, 1, 2], 64), ([5], 31), ([3, 4], 10)]
     with torch.inference_mode():
-        n, read, gathered = batcher._plan_reads(1)
+        n, read, gathered, text = batcher._plan_reads(1)
+    assert text is None  # no text rows: the step runs the code path only
     assert n == 6 and [keys for _, keys in read] == [64, 31, 10]
     assert [rows.tolist() for rows, _ in read] == [[0, 1, 2], [5], [3, 4]]
     assert gathered == 3 * 64 + 32 + 2 * 16

@@ -17,7 +17,7 @@ import torch
 from actors.engine.memory import cuda_graph_shapes
 from actors.engine.sampling import SamplingParams
 from actors.replica import Synthesizer
-from actors.requests import SynthesisRequest, SynthesisResult
+from actors.requests import RefineOptions, SynthesisRequest, SynthesisResult
 from benchmarks.agreement_measures import forced_logits
 
 TEXTS = [
@@ -30,12 +30,13 @@ TEXTS = [
 ]
 
 
-def _requests(prefix: str) -> list[SynthesisRequest]:
+def _requests(prefix: str, refine: bool = False) -> list[SynthesisRequest]:
     return [
         SynthesisRequest(
             id=f"{prefix}{i}",
             text=text,
             params=SamplingParams(temperature=0.3, max_new_tokens=24 + 6 * i, min_new_tokens=8, seed=100 + i),
+            refine=RefineOptions(enabled=refine),
         )
         for i, text in enumerate(TEXTS)
     ]
@@ -59,7 +60,8 @@ def tf32_off() -> Iterator[None]:
 
 
 def _check_compiled_matches_eager(tiny_checkpoint, device: str, mode: str) -> None:
-    """float32 on both sides: the compiled step must give eager's codes exactly."""
+    """float32 on both sides: the compiled step must give eager's codes exactly, also for rows that go through the
+    refine-text stage first (text rows in the same compiled step: a graph of its own, compiled at warm-up)."""
     torch._dynamo.reset()
     settings = dict(model=tiny_checkpoint, device=device, dtype="float32", max_batch_size=16, max_new_tokens=64)
     eager = Synthesizer(**settings)
@@ -72,9 +74,13 @@ def _check_compiled_matches_eager(tiny_checkpoint, device: str, mode: str) -> No
     for name, synth in (("eager", eager), ("compiled", compiled)):
         first = synth.synthesize(_requests("a")[:2])
         rest = synth.synthesize(_requests("b"))
-        results[name] = first + rest
+        refined = synth.synthesize(_requests("c", refine=True))
+        results[name] = first + rest + refined
     assert _graphs() == warm, "a compiled replica must not recompile after warm-up"
     assert compiled.batcher.stats.max_concurrent > 1
+    assert compiled.batcher.stats.text_steps > 0 and compiled.batcher.stats.shared_steps > 0
+    for e, c in zip(results["eager"], results["compiled"], strict=True):
+        assert e.spoken_text == c.spoken_text, e.id
 
     for e, c in zip(results["eager"], results["compiled"], strict=True):
         assert e.ok and c.ok, (e.error, c.error)

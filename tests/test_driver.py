@@ -67,7 +67,7 @@ class FakeEngine:
         for row, row_parts in parts.items():
             ordered = [row_parts[i] for i in sorted(row_parts)]
             results[row].segments = len(ordered)
-            results[row].audio = np.concatenate([audio for audio, _, _ in ordered])
+            results[row].audio = np.concatenate([part.audio for part in ordered])
 
 
 def test_whole_calls_go_longest_first_and_join_segments_in_order():

@@ -15,8 +15,10 @@ import torch
 
 from actors.engine.sampling import SamplingParams
 from actors.replica import Synthesizer
-from actors.requests import SynthesisRequest, SynthesisResult
+from actors.requests import RefineOptions, SynthesisRequest, SynthesisResult
 from benchmarks.agreement_measures import compare, forced_logits, snr_db, teacher_forced
+
+NO_REFINE = RefineOptions(enabled=False)  # the code stage in each precision (the refine stage is its own test)
 
 TEXTS = [
     "Hello world.",
@@ -33,7 +35,10 @@ TEXTS = [
 def _requests() -> list[SynthesisRequest]:
     return [
         SynthesisRequest(
-            id=f"r{i}", text=t, params=SamplingParams(temperature=0.3, min_new_tokens=8, max_new_tokens=40, seed=i)
+            id=f"r{i}",
+            text=t,
+            params=SamplingParams(temperature=0.3, min_new_tokens=8, max_new_tokens=40, seed=i),
+            refine=NO_REFINE,
         )
         for i, t in enumerate(TEXTS)
     ]
@@ -78,7 +83,8 @@ def test_teacher_forced_logits_line_up_and_float16_keeps_the_top_code(tiny_check
         for i in range(len(TEXTS))
     ]
     requests = [
-        SynthesisRequest(id=f"r{i}", text=t, params=p) for i, (t, p) in enumerate(zip(TEXTS, params, strict=True))
+        SynthesisRequest(id=f"r{i}", text=t, params=p, refine=NO_REFINE)
+        for i, (t, p) in enumerate(zip(TEXTS, params, strict=True))
     ]
     reference = Synthesizer(model=str(tiny_checkpoint), dtype="float32", **kwargs)
     results = reference.synthesize(requests)

@@ -2,7 +2,9 @@
 
 Deterministic sampling (temperature 1e-6): codes must be identical for every row; waveforms within 1e-3
 relative L2 error through both the hidden-state Decoder and the DVAE; the DVAE encoder must give the same
-reference codes; the text front end must feed the GPT the same token ids.
+reference codes; the text front end must feed the GPT the same token ids. The refine-text stage: the same generated
+token ids for every golden text (with the default and with a custom refine prompt), and end to end (refine, then
+the code stage on the refined text) the same code-prompt ids and codes.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from actors.checkpoint import ASSET_FILES
 from actors.engine.generate import decode_waveforms, generate
 from actors.engine.prompt import CodePrompt
 from actors.engine.sampling import SamplingParams
-from actors.requests import SynthesisRequest
+from actors.requests import RefineOptions, SynthesisRequest
 from actors.speaker import decode_prompt, decode_speaker, encode_speaker, normalized_speaker, random_speaker
-from actors.text import clean_text, decorate
+from actors.text import clean_text, decorate, refine_prompt
 
 GOLDENS = Path(__file__).parent / "fixtures" / "goldens" / "tiny"
 
@@ -135,6 +137,7 @@ def test_replica_end_to_end_matches_upstream(golden, synthesizer):
                     speaker=speaker,
                     params=_golden_params(meta, seed=99),
                     normalize="upstream",
+                    refine=RefineOptions(enabled=False),  # the code-stage goldens: upstream's skip_refine_text=True
                 ),
             )
         )
@@ -143,3 +146,62 @@ def test_replica_end_to_end_matches_upstream(golden, synthesizer):
         assert result.error is None, result.error
         np.testing.assert_array_equal(result.codes, arrays[f"row{index}_codes"])
         assert rel_error(result.audio, arrays[f"row{index}_wav_hidden"]) <= 1e-3
+
+
+def _golden_refine(meta, **changes) -> RefineOptions:
+    refine = meta["refine"]
+    return RefineOptions(
+        temperature=refine["temperature"],
+        top_p=refine["top_P"],
+        top_k=refine["top_K"],
+        repetition_penalty=refine["repetition_penalty"],
+        max_new_tokens=refine["max_new_token"],
+        min_new_tokens=refine["min_new_token"],
+        **changes,
+    )
+
+
+def test_refine_stage_matches_upstream_token_ids(golden, synthesizer, tiny_tokenizer):
+    """Every golden text refined as upstream's `_refine_text` does it: `[Sbreak]{text}[Pbreak]{prompt}`, text head,
+    until [Ebreak]; all rows as text rows of one batch, each must generate exactly upstream's ids (which upstream made
+    one text at a time). Also with a refine prompt of control tags."""
+    meta, arrays = golden
+    refine = _golden_refine(meta)
+    batcher = synthesizer.batcher
+    cases = [(row["row"], row["normalized"], "", f"row{row['row']}_refine_ids") for row in meta["rows"]]
+    cases.append((0, meta["rows"][0]["normalized"], meta["refine"]["row0_prompt"], "row0_refine_prompt_ids"))
+    for key, (_, text, prompt, _) in enumerate(cases):
+        ids = tiny_tokenizer.encode(refine_prompt(text, prompt))
+        batcher.submit(("refine", key), CodePrompt(ids), refine.params(row_seed=key), text=True)
+    finished = {row.key[1]: row.codes[:, 0].tolist() for row in batcher.run()}
+    assert batcher.stats.text_steps > 0
+    for key, (row, _, prompt, name) in enumerate(cases):
+        assert finished[key] == arrays[name].tolist(), f"row {row} refine ids (prompt {prompt!r})"
+    assert len({len(arrays[name]) for *_, name in cases}) > 3, "goldens should cover refinements of several lengths"
+
+
+def test_replica_end_to_end_with_refine_matches_upstream(golden, synthesizer, tiny_tokenizer):
+    """Refine on, through the public Synthesizer API: the refined text's code prompt and codes equal upstream's
+    `infer(skip_refine_text=False)` path (refine, decode, then the code stage on the refined text)."""
+    meta, arrays = golden
+    requests = []
+    for row in meta["rows"]:
+        if row["reference"]:
+            continue
+        speaker = None if row["speaker_seed"] is None else f"seed:{row['speaker_seed']}"
+        request = SynthesisRequest(
+            id=f"r{row['row']}",
+            text=row["text"],
+            speaker=speaker,
+            params=_golden_params(meta, seed=99),
+            normalize="upstream",
+            refine=_golden_refine(meta),
+        )
+        requests.append((row, request))
+    results = synthesizer.synthesize([r for _, r in requests])
+    for (row, _), result in zip(requests, results, strict=True):
+        index = row["row"]
+        assert result.error is None, result.error
+        decorated = decorate(result.spoken_text, meta["prompt"], row["speaker_seed"] is not None)
+        assert tiny_tokenizer.encode(decorated) == arrays[f"row{index}_refined_token_ids"].tolist(), f"row {index}"
+        np.testing.assert_array_equal(result.codes, arrays[f"row{index}_refined_codes"], err_msg=f"row {index}")

@@ -135,7 +135,8 @@ def test_responses_say_what_was_spoken_and_what_was_dropped(server):
     from urllib.parse import unquote
 
     text = "call 555 now [uv_break] 你好?"
-    status, headers, body = _post(f"{server}/v1/tts", {"text": text, "return_codes": True, "max_new_tokens": 20})
+    plain = {"text": text, "return_codes": True, "max_new_tokens": 20, "refine": False}
+    status, headers, body = _post(f"{server}/v1/tts", plain)
     assert status == 200, body
     answer = json.loads(body)
     assert (answer["spoken_text"], answer["dropped_chars"]) == (
@@ -145,18 +146,27 @@ def test_responses_say_what_was_spoken_and_what_was_dropped(server):
     headers = {k.lower(): v for k, v in headers.items()}
     assert unquote(headers["x-raytts-spoken-text"]) == answer["spoken_text"]
     assert unquote(headers["x-raytts-dropped-chars"]) == "?"
-    upstream = {"text": text, "return_codes": True, "max_new_tokens": 20, "normalize": "upstream"}
+    upstream = {**plain, "normalize": "upstream"}
     status, _, body = _post(f"{server}/v1/tts", upstream)
     assert status == 200, body
     assert (json.loads(body)["spoken_text"], json.loads(body)["dropped_chars"]) == ("call  now [uv_break] 你好", "555?")
     status, _, body = _post(f"{server}/v1/tts", {"text": text, "strict_text": True})
     assert status == 400 and b"strict" in body and b"'?'" in body, body
+    # The refine-text stage (on: the server's default) rewrites the text; refine only answers with that text.
+    only = {"text": "it costs $5?", "refine": {"only": True, "seed": 4}}
+    status, _, body = _post(f"{server}/v1/tts", only)
+    assert status == 200, body
+    refined = json.loads(body)
+    assert refined["spoken_text"] and refined["dropped_chars"] == "?" and "audio" not in refined
     payload = {"model": "tts-1", "voice": "alloy", "input": "it costs $5?", "response_format": "flac"}
     status, headers, body = _post(f"{server}/v1/audio/speech", payload)
     assert status == 200, body
     headers = {k.lower(): v for k, v in headers.items()}
-    assert unquote(headers["x-raytts-spoken-text"]) == "it costs five dollars"
+    spoken = unquote(headers["x-raytts-spoken-text"])
+    assert spoken and spoken != "it costs five dollars"  # refined (the random model's refinement)
     assert unquote(headers["x-raytts-dropped-chars"]) == "?"
+    status, _, body = _post(f"{server}/v1/tts", {**only, "stream": True})
+    assert status == 400 and b"refine only" in body
 
 
 def test_openai_sdk_speech_create_returns_playable_audio_in_every_format(server):
@@ -268,7 +278,7 @@ def test_32_concurrent_requests_share_engine_steps(server):
         frames = list(pool.map(one, range(32)))
     after = _stats(server)["engines"]["a"]
     steps = after["steps"] - before["steps"]
-    assert after["finished"] - before["finished"] == 32
+    assert after["finished"] - before["finished"] == 64  # each request: its refine-text row, then its code row
     # One at a time would need >= sum(frames) decode steps; shared steps need about the longest row's.
     assert steps < sum(frames) / 8, f"{steps} engine steps for {sum(frames)} frames: requests did not share steps"
     assert after["max_concurrent"] >= 16, after

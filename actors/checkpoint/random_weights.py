@@ -23,7 +23,7 @@ from ..model.config import ModelConfig
 from ..model.mel import mel_filterbank
 from .layout import RAYTTS_CONFIG, asset_dir, gpt_config_to_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the text head's [Ebreak] gain (refine-text rows end), so built-in caches are rewritten
 BERT_VOCAB_SIZE = 21128
 CONTROL_TOKENS = (
     ["[Sasr]", "[Pasr]", "[Easr]", "[Stts]", "[Ptts]", "[Etts]", "[Sbreak]", "[Pbreak]", "[Ebreak]"]
@@ -140,10 +140,18 @@ def _random_tensor(init: _Init, key: str, shape: tuple[int, ...]) -> torch.Tenso
 
 
 EOS_GAIN = 1.2  # the tests' and goldens' checkpoints
+# The text head's gain on [Ebreak], so a random model's refine-text rows end (tiny: after ~20-80 tokens at upstream's
+# temperature 0.7, instead of running to the 384-token limit). Applied after every draw: no other tensor changes.
+TEXT_EOS_GAIN = 2.0
+TEXT_EOS_ID = BERT_VOCAB_SIZE + CONTROL_TOKENS.index("[Ebreak]")  # 21136, as in the real tokenizer
 
 
 def random_state(
-    config: ModelConfig, seed: int, head_gain: float = 2.5, eos_gain: float = EOS_GAIN
+    config: ModelConfig,
+    seed: int,
+    head_gain: float = 2.5,
+    eos_gain: float = EOS_GAIN,
+    text_eos_gain: float = TEXT_EOS_GAIN,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Per-file state dicts with checkpoint key names, like the real files."""
     with torch.device("meta"):
@@ -157,13 +165,15 @@ def random_state(
     hidden, codes = config.gpt.hidden_size, config.gpt.num_audio_tokens
     embed = {k.removeprefix("embed."): v for k, v in ours.items() if k.startswith("embed.")}
     v_text = init.normal((config.gpt.num_text_tokens, hidden), 1.0)
-    embed["head_text.parametrizations.weight.original0"] = init.uniform((config.gpt.num_text_tokens, 1), 1.0, 3.0)
+    text_gain = init.uniform((config.gpt.num_text_tokens, 1), 1.0, 3.0)
+    embed["head_text.parametrizations.weight.original0"] = text_gain
     embed["head_text.parametrizations.weight.original1"] = v_text
     for i in range(config.gpt.num_vq):
         gain = init.uniform((codes, 1), 0.8 * head_gain, 1.2 * head_gain)
         gain[config.gpt.eos_code] *= eos_gain
         embed[f"head_code.{i}.parametrizations.weight.original0"] = gain
         embed[f"head_code.{i}.parametrizations.weight.original1"] = init.normal((codes, hidden), 1.0)
+    text_gain[TEXT_EOS_ID] *= text_eos_gain  # after every draw above, so no other weight changes
     window = torch.hann_window(config.vocos.n_fft)
     fb = mel_filterbank(config.vocos.n_fft // 2 + 1, config.vocos.input_channels)
     dvae = {}

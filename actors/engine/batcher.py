@@ -13,6 +13,13 @@ decode step reads rows in groups of similar length, each group only up to its lo
 hands back rows as they finish so their slots and blocks are reused at once. Per-slot state (positions, sampling
 parameters, random-stream keys, penalty windows, block tables) lives on the device; the host learns which rows
 finished every `check_every` steps, not every step.
+
+Two kinds of rows share the slots, the KV pool and every decode step (one GPT forward): code rows (the code stage:
+audio codes from the code heads, next input the sum of the code embeddings) and text rows (upstream's refine-text
+stage: one token from the text head, next input its text embedding, until `text_eos_id`). Text rows are sampled
+over the whole text vocabulary, `plan.text_slots` rows at a time (the memory plan reserves that much); a compiled
+step has one fixed shape for them, so there at most `plan.text_slots` text rows run at once, and a text row
+waiting for that lane lets the code rows behind it in.
 """
 
 from __future__ import annotations
@@ -30,12 +37,15 @@ from .memory import COMPILE_MODES, GROUP_EFFICIENCY, SlotPlan, ceil_to, cuda_gra
 from .prompt import CodePrompt, prompt_embeddings
 from .sampling import PENALTY_WINDOW, SamplingBatch, SamplingParams, penalty_counts, process_logits, sample
 
+# The text rows of a decode step: device indexes of their slots, `plan.text_slots` at most each (None: none).
+TextRows = tuple[torch.Tensor, ...] | None
+
 
 @dataclass
 class Resume:
     """What a preempted row had produced: restored on readmission, after its cache is recomputed."""
 
-    codes: torch.Tensor  # [p, num_vq] int64
+    codes: torch.Tensor  # [p, num_vq] int64 (a text row: its token ids, repeated in every column)
     hidden_out: torch.Tensor  # [p, H]
     recent: torch.Tensor  # [PENALTY_WINDOW, num_vq] the penalty window
     hidden: torch.Tensor  # [H] the hidden state the next step samples from
@@ -51,6 +61,7 @@ class RowRequest:
     prompt: CodePrompt
     params: SamplingParams
     stream: bool = False  # report this row's progress (`ContinuousBatcher.progress`) while it runs
+    text: bool = False  # a text row (refine-text stage: text head and embeddings) instead of a code row
     admitted_step: int = 0  # `stats.steps` when it entered a slot (for exact occupancy)
     admitted_order: int = 0  # admission counter: the latest admitted row is preempted first
     resume: Resume | None = None  # set while the row waits after a preemption
@@ -74,7 +85,8 @@ class PartialRow:
 @dataclass
 class FinishedRow:
     key: object
-    codes: torch.Tensor  # [T, num_vq] int64 on the device (a view into the slot's buffer: consume before refill)
+    codes: torch.Tensor  # [T, num_vq] int64 on the device (a view into the slot's buffer: consume before refill);
+    # a text row's token ids are its first column
     hidden: torch.Tensor  # [T, H] model dtype on the device (same)
     finished: bool  # ended by EOS
 
@@ -102,6 +114,10 @@ class BatcherStats:
     blocks_total: int = 0  # KV blocks in the pool
     blocks_free: int = 0  # free after the last step
     peak_blocks_used: int = 0
+    # Refine-text rows: row-steps they took, steps that had any, steps they shared with code rows
+    text_row_steps: int = 0
+    text_steps: int = 0
+    shared_steps: int = 0
     history: list[int] = field(default_factory=list)  # live rows per step (kept short: last 10k steps)
 
     @property
@@ -131,6 +147,9 @@ class BatcherStats:
             "peak_blocks_used": self.peak_blocks_used,
             "preemptions": self.preemptions,
             "recomputed_tokens": self.recomputed_tokens,
+            "text_row_steps": self.text_row_steps,
+            "text_steps": self.text_steps,
+            "shared_steps": self.shared_steps,
         }
 
 
@@ -164,7 +183,9 @@ class ContinuousBatcher:
         spk_emb_id: int,
         check_every: int = 1,
         compile: str = "off",
+        text_eos_id: int | None = None,
     ) -> None:
+        """`text_eos_id`: the token that ends a text row ([Ebreak]); None: this batcher takes code rows only."""
         if compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {compile!r}")
         if compile == "cudagraphs" and model.device.type != "cuda":
@@ -196,6 +217,9 @@ class ContinuousBatcher:
         self.live = torch.zeros(slots, dtype=torch.bool, device=device)
         self.eos = torch.zeros(slots, dtype=torch.bool, device=device)
         self.max_new = torch.ones(slots, dtype=torch.int64, device=device)
+        self.text_row = torch.zeros(slots, dtype=torch.bool, device=device)
+        self.text_eos_id = text_eos_id
+        self.text_slots = plan.text_slots or slots
         self.sampling = SamplingBatch.build([SamplingParams()] * slots, config.num_vq, config.num_audio_tokens, device)
         self.queue: deque[RowRequest] = deque()
         self.owner: list[RowRequest | None] = [None] * slots
@@ -208,7 +232,7 @@ class ContinuousBatcher:
         if compile != "off":
             self._step = self._compiled_step()
 
-    def _compiled_step(self) -> Callable[[int, list[ReadGroup]], None]:
+    def _compiled_step(self) -> Callable[[int, list[ReadGroup], TextRows], None]:
         """`_step_tensors` through torch.compile with dynamic pool and prefix sizes: one graph for every bucket."""
         if self.compile == "cudagraphs":
             # The step mutates these in place; marked static, CUDA graphs replay on them instead of copying.
@@ -220,11 +244,19 @@ class ContinuousBatcher:
     def _row_state(self) -> tuple[torch.Tensor, ...]:
         """Every per-slot tensor indexed by slot alone (codes and hidden_out also have a time axis)."""
         sampling = (getattr(self.sampling, f.name) for f in fields(self.sampling))
-        return (self.recent, self.hidden, self.position, self.produced, self.live, self.eos, self.max_new, *sampling)
+        return (
+            self.recent, self.hidden, self.position, self.produced, self.live, self.eos, self.max_new, self.text_row,
+            *sampling,
+        )  # fmt: skip
 
     # ---------------------------------------------------------------------------------------------- intake
 
-    def submit(self, key: object, prompt, params: SamplingParams, stream: bool = False) -> None:
+    def submit(self, key: object, prompt, params: SamplingParams, stream: bool = False, text: bool = False) -> None:
+        """Queue a row: a code row, or with `text` a text row (refine-text stage; never streamed)."""
+        if text and self.text_eos_id is None:
+            raise ValueError("this batcher has no text_eos_id: it runs code rows only")
+        if text and stream:
+            raise ValueError("text rows are not streamed")
         if prompt.length < 1:
             raise ValueError("every prompt needs at least one token")
         if prompt.length + params.max_new_tokens > self.plan.slot_tokens:
@@ -234,7 +266,7 @@ class ContinuousBatcher:
             )
         if params.max_new_tokens > self.plan.max_new_tokens:
             raise ValueError(f"max_new_tokens {params.max_new_tokens} exceeds this engine's {self.plan.max_new_tokens}")
-        self.queue.append(RowRequest(key, prompt, params, stream))
+        self.queue.append(RowRequest(key, prompt, params, stream, text))
 
     def cancel(self, keys: Callable[[object], bool]) -> int:
         """Drop every queued or running row whose key matches; running rows free their slots at once."""
@@ -342,19 +374,28 @@ class ContinuousBatcher:
         return finished
 
     def _admit(self) -> None:
-        """Queued rows, in order, into free slots while the pool has blocks for their context and look-ahead."""
+        """Queued rows, in order, into free slots while the pool has blocks for their context and look-ahead; text
+        rows only while the text lane has room (the code rows behind a waiting text row go in)."""
         free = self.free_slots()
         admitted: list[tuple[int, RowRequest]] = []
         available = self.allocator.free
+        text_room = self.text_slots if self.compile != "off" else len(self.owner)
+        text_room -= sum(1 for o in self.owner if o is not None and o.text)
+        waiting: list[RowRequest] = []  # text rows passed over for want of lane room, back at the head afterwards
         while free and self.queue:
+            if self.queue[0].text and text_room <= 0:
+                waiting.append(self.queue.popleft())
+                continue
             need = self._blocks_for(self.queue[0].context + self.plan.lookahead_tokens)
             if need > available:
                 break
             available -= need
             request = self.queue.popleft()
+            text_room -= request.text
             slot = free.pop(0)
             self.row_blocks[slot] = self.allocator.take(self._blocks_for(request.context))
             admitted.append((slot, request))
+        self.queue.extendleft(reversed(waiting))
         if not admitted:
             return
         slots = [s for s, _ in admitted]
@@ -367,6 +408,7 @@ class ContinuousBatcher:
         for name in ("temperature", "top_p", "top_k", "penalty", "min_new_tokens", "seed_lo", "seed_hi"):
             getattr(self.sampling, name)[index] = getattr(update, name)
         self.max_new[index] = torch.tensor([r.params.max_new_tokens for r in requests], device=self.device)
+        self.text_row[index] = torch.tensor([r.text for r in requests], device=self.device)
         self.produced[index] = 0
         self.eos[index] = False
         self.recent[index] = -1
@@ -433,8 +475,11 @@ class ContinuousBatcher:
         embeds = self._embed_prompt(self.model, request.prompt, self.spk_emb_id)
         if request.resume is None:
             return embeds
-        codes = self.model.embed.embed_codes(request.resume.codes).to(embeds.dtype)
-        return torch.cat([embeds, codes])
+        if request.text:
+            produced = self.model.embed.embed_text(request.resume.codes[:, 0])
+        else:
+            produced = self.model.embed.embed_codes(request.resume.codes)
+        return torch.cat([embeds, produced.to(embeds.dtype)])
 
     def _prefill_group(self, rows: list[tuple[int, RowRequest]]) -> None:
         """Contexts of (slot, row) pairs, right-padded to the longest and run `prefill_chunk` tokens at a time."""
@@ -485,32 +530,40 @@ class ContinuousBatcher:
             index = self._group_rows[key] = torch.tensor(rows, device=self.device)
         return index
 
-    def _plan_reads(self, steps: int) -> tuple[int, list[ReadGroup], int]:
-        """(rows computed, read groups, keys gathered per step) for the next `steps` decode steps, made before them
-        so that the steps themselves create no tensors (no host-to-device copies on CUDA).
+    def _plan_reads(self, steps: int) -> tuple[int, list[ReadGroup], int, TextRows]:
+        """(rows computed, read groups, keys gathered per step, text rows) for the next `steps` decode steps, made
+        before them so that the steps themselves create no tensors (no host-to-device copies on CUDA).
 
         Slots fill from the bottom and `_compact` closes holes, so the live rows are a prefix of the pool and a step
         works on views of it. The eager step reads rows in groups of similar length, each up to its longest row at
         the block's last step; a compiled step reads all rows up to the bucketed longest (`step_shape`: fewer
-        shapes, idle rows and masked positions read).
+        shapes, idle rows and masked positions read). Text rows are sampled from the text head by their slots'
+        index, `plan.text_slots` at a time: exactly them when eager, padded (the last one repeated) to the lane's
+        size when compiled, so a compiled step has one shape for them.
         """
         occupied = [i for i, o in enumerate(self.owner) if o is not None]
         size, cap = self.plan.block_size, self.plan.slot_tokens
+        text_slots = [i for i in occupied if self.owner[i].text]
+        if self.compile != "off" and text_slots:
+            text_slots += [text_slots[-1]] * (self.text_slots - len(text_slots))
+        lane = self.text_slots
+        chunks = [text_slots[i : i + lane] for i in range(0, len(text_slots), lane)]
+        text = tuple(self._group_index(chunk) for chunk in chunks) if chunks else None
         if self.compile == "off":
             n = occupied[-1] + 1
             groups = read_groups([(i, min(cap, self.host_position[i] + steps)) for i in occupied], size)
             read: list[ReadGroup] = [
                 (None if len(rows) == n else self._group_index(rows), keys) for rows, keys in groups
             ]
-            return n, read, sum(len(rows) * ceil_to(keys, size) for rows, keys in groups)
+            return n, read, sum(len(rows) * ceil_to(keys, size) for rows, keys in groups), text
         longest = max(self.host_position[i] for i in occupied) + steps
         n, kv_len = step_shape(occupied[-1] + 1, longest, self.plan, self.compile, self.device.type)
         kv_len = self._compiled_keys(kv_len)
-        return n, [(None, kv_len)], n * kv_len
+        return n, [(None, kv_len)], n * kv_len, text
 
-    def _decode_step(self, n: int, read: list[ReadGroup], gathered: int) -> None:
+    def _decode_step(self, n: int, read: list[ReadGroup], gathered: int, text: TextRows) -> None:
         occupied = [i for i, o in enumerate(self.owner) if o is not None]
-        self._step(n, read)
+        self._step(n, read, text)
         own = 0
         for i in occupied:
             own += self.host_position[i] + 1  # the cache entries row i attended to in this step, its own included
@@ -525,6 +578,10 @@ class ContinuousBatcher:
         self.stats.busy_slot_steps += len(occupied)
         self.stats.computed_slot_steps += n
         self.stats.max_concurrent = max(self.stats.max_concurrent, len(occupied))
+        text_rows = sum(1 for i in occupied if self.owner[i].text)
+        self.stats.text_row_steps += text_rows
+        self.stats.text_steps += text_rows > 0
+        self.stats.shared_steps += 0 < text_rows < len(occupied)
         if len(self.stats.history) < 10_000:
             self.stats.history.append(len(occupied))
 
@@ -534,18 +591,30 @@ class ContinuousBatcher:
         size = self.plan.block_size
         return min(max(2 * size, ceil_to(kv_len, size)), self.plan.row_blocks * size)
 
-    def _step_tensors(self, n: int, read: list[ReadGroup]) -> None:
-        """One decode step of slots [0, n) reading the cache as `read` says: sample every live row's next codes,
-        record them, and run them through the GPT. Device tensors only (no host sync), so it compiles."""
+    def _step_tensors(self, n: int, read: list[ReadGroup], text: TextRows = None) -> None:
+        """One decode step of slots [0, n) reading the cache as `read` says: sample every live row's next codes
+        (text rows, the slots in `text`: their next token), record them, and run them through the GPT. Device
+        tensors only (no host sync), so it compiles."""
         config = self.config
         live = (self.live & ~self.eos & (self.produced < self.max_new))[:n]
         steps = self.produced[:n]
         hidden = self.hidden[:n]
         sampling = self.sampling.prefix(n)
         logits = self.model.embed.code_logits(hidden).float()
-        counts = penalty_counts(self.recent[:n], config.num_audio_tokens)
+        recent = self.recent[:n]
+        if text is not None:  # text rows' windows hold text ids: no codes to count
+            recent = torch.where(self.text_row[:n].view(-1, 1, 1), -1, recent)
+        counts = penalty_counts(recent, config.num_audio_tokens)
         tokens = sample(process_logits(logits, counts, steps, sampling, config.eos_code), sampling, steps)
         hit_eos = (tokens == config.eos_code).any(-1)
+        if text is not None:
+            is_text = self.text_row[:n]
+            # Text rows: one token from the text head; it fills every codebook column of the row's outputs.
+            text_ids = torch.zeros_like(steps)
+            for rows in text:  # `plan.text_slots` rows at a time: the memory plan's reserve for text sampling
+                text_ids = text_ids.index_copy(0, rows, self._text_tokens(n, rows, hidden, steps, sampling))
+            tokens = torch.where(is_text.unsqueeze(-1), text_ids.unsqueeze(-1).expand_as(tokens), tokens)
+            hit_eos = torch.where(is_text, text_ids == self.text_eos_id, hit_eos)
         keep = live & ~hit_eos
         rows = torch.arange(n, device=self.device)
         at = steps.clamp(max=self.plan.max_new_tokens - 1)
@@ -557,11 +626,31 @@ class ContinuousBatcher:
         self.produced[:n] += keep.long()
         # Rows that just finished idle in place until collected; their (ignored) writes go to position 0 (their own
         # first block, or the null block for an idle slot).
-        embeds = self.model.embed.embed_codes(tokens).to(self.dtype).unsqueeze(1)
+        if text is None:
+            embeds = self.model.embed.embed_codes(tokens)
+        else:
+            codes_in = self.model.embed.embed_codes(torch.where(is_text.unsqueeze(-1), 0, tokens))
+            text_in = self.model.embed.embed_text(torch.where(is_text, text_ids, 0))
+            embeds = torch.where(is_text.unsqueeze(-1), text_in.to(codes_in.dtype), codes_in)
+        embeds = embeds.to(self.dtype).unsqueeze(1)
         position = torch.where(live, self.position[:n], torch.zeros_like(steps))
         new_hidden = self.model.gpt(embeds, position.unsqueeze(1), self.cache, self.tables[:n], read)[:, 0]
         self.hidden[:n] = torch.where(live.unsqueeze(-1), new_hidden, hidden)
         self.position[:n] += live.long()
+
+    def _text_tokens(
+        self, n: int, rows: torch.Tensor, hidden: torch.Tensor, steps: torch.Tensor, sampling: SamplingBatch
+    ) -> torch.Tensor:
+        """The next token of the text rows `rows` [m] (slots < n): upstream's refine sampling chain over the text
+        head (temperature, penalty over the row's last 16 tokens, top-p, top-k, [Ebreak] masked before
+        min_new_tokens) and the same counter-based draw as code rows, so a row's tokens do not depend on its batch."""
+        params = sampling.text_rows(rows)
+        step = steps.index_select(0, rows)
+        logits = self.model.embed.text_logits(hidden.index_select(0, rows)).float().unsqueeze(1)  # [m, 1, V]
+        recent = self.recent[:n].index_select(0, rows)[:, :, :1]
+        counts = penalty_counts(recent, self.config.num_text_tokens)
+        scores = process_logits(logits, counts, step, params, self.text_eos_id)
+        return sample(scores, params, step)[:, 0]
 
     @torch.inference_mode()
     def record_cuda_graphs(self) -> list[tuple[int, int]]:
@@ -575,7 +664,7 @@ class ContinuousBatcher:
         shapes = cuda_graph_shapes(self.plan)
         for n, kv_len in shapes:
             for _ in range(2):
-                self._step(n, [(None, self._compiled_keys(kv_len))])
+                self._step(n, [(None, self._compiled_keys(kv_len))], None)
         return shapes
 
     def _collect(self) -> list[FinishedRow]:

@@ -27,6 +27,15 @@ PLANNED_ROW_SHARE = 0.2
 # Decode reads rows in groups whose own blocks are at least this share of what the group gathers (see
 # `batcher.read_groups`): the reserve bounds a step's gathered keys by the pool / this.
 GROUP_EFFICIENCY = 0.95
+# Refine-text rows (text head over the whole vocabulary: ~8x a code row's sampling memory) may take at most this
+# share of the slots at once. A refine row runs ~1/5 of the steps of the code row it becomes (its text vs its audio
+# frames), so a quarter of the slots keeps the code rows fed.
+TEXT_SHARE = 0.25
+
+
+def text_slots_for(slots: int) -> int:
+    """Refine-text rows in flight at most, for a pool of `slots`."""
+    return max(1, math.ceil(slots * TEXT_SHARE))
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class SlotPlan:
     block_size: int = BLOCK_SIZE
     blocks: int = 0  # KV blocks rows can hold (the null block not counted); 0: one full row per slot
     lookahead_tokens: int = LOOKAHEAD_TOKENS  # growth room a row must find free to be admitted
+    text_slots: int = 0  # refine-text rows in flight at most (their sampling is in the reserve); 0: every slot
 
     @property
     def planned_bytes(self) -> int:
@@ -107,8 +117,11 @@ def activation_parts(
     slot_tokens: int,
     prefill_chunk: int,
     decode_keys: int | None = None,
+    text_rows: int = 0,
 ) -> tuple[int, int]:
     """(one decode step over `slots` with sampling, one prefill pass): upper estimates of their transient bytes.
+
+    `text_rows` of the step are refine-text rows, also sampled over the whole text vocabulary.
 
     A decode step gathers at most `decode_keys` cache positions over all its read groups (default: every slot up
     to `slot_tokens`, what one padded group can read).
@@ -127,6 +140,8 @@ def activation_parts(
     # sampling in fp32/fp64: logits, scaled, sorted values+indices, cumsum, masks, uniforms, probabilities; the
     # sampled codes' embeddings (one per codebook, stacked, summed)
     sampling = slots * (codes * (4 * 8 + 8 * 6) + (num_vq + 2) * h * e)
+    # refine rows: the text head's logits in the model dtype, and the same sampling temporaries over the vocabulary
+    sampling += text_rows * (config.num_text_tokens * (e + 4 * 8 + 8 * 6) + 2 * h * e)
     pass_keys = max(prefill_chunk, slot_tokens)
     prefill = forward_bytes(config, dtype, prefill_chunk, pass_keys, prefill_chunk * slot_tokens)
     # the keys and values gathered from the pass's slots, its padded prompt embeddings, one prompt's embedding
@@ -191,7 +206,7 @@ def plan_slots(
         keys = slots * slot_tokens
         if exact_reads and not persistent_step:
             keys = min(keys, math.ceil(blocks * block_size / GROUP_EFFICIENCY) + slots * block_size)
-        step, prefill = activation_parts(gpt, dtype, slots, slot_tokens, prefill_chunk, keys)
+        step, prefill = activation_parts(gpt, dtype, slots, slot_tokens, prefill_chunk, keys, text_slots_for(slots))
         if persistent_step:
             return step + max(prefill, decode_reserve) + (16 << 20)
         return max(step + (16 << 20), prefill + (16 << 20), decode_reserve)
@@ -226,6 +241,7 @@ def plan_slots(
         decode_bytes=decode_reserve,
         block_size=block_size,
         blocks=blocks,
+        text_slots=text_slots_for(slots),
     )
 
 

@@ -1,5 +1,5 @@
-"""A row's code-stage sampling parameters (upstream's defaults): the one place those numbers live. Torch-free, so
-configs and HTTP bodies take their defaults from here."""
+"""A row's sampling parameters, for the code stage and the refine-text stage (upstream's defaults for each): the one
+place those numbers live. Torch-free, so configs and HTTP bodies take their defaults from here."""
 
 from __future__ import annotations
 
@@ -41,3 +41,10 @@ class SamplingParams:
         if isinstance(self.temperature, tuple):
             return self.temperature
         return (float(self.temperature),) * num_vq
+
+
+# Upstream's `RefineTextParams` defaults: the refine-text stage samples the text head with these (no repetition
+# penalty: upstream applies none at 1.0), up to 384 new tokens, until [Ebreak].
+REFINE_PARAMS = SamplingParams(
+    temperature=0.7, top_p=0.7, top_k=20, repetition_penalty=1.0, min_new_tokens=0, max_new_tokens=384
+)

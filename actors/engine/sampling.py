@@ -41,6 +41,13 @@ class SamplingBatch:
         """Views of the first `n` rows."""
         return SamplingBatch(*(getattr(self, f.name)[:n] for f in fields(self)))
 
+    def text_rows(self, rows: torch.Tensor) -> SamplingBatch:
+        """The parameters of `rows` for sampling one token from the text head (one 'codebook': the first's
+        temperature)."""
+        picked = SamplingBatch(*(getattr(self, f.name).index_select(0, rows) for f in fields(self)))
+        picked.temperature = picked.temperature[:, :1]
+        return picked
+
     @classmethod
     def build(cls, params: list[SamplingParams], num_vq: int, num_codes: int, device: torch.device) -> SamplingBatch:
         top_k = [num_codes if p.top_k == 0 else min(max(p.top_k, MIN_TOKENS_TO_KEEP), num_codes) for p in params]

@@ -32,6 +32,10 @@ class Embed(nn.Module):
         parts = [self.emb_code[i](codes[..., i]) for i in range(self.num_vq)]
         return torch.stack(parts, dim=-1).sum(-1)
 
+    def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., H] -> logits [..., num_text_tokens] (the refine-text stage's head) in the head's dtype."""
+        return self.head_text(hidden.to(self.head_text.weight.dtype))
+
     def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., H] -> logits [..., num_vq, num_audio_tokens] in the head's dtype (kept float32)."""
         logits = self.head_code(hidden.to(self.head_code.weight.dtype))

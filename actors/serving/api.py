@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from actors.audio import encode_audio, to_pcm16
 from actors.engine.params import SamplingParams
 from actors.model.config import SAMPLE_RATE
-from actors.settings import NORMALIZE_HELP, STRICT_TEXT_HELP, NormalizeMode
+from actors.settings import NORMALIZE_HELP, STRICT_TEXT_HELP, NormalizeMode, RefineSettings
 from actors.text import DEFAULT_PROMPT
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -108,6 +108,11 @@ class NativeRequest(_Body):
     prompt: str = Field(DEFAULT_PROMPT, max_length=400, description="Control tags placed before the text.")
     normalize: NormalizeMode = Field("full", description=NORMALIZE_HELP)
     strict_text: bool = Field(False, description=STRICT_TEXT_HELP)
+    refine: bool | RefineSettings | None = Field(
+        None,
+        description="The refine-text stage: true/false, or its settings (prompt, sampling, seed, only: the refined "
+        "text as JSON without audio); default: the server's (`refine` in the serve config).",
+    )
     response_format: ResponseFormat = Field("wav")
     stream: bool = Field(False, description="Send audio while it is generated (pcm, wav, opus).")
     return_codes: bool = Field(False, description="Answer JSON with base64 audio and the [T, 4] codes.")

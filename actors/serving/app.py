@@ -15,6 +15,7 @@ path a Serve config names (`actors.serving.app:build_app`).
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import os
 import time
@@ -220,6 +221,7 @@ class TTSServer:
             reference_text="" if speaker is not None else voice.reference_text,
             params=params,
             prompt=prompt,
+            refine=self.config.refine.options(),
         )
 
     def _engine(self, loaded: LoadedModel) -> AsyncSynthesizer:
@@ -311,6 +313,14 @@ class TTSServer:
                 400, f"stream=true needs response_format in {list(STREAMABLE)}, got {body.response_format!r}"
             )
         prompt = check_tags(body.prompt, "prompt")
+        refine = self.config.refine.options()
+        if isinstance(body.refine, bool):
+            refine = dataclasses.replace(refine, enabled=body.refine)
+        elif body.refine is not None:
+            refine = body.refine.options()
+            check_tags(refine.prompt, "refine.prompt")
+        if refine.enabled and refine.only and body.stream:
+            raise ApiError(400, "refine only answers with text: it needs stream=false", param="refine")
         max_new = body.max_new_tokens or self.config.max_new_tokens
         if max_new > self.config.max_new_tokens:
             raise ApiError(
@@ -338,12 +348,19 @@ class TTSServer:
                 sampling["seed"] = body.seed
             synth_request = self._request(body.text, voice, body.speaker, prompt, **sampling)
             synth_request.normalize, synth_request.strict = body.normalize, body.strict_text
+            synth_request.refine = refine
             headers = {"X-Raytts-Model": name, "X-Raytts-Voice": voice_name or "speaker"}
             if body.stream:
                 stream = await self._open(loaded, synth_request)
                 return stream_response(stream, encoder, False, headers, lease, self.config.limits.request_timeout_s)
             result = await self._whole(loaded, synth_request)
             headers |= spoken_headers(result)
+            if result.refine_only:
+                return JSONResponse(
+                    {"id": synth_request.id, "model": name, "segments": result.segments,
+                     "spoken_text": result.spoken_text, "dropped_chars": result.dropped},
+                    headers=headers,
+                )  # fmt: skip
             audio = encode_whole(result.audio, encoder.format)
             if not body.return_codes:
                 return Response(audio, media_type=encoder.media_type, headers=headers)

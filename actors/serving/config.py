@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from actors.settings import SERVE_MAX_NEW_TOKENS, EngineSettings, Strict, load_mapping, resolve_path
+from actors.settings import SERVE_MAX_NEW_TOKENS, EngineSettings, RefineSettings, Strict, load_mapping, resolve_path
 
 
 class ModelSpec(Strict):
@@ -105,6 +105,10 @@ class ServeConfig(Strict):
     )
     default_voice: str | None = Field(None, description="Voice for native requests naming none (default: first).")
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    refine: RefineSettings = Field(
+        default_factory=RefineSettings,
+        description="The refine-text stage of every request (native requests may override it with `refine`).",
+    )
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     auth: AuthSpec = Field(default_factory=AuthSpec)
     sampling_seed: int = Field(0, ge=0, lt=2**63, description="Sampling seed when a request gives none.")
@@ -120,6 +124,11 @@ class ServeConfig(Strict):
                 raise ValueError(f"model_aliases.{alias} -> {target!r} is not one of models {sorted(self.models)}")
         if not self.voices:
             raise ValueError("voices needs at least one named voice")
+        if self.refine.only:
+            raise ValueError(
+                "refine.only cannot be the server's default (the OpenAI endpoint answers with audio); native requests "
+                "ask for it themselves with refine: {only: true}"
+            )
         known = self.voice_specs()
         if self.default_voice is not None and self.default_voice not in known:
             raise ValueError(f"default_voice {self.default_voice!r} is not one of voices {sorted(known)}")

@@ -9,6 +9,12 @@ upstream's hidden-state Decoder + Vocos and through its DVAE + Vocos (upstream z
 row before decoding, which changes the tail of shorter rows; a row alone is the well-defined reference). It
 also records the DVAE encoder's prompt codes for a fixed synthetic reference waveform.
 
+The refine-text stage (`Chat._refine_text`, upstream's `infer(skip_refine_text=False)` default): for every row, its
+normalised text refined ALONE under deterministic sampling (temperature 1e-6, upstream's other refine defaults:
+top_P 0.7, top_K 20, repetition penalty 1.0, up to 384 tokens) with the default (empty) refine prompt and, for the
+first row, with REFINE_PROMPT; the generated ids, the ids kept (< [break_0]) decoded to text, and then the case's
+code stage run on the refined texts (as `_infer`: no second normalisation): its token ids and codes.
+
 Usage: python upstream_reference.py CHECKPOINT_ROOT OUT_DIR
 """
 
@@ -30,6 +36,9 @@ from ChatTTS.core import Chat
 
 MAX_NEW_TOKEN = 48
 MIN_NEW_TOKEN = 2
+REFINE = {"temperature": 1e-6, "top_P": 0.7, "top_K": 20, "repetition_penalty": 1.0, "max_new_token": 384,
+          "min_new_token": 0}  # fmt: skip
+REFINE_PROMPT = "[oral_2][laugh_0][break_6]"
 
 CASES = [
     {
@@ -98,9 +107,21 @@ def configure(chat: Chat, asset: Path) -> None:
     chat.config.spk_stat = b14.encode_to_string(np.concatenate([std[:hidden], mean[:hidden]]).tobytes())
 
 
+def _refine(chat: Chat, text: str, prompt: str) -> tuple[list[int], str]:
+    """One text through upstream's refine stage alone: (generated ids, the decoded text of those < [break_0])."""
+    params = Chat.RefineTextParams(prompt=prompt, show_tqdm=False, manual_seed=0, **REFINE)
+    refined = chat._refine_text([text], chat.device, params)
+    ids = refined.ids[0]
+    kept = ids[ids.less(chat.tokenizer.break_0_ids)]
+    decoded = chat.tokenizer.decode([kept])[0]
+    generated = [int(i) for i in ids.tolist()]
+    refined.destroy()
+    return generated, decoded
+
+
 def _run_case(chat: Chat, case: dict, meta: dict, arrays: dict[str, np.ndarray], ref_prompt: str, row: int) -> int:
-    """One case's texts through upstream's code stage and both decoders, recorded from row `row` on; returns the
-    next row number."""
+    """One case's texts through upstream's code stage and both decoders, recorded from row `row` on, and through
+    its refine stage then code stage; returns the next row number."""
     texts = [chat.normalizer(t, True, False) for t in case["texts"]]
     spk = meta["speakers"][str(case["speaker_seed"])] if case["speaker_seed"] is not None else None
     params = Chat.InferCodeParams(
@@ -143,6 +164,25 @@ def _run_case(chat: Chat, case: dict, meta: dict, arrays: dict[str, np.ndarray],
         )
         row += 1
     result.destroy()
+    # The refine stage, each text alone, then the case's code stage on the refined texts (batched as above).
+    first = row - len(texts)
+    refined_texts = []
+    for i, text in enumerate(texts):
+        generated, decoded = _refine(chat, text, "")
+        arrays[f"row{first + i}_refine_ids"] = np.asarray(generated, dtype=np.int64)
+        meta["rows"][first + i]["refined"] = decoded
+        refined_texts.append(decoded)
+        if first + i == 0:
+            generated, decoded = _refine(chat, text, REFINE_PROMPT)
+            arrays["row0_refine_prompt_ids"] = np.asarray(generated, dtype=np.int64)
+            meta["rows"][0]["refined_with_prompt"] = decoded
+    decorated = chat.speaker.decorate_code_prompts(list(refined_texts), params.prompt, params.txt_smp, params.spk_emb)
+    result = next(chat._infer_code(list(refined_texts), False, chat.device, True, params))
+    for i in range(len(texts)):
+        ids = chat.tokenizer._tokenizer(decorated[i], add_special_tokens=False)["input_ids"]
+        arrays[f"row{first + i}_refined_token_ids"] = np.asarray(ids, dtype=np.int64)
+        arrays[f"row{first + i}_refined_codes"] = result.ids[i].cpu().numpy().astype(np.int64)
+    result.destroy()
     return row
 
 
@@ -167,6 +207,7 @@ def main() -> None:
         "top_k": 20,
         "repetition_penalty": 1.05,
         "prompt": "[speed_5]",
+        "refine": {**REFINE, "seed": 0, "prompt": "", "row0_prompt": REFINE_PROMPT},
         "rows": [],
         "speakers": {},
     }
