@@ -159,11 +159,17 @@ def build_synthesizer(
     device_share: float = 1.0,
     fsq: str | None = None,
     verify: str | None = None,
+    refine: RefineSettings | None = None,
 ) -> Synthesizer:
     """The one way a front end builds its engine replica from settings. `max_new_tokens`: the front end's default
-    reservation when `engine.max_new_tokens` is unset; `device_share`: the part of the device this replica owns
-    (fractional Ray GPUs, several Serve models); `fsq`/`verify`: a model's own values over the engine's."""
+    reservation when `engine.max_new_tokens` is unset, raised to what the refine-text stage may generate (upstream's
+    384, or `refine.max_new_tokens`) when `refine` is on, so that a short code-stage limit never cuts a refinement;
+    `device_share`: the part of the device this replica owns (fractional Ray GPUs, several Serve models);
+    `fsq`/`verify`: a model's own values over the engine's."""
     from .replica import Synthesizer
+
+    if refine is not None and refine.enabled:
+        max_new_tokens = max(max_new_tokens, refine.max_new_tokens or REFINE_PARAMS.max_new_tokens)
 
     return Synthesizer(
         model=model,

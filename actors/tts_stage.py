@@ -131,6 +131,7 @@ class TTSStage:
             self.settings.model,
             self.settings.engine,
             max_new_tokens=self.settings.sampling.max_new_tokens,
+            refine=self.settings.refine,
             max_chars=self.settings.max_chars,
             device_share=assigned_gpu_share(),  # actors.num_gpus as Ray gave it, as for Serve replicas
         )

@@ -106,10 +106,12 @@ def worker(args: argparse.Namespace) -> None:
     if args.as_synth:
         # exactly the replica `raytts synth --model M --max-new-tokens N` builds: its engine defaults, no budget or
         # slot flags (what a new user gets)
-        from actors.settings import SYNTH_MAX_RESERVE, EngineSettings, build_synthesizer
+        from actors.settings import SYNTH_MAX_RESERVE, EngineSettings, RefineSettings, build_synthesizer
 
         engine = EngineSettings(device=args.device, dtype=args.dtype)
-        synth = build_synthesizer(args.checkpoint, engine, max_new_tokens=min(SYNTH_MAX_RESERVE, args.max_new_tokens))
+        refine_settings = RefineSettings(enabled=args.refine == "on")
+        max_new = min(SYNTH_MAX_RESERVE, args.max_new_tokens)
+        synth = build_synthesizer(args.checkpoint, engine, max_new_tokens=max_new, refine=refine_settings)
     else:
         synth = Synthesizer(
             model=args.checkpoint,

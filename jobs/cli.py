@@ -20,6 +20,17 @@ from actors.settings import (
 )
 from actors.text import DEFAULT_NORMALIZE, NORMALIZE_MODES
 
+# Sampling flags of `raytts synth`, as --NAME for the code stage and --refine-NAME for the refine-text stage.
+SAMPLING_FLAGS = (
+    ("temperature", float),
+    ("top_p", float),
+    ("top_k", int),
+    ("repetition_penalty", float),
+    ("max_new_tokens", int),
+    ("min_new_tokens", int),
+    ("seed", int),
+)
+
 
 def _synth_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -33,15 +44,7 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, type=Path, help="JSONL file of rows")
     p.add_argument("--output", required=True, type=Path, help="output folder (part-00000.parquet is overwritten)")
     p.add_argument("--speaker", default=None, help="default speaker: 'seed:N' or an upstream speaker string")
-    for name, kind in (
-        ("temperature", float),
-        ("top_p", float),
-        ("top_k", int),
-        ("repetition_penalty", float),
-        ("max_new_tokens", int),
-        ("min_new_tokens", int),
-        ("seed", int),
-    ):
+    for name, kind in SAMPLING_FLAGS:
         field = SamplingSettings.model_fields[name]  # the defaults of every front end (actors/settings.py)
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=field.default, help=field.description)
     p.add_argument("--save-codes", action="store_true", help="also store the [T, 4] audio codes")
@@ -56,15 +59,7 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     )
     refine.add_argument("--refine-only", action="store_true", help=RefineSettings.model_fields["only"].description)
     refine.add_argument("--refine-prompt", default="", help=RefineSettings.model_fields["prompt"].description)
-    for name, kind in (
-        ("temperature", float),
-        ("top_p", float),
-        ("top_k", int),
-        ("repetition_penalty", float),
-        ("max_new_tokens", int),
-        ("min_new_tokens", int),
-        ("seed", int),
-    ):
+    for name, kind in SAMPLING_FLAGS:  # the refine stage's own, as --refine-NAME
         field = RefineSettings.model_fields[name]
         refine.add_argument(
             f"--refine-{name.replace('_', '-')}", type=kind, default=field.default, help=field.description
@@ -337,19 +332,8 @@ def _synth(args: argparse.Namespace) -> int:
                 enabled=not args.no_refine,
                 only=args.refine_only,
                 prompt=args.refine_prompt,
-                **{
-                    name: getattr(args, f"refine_{name}")
-                    for name in (
-                        "temperature",
-                        "top_p",
-                        "top_k",
-                        "repetition_penalty",
-                        "max_new_tokens",
-                        "min_new_tokens",
-                        "seed",
-                    )
-                },
-            ),  # fmt: skip
+                **{name: getattr(args, f"refine_{name}") for name, _ in SAMPLING_FLAGS},
+            ),
             audio_format=args.audio_format,
         )
     except ValueError as err:

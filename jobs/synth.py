@@ -118,6 +118,7 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
         options.model,
         options.engine,
         max_new_tokens=reserved_new_tokens(rows, options.sampling.max_new_tokens),
+        refine=options.refine,
     )
     defaults = options.sampling.params()
     defaults.validate(synthesizer.config.gpt.num_vq)

@@ -192,7 +192,7 @@ def test_each_slot_reserves_what_the_rows_ask_for(tiny_checkpoint, tmp_path, mon
     """`raytts synth` reads every row first, so a slot reserves the most any row may generate (--max-new-tokens, or
     a row's own larger max_new_tokens), not a fixed 2048: short jobs fit more rows in the same memory. A row asking
     beyond what the model's positions allow fails alone; the report shows the plan."""
-    from actors.settings import SYNTH_MAX_RESERVE, SYNTH_ROW_RESERVE, EngineSettings, SamplingSettings
+    from actors.settings import SYNTH_MAX_RESERVE, SYNTH_ROW_RESERVE, EngineSettings, RefineSettings, SamplingSettings
     from jobs.synth import SynthOptions, reserved_new_tokens, run_synth
     from pipeline.inputs import InputRow
 
@@ -217,5 +217,9 @@ def test_each_slot_reserves_what_the_rows_ask_for(tiny_checkpoint, tmp_path, mon
     assert report.engine["budget_source"].startswith("0.5 x ")  # no budget given: from this machine's memory
 
     (tmp_path / "in.jsonl").write_text(json.dumps(lines[0]) + "\n")
+    status, report = run_synth(options)
+    # the refine-text stage (on by default) may generate upstream's 384 tokens: the slot holds them
+    assert status == 0 and report.engine["slot_tokens"] == 640 + 384
+    options.refine = RefineSettings(enabled=False)
     status, report = run_synth(options)
     assert status == 0 and report.engine["slot_tokens"] == 640 + 40

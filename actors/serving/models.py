@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from actors.async_engine import AsyncSynthesizer
 from actors.placement import assigned_gpu_share
-from actors.settings import build_synthesizer
+from actors.settings import RefineSettings, build_synthesizer
 from actors.voices import Voice, read_reference_audio
 
 from .config import ServeConfig
@@ -74,6 +74,8 @@ def load_served_model(name: str, config: ServeConfig, budget_share: int) -> Load
         device_share=assigned_gpu_share() / budget_share,
         fsq=spec.fsq,
         verify=spec.verify,
+        # native requests may turn the refine stage on whatever the server's default: reserve for it
+        refine=config.refine if config.refine.enabled else RefineSettings(),
     )
     voices: dict[str, Voice] = {}
     for voice_name, voice in config.voice_specs().items():
