@@ -240,6 +240,11 @@ class Synthesizer:
         if request.front_end is None and not isinstance(request.text, str):
             raise RequestError(f"text must be a string, got {type(request.text).__name__}")
         request.params.validate(self.config.gpt.num_vq)
+        if request.params.max_new_tokens > self.plan.max_new_tokens:
+            raise RequestError(
+                f"max_new_tokens {request.params.max_new_tokens} exceeds this replica's "
+                f"{self.plan.max_new_tokens}; lower it or start the replica with a larger max_new_tokens"
+            )
         if not re.fullmatch(r"(\[[\w]+\])*", request.prompt or ""):
             raise RequestError(f"prompt must be a run of control tags such as [speed_5], got {request.prompt!r:.60}")
         hidden = self.config.gpt.hidden_size
@@ -289,11 +294,6 @@ class Synthesizer:
                     f"reference codes) exceeds this replica's {prompt_room} prompt tokens: use a shorter reference "
                     f"clip or transcript, or raise max_prompt_tokens"
                 )
-            if request.params.max_new_tokens > self.plan.max_new_tokens:
-                raise RequestError(
-                    f"max_new_tokens {request.params.max_new_tokens} exceeds this replica's "
-                    f"{self.plan.max_new_tokens}; lower it or start the replica with a larger max_new_tokens"
-                )
             segments.append(Segment(row, index, prompt, replace(request.params, seed=seed)))
         return segments
 
@@ -332,11 +332,6 @@ class Synthesizer:
             raise RequestError(
                 f"refine max_new_tokens {params.max_new_tokens} exceeds the {room} this replica's rows hold for "
                 f"refined text (prompt tokens left after the decoration and reference, and the slot); lower it"
-            )
-        if request.params.max_new_tokens > self.plan.max_new_tokens:
-            raise RequestError(
-                f"max_new_tokens {request.params.max_new_tokens} exceeds this replica's "
-                f"{self.plan.max_new_tokens}; lower it or start the replica with a larger max_new_tokens"
             )
         code_params = replace(request.params, seed=_segment_seed(request.params.seed, index))
         plan = Refine(text, request.prompt, transcript, speaker, reference, code_params, refine.only)

@@ -120,29 +120,33 @@ def test_codes_and_waveforms_match_upstream(golden, tiny_model, tiny_tokenizer):
     assert len(lengths) > 3, "goldens should cover rows of several lengths"
 
 
-def test_replica_end_to_end_matches_upstream(golden, synthesizer):
-    """Through the public Synthesizer API (text in, audio out), not just the engine."""
-    meta, arrays = golden
+def _golden_requests(meta, refine: RefineOptions) -> list[tuple[dict, SynthesisRequest]]:
+    """(golden row, its request through the public API) for every row without reference audio."""
     requests = []
     for row in meta["rows"]:
         if row["reference"]:
             continue
         speaker = None if row["speaker_seed"] is None else f"seed:{row['speaker_seed']}"
-        requests.append(
-            (
-                row["row"],
-                SynthesisRequest(
-                    id=f"r{row['row']}",
-                    text=row["text"],
-                    speaker=speaker,
-                    params=_golden_params(meta, seed=99),
-                    normalize="upstream",
-                    refine=RefineOptions(enabled=False),  # the code-stage goldens: upstream's skip_refine_text=True
-                ),
-            )
+        request = SynthesisRequest(
+            id=f"r{row['row']}",
+            text=row["text"],
+            speaker=speaker,
+            params=_golden_params(meta, seed=99),
+            normalize="upstream",
+            refine=refine,
         )
+        requests.append((row, request))
+    return requests
+
+
+def test_replica_end_to_end_matches_upstream(golden, synthesizer):
+    """Through the public Synthesizer API (text in, audio out), not just the engine."""
+    meta, arrays = golden
+    # the code-stage goldens: upstream's skip_refine_text=True
+    requests = _golden_requests(meta, RefineOptions(enabled=False))
     results = synthesizer.synthesize([r for _, r in requests])
-    for (index, _), result in zip(requests, results, strict=True):
+    for (row, _), result in zip(requests, results, strict=True):
+        index = row["row"]
         assert result.error is None, result.error
         np.testing.assert_array_equal(result.codes, arrays[f"row{index}_codes"])
         assert rel_error(result.audio, arrays[f"row{index}_wav_hidden"]) <= 1e-3
@@ -184,20 +188,7 @@ def test_replica_end_to_end_with_refine_matches_upstream(golden, synthesizer, ti
     """Refine on, through the public Synthesizer API: the refined text's code prompt and codes equal upstream's
     `infer(skip_refine_text=False)` path (refine, decode, then the code stage on the refined text)."""
     meta, arrays = golden
-    requests = []
-    for row in meta["rows"]:
-        if row["reference"]:
-            continue
-        speaker = None if row["speaker_seed"] is None else f"seed:{row['speaker_seed']}"
-        request = SynthesisRequest(
-            id=f"r{row['row']}",
-            text=row["text"],
-            speaker=speaker,
-            params=_golden_params(meta, seed=99),
-            normalize="upstream",
-            refine=_golden_refine(meta),
-        )
-        requests.append((row, request))
+    requests = _golden_requests(meta, _golden_refine(meta))
     results = synthesizer.synthesize([r for _, r in requests])
     for (row, _), result in zip(requests, results, strict=True):
         index = row["row"]
