@@ -240,11 +240,6 @@ class Synthesizer:
         if request.front_end is None and not isinstance(request.text, str):
             raise RequestError(f"text must be a string, got {type(request.text).__name__}")
         request.params.validate(self.config.gpt.num_vq)
-        if request.params.max_new_tokens > self.plan.max_new_tokens:
-            raise RequestError(
-                f"max_new_tokens {request.params.max_new_tokens} exceeds this replica's "
-                f"{self.plan.max_new_tokens}; lower it or start the replica with a larger max_new_tokens"
-            )
         if not re.fullmatch(r"(\[[\w]+\])*", request.prompt or ""):
             raise RequestError(f"prompt must be a run of control tags such as [speed_5], got {request.prompt!r:.60}")
         hidden = self.config.gpt.hidden_size
@@ -267,6 +262,11 @@ class Synthesizer:
                 strict=request.strict,
             )
         result.spoken_text, result.dropped = front_end.spoken_text, front_end.dropped
+        if request.params.max_new_tokens > self.plan.max_new_tokens:
+            raise RequestError(
+                f"max_new_tokens {request.params.max_new_tokens} exceeds this replica's "
+                f"{self.plan.max_new_tokens}; lower it or start the replica with a larger max_new_tokens"
+            )
         refine = request.refine
         if refine.enabled and not re.fullmatch(r"(\[[\w]+\])*", refine.prompt or ""):
             raise RequestError(

@@ -150,6 +150,14 @@ class EngineSettings(Strict):
     )
 
 
+def reserved_with_refine(max_new_tokens: int, refine: RefineSettings | None) -> int:
+    """New tokens a slot reserves: the code stage's `max_new_tokens`, or, with the refine stage on, at least what it
+    may generate (upstream's 384 or `refine.max_new_tokens`), so a short code-stage limit never cuts a refinement."""
+    if refine is not None and refine.enabled:
+        return max(max_new_tokens, refine.max_new_tokens or REFINE_PARAMS.max_new_tokens)
+    return max_new_tokens
+
+
 def build_synthesizer(
     model: str,
     engine: EngineSettings,
@@ -168,8 +176,7 @@ def build_synthesizer(
     `fsq`/`verify`: a model's own values over the engine's."""
     from .replica import Synthesizer
 
-    if refine is not None and refine.enabled:
-        max_new_tokens = max(max_new_tokens, refine.max_new_tokens or REFINE_PARAMS.max_new_tokens)
+    max_new_tokens = reserved_with_refine(max_new_tokens, refine)
 
     return Synthesizer(
         model=model,

@@ -470,6 +470,7 @@ def test_the_prepare_stage_tokenises_exactly_as_the_engine_does(local_ray, tiny_
     from actors.engine.sampling import SamplingParams
     from actors.replica import Synthesizer
     from actors.requests import request_from_fields
+    from actors.settings import reserved_with_refine
     from actors.voices import reference_codes_from_prompt
 
     codes = encode_prompt(np.arange(4 * 20, dtype=np.int64).reshape(4, 20) % 40)
@@ -504,7 +505,8 @@ def test_the_prepare_stage_tokenises_exactly_as_the_engine_does(local_ray, tiny_
     engine = config.engine
     synth = Synthesizer(model=config.model, device="cpu", max_batch_size=engine.max_slots,
                         budget_bytes=engine.budget_mib << 20, max_prompt_tokens=engine.max_prompt_tokens,
-                        max_new_tokens=config.sampling.max_new_tokens, max_segment_tokens=24)  # fmt: skip
+                        max_new_tokens=reserved_with_refine(config.sampling.max_new_tokens, config.refine),
+                        max_segment_tokens=24)  # fmt: skip  # the job's actor reserves the same (refine's 384)
     defaults = SamplingParams(**config.sampling.model_dump())
     requests = []
     for number, row in enumerate(rows, start=1):

@@ -384,6 +384,8 @@ class ContinuousBatcher:
         waiting: list[RowRequest] = []  # text rows passed over for want of lane room, back at the head afterwards
         while free and self.queue:
             if self.queue[0].text and text_room <= 0:
+                if len(waiting) >= len(self.owner):  # look no further than a pool's worth of waiting text rows
+                    break
                 waiting.append(self.queue.popleft())
                 continue
             need = self._blocks_for(self.queue[0].context + self.plan.lookahead_tokens)
