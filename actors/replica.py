@@ -278,12 +278,12 @@ class Synthesizer:
             )
         segments = []
         for index, ids in enumerate(front_end.segment_ids):
-            seed = _segment_seed(request.params.seed, index)
             if refine.enabled:
                 segments.append(
                     self._refine_segment(row, index, request, front_end.segments[index], speaker, reference)
                 )
                 continue
+            seed = _segment_seed(request.params.seed, index)
             prompt = CodePrompt(ids, speaker, reference)
             prompt_room = self.plan.slot_tokens - self.plan.max_new_tokens
             if prompt.length > prompt_room:
@@ -384,8 +384,14 @@ class Synthesizer:
         out: list[SegmentAudio] = []
         refined = [row for row in finished if isinstance(row.key, _Refining)]
         finished = [row for row in finished if not isinstance(row.key, _Refining)]
-        for row in refined:
-            out.extend(self._code_stage(row))
+        if refined:
+            # one device-to-host copy for every refinement that ended in this step
+            lengths = [int(row.codes.shape[0]) for row in refined]
+            tokens = torch.cat([row.codes[:, 0] for row in refined]).tolist()
+            start = 0
+            for row, n in zip(refined, lengths, strict=True):
+                out.extend(self._code_stage(row.key.key, tokens[start : start + n], row.finished))
+                start += n
         # Finished rows and progress are views into their slots: decode them before the next step refills them.
         for partial in self.batcher.progress:
             stream = self._streams[partial.key]
@@ -407,13 +413,12 @@ class Synthesizer:
                 out.append(SegmentAudio(row.key, audio, codes, True, row.finished, self._refined.pop(row.key, None)))
         return out
 
-    def _code_stage(self, row: FinishedRow) -> list[SegmentAudio]:
-        """A refine-text row finished: keep its tokens below [break_0], decode them (re-encoding canonicalises the
-        WordPiece tokens, as upstream's decode -> encode does), and queue the segment's code row with that text (no
-        second normalisation, as upstream). Refine-only segments are done here."""
-        key = row.key.key
+    def _code_stage(self, key: object, tokens: list[int], ended: bool) -> list[SegmentAudio]:
+        """Segment `key`'s refine-text row finished with `tokens` (`ended`: by [Ebreak]): keep those below [break_0],
+        decode them (re-encoding canonicalises the WordPiece tokens, as upstream's decode -> encode does), and queue
+        the segment's code row with that text (no second normalisation, as upstream). Refine-only segments are done
+        here."""
         plan, stream = self._refining.pop(key)
-        tokens = row.codes[:, 0].tolist()
         self.stats.refined_segments += 1
         self.stats.refined_tokens += len(tokens)
         text = self.tokenizer.decode([t for t in tokens if t < self.tokenizer.break_0_id]).strip()
@@ -423,7 +428,7 @@ class Synthesizer:
             self.stats.refine_fallbacks += 1
             text = plan.source
         if plan.only:
-            return [SegmentAudio(key, np.zeros(0, np.float32), None, True, row.finished, text)]
+            return [SegmentAudio(key, np.zeros(0, np.float32), None, True, ended, text)]
         room = self.plan.slot_tokens - self.plan.max_new_tokens
         ids = self.tokenizer.encode(decorate(text, plan.prompt, plan.speaker is not None, plan.transcript))
         if len(ids) + (0 if plan.reference is None else int(plan.reference.shape[1])) > room:
