@@ -45,6 +45,19 @@ log = logging.getLogger(__name__)
 
 _SEGMENT_SEED_STEP = 0x9E3779B97F4A7C15
 CPU_MAX_SLOTS = 64  # rows at once on CPU unless engine.max_slots says otherwise
+BACKENDS = ("torch", "onnx")
+
+
+def _onnx_device(device: str):
+    """The onnx backend's device: "auto" is CUDA only where torch sees a GPU and onnxruntime has its CUDA provider
+    (onnxruntime-gpu), else the CPU; "cuda" without that provider fails when the sessions load, naming it."""
+    if device != "auto":
+        return pick_device(device)
+    import onnxruntime
+
+    if torch.cuda.is_available() and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 @dataclass
@@ -105,10 +118,17 @@ class Synthesizer:
         compile: str = "off",
         device_share: float = 1.0,
         budget_fraction: float = 0.85,
+        backend: str = "torch",
+        onnx_path: str | Path | None = None,
+        onnx_quantize: str = "none",
     ) -> None:
         """`device_share` (0, 1]: the part of the device this replica may use when several share it (fractional Ray
         GPUs, or several models in one Serve replica); it scales the default budget, `budget_fraction` of the free
-        device memory. `budget_bytes` given explicitly is used as is."""
+        device memory. `budget_bytes` given explicitly is used as is.
+
+        `backend`: "torch" (the model's torch modules) or "onnx" (`actors.onnx`: the exported blocks run by
+        onnxruntime, the same engine around them): `onnx_path` an exported folder (`raytts export-onnx`), by default
+        the checkpoint exported once into the cache with `onnx_quantize` ("none" or "int8")."""
         if not 0 < device_share <= 1:
             raise ValueError(f"device_share must be in (0, 1], got {device_share}")
         if not 0 < budget_fraction <= 1:
@@ -117,9 +137,21 @@ class Synthesizer:
             raise ValueError(f"decoder must be 'hidden' or 'dvae', got {decoder!r}")
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
-        weights = self._load(model, cache_dir, verify, fsq_variant)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+        if backend == "onnx" and compile != "off":
+            raise ValueError(
+                f"compile={compile!r} compiles the torch decode step; the onnx backend runs with compile off"
+            )
+        if backend != "onnx" and onnx_path is not None:
+            raise ValueError("onnx_path is the onnx backend's: set backend='onnx' (engine.backend: onnx) to use it")
+        self.backend = backend
+        self.device = pick_device(device) if backend == "torch" else _onnx_device(device)
+        if backend == "onnx":
+            weights = self._load_onnx(model, cache_dir, verify, fsq_variant, dtype, onnx_path, onnx_quantize)
+        else:
+            self.dtype = pick_dtype(dtype, self.device)
+            weights = self._load(model, cache_dir, verify, fsq_variant)
         self.use_decoder = decoder == "hidden"
         self.max_segment_tokens = max_segment_tokens
         self.max_chars = max_chars
@@ -140,12 +172,13 @@ class Synthesizer:
             self._warm_up()
         plan = self.plan
         log.info(
-            "replica ready: model %s (%s) on %s/%s, decoder=%s, up to %d rows in flight of at most %d tokens, KV pool "
+            "replica ready: model %s (%s) on %s/%s (backend %s), decoder=%s, up to %d rows in flight of at most %d tokens, KV pool "
             "%d blocks x %d tokens (%d full rows; rows take blocks as they grow) (%.0f MiB of a %.0f MiB budget: %s%s)",
             self.checkpoint.source,
             self.config.name,
             self.device,
             str(self.dtype).removeprefix("torch."),
+            "torch" if self.backend == "torch" else f"onnx, {self.model.quantize} quantisation",
             decoder,
             plan.slots,
             plan.slot_tokens,
@@ -202,6 +235,44 @@ class Synthesizer:
         self.model = load_model(self.checkpoint.asset, self.config, self.device, self.dtype, fsq_variant)
         self.tokenizer = TextTokenizer(self.checkpoint.asset / "tokenizer", self.config.gpt.num_text_tokens)
         return torch.cuda.memory_allocated(self.device) - before if cuda else 0
+
+    def _load_onnx(
+        self,
+        model: str | Path | None,
+        cache_dir: Path | None,
+        verify: str,
+        fsq_variant: str,
+        dtype: str | None,
+        onnx_path: str | Path | None,
+        quantize: str,
+    ) -> int:
+        """The checkpoint's config and tokenizer, and its ONNX export run by onnxruntime (`actors.onnx`): the folder
+        given, else the cached export of this checkpoint (made on first use). Returns 0: onnxruntime's weights are
+        outside torch's allocator."""
+        from .onnx.export import cached_export
+        from .onnx.runtime import OnnxChatTTS
+
+        self.checkpoint = resolve(model, cache_dir=cache_dir, verify=verify)
+        self.config = read_model_config(self.checkpoint.asset)
+        self.tokenizer = TextTokenizer(self.checkpoint.asset / "tokenizer", self.config.gpt.num_text_tokens)
+        if onnx_path is None:
+            export_dtype = dtype or ("float16" if self.device.type == "cuda" else "float32")
+            folder = cached_export(self.checkpoint.source, dtype=export_dtype,
+                                   quantize=quantize, fsq=fsq_variant, verify=verify, cache_dir=cache_dir)  # fmt: skip
+        else:
+            folder = Path(onnx_path)
+        self.model = OnnxChatTTS(folder, self.config, self.device)
+        self.dtype = self.model.dtype
+        if dtype is not None and str(self.dtype).removeprefix("torch.") != dtype:
+            raise ValueError(f"dtype {dtype!r} asked, but the ONNX export {folder} is {self.model.manifest['dtype']}")
+        exported = self.model.manifest["source"].get("sha256")
+        if exported != self.checkpoint.sha256:
+            raise ValueError(
+                f"the ONNX export {folder} was made from checkpoint sha256 {str(exported)[:16]}, not from "
+                f"{self.checkpoint.model_id}: export this checkpoint (raytts export-onnx --model ...) or point the "
+                f"engine at the checkpoint the export came from"
+            )
+        return 0
 
     def _warm_up(self) -> None:
         """Compile the decode step before the first request: throwaway rows run through the batcher alone and then

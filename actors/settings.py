@@ -105,6 +105,21 @@ class RefineSettings(Strict):
         return RefineOptions(**self.model_dump())
 
 
+class OnnxSettings(Strict):
+    """The onnx backend's model: an exported folder, or this checkpoint exported once into the cache."""
+
+    path: str | None = Field(
+        None,
+        description="Folder written by `raytts export-onnx` (its manifest must name this checkpoint). Default: the "
+        "checkpoint is exported once per machine into the cache (RAYTTS_CACHE/onnx), under a file lock.",
+    )
+    quantize: Literal["none", "int8"] = Field(
+        "none",
+        description="For the default export: int8 (dynamic, per-channel int8 weights of the GPT layers and heads: "
+        "faster on CPU, codes no longer equal the float model's; benchmarks/RESULTS.md) or none (float, same codes).",
+    )
+
+
 class EngineSettings(Strict):
     """One engine replica: where it runs, how it spends its memory, how it decodes."""
 
@@ -143,11 +158,25 @@ class EngineSettings(Strict):
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads per replica (default: a job actor's CPU share; torch's choice)."
     )
+    backend: Literal["torch", "onnx"] = Field(
+        "torch",
+        description="torch: the model's torch modules. onnx: its blockwise ONNX export run by onnxruntime (CPU, or "
+        "CUDA with onnxruntime-gpu), the same engine around it (engine.onnx says which export).",
+    )
+    onnx: OnnxSettings = Field(default_factory=OnnxSettings, description="The onnx backend's export.")
     compile: Literal["off", "inductor", "cudagraphs"] = Field(
         "off",
         description="torch.compile the decode step (dynamic shapes, compiled once at start-up); 'cudagraphs' also "
         "replays it as CUDA graphs over bucketed shapes (CUDA only).",
     )
+
+
+def engine_paths(engine: EngineSettings, base: Path) -> EngineSettings:
+    """`engine.onnx.path` from a config file is relative to that file (as every local path in it)."""
+    if engine.onnx.path is None:
+        return engine
+    onnx = engine.onnx.model_copy(update={"path": resolve_path(engine.onnx.path, base)})
+    return engine.model_copy(update={"onnx": onnx})
 
 
 def reserved_with_refine(max_new_tokens: int, refine: RefineSettings | None) -> int:
@@ -195,6 +224,9 @@ def build_synthesizer(
         fsq_variant=fsq or engine.fsq,
         verify=verify or engine.verify,
         compile=engine.compile,
+        backend=engine.backend,
+        onnx_path=engine.onnx.path,
+        onnx_quantize=engine.onnx.quantize,
     )
 
 

@@ -31,10 +31,16 @@ sys.path.insert(0, str(REPO))
 
 
 def run(
-    checkpoint: Path, rows: list[str], args: argparse.Namespace, dtype: str, forced_along: list | None = None
+    checkpoint: Path,
+    rows: list[str],
+    args: argparse.Namespace,
+    dtype: str | None,
+    forced_along: list | None = None,
+    backend: str = "torch",
+    onnx_quantize: str = "none",
 ) -> tuple[list, float, list]:
-    """Synthesise `rows` in `dtype`; also the replica's forced logits along `forced_along`'s codes (its own codes
-    when None), taken before the replica is freed."""
+    """Synthesise `rows` in `dtype` on `backend`; also the replica's forced logits along `forced_along`'s codes (its
+    own codes when None), taken before the replica is freed."""
     import torch
 
     from actors.engine.sampling import SamplingParams
@@ -49,6 +55,8 @@ def run(
         max_prompt_tokens=256,
         max_new_tokens=args.max_new_tokens,
         budget_bytes=args.budget_mib << 20 if args.budget_mib else None,
+        backend=backend,
+        onnx_quantize=onnx_quantize,
     )
     requests = [
         SynthesisRequest(

@@ -106,9 +106,11 @@ def worker(args: argparse.Namespace) -> None:
     if args.as_synth:
         # exactly the replica `raytts synth --model M --max-new-tokens N` builds: its engine defaults, no budget or
         # slot flags (what a new user gets)
-        from actors.settings import SYNTH_MAX_RESERVE, EngineSettings, RefineSettings, build_synthesizer
+        from actors.settings import SYNTH_MAX_RESERVE, EngineSettings, OnnxSettings, RefineSettings, build_synthesizer
 
-        engine = EngineSettings(device=args.device, dtype=args.dtype)
+        engine = EngineSettings(
+            device=args.device, dtype=args.dtype, backend=args.backend, onnx=OnnxSettings(quantize=args.onnx_quantize)
+        )
         refine_settings = RefineSettings(enabled=args.refine == "on")
         max_new = min(SYNTH_MAX_RESERVE, args.max_new_tokens)
         synth = build_synthesizer(args.checkpoint, engine, max_new_tokens=max_new, refine=refine_settings)
@@ -122,6 +124,8 @@ def worker(args: argparse.Namespace) -> None:
             max_prompt_tokens=256,
             max_new_tokens=args.max_new_tokens,
             compile=args.compile,
+            backend=args.backend,
+            onnx_quantize=args.onnx_quantize,
         )
     params = SamplingParams(temperature=1e-6, max_new_tokens=args.max_new_tokens, min_new_tokens=2)
     refine = RefineOptions(enabled=args.refine == "on", temperature=1e-6)  # upstream's refine defaults otherwise
@@ -175,11 +179,13 @@ def run_raytts(
     compile: str = "off",
     as_synth: bool = False,
     refine: bool = False,
+    backend: str = "torch",
+    onnx_quantize: str = "none",
 ) -> dict:
     cmd = [
         sys.executable, str(Path(__file__).resolve()), "worker", "--checkpoint", str(root), "--texts-file", str(text_file),
         "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads), "--device", args.device,
-        "--compile", compile, "--refine", "on" if refine else "off",
+        "--compile", compile, "--refine", "on" if refine else "off", "--backend", backend, "--onnx-quantize", onnx_quantize,
     ]  # fmt: skip
     if dtype:
         cmd += ["--dtype", dtype]
@@ -234,6 +240,8 @@ def _parse_args() -> argparse.Namespace:
     w.add_argument("--compile", default="off")
     w.add_argument("--as-synth", action="store_true", help="build the replica `raytts synth` builds by default")
     w.add_argument("--refine", choices=("on", "off"), default="off")
+    w.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    w.add_argument("--onnx-quantize", choices=("none", "int8"), default="none")
     parser.add_argument("--preset", default="full")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

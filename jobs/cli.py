@@ -14,6 +14,7 @@ from actors.settings import (
     NORMALIZE_HELP,
     STRICT_TEXT_HELP,
     EngineSettings,
+    OnnxSettings,
     RefineSettings,
     SamplingSettings,
     resolve_path,
@@ -80,7 +81,47 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compile", choices=("off", "inductor", "cudagraphs"), default="off", help="torch.compile the decode step"
     )
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help=EngineSettings.model_fields["backend"].description)  # fmt: skip
+    p.add_argument("--onnx-path", default=None, help=OnnxSettings.model_fields["path"].description)
+    p.add_argument("--onnx-quantize", choices=("none", "int8"), default=OnnxSettings.model_fields["quantize"].default,
+                   help=OnnxSettings.model_fields["quantize"].description)  # fmt: skip
     p.add_argument("--audio-format", choices=tuple(AUDIO_FORMATS), default="flac")
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-onnx",
+        help="export a checkpoint as verified ONNX blocks (the onnx backend's model; onnxruntime-only deployments)",
+        description="Writes OUTPUT/manifest.json and one .onnx file per block: embed, layers/layer_NN (one graph, "
+        "per-layer weights), norm, code_head, text_head, sampling, decoder, dvae_decode, dvae_encode, vocos. Every "
+        "block is run by onnxruntime at two shapes and compared with torch; the export fails above 1e-4 relative "
+        "error (float32) or 1e-2 (float16). int8 blocks report their error.",
+    )
+    p.add_argument("--model", required=True, help="checkpoint folder, s3://... URI, hf://2Noise/ChatTTS[@rev], or tiny")
+    p.add_argument("--output", required=True, type=Path, help="output folder (replaced if it exists)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="int8: dynamic int8 weights for the GPT layers and heads (from the float32 export)")  # fmt: skip
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: raytts's tested one)")
+    p.add_argument("--fsq", choices=("classic", "symmetric"), default="classic", help="DVAE quantiser numerics")
+    p.add_argument("--verify", choices=("auto", "always", "never"), default="auto", help="sha256 of official files")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from actors.onnx.export import DEFAULT_OPSET, ExportError, export_checkpoint
+
+    try:
+        manifest = export_checkpoint(
+            args.model, args.output, dtype=args.dtype, quantize=args.quantize, opset=args.opset or DEFAULT_OPSET,
+            fsq=args.fsq, verify=args.verify, progress=print,
+        )  # fmt: skip
+    except (ExportError, ValueError) as err:
+        print(f"raytts export-onnx: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(manifest['blocks'])} verified blocks ({manifest['dtype']}, quantize={manifest['quantize']}, "
+          f"opset {manifest['opset']}) to {args.output} in {manifest['export_seconds']} s")  # fmt: skip
+    return 0
 
 
 def _run_parser(sub: argparse._SubParsersAction) -> None:
@@ -149,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     _run_parser(sub)
     _serve_parser(sub)
     _checkpoint_parser(sub)
+    _export_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -163,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "synth":
             return _synth(args)
+        if args.command == "export-onnx":
+            return _export(args)
         if args.command == "run":
             return _run(args)
         if args.command == "serve":
@@ -324,6 +368,10 @@ def _synth(args: argparse.Namespace) -> int:
                 fsq=args.fsq,
                 verify=args.verify,
                 compile=args.compile,
+                backend=args.backend,
+                onnx=OnnxSettings(
+                    path=_from_cwd(args.onnx_path) if args.onnx_path else None, quantize=args.onnx_quantize
+                ),  # fmt: skip
             ),
             save_codes=args.save_codes,
             normalize=args.normalize,

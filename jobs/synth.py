@@ -127,6 +127,12 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
     plan = synthesizer.plan
     report = SynthReport(output=str(options.output / "part-00000.parquet"))
     report.engine = {
+        "backend": synthesizer.backend,
+        **(
+            {"onnx": {"export": str(synthesizer.model.folder), "quantize": synthesizer.model.quantize}}
+            if synthesizer.backend == "onnx"
+            else {}
+        ),  # fmt: skip
         "slots": plan.slots,
         "slot_tokens": plan.slot_tokens,
         "kv_blocks": plan.pool_blocks,

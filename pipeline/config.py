@@ -18,6 +18,7 @@ from actors.settings import (
     RefineSettings,
     SamplingSettings,
     Strict,
+    engine_paths,
     load_mapping,
     resolve_path,
 )
@@ -164,4 +165,5 @@ class JobConfig(Strict):
         )
         output = self.output.model_copy(update={"path": fix(self.output.path)})
         model = fix(self.model)
-        return self.model_copy(update={"inputs": inputs, "output": output, "model": model})
+        engine = engine_paths(self.engine, base)
+        return self.model_copy(update={"inputs": inputs, "output": output, "model": model, "engine": engine})

@@ -68,3 +68,13 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
 
     with seaweed_s3(tmp_path_factory.mktemp("seaweed")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint exported by `raytts export-onnx` (float32, every block verified by onnxruntime)."""
+    from jobs.cli import main
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny-float32"
+    assert main(["export-onnx", "--model", str(tiny_checkpoint), "--output", str(out)]) == 0
+    return out

@@ -519,3 +519,27 @@ def test_the_prepare_stage_tokenises_exactly_as_the_engine_does(local_ray, tiny_
         assert job[row["id"]]["segments"] == result.segments, row["id"]
         assert job[row["id"]]["codes"] == result.codes.tolist(), row["id"]
         assert (job[row["id"]]["spoken_text"], job[row["id"]]["dropped_chars"]) == (result.spoken_text, result.dropped)
+
+
+def test_the_job_on_the_onnx_backend_writes_the_torch_backends_rows(local_ray, tiny_checkpoint, tiny_onnx, tmp_path):
+    """engine.backend: onnx in the Ray Data job (engine actors run the exported blocks with onnxruntime): every row
+    ok, and the same codes and spoken text as the same job on the torch backend."""
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    lines = ["Hello there.", "It is 9:30 on May 5.", "你好。", "A longer line, with a pause, and then more words."]
+    (texts / "t.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "text": t}) + "\n" for i, t in enumerate(lines)))
+    frames = {}
+    for backend in ("torch", "onnx"):
+        config = _config(tiny_checkpoint, [str(texts)], str(tmp_path / backend))
+        config.output.save_codes = True
+        config.engine.backend = backend
+        if backend == "onnx":
+            config.engine.onnx.path = str(tiny_onnx)
+        report = run_job(config)
+        assert report.ok == len(lines) and report.failed == 0
+        table = read_outputs(str(tmp_path / backend), ["id", "spoken_text", "codes"])
+        frames[backend] = table.to_pandas().set_index("id").sort_index()
+    torch_rows, onnx_rows = frames["torch"], frames["onnx"]
+    assert list(torch_rows["spoken_text"]) == list(onnx_rows["spoken_text"])
+    for row in torch_rows.index:
+        assert np.array_equal(np.stack(torch_rows.loc[row, "codes"]), np.stack(onnx_rows.loc[row, "codes"])), row

@@ -1,6 +1,7 @@
 """The online service: a real `serve.run` on 127.0.0.1 with the tiny model, driven by the official `openai` SDK
 and by raw HTTP clients. Three applications share one Serve instance: `/` (the main one), `/mux` (two
-checkpoints, one resident at a time) and `/small` (one slot, tiny queues, API keys: overload and auth)."""
+checkpoints, one resident at a time), `/small` (one slot, tiny queues, API keys: overload and auth) and `/onnx` (the
+main app's model on the onnx backend: its exported blocks run by onnxruntime)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def _app_args(models: dict, **overrides) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint, tmp_path_factory):
+def server(tiny_checkpoint, tiny_onnx, tmp_path_factory):
     import ray
     from ray import serve
 
@@ -85,6 +86,8 @@ def server(tiny_checkpoint, tmp_path_factory):
     )
     tight = DeploymentSpec(num_replicas=1, max_ongoing_requests=2, max_queued_requests=2, num_cpus=1)
     serve.run(build_app(small, tight), name="small", route_prefix="/small")
+    onnx = _app_args({"a": tiny_checkpoint}, engine={"backend": "onnx", "onnx": {"path": str(tiny_onnx)}})
+    serve.run(build_app(onnx, one), name="onnx", route_prefix="/onnx")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
@@ -656,3 +659,33 @@ def _with_known_names(drawn):
     if known and isinstance(case.body, dict):
         case.body.update(model="tts-1", voice="alloy")
     return case
+
+
+def test_the_onnx_backend_app_answers_as_the_torch_one_streamed_and_whole(server):
+    """engine.backend: onnx behind the same Serve app: the native endpoint returns the torch app's codes and audio,
+    refine on (the default), and the OpenAI endpoint streams audio that joins to the whole answer."""
+    body = {"text": "It is 9:30, the same words on both backends.", "seed": 4, "return_codes": True,
+            "max_new_tokens": 60, "response_format": "wav"}  # fmt: skip
+    answers = {}
+    for prefix in ("", "/onnx"):
+        status, _, raw = _post(f"{server}{prefix}/v1/tts", body)
+        assert status == 200, raw
+        answers[prefix] = json.loads(raw)
+    torch_answer, onnx_answer = answers[""], answers["/onnx"]
+    assert onnx_answer["spoken_text"] == torch_answer["spoken_text"]
+    np.testing.assert_array_equal(np.asarray(onnx_answer["codes"]), np.asarray(torch_answer["codes"]))
+    import base64
+
+    whole_torch = _decode(base64.b64decode(torch_answer["audio"]), "wav")
+    whole_onnx = _decode(base64.b64decode(onnx_answer["audio"]), "wav")
+    assert whole_onnx.shape == whole_torch.shape and _rel(whole_onnx, whole_torch) < 1e-3
+
+    client = _client(f"{server}/onnx")
+    text = "Streaming from the onnx backend. It arrives in pieces."
+    with client.audio.speech.with_streaming_response.create(
+        model="a", voice="echo", input=text, response_format="pcm"
+    ) as response:
+        pieces = [piece for piece in response.iter_bytes() if piece]
+    whole = client.audio.speech.create(model="a", voice="echo", input=text, response_format="pcm").content
+    assert _rel(_decode(b"".join(pieces), "pcm"), _decode(whole, "pcm")) < 1e-3
+    assert _stats(f"{server}/onnx")["engines"]["a"]["stream_chunks"] >= 2

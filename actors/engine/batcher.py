@@ -202,7 +202,11 @@ class ContinuousBatcher:
         self.config = config
         device = model.device
         self.device = device
-        self.dtype = model.embed.emb_text.weight.dtype
+        self.dtype = model.dtype
+        # A backend may run the logits chain itself (the onnx backend's sampling head); the draw is always `sample`.
+        self._process_logits = getattr(model, "process_logits", process_logits)
+        # A backend whose attention takes one read for all rows (the onnx layer graph) gets one group per step.
+        self._grouped_reads = getattr(model, "grouped_reads", True)
         slots, max_new = plan.slots, plan.max_new_tokens
         self.cache = PagedKVCache(config, plan.pool_blocks + 1, plan.block_size, device, self.dtype)
         self.allocator = BlockAllocator(plan.pool_blocks, self.cache.zero_blocks)
@@ -551,6 +555,10 @@ class ContinuousBatcher:
         lane = self.text_slots
         chunks = [text_slots[i : i + lane] for i in range(0, len(text_slots), lane)]
         text = tuple(self._group_index(chunk) for chunk in chunks) if chunks else None
+        if self.compile == "off" and not self._grouped_reads:
+            n = occupied[-1] + 1
+            keys = min(cap, max(self.host_position[i] for i in occupied) + steps)
+            return n, [(None, keys)], n * ceil_to(keys, size), text
         if self.compile == "off":
             n = occupied[-1] + 1
             groups = read_groups([(i, min(cap, self.host_position[i] + steps)) for i in occupied], size)
@@ -607,7 +615,7 @@ class ContinuousBatcher:
         if text is not None:  # text rows' windows hold text ids: no codes to count
             recent = torch.where(self.text_row[:n].view(-1, 1, 1), -1, recent)
         counts = penalty_counts(recent, config.num_audio_tokens)
-        tokens = sample(process_logits(logits, counts, steps, sampling, config.eos_code), sampling, steps)
+        tokens = sample(self._process_logits(logits, counts, steps, sampling, config.eos_code), sampling, steps)
         hit_eos = (tokens == config.eos_code).any(-1)
         if text is not None:
             is_text = self.text_row[:n]
@@ -651,7 +659,7 @@ class ContinuousBatcher:
         logits = self.model.embed.text_logits(hidden.index_select(0, rows)).float().unsqueeze(1)  # [m, 1, V]
         recent = self.recent[:n].index_select(0, rows)[:, :, :1]
         counts = penalty_counts(recent, self.config.num_text_tokens)
-        scores = process_logits(logits, counts, step, params, self.text_eos_id)
+        scores = self._process_logits(logits, counts, step, params, self.text_eos_id)
         return sample(scores, params, step)[:, 0]
 
     @torch.inference_mode()

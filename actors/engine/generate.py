@@ -79,7 +79,7 @@ def decode_waveforms(model: ChatTTSModel, rows: list[torch.Tensor], use_decoder:
     if not rows:
         return []
     device = model.device
-    dtype = model.embed.emb_text.weight.dtype
+    dtype = model.dtype
     steps = [int(r.shape[0]) for r in rows]
     out: list[torch.Tensor | None] = [None] * len(rows)
     live = [i for i, n in enumerate(steps) if n > 0]

@@ -71,9 +71,10 @@ def penalty_counts(recent: torch.Tensor, num_codes: int) -> torch.Tensor:
 
 
 def process_logits(
-    logits: torch.Tensor, counts: torch.Tensor, steps: torch.Tensor, params: SamplingBatch, eos: int
+    logits: torch.Tensor, counts: torch.Tensor, steps: torch.Tensor, params: SamplingBatch, eos: int | torch.Tensor
 ) -> torch.Tensor:
-    """logits [B, V, C] float32 -> filtered scores (-inf where excluded), upstream's order."""
+    """logits [B, V, C] float32 -> filtered scores (-inf where excluded), upstream's order. `eos` (an int, or a
+    0-d int64 tensor: the ONNX sampling head takes it as an input) is masked before min_new_tokens."""
     scores = logits / params.temperature.unsqueeze(-1)
     alpha = torch.pow(params.penalty.view(-1, 1, 1), counts)
     scores = torch.where(scores < 0, scores * alpha, scores / alpha)
@@ -87,9 +88,9 @@ def process_logits(
     descending = torch.sort(scores, dim=-1, descending=True).values
     kth = descending.gather(-1, (params.top_k - 1).view(-1, 1, 1).expand(-1, scores.shape[1], 1))
     scores = scores.masked_fill(scores < kth, float("-inf"))
-    before_min = (steps < params.min_new_tokens).view(-1, 1)
-    scores[..., eos] = torch.where(before_min, float("-inf"), scores[..., eos])
-    return scores
+    before_min = (steps < params.min_new_tokens).view(-1, 1, 1)
+    is_eos = torch.arange(scores.shape[-1], device=scores.device) == eos
+    return scores.masked_fill(before_min & is_eos, float("-inf"))
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:

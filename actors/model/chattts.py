@@ -32,3 +32,8 @@ class ChatTTSModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.embed.head_code.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's compute dtype (hidden states, KV cache); the code heads may stay float32."""
+        return self.embed.emb_text.weight.dtype

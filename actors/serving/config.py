@@ -12,7 +12,15 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from actors.settings import SERVE_MAX_NEW_TOKENS, EngineSettings, RefineSettings, Strict, load_mapping, resolve_path
+from actors.settings import (
+    SERVE_MAX_NEW_TOKENS,
+    EngineSettings,
+    RefineSettings,
+    Strict,
+    engine_paths,
+    load_mapping,
+    resolve_path,
+)
 
 
 class ModelSpec(Strict):
@@ -215,4 +223,5 @@ def resolve_paths(config: ServeConfig, base: Path) -> ServeConfig:
         name: spec.model_copy(update={"reference_audio": fix(spec.reference_audio)}) if spec.reference_audio else spec
         for name, spec in config.voices.items()
     }
-    return config.model_copy(update={"models": models, "voices": voices})
+    engine = engine_paths(config.engine, base)
+    return config.model_copy(update={"models": models, "voices": voices, "engine": engine})
