@@ -250,6 +250,7 @@ class Synthesizer:
         given, else the cached export of this checkpoint (made on first use). Returns 0: onnxruntime's weights are
         outside torch's allocator."""
         from .onnx.export import cached_export
+        from .onnx.manifest import check_source
         from .onnx.runtime import OnnxChatTTS
 
         self.checkpoint = resolve(model, cache_dir=cache_dir, verify=verify)
@@ -261,17 +262,11 @@ class Synthesizer:
                                    quantize=quantize, fsq=fsq_variant, verify=verify, cache_dir=cache_dir)  # fmt: skip
         else:
             folder = Path(onnx_path)
+        check_source(folder, self.checkpoint.sha256, self.checkpoint.model_id)
         self.model = OnnxChatTTS(folder, self.config, self.device)
         self.dtype = self.model.dtype
         if dtype is not None and str(self.dtype).removeprefix("torch.") != dtype:
             raise ValueError(f"dtype {dtype!r} asked, but the ONNX export {folder} is {self.model.manifest['dtype']}")
-        exported = self.model.manifest["source"].get("sha256")
-        if exported != self.checkpoint.sha256:
-            raise ValueError(
-                f"the ONNX export {folder} was made from checkpoint sha256 {str(exported)[:16]}, not from "
-                f"{self.checkpoint.model_id}: export this checkpoint (raytts export-onnx --model ...) or point the "
-                f"engine at the checkpoint the export came from"
-            )
         return 0
 
     def _warm_up(self) -> None:

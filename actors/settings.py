@@ -170,6 +170,19 @@ class EngineSettings(Strict):
         "replays it as CUDA graphs over bucketed shapes (CUDA only).",
     )
 
+    @model_validator(mode="after")
+    def _backend_settings_agree(self) -> EngineSettings:
+        if self.backend != "onnx" and self.onnx != OnnxSettings():
+            raise ValueError(
+                f"engine.onnx ({self.onnx.model_dump(exclude_defaults=True)}) configures the onnx backend, but "
+                f"engine.backend is {self.backend!r}: set engine.backend: onnx, or remove engine.onnx"
+            )
+        if self.backend == "onnx" and self.compile != "off":
+            raise ValueError(
+                f"engine.compile={self.compile!r} compiles the torch decode step; the onnx backend needs off"
+            )
+        return self
+
 
 def engine_paths(engine: EngineSettings, base: Path) -> EngineSettings:
     """`engine.onnx.path` from a config file is relative to that file (as every local path in it)."""

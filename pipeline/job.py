@@ -68,12 +68,17 @@ def run_job(config: JobConfig, address: str | None = None) -> JobReport:
             raise
 
 
-def tokenizer_of(model: str, verify: str) -> dict[str, Any]:
+def tokenizer_of(model: str, verify: str, onnx_path: str | None = None) -> dict[str, Any]:
     """The checkpoint's tokenizer file and vocabulary size, for the prepare stage (runs as a task: it resolves, and
-    if needed downloads, the checkpoint on a worker, never in the driver)."""
+    if needed downloads, the checkpoint on a worker, never in the driver). With `onnx_path` (engine.onnx.path), that
+    folder must be an export of this checkpoint: checked here, before any engine actor starts."""
     from actors.checkpoint import read_model_config, resolve
 
     checkpoint = resolve(model, verify=verify)
+    if onnx_path is not None:
+        from actors.onnx.manifest import check_source
+
+        check_source(onnx_path, checkpoint.sha256, checkpoint.model_id)
     return {
         "json": (checkpoint.asset / "tokenizer" / "tokenizer.json").read_text(),
         "num_text_tokens": read_model_config(checkpoint.asset).gpt.num_text_tokens,
@@ -98,7 +103,8 @@ def _run(config: JobConfig, started: float) -> JobReport:
         report.wall_seconds = time.perf_counter() - started
         return finish_report(report, output, finished_keys(output, config.retry_failed))
     # Started now, used after parsing: fetching the tokenizer overlaps with reading the shards.
-    tokenizer = ray.remote(num_cpus=1)(tokenizer_of).remote(config.model, config.engine.verify)
+    onnx_path = config.engine.onnx.path if config.engine.backend == "onnx" else None
+    tokenizer = ray.remote(num_cpus=1)(tokenizer_of).remote(config.model, config.engine.verify, onnx_path)
     pending, duplicates, finished = _unfinished_rows(config, text_files, report, started)
     if report.this_run:
         try:

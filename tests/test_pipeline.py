@@ -543,3 +543,18 @@ def test_the_job_on_the_onnx_backend_writes_the_torch_backends_rows(local_ray, t
     assert list(torch_rows["spoken_text"]) == list(onnx_rows["spoken_text"])
     for row in torch_rows.index:
         assert np.array_equal(np.stack(torch_rows.loc[row, "codes"]), np.stack(onnx_rows.loc[row, "codes"])), row
+
+
+def test_an_onnx_export_of_another_checkpoint_stops_the_job_before_any_actor(local_ray, tiny_onnx, tmp_path):
+    from actors.checkpoint.random_weights import write_checkpoint
+    from pipeline.job import ModelUnusable
+
+    other = tmp_path / "other-ck"
+    write_checkpoint(other, "tiny", 9)
+    texts = tmp_path / "t.txt"
+    texts.write_text("hello.\n")
+    config = _config(other, [str(texts)], str(tmp_path / "out"))
+    config.engine.backend = "onnx"
+    config.engine.onnx.path = str(tiny_onnx)
+    with pytest.raises(ModelUnusable, match="was made from checkpoint sha256"):
+        run_job(config)

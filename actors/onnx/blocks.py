@@ -94,19 +94,25 @@ class LayerBlock(nn.Module):
         heads_kv, blocks, size, dim = k_pool.shape
         past_k = k_pool.reshape(heads_kv * blocks, size * dim).index_select(0, read_index)
         past_v = v_pool.reshape(heads_kv * blocks, size * dim).index_select(0, read_index)
-        keys = torch.cat([past_k.reshape(heads_kv, batch, -1, dim), k], dim=2)  # [kv_heads, B, T + S, D]
-        values = torch.cat([past_v.reshape(heads_kv, batch, -1, dim), v], dim=2)
+        past_k = past_k.reshape(heads_kv, batch, -1, dim)  # [kv_heads, B, T, D]
+        past_v = past_v.reshape(heads_kv, batch, -1, dim)
+        new_k, new_v = k, v
         if self.n_kv_heads != self.n_heads:
-            keys = keys.repeat_interleave(self.n_heads // self.n_kv_heads, dim=0)
-            values = values.repeat_interleave(self.n_heads // self.n_kv_heads, dim=0)
-        past_len = keys.shape[2] - seq
+            group = self.n_heads // self.n_kv_heads
+            past_k, past_v = past_k.repeat_interleave(group, dim=0), past_v.repeat_interleave(group, dim=0)
+            new_k, new_v = new_k.repeat_interleave(group, dim=0), new_v.repeat_interleave(group, dim=0)
+        past_len = past_k.shape[2]
         past = torch.arange(past_len, device=x.device).view(1, 1, -1) < positions[:, :1].unsqueeze(-1)
         steps = torch.arange(seq, device=x.device)
         causal = steps.view(1, -1) <= steps.view(-1, 1)  # [S (query), S (key)]
         mask = torch.cat([past.expand(batch, seq, -1), causal.unsqueeze(0).expand(batch, -1, -1)], dim=-1)
-        scores = (q @ keys.transpose(-1, -2)) * (self.head_dim**-0.5)  # [heads, B, S, T + S]
+        # Scores against the past and against this call's keys apart, joined only as scores: the keys and values
+        # are never concatenated (a copy of the whole gathered past in onnxruntime).
+        scale = self.head_dim**-0.5
+        scores = torch.cat([(q @ past_k.transpose(-1, -2)) * scale, (q @ new_k.transpose(-1, -2)) * scale], dim=-1)
         weights = scores.masked_fill(~mask.unsqueeze(0), float("-inf")).float().softmax(dim=-1).to(q.dtype)
-        out = (weights @ values).permute(1, 2, 0, 3).reshape(batch, seq, self.n_heads * self.head_dim)
+        mixed = weights[..., :past_len] @ past_v + weights[..., past_len:] @ new_v  # [heads, B, S, D]
+        out = mixed.permute(1, 2, 0, 3).reshape(batch, seq, self.n_heads * self.head_dim)
         x = x + attn.o_proj(out)
         x = x + self.layer.mlp(self.layer.post_attention_layernorm(x))
         return x, k, v

@@ -32,12 +32,10 @@ from torch import nn
 
 from ..model.chattts import ChatTTSModel
 from . import blocks as B
+from .manifest import FORMAT, MANIFEST, WINDOW_FILE
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-WINDOW_FILE = "vocos_window.npy"  # the ISTFT window (the checkpoint's), for the host-side ISTFT after `vocos`
-FORMAT = "raytts-onnx/1"
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 QUANTIZE = ("none", "int8")
 DEFAULT_OPSET = 18
@@ -265,11 +263,24 @@ def graph_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+# What int8 means, recorded in the manifest of every quantised block.
+INT8_SCHEME = (
+    "onnxruntime quantize_dynamic: int8 weights per output channel; activations quantised to uint8 per call with one "
+    "scale per tensor, so a row's result depends slightly on the rows batched with it (float exports do not)"
+)
+
+
 def _quantize(src: Path, dst: Path) -> None:
+    """`src`'s weight matmuls as int8 (`INT8_SCHEME`): onnxruntime fuses them into integer kernels (VNNI/AVX2)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
-        str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"]
+        str(src),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        extra_options={"MatMulConstBOnly": True},  # the weights' matmuls only: attention stays float
     )
 
 
@@ -322,6 +333,7 @@ def export_onnx(
             entry["float_verify"] = check
             entry["verify"] = verify_block(block, qpath)  # reported, not failed: int8 is an approximation
             entry["file"], entry["quantization"] = qpath.relative_to(output).as_posix(), "int8"
+            entry["int8_scheme"] = INT8_SCHEME
             path.unlink()
         entries[block.name] = entry
         line = (f"{block.name:<18} {entry['quantization']:>5}  max abs {entry['verify']['max_abs_error']:.2e}  "

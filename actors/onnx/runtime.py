@@ -24,32 +24,15 @@ from ..engine.sampling import SamplingBatch
 from ..model.config import ModelConfig
 from ..model.gpt import PagedKVCache, ReadGroup
 from ..model.vocos import istft
-from .blocks import CODES, SPEAKER, TEXT
-from .export import DTYPES, FORMAT, MANIFEST, WINDOW_FILE
+from .blocks import CODES, TEXT
+from .export import DTYPES
+from .manifest import WINDOW_FILE, OnnxError, read_manifest
 
 log = logging.getLogger(__name__)
 
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.bool: np.bool_}
 
-__all__ = ["OnnxChatTTS", "OnnxError", "read_manifest", "SPEAKER"]
-
-
-class OnnxError(RuntimeError):
-    """An exported folder that cannot be used: missing, of another format or model, or onnxruntime cannot run it."""
-
-
-def read_manifest(folder: Path) -> dict:
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise OnnxError(
-            f"{folder} has no {MANIFEST}: it is not a raytts ONNX export; make one with `raytts export-onnx`"
-        )
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise OnnxError(
-            f"{path}: format {manifest.get('format')!r}, this raytts reads {FORMAT!r}; re-export with `raytts export-onnx`"
-        )
-    return manifest
+__all__ = ["OnnxChatTTS", "OnnxError", "read_manifest"]
 
 
 class _Session:
