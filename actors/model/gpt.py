@@ -98,7 +98,7 @@ def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return weights @ v
 
 
-def _gather_index(table: torch.Tensor, blocks: int, heads_kv: int) -> torch.Tensor:
+def gather_index(table: torch.Tensor, blocks: int, heads_kv: int) -> torch.Tensor:
     """Rows of a layer's pool viewed as [kv_heads x blocks, block x head_dim] that hold the blocks of `table` [g, nb],
     head-major: index_select along that view's first dim copies whole rows, about 3x faster on CPU than selecting
     along the block dim of the 4-D pool (benchmarks/RESULTS.md). The same for every layer: computed once a call."""
@@ -129,7 +129,7 @@ class Attention(nn.Module):
         reads: list[tuple[torch.Tensor | None, torch.Tensor, tuple[int, int, int, int], int, torch.Tensor]],
     ) -> torch.Tensor:
         """Write this call's keys and values at `write_at` (block ids, offsets: [B, S] each), then attend: every
-        read group (rows or None, the (head, block) rows to gather from the pool's 2-D view (`_gather_index`), the
+        read group (rows or None, the (head, block) rows to gather from the pool's 2-D view (`gather_index`), the
         gathered shape [kv_heads, g, nb x block, head_dim], keys, mask [g, S, keys]) gathers its blocks once."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
@@ -226,7 +226,7 @@ class LlamaBackbone(nn.Module):
             key_positions = torch.arange(keys, device=embeds.device)
             mask = key_positions.view(1, 1, keys) <= row_positions.unsqueeze(-1)
             shape = (cache.keys[0].shape[0], table.shape[0], nb * size, cache.keys[0].shape[3])
-            reads.append((rows, _gather_index(table, cache.blocks, shape[0]), shape, keys, mask))
+            reads.append((rows, gather_index(table, cache.blocks, shape[0]), shape, keys, mask))
         x = embeds
         for layer, cache_k, cache_v in zip(self.layers, cache.keys, cache.values, strict=True):
             x = x + layer.self_attn(layer.input_layernorm(x), cos, sin, cache_k, cache_v, write_at, reads)

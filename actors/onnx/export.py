@@ -211,6 +211,44 @@ def _errors(expected: list[np.ndarray], found: list[np.ndarray]) -> tuple[float,
     return worst_abs, worst_rel
 
 
+def _with_layer_weights(first: Block, first_path: Path, block: Block, path: Path) -> bool:
+    """Write `path`: the first layer's exported graph with `block`'s weights. Each initializer of that graph is a
+    parameter of the first layer (by name, or by value as it is or transposed, as the exporter lays matmul weights
+    out) or a constant of the graph; every parameter must be found exactly once. False (nothing written) when the
+    mapping is not clean: the caller exports the layer instead. The file is verified like any export."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(first_path))
+    params = {name: p.detach().numpy() for name, p in first.module.named_parameters()}
+    wanted = {name: p.detach().numpy() for name, p in block.module.named_parameters()}
+    found: dict[str, int] = {}
+    for init in graph.graph.initializer:
+        value = numpy_helper.to_array(init)
+        if init.name in params:
+            matches = [(init.name, False)]
+        else:
+            matches = [
+                (name, False) for name, p in params.items() if p.shape == value.shape and np.array_equal(p, value)
+            ]
+            matches += [
+                (name, True) for name, p in params.items() if p.T.shape == value.shape and np.array_equal(p.T, value)
+            ]
+        if not matches:
+            continue  # a constant of the graph (shapes, the rope frequencies)
+        if len(matches) > 1:
+            return False
+        name, transposed = matches[0]
+        found[name] = found.get(name, 0) + 1
+        new = wanted[name].T if transposed else wanted[name]
+        init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(new).astype(value.dtype), init.name))
+    if sorted(found) != sorted(params) or any(n != 1 for n in found.values()):
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(graph, str(path))
+    return True
+
+
 def verify_block(block: Block, path: Path) -> dict[str, float]:
     """Run the file by onnxruntime at both sample shapes and compare with the torch block."""
     import onnxruntime as ort
@@ -311,10 +349,16 @@ def export_onnx(
     entries: dict[str, dict] = {}
     digests: set[str] = set()
     started = time.perf_counter()
+    first_layer: tuple[Block, Path] | None = None
     for block in _blocks(model, DTYPES[dtype]):
         path = output / f"{block.name}.onnx"
         t0 = time.perf_counter()
-        _export(block, path, opset)
+        if block.kind == "layer" and first_layer is not None and _with_layer_weights(*first_layer, block, path):
+            pass  # the first layer's graph with this layer's weights: no second export of the same graph
+        else:
+            _export(block, path, opset)
+            if block.kind == "layer":
+                first_layer = (block, path)
         check = verify_block(block, path)
         if not check["max_rel_error"] <= tolerance:
             raise ExportError(
@@ -334,12 +378,15 @@ def export_onnx(
             entry["verify"] = verify_block(block, qpath)  # reported, not failed: int8 is an approximation
             entry["file"], entry["quantization"] = qpath.relative_to(output).as_posix(), "int8"
             entry["int8_scheme"] = INT8_SCHEME
-            path.unlink()
+            if first_layer is None or first_layer[1] != path:  # the first layer's float graph serves the others
+                path.unlink()
         entries[block.name] = entry
         line = (f"{block.name:<18} {entry['quantization']:>5}  max abs {entry['verify']['max_abs_error']:.2e}  "
                 f"max rel {entry['verify']['max_rel_error']:.2e}  ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
         log.debug("%s", line)
         progress(line)
+    if quantize == "int8" and first_layer is not None:
+        first_layer[1].unlink()  # every layer file is written: only the int8 files stay
     if len(digests) > 1:
         raise ExportError(f"the layer files have {len(digests)} different graphs; they must share one: {digests}")
     np.save(output / WINDOW_FILE, model.vocos.head.window.float().numpy(), allow_pickle=False)

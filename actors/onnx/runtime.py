@@ -22,7 +22,7 @@ import torch
 
 from ..engine.sampling import SamplingBatch
 from ..model.config import ModelConfig
-from ..model.gpt import PagedKVCache, ReadGroup
+from ..model.gpt import PagedKVCache, ReadGroup, gather_index
 from ..model.vocos import istft
 from .blocks import CODES, TEXT
 from .export import DTYPES
@@ -143,8 +143,7 @@ class _Backbone:
         nb = max(1, -(-keys // size))
         table = tables[:, :nb]
         heads_kv = gpt.num_key_value_heads
-        read_index = (torch.arange(heads_kv, device=table.device).unsqueeze(1) * cache.blocks
-                      + table.reshape(1, -1)).reshape(-1)  # fmt: skip
+        read_index = gather_index(table, cache.blocks, heads_kv)
         blocks, offsets = tables.gather(1, positions // size), positions % size
         x = embeds.contiguous()
         positions = positions.contiguous()
