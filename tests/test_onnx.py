@@ -189,6 +189,7 @@ def test_int8_default_export_is_cached_reported_and_speaks(tiny_checkpoint, tmp_
         if quantized:
             assert entry["file"].endswith(".int8.onnx") and "float_verify" in entry
             assert 0 < entry["verify"]["max_rel_error"] < 0.5, (name, entry["verify"])
+    assert sorted(p.name for p in (folder / "layers").iterdir()) == ["layer_00.int8.onnx", "layer_01.int8.onnx"]
     results = synth.synthesize(
         [SynthesisRequest(id="a", text="hello there.", params=SamplingParams(max_new_tokens=32))]
     )
