@@ -380,8 +380,12 @@ def test_a_thousand_malformed_requests_get_only_4xx_and_the_server_stays_up(serv
         status, _, reply = _http(f"{server}{path}", body, headers, method="POST")
         return label, status, reply
 
+    # `/small` admits 2 requests and queues 2 (the overload test's app): its bad-token cases go one at a time, so
+    # every answer is the app's own and none is the proxy's backpressure 503.
+    small = [case for case in cases if case[1].startswith("/small/")]
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(send, cases))
+        results = list(pool.map(send, [case for case in cases if not case[1].startswith("/small/")]))
+    results += [send(case) for case in small]
     wrong = [(label, status, reply[:120]) for label, status, reply in results if not 400 <= status < 500]
     assert not wrong, f"{len(wrong)} malformed requests got a non-4xx answer: {sorted({w[:2] for w in wrong})}"
     for label, status, reply in results:

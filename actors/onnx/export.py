@@ -398,7 +398,6 @@ def export_onnx(
         "source": source,
         "config": model.config.to_dict(),
         "torch": torch.__version__,
-        "kv_block_size": None,  # any: the layer graph reads the pool's own block size
         "blocks": entries,
         "istft": {
             "window": WINDOW_FILE,

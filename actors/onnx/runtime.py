@@ -216,6 +216,7 @@ class OnnxChatTTS:
         self.quantize = self.manifest["quantize"]
         self._threads = threads or torch.get_num_threads()
         self._sessions: dict[str, _Session] = {}
+        self._eos: dict[int, torch.Tensor] = {}  # the sampling head's end-token inputs, by token
         self.embed = _Embed(self)
         self.gpt = _Backbone(self)
         self.decoder = _Decoder(self, "decoder")
@@ -244,10 +245,9 @@ class OnnxChatTTS:
     ) -> torch.Tensor:
         """`actors.engine.sampling.process_logits` through the sampling head's graph."""
         out = torch.empty_like(logits)
-        eos_t = torch.tensor(eos, dtype=torch.int64, device=logits.device)
+        eos_t = self._eos.get(eos)
+        if eos_t is None:  # made once per end token: no host-to-device copy in the decode loop
+            eos_t = self._eos[eos] = torch.tensor(eos, dtype=torch.int64, device=self.device)
         inputs = [logits, counts, steps, params.temperature, params.top_p, params.top_k, params.penalty,
                   params.min_new_tokens, eos_t]  # fmt: skip
-        return self.session("sampling").run([t.contiguous() for t in inputs], [out])[0]
-
-    def weight_bytes(self) -> int:
-        return sum((self.folder / e["file"]).stat().st_size for e in self.manifest["blocks"].values())
+        return self.session("sampling").run(inputs, [out])[0]
