@@ -336,6 +336,15 @@ def _systems(args: argparse.Namespace, root: Path, all_texts: Path, few_texts: P
     return rows
 
 
+def print_rows(rows: list[dict], header: list[str]) -> None:
+    """`rows` as an aligned text table of the `header` columns."""
+    widths = [max(len(h), *(len(str(r.get(h))) for r in rows)) for h in header]
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("-|-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(str(row.get(h)).ljust(w) for h, w in zip(header, widths, strict=True)))
+
+
 def _print_table(rows: list[dict]) -> None:
     header = [
         "system",
@@ -356,11 +365,7 @@ def _print_table(rows: list[dict]) -> None:
     ]
     if any("refine_row_step_share" in r for r in rows):
         header += ["refine_row_step_share", "refine_steps_shared", "refine_wall_share"]
-    widths = [max(len(h), *(len(str(r.get(h))) for r in rows)) for h in header]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("-|-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(str(row.get(h)).ljust(w) for h, w in zip(header, widths, strict=True)))
+    print_rows(rows, header)
     for row in rows:
         if row.get("budget"):
             print(f"{row['system']}: budget {row['budget']}")

@@ -113,14 +113,6 @@ def _agreement(args: argparse.Namespace, root: Path) -> list[dict]:
     return table
 
 
-def _print(rows: list[dict], header: list[str]) -> None:
-    widths = [max(len(h), *(len(str(r.get(h))) for r in rows)) for h in header]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("-|-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(str(row.get(h)).ljust(w) for h, w in zip(header, widths, strict=True)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="full")
@@ -138,7 +130,7 @@ def main() -> None:
     # engine.py's worker reads these from its own namespace
     args.device, args.budget_mib, args.dtype = "cpu", None, None
 
-    from benchmarks.engine import ensure_checkpoint, texts
+    from benchmarks.engine import ensure_checkpoint, print_rows, texts
 
     root = ensure_checkpoint(args.preset, args.seed, args.eos_gain)
     bench = REPO / ".cache" / "bench"
@@ -148,12 +140,12 @@ def main() -> None:
     few_texts.write_text(json.dumps(texts(args.batch1_texts), ensure_ascii=False))
     export_s = _export_first(root, args.threads)
     speed = _speed(args, root, all_texts, few_texts)
-    _print(speed, ["system", "rows", "frames", "wall_s", "frames_per_s", "audio_s_per_s", "peak_mib", "slots",
+    print_rows(speed, ["system", "rows", "frames", "wall_s", "frames_per_s", "audio_s_per_s", "peak_mib", "slots",
                    "vs_upstream", "vs_torch_float32"])  # fmt: skip
     agreement = [] if args.skip_agreement else _agreement(args, root)
     if agreement:
         print(f"\nagreement with torch float32, temperature {args.temperature}")
-        _print(agreement, ["system", "wall_s", "frames", "identical_rows", "code_agreement", "waveform_snr_db_min",
+        print_rows(agreement, ["system", "wall_s", "frames", "identical_rows", "code_agreement", "waveform_snr_db_min",
                            "waveform_snr_db_median", "teacher_forced_top1_agreement",
                            "teacher_forced_mean_abs_logit_diff"])  # fmt: skip
     out = args.out or REPO / "benchmarks" / "results" / "onnx-backend-cpu.json"

@@ -147,10 +147,13 @@ class _Backbone:
         blocks, offsets = tables.gather(1, positions // size), positions % size
         x = embeds.contiguous()
         positions = positions.contiguous()
-        for session, pool_k, pool_v in zip(self._layers, cache.keys, cache.values, strict=True):
-            out = torch.empty_like(x)
-            k_new = torch.empty(heads_kv, batch, seq, gpt.head_dim, device=x.device, dtype=pool_k.dtype)
-            v_new = torch.empty_like(k_new)
+        # Buffers made once a call, not once a layer: hidden states alternate between two (a layer never writes
+        # its own input), and this call's keys and values go into the pool before the next layer reuses them.
+        spare = [torch.empty_like(x), torch.empty_like(x)]
+        k_new = torch.empty(heads_kv, batch, seq, gpt.head_dim, device=x.device, dtype=cache.keys[0].dtype)
+        v_new = torch.empty_like(k_new)
+        for i, (session, pool_k, pool_v) in enumerate(zip(self._layers, cache.keys, cache.values, strict=True)):
+            out = spare[i % 2]
             session.run([x, positions, pool_k, pool_v, read_index], [out, k_new, v_new])
             pool_k[:, blocks, offsets] = k_new
             pool_v[:, blocks, offsets] = v_new
