@@ -4,22 +4,98 @@ imported only by the functions that need it."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
+log = logging.getLogger(__name__)
+
 
 def pick_device(device: str) -> torch.device:
+    """ "auto": CUDA when torch can use a GPU, else the CPU (with a warning that says why CUDA is unusable when Ray
+    gave this worker GPUs: a driver too old for torch's CUDA build, say, or fake GPUs in a test cluster). "cuda[:N]"
+    without a usable CUDA is an error saying why (`cuda_diagnosis`); GPU deployments set device: cuda."""
     import torch
 
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _ray_assigned("GPU"):
+            log.warning(
+                "Ray gave this worker %g GPU(s) but %s; running on the CPU (engine.device: cuda makes this an error)",
+                _ray_assigned("GPU"),
+                cuda_diagnosis(),
+            )
+        return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was requested but torch sees no CUDA device; use --device cpu")
+        raise RuntimeError(f"device {device!r} was requested but {cuda_diagnosis()}; or run with device cpu")
     return torch.device(device)
+
+
+# The oldest Linux driver each CUDA major version runs on (NVIDIA's CUDA compatibility table, minor-version
+# compatibility: any CUDA 12.x runtime on >= 525.60.13, 13.x on >= 580.65.06).
+MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
+
+
+def nvidia_driver_version() -> str | None:
+    """The host's NVIDIA kernel driver version (e.g. "570.124.06") from /proc/driver/nvidia/version, which the NVIDIA
+    container runtime exposes; None without a driver."""
+    text = _read_text(Path("/proc/driver/nvidia/version"))
+    match = re.search(r"Kernel Module(?: for [^ ]+)?\s+([0-9]+(?:\.[0-9]+)+)", text or "")
+    return match.group(1) if match else None
+
+
+def cuda_diagnosis() -> str:
+    """Why torch cannot use CUDA in this process: `explain_cuda` of this torch build, the host's driver
+    (`nvidia_driver_version`) and CUDA_VISIBLE_DEVICES."""
+    import torch
+
+    return explain_cuda(
+        torch.__version__, torch.version.cuda, nvidia_driver_version(), os.environ.get("CUDA_VISIBLE_DEVICES")
+    )
+
+
+def explain_cuda(torch_version: str, torch_cuda: str | None, driver: str | None, visible: str | None) -> str:
+    """A sentence saying what a torch build for CUDA `torch_cuda` (None: a CPU build) needs and what was found: the
+    NVIDIA driver version `driver` (None: no driver) and CUDA_VISIBLE_DEVICES `visible` (None: unset)."""
+    if not torch_cuda:
+        return (
+            f"torch {torch_version} is a CPU-only build: install a CUDA build (the raytts GPU image, "
+            "cluster/image/requirements-gpu.lock)"
+        )
+    need = MIN_DRIVER.get(int(torch_cuda.split(".")[0]))
+    wants = f"torch {torch_version} is built for CUDA {torch_cuda}" + (
+        f", which needs an NVIDIA driver >= {need}" if need else ""
+    )
+    if visible is not None and visible.strip() in ("", "-1", "none", "void", "NoDevFiles"):
+        return f"{wants}; CUDA_VISIBLE_DEVICES={visible!r} hides every GPU from this process"
+    if driver is None:
+        return (
+            f"{wants}; no NVIDIA driver was found (no /proc/driver/nvidia/version): run on a GPU node with the "
+            "driver and the NVIDIA container runtime / device plugin"
+        )
+    if need and _version_tuple(driver) < _version_tuple(need):
+        return (
+            f"{wants}; this node's driver is {driver}: use a node image with driver >= {need} (or a torch build "
+            "for an older CUDA)"
+        )
+    return f"{wants}; driver {driver} is new enough, yet torch.cuda.is_available() is False (see torch's warning)"
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"[0-9]+", version))
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:

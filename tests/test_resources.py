@@ -225,3 +225,54 @@ def test_a_ray_actor_budgets_from_its_cpu_share_or_its_memory_resource():
         assert ray_cpu_share() == (1.0, "")  # the driver (raytts synth, a stage built in-process)
     finally:
         ray.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("torch_cuda", "driver", "visible", "expected"),
+    [
+        ("13.0", "570.124.06", None, "needs an NVIDIA driver >= 580.65.06; this node's driver is 570.124.06"),
+        ("13.0", None, None, "no NVIDIA driver was found"),
+        ("12.8", "570.124.06", "", "CUDA_VISIBLE_DEVICES='' hides every GPU"),
+        ("13.0", "580.95.05", None, "driver 580.95.05 is new enough"),
+        (None, "580.95.05", None, "is a CPU-only build"),
+    ],
+)
+def test_cuda_diagnosis_names_what_torch_needs_and_what_the_node_has(torch_cuda, driver, visible, expected):
+    """The sentence an engine that cannot use CUDA fails with (no GPU here, so the torch build, driver version and
+    CUDA_VISIBLE_DEVICES are given as values; the function reads nothing else)."""
+    from actors.placement import explain_cuda
+
+    text = explain_cuda("2.13.0", torch_cuda, driver, visible)
+    assert expected in text, text
+    if torch_cuda:
+        assert f"built for CUDA {torch_cuda}" in text
+
+
+def test_an_engine_asked_for_cuda_without_it_says_why(tmp_path):
+    """On this CPU-only machine, for real: device cuda fails naming torch's build and what to do."""
+    import torch
+
+    from actors.placement import pick_device
+
+    with pytest.raises(RuntimeError) as err:
+        pick_device("cuda")
+    assert "device 'cuda' was requested but" in str(err.value)
+    if torch.version.cuda is None:
+        assert "CPU-only build" in str(err.value)
+    assert "run with device cpu" in str(err.value)
+
+
+def test_driver_version_is_read_from_the_nvidia_proc_file_formats(tmp_path, monkeypatch):
+    """/proc/driver/nvidia/version as the proprietary and the open kernel modules write it."""
+    import actors.placement as placement
+
+    lines = {
+        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023": "535.104.05",
+        "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build  (dvs-builder@U16)": (
+            "580.95.05"
+        ),
+    }
+    for line, version in lines.items():
+        (tmp_path / "version").write_text(line + "\nGCC version:  gcc version 12.2.0\n")
+        monkeypatch.setattr(placement, "_read_text", lambda path, f=tmp_path / "version": f.read_text())
+        assert placement.nvidia_driver_version() == version
