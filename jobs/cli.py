@@ -182,6 +182,19 @@ def _checkpoint_parser(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _stage_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "stage-model",
+        help="copy a checkpoint (hf://, s3://, folder) into a local folder once, checked, for nodes to load from",
+        description="Resolves MODEL as a job or Serve app would (download, sha256 check of the official release) and "
+        "writes it to DIR/asset/... as a plain local checkpoint, unless DIR already holds the same one. Pods run it "
+        "as an init container so every actor of the node loads DIR (model: DIR) without downloading.",
+    )
+    p.add_argument("model", help="hf://2Noise/ChatTTS[@rev], s3://bucket/chattts, a folder, or tiny")
+    p.add_argument("dir", type=Path, help="the folder to stage into (e.g. a volume shared by the node's Ray workers)")
+    p.add_argument("--verify", choices=("auto", "always", "never"), default="auto")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raytts", description="ChatTTS-compatible speech synthesis at scale")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -190,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     _run_parser(sub)
     _serve_parser(sub)
     _checkpoint_parser(sub)
+    _stage_parser(sub)
     _export_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -202,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
             gain = {} if args.eos_gain is None else {"eos_gain": args.eos_gain}
             asset = write_checkpoint(args.dir, args.preset, args.seed, **gain)
             print(f"wrote random {args.preset} checkpoint (seed {args.seed}) to {asset}")
+            return 0
+        if args.command == "stage-model":
+            from actors.checkpoint import stage
+
+            print(stage(args.model, args.dir, verify=args.verify))
             return 0
         if args.command == "synth":
             return _synth(args)

@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -309,3 +311,49 @@ def test_official_files_are_recognised_by_content(checkpoint_copy, monkeypatch):
     assert checkpoint.official_mismatches(asset) == ["Vocos.safetensors"]
     with pytest.raises(CheckpointError, match="Vocos.safetensors: sha256"):
         resolve(str(checkpoint_copy), verify="always")
+
+
+def _stage_in_subprocess(source: str, dest: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jobs.cli", "stage-model", source, dest],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def test_stage_model_copies_a_checkpoint_once_and_again_only_when_the_source_changes(tiny_checkpoint, tmp_path):
+    """`raytts stage-model` (what the KubeRay pods' init container runs): a plain local checkpoint that loads with
+    the source's digest; a second run with the same source keeps the files (no copy); another source replaces
+    them; two processes staging at once (pods sharing a node's volume) leave one complete copy."""
+    from actors.checkpoint import resolve, stage
+
+    dest = tmp_path / "models" / "chattts"
+    assert stage(str(tiny_checkpoint), dest) == dest
+    staged = resolve(dest)
+    assert staged.sha256 == resolve(tiny_checkpoint).sha256
+    gpt = dest / "asset" / "gpt" / "model.safetensors"
+    before = gpt.stat().st_mtime_ns
+    stage(str(tiny_checkpoint), dest)
+    assert gpt.stat().st_mtime_ns == before, "the same source was copied again"
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_checkpoint, other)
+    state = load_file(other / "asset" / "Decoder.safetensors")
+    key = sorted(state)[0]
+    state[key] = state[key] + 1
+    save_file(state, str(other / "asset" / "Decoder.safetensors"), metadata={"format": "pt"})
+    stage(str(other), dest)
+    assert resolve(dest).sha256 == resolve(other).sha256 != staged.sha256
+
+    dest2 = tmp_path / "shared" / "chattts"
+    procs = [_stage_in_subprocess(str(tiny_checkpoint), str(dest2)) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert resolve(dest2).sha256 == staged.sha256
+    assert sorted(p.name for p in dest2.parent.iterdir()) == [".chattts.lock", "chattts"], "no half copy left"
+    logs = "".join(err for _, err in outputs)
+    assert logs.count("staged checkpoint") == 1 and logs.count("already staged") == 1, logs
+
+
+def test_stage_model_refuses_a_missing_source_naming_it(tmp_path):
+    done = _stage_in_subprocess(str(tmp_path / "nope"), str(tmp_path / "dest"))
+    _, err = done.communicate(timeout=120)
+    assert done.returncode == 2 and "nope" in err and "neither an existing folder" in err, err
+    assert not (tmp_path / "dest").exists()

@@ -13,7 +13,15 @@ are read; pickled `.pt` files are refused.
 
 from .layout import ASSET_FILES, HF_REPO, HF_REVISION, RAYTTS_CONFIG, CheckpointError, asset_dir, read_model_config
 from .loading import load_model, map_state_dict
-from .sources import OFFICIAL_SHA256, ResolvedCheckpoint, default_cache_dir, file_sha256, official_mismatches, resolve
+from .sources import (
+    OFFICIAL_SHA256,
+    ResolvedCheckpoint,
+    default_cache_dir,
+    file_sha256,
+    official_mismatches,
+    resolve,
+    stage,
+)
 
 __all__ = [
     "ASSET_FILES",
@@ -31,4 +39,5 @@ __all__ = [
     "official_mismatches",
     "read_model_config",
     "resolve",
+    "stage",
 ]

@@ -208,3 +208,41 @@ def _claims_official_config(asset: Path) -> bool:
     return not (asset / RAYTTS_CONFIG).exists() and (
         file_sha256(asset / "gpt/config.json") == OFFICIAL_SHA256["gpt/config.json"]
     )
+
+
+STAGED_MARKER = ".staged"
+
+
+def stage(model: str, into: Path, verify: str = "auto", cache_dir: Path | None = None) -> Path:
+    """Copy checkpoint `model` (any `resolve` source, checked as `resolve` checks it) into the folder `into` as a
+    plain local checkpoint (`into/asset/...`), once: a folder already staged from the same source with the same
+    files (marker `into/.staged`: source and digest) is kept as it is. Several processes may stage into one folder at
+    once (init containers of pods sharing a node's volume): a file lock makes one copy and the others wait for it.
+    The copy goes to a sibling folder renamed into place, so a reader never sees half a checkpoint. Returns `into`,
+    which `model:` / `--model` can then name."""
+    from filelock import FileLock
+
+    into = Path(into)
+    into.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(into.parent / f".{into.name}.lock")):
+        marker = into / STAGED_MARKER
+        if marker.is_file():
+            source, _, digest = marker.read_text().strip().partition(" ")
+            if source == model and ResolvedCheckpoint(asset_dir(into), str(into)).sha256 == digest:
+                log.info("checkpoint %s already staged in %s (sha256 %s)", model, into, digest[:16])
+                return into
+        checkpoint = resolve(model, cache_dir=cache_dir, verify=verify)
+        staging = Path(tempfile.mkdtemp(prefix=f".{into.name}-", dir=into.parent))
+        try:
+            names = [*ASSET_FILES, *([RAYTTS_CONFIG] if (checkpoint.asset / RAYTTS_CONFIG).exists() else [])]
+            for name in names:
+                target = staging / "asset" / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(checkpoint.asset / name, target)
+            (staging / STAGED_MARKER).write_text(f"{model} {checkpoint.sha256}\n")
+            shutil.rmtree(into, ignore_errors=True)
+            staging.rename(into)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.info("staged checkpoint %s in %s (sha256 %s)", model, into, checkpoint.sha256[:16])
+        return into
