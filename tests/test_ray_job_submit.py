@@ -1,7 +1,9 @@
-"""The offline job submitted with `ray job submit --working-dir .` to a running Ray head on loopback.
+"""The offline job submitted with `ray job submit --working-dir .` to a real multi-node Ray on this machine, started
+and stopped by cluster/local/start.sh and stop.sh (a `ray start` head and two workers with fake GPUs, on loopback).
 
-The head is a real `ray start --head`; the venv's bin is on PATH, as `raytts` is on an image where it is installed.
-Token auth is disabled for this throwaway cluster (Ray 2.60 otherwise needs a token for job clients).
+The venv's bin is on PATH, as `raytts` is on an image where it is installed. The engine actors ask for a GPU each
+(actors.num_gpus=1), so Ray places one on each worker node; the fake GPUs have no CUDA behind them, so the engines run
+with engine.device=cpu. Token auth is off for this throwaway cluster (the scripts set RAY_AUTH_MODE=disabled).
 """
 
 from __future__ import annotations
@@ -10,41 +12,45 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.support.s3 import free_port
-
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[1]
+LOCAL = REPO / "cluster" / "local"
 
 
-def test_ray_job_submit_runs_raytts_run(tmp_path, tiny_checkpoint):
+def test_ray_job_submit_runs_raytts_run_on_a_local_multi_node_cluster(tmp_path, tiny_checkpoint):
     bin_dir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_AUTH_MODE": "disabled",
-    }
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
-    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")
-    gcs, dashboard = free_port(), free_port()
-    ray = f"{bin_dir}/ray"
-    start = [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-             f"--dashboard-port={dashboard}", "--num-cpus=8", f"--temp-dir={temp}"]  # fmt: skip
-    subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
+    started = subprocess.run(["bash", str(LOCAL / "start.sh"), "--workers", "2"], env=env, capture_output=True,
+                             text=True, timeout=240)  # fmt: skip
+    exports = dict(
+        line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines() if line.startswith("export ")
+    )
     try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        assert exports["RAY_ADDRESS"].startswith("http://127.0.0.2:"), exports
         output = tmp_path / "out"
-        submit = [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".", "--",
-                  "raytts", "run", "jobs/examples/job.yaml", "--output", str(output), "--model", str(tiny_checkpoint)]  # fmt: skip
-        done = subprocess.run(submit, env=env, cwd=REPO, capture_output=True, text=True, timeout=420)
+        submit = ["ray", "job", "submit", "--working-dir", ".", "--", "raytts", "run", "jobs/examples/job.yaml",
+                  "--output", str(output), "--model", str(tiny_checkpoint), "--set", "actors.size=2",
+                  "--set", "actors.num_gpus=1", "--set", "engine.device=cpu"]  # fmt: skip
+        done = subprocess.run(submit, env={**env, **exports}, cwd=REPO, capture_output=True, text=True, timeout=420)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "succeeded" in done.stdout + done.stderr
         report = json.loads((output / "_report.json").read_text())
-        assert report["rows"] == 11 and report["failed"] == 0
+        assert report["rows"] == 11 and report["ok"] == 11 and report["failed"] == 0, report
         assert len(list((output / "audio").glob("*.flac"))) == 11
+        # two engine actors, one per worker node (the report keys workers by node id prefix / pid)
+        nodes = {key.split("/")[0] for key in report["workers"]}
+        assert len(nodes) == 2 and sum(w["rows"] for w in report["workers"].values()) == 11, report["workers"]
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        if "RAYTTS_LOCAL_DIR" in exports:
+            stopped = subprocess.run(["bash", str(LOCAL / "stop.sh"), exports["RAYTTS_LOCAL_DIR"]], env=env,
+                                     capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert stopped.returncode == 0, stopped.stderr
+            assert not Path(exports["RAYTTS_LOCAL_DIR"]).exists()
+    leftover = subprocess.run(["pgrep", "-f", f"{exports['RAYTTS_LOCAL_DIR']}/n[0-9]"], capture_output=True, text=True)
+    assert leftover.stdout == "", f"processes of the local cluster still run: {leftover.stdout}"
