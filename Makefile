@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml constraints.txt requirements-dev.lock
 	$(VENV)/bin/python tools/check_lock.py
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-# Re-resolve the dev/test dependencies from PyPI into requirements-dev.lock (on purpose, then run the tests).
+# Re-resolve the dev/test dependencies from PyPI into requirements-dev.lock, then the image locks
+# cluster/image/requirements-{gpu,cpu}.lock (hashed, same versions) from it (on purpose, then run the tests).
 lock:
 	bash tools/lock.sh
+	bash tools/image_lock.sh
 
 # The main job on its embedded default: built-in tiny random model, local folder output.
 run: venv

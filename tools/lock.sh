@@ -2,8 +2,8 @@
 # Regenerate requirements-dev.lock: every package of the dev/test install (`pip install -e ".[test]"`), resolved
 # fresh from PyPI in a throwaway virtualenv and frozen to exact versions. `make venv` and `.ci/run` install from the
 # lock alone (--no-deps, then `pip check`), so what PyPI releases later cannot change a test run; run this (or
-# `make lock`) on purpose to move to newer releases, then run the tests and update cluster/image/requirements.txt
-# (tests/test_cluster_configs.py checks that the image pins what the lock pins).
+# `make lock`) on purpose to move to newer releases, then run the tests. `make lock` then runs tools/image_lock.sh,
+# which locks the image's packages (with hashes) at this lock's versions.
 #
 # KEEP_PINS=1 bash tools/lock.sh resolves with the current lock as constraints: only what is new (a dependency added
 # to pyproject.toml) is resolved fresh, every package already pinned keeps its version.

@@ -1,5 +1,9 @@
-"""Build-time check run inside the image: every pin in requirements.txt is what is installed, and torch is the
-expected build (CUDA or CPU). Exits 1 with the mismatches so a drifted base image or index fails the build."""
+"""Build-time check run inside the image: every package of the lock is installed at its locked version, and torch is
+the variant's build (gpu: the CUDA version of the lock's nvidia-cuda-runtime wheel; cpu: no CUDA). Exits 1 naming
+each mismatch, so a base image or index that drifted fails the build instead of shipping.
+
+    python cluster/image/check_pins.py LOCK gpu|cpu
+"""
 
 from __future__ import annotations
 
@@ -7,42 +11,57 @@ import re
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-PIN = re.compile(r"^([A-Za-z0-9_.-]+)(\[[^\]]*\])?==(\S+)$")
+PIN = re.compile(r"^([A-Za-z0-9_.-]+)==([^\s\\]+)")
 
 
-def main(requirements: str, torch_build: str) -> int:
-    problems = []
-    for line in open(requirements).read().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
+def lock_pins(path: str) -> dict[str, str]:
+    """{name: version} of a pip lock written by `uv pip compile --generate-hashes` (hash lines skipped)."""
+    pins = {}
+    for line in open(path).read().splitlines():
         match = PIN.match(line)
-        if match is None:
-            problems.append(f"{requirements}: {line!r} is not an exact pin NAME==VERSION")
-            continue
-        name, _, pinned = match.groups()
+        if match:
+            pins[match.group(1)] = match.group(2)
+    return pins
+
+
+def main(lock: str, variant: str) -> int:
+    if variant not in ("gpu", "cpu"):
+        print(f"check_pins: variant must be gpu or cpu, got {variant!r}", file=sys.stderr)
+        return 2
+    pins = lock_pins(lock)
+    problems = []
+    for name, pinned in sorted(pins.items()):
         try:
             installed = version(name)
         except PackageNotFoundError:
-            problems.append(f"{name}: pinned {pinned}, not installed")
+            problems.append(f"{name}: locked {pinned}, not installed")
             continue
-        if installed.split("+", 1)[0] != pinned:
-            problems.append(f"{name}: pinned {pinned}, installed {installed}")
+        if installed != pinned:
+            problems.append(f"{name}: locked {pinned}, installed {installed}")
 
     import torch
 
     cuda = torch.version.cuda
-    if torch_build == "cpu" and cuda is not None:
-        problems.append(f"torch {torch.__version__}: expected a CPU build, got CUDA {cuda}")
-    if torch_build.startswith("cu"):
-        want = f"{torch_build[2:-1]}.{torch_build[-1]}"  # cu130 -> 13.0
-        if cuda != want:
-            problems.append(f"torch {torch.__version__}: expected CUDA {want} ({torch_build}), got {cuda}")
+    if variant == "cpu" and cuda is not None:
+        problems.append(f"torch {torch.__version__}: the cpu image needs a CPU build, got CUDA {cuda}")
+    if variant == "gpu":
+        runtime = pins.get("nvidia-cuda-runtime", "")
+        want = ".".join(runtime.split(".")[:2])
+        if not runtime:
+            problems.append(f"{lock}: the gpu lock pins no nvidia-cuda-runtime wheel (is torch a CUDA build?)")
+        elif cuda != want:
+            problems.append(
+                f"torch {torch.__version__}: expected CUDA {want} (nvidia-cuda-runtime {runtime}), got {cuda}"
+            )
     for problem in problems:
         print(f"check_pins: {problem}", file=sys.stderr)
-    print(f"check_pins: torch {torch.__version__} (CUDA {cuda}), {len(problems)} problem(s)")
+    print(
+        f"check_pins: {len(pins)} locked packages, torch {torch.__version__} (CUDA {cuda}), {len(problems)} problem(s)"
+    )
     return 1 if problems else 0
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
     sys.exit(main(sys.argv[1], sys.argv[2]))
