@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml constraints.txt requirements-dev.lock
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 # Re-resolve the dev/test dependencies from PyPI into requirements-dev.lock, then the image locks
-# cluster/image/requirements-{gpu,cpu}.lock (hashed, same versions) from it (on purpose, then run the tests).
+# cluster/image/requirements-{gpu,cpu}.lock (hashed, same versions) from it (on purpose, then run the tests). The CPU
+# image's torch comes from download.pytorch.org/whl/cpu; where that is unreachable, TORCH_CPU_WHEELS=DIR names a
+# folder holding the same wheel file.
 lock:
 	bash tools/lock.sh
 	bash tools/image_lock.sh

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(device: str) -> torch.device:
-    """ "auto": CUDA when torch can use a GPU, else the CPU (with a warning that says why CUDA is unusable when Ray
+    """The torch device for `device`. "auto": CUDA when torch can use a GPU, else the CPU (with a warning that says why CUDA is unusable when Ray
     gave this worker GPUs: a driver too old for torch's CUDA build, say, or fake GPUs in a test cluster). "cuda[:N]"
     without a usable CUDA is an error saying why (`cuda_diagnosis`); GPU deployments set device: cuda."""
     import torch

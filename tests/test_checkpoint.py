@@ -352,8 +352,14 @@ def test_stage_model_copies_a_checkpoint_once_and_again_only_when_the_source_cha
     assert logs.count("staged checkpoint") == 1 and logs.count("already staged") == 1, logs
 
 
-def test_stage_model_refuses_a_missing_source_naming_it(tmp_path):
+def test_stage_model_refuses_a_missing_source_and_a_folder_it_did_not_write(tiny_checkpoint, tmp_path):
     done = _stage_in_subprocess(str(tmp_path / "nope"), str(tmp_path / "dest"))
     _, err = done.communicate(timeout=120)
     assert done.returncode == 2 and "nope" in err and "neither an existing folder" in err, err
     assert not (tmp_path / "dest").exists()
+    mine = tmp_path / "mine"
+    shutil.copytree(tiny_checkpoint, mine)
+    done = _stage_in_subprocess(str(tiny_checkpoint), str(mine))
+    _, err = done.communicate(timeout=120)
+    assert done.returncode == 2 and "was not written by stage-model" in err, err
+    assert (mine / "asset" / "gpt" / "model.safetensors").exists(), "a folder stage-model did not write was touched"

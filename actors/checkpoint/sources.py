@@ -231,6 +231,12 @@ def stage(model: str, into: Path, verify: str = "auto", cache_dir: Path | None =
             if source == model and ResolvedCheckpoint(asset_dir(into), str(into)).sha256 == digest:
                 log.info("checkpoint %s already staged in %s (sha256 %s)", model, into, digest[:16])
                 return into
+        elif into.exists() and any(into.iterdir()):
+            # never replace what this function did not write (a user's own checkpoint folder, say)
+            raise CheckpointError(
+                f"{into} is not empty and was not written by stage-model (no {STAGED_MARKER} file): stage into a "
+                "new or empty folder"
+            )
         checkpoint = resolve(model, cache_dir=cache_dir, verify=verify)
         staging = Path(tempfile.mkdtemp(prefix=f".{into.name}-", dir=into.parent))
         try:
