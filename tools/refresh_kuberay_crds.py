@@ -23,7 +23,9 @@ import yaml
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "kuberay-crds"
 KINDS = ("rayclusters", "rayjobs", "rayservices")
-URL = "https://raw.githubusercontent.com/ray-project/kuberay/v{version}/ray-operator/config/crd/bases/ray.io_{kind}.yaml"
+URL = (
+    "https://raw.githubusercontent.com/ray-project/kuberay/v{version}/ray-operator/config/crd/bases/ray.io_{kind}.yaml"
+)
 
 
 def crd_text(kind: str, version: str, git: Path | None) -> str:
