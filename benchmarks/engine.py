@@ -57,6 +57,17 @@ def texts(n: int) -> list[str]:
     return [pool[i % len(pool)] for i in range(n)]
 
 
+def text_files(*counts: int) -> list[Path]:
+    """.cache/bench/texts-N.json for each count N (the benchmark texts the worker subprocesses read)."""
+    paths = []
+    for count in counts:
+        path = REPO / ".cache" / "bench" / f"texts-{count}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(texts(count), ensure_ascii=False))
+        paths.append(path)
+    return paths
+
+
 def ensure_checkpoint(preset: str, seed: int, eos_gain: float | None = None) -> Path:
     from actors.checkpoint.random_weights import FORMAT_VERSION  # a new format writes new weights: a new folder
 
@@ -378,11 +389,7 @@ def main() -> None:
         return
     sys.path.insert(0, str(REPO))
     root = ensure_checkpoint(args.preset, args.seed, args.eos_gain)
-    bench_dir = REPO / ".cache" / "bench"
-    all_texts = bench_dir / f"texts-{args.texts}.json"
-    all_texts.write_text(json.dumps(texts(args.texts), ensure_ascii=False))
-    few_texts = bench_dir / f"texts-{args.batch1_texts}.json"
-    few_texts.write_text(json.dumps(texts(args.batch1_texts), ensure_ascii=False))
+    all_texts, few_texts = text_files(args.texts, args.batch1_texts)
     rows = _systems(args, root, all_texts, few_texts)
     _print_table(rows)
     report = {

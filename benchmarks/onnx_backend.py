@@ -130,14 +130,10 @@ def main() -> None:
     # engine.py's worker reads these from its own namespace
     args.device, args.budget_mib, args.dtype = "cpu", None, None
 
-    from benchmarks.engine import ensure_checkpoint, print_rows, texts
+    from benchmarks.engine import ensure_checkpoint, print_rows, text_files
 
     root = ensure_checkpoint(args.preset, args.seed, args.eos_gain)
-    bench = REPO / ".cache" / "bench"
-    all_texts = bench / f"texts-{args.texts}.json"
-    all_texts.write_text(json.dumps(texts(args.texts), ensure_ascii=False))
-    few_texts = bench / f"texts-{args.batch1_texts}.json"
-    few_texts.write_text(json.dumps(texts(args.batch1_texts), ensure_ascii=False))
+    all_texts, few_texts = text_files(args.texts, args.batch1_texts)
     export_s = _export_first(root, args.threads)
     speed = _speed(args, root, all_texts, few_texts)
     print_rows(speed, ["system", "rows", "frames", "wall_s", "frames_per_s", "audio_s_per_s", "peak_mib", "slots",

@@ -824,6 +824,9 @@ def test_gpu_pods_stage_the_checkpoint_once_and_the_workload_loads_it(kind: str)
     """Each GPU pod's init container runs the real `raytts stage-model SOURCE DEST` into a volume the Ray container
     mounts at the same path, and the workload loads DEST: the RayJob's --model, the RayService app's model
     source. The head (no engines) stages nothing."""
+    parser_check = subprocess.run([sys.executable, "-m", "jobs.cli", "stage-model", "--help"], capture_output=True,
+                                  text=True, timeout=60)  # fmt: skip
+    assert parser_check.returncode == 0 and "stage-model" in parser_check.stdout
     spec = _cluster_spec(kind)
     assert "initContainers" not in spec["headGroupSpec"]["template"]["spec"]
     destinations = set()
@@ -833,9 +836,6 @@ def test_gpu_pods_stage_the_checkpoint_once_and_the_workload_loads_it(kind: str)
         assert stage["image"] == PLACEHOLDER
         command = stage["command"]
         assert command[:2] == ["raytts", "stage-model"], command
-        parser_check = subprocess.run([sys.executable, "-c", "import sys, jobs.cli; jobs.cli.main(sys.argv[1:])",
-                                       "stage-model", "--help"], capture_output=True, text=True, timeout=60)  # fmt: skip
-        assert parser_check.returncode == 0 and "stage-model" in parser_check.stdout
         source, dest = command[2], command[3]
         assert source.startswith(("hf://", "s3://", "gs://")), source
         mounts = {m["name"]: m["mountPath"] for m in stage["volumeMounts"]}
@@ -904,7 +904,7 @@ def test_rayservice_gpu_workers_fit_the_autoscaled_deployment():
     spec = _cluster_spec("RayService")
     deployment = _tts_deployment(yaml.safe_load(_kuberay("RayService")["spec"]["serveConfigV2"]))
     options, autoscaling = deployment["ray_actor_options"], deployment["autoscaling_config"]
-    workers = [g for g in spec["workerGroupSpecs"] if _quantity(g["rayStartParams"].get("num-gpus", 0)) > 0]
+    workers = _gpu_groups(spec)
     assert spec["enableInTreeAutoscaling"] is True, "Serve autoscaling needs the cluster autoscaler to add GPU pods"
     for group in workers:
         assert _quantity(group["rayStartParams"]["num-gpus"]) >= options["num_gpus"], group["groupName"]
@@ -955,7 +955,7 @@ def test_rayjob_entrypoint_is_a_valid_job_that_fits_its_cluster(monkeypatch: pyt
     assert config.model == argv[argv.index("--model") + 1], "the checkpoint the pods staged"
 
     cluster = spec["rayClusterSpec"]
-    gpu_groups = [g for g in cluster["workerGroupSpecs"] if _quantity(g["rayStartParams"].get("num-gpus", 0)) > 0]
+    gpu_groups = _gpu_groups(cluster)
     actors = config.actors
     assert actors.size is not None, "a fixed-size cluster needs a fixed actor pool (actors.size)"
     assert actors.num_gpus >= 1 and config.engine.device == "cuda"
