@@ -1,5 +1,6 @@
 """The offline job submitted with `ray job submit --working-dir .` to a real multi-node Ray on this machine, started
 and stopped by cluster/local/start.sh and stop.sh (a `ray start` head and two workers with fake GPUs, on loopback).
+The engine actors run on the worker nodes.
 
 The venv's bin is on PATH, as `raytts` is on an image where it is installed. The engine actors ask for a GPU each
 (actors.num_gpus=1), so Ray places one on each worker node; the fake GPUs have no CUDA behind them, so the engines run
@@ -43,9 +44,19 @@ def test_ray_job_submit_runs_raytts_run_on_a_local_multi_node_cluster(tmp_path, 
         report = json.loads((output / "_report.json").read_text())
         assert report["rows"] == 11 and report["ok"] == 11 and report["failed"] == 0, report
         assert len(list((output / "audio").glob("*.flac"))) == 11
-        # two engine actors, one per worker node (the report keys workers by node id prefix / pid)
-        nodes = {key.split("/")[0] for key in report["workers"]}
-        assert len(nodes) == 2 and sum(w["rows"] for w in report["workers"].values()) == 11, report["workers"]
+        # the cluster the scripts started: a head without GPUs and two workers with one fake GPU each; the engine
+        # actors (1 GPU each) ran on the workers. (Which actor gets the 3 blocks of 11 rows is Ray Data's choice: rows
+        # on every worker node are checked with 120 rows in test_pipeline_faults.py.)
+        listed = subprocess.run(["ray", "list", "nodes", "--format", "json", "--address", exports["RAY_ADDRESS"]],
+                                env={**env, **exports}, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert listed.returncode == 0, listed.stderr[-2000:]
+        nodes = [n for n in json.loads(listed.stdout) if n["state"] == "ALIVE"]
+        workers = {n["node_id"][:12] for n in nodes if not n["is_head_node"]}
+        assert len(nodes) == 3 and len(workers) == 2, nodes
+        assert all(n["resources_total"].get("GPU") == 1 for n in nodes if not n["is_head_node"]), nodes
+        used = {key.split("/")[0] for key in report["workers"]}
+        assert used and used <= workers, (used, workers)
+        assert sum(w["rows"] for w in report["workers"].values()) == 11, report["workers"]
     finally:
         if "RAYTTS_LOCAL_DIR" in exports:
             stopped = subprocess.run(["bash", str(LOCAL / "stop.sh"), exports["RAYTTS_LOCAL_DIR"]], env=env,
