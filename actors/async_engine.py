@@ -4,7 +4,8 @@ Each `await synthesize(requests)` call's segments, and each `await open_stream(r
 continuous batch alongside every other caller's, so a Ray Data actor with several batches in flight, or a Serve
 replica with many requests, keeps its slots full. The loop thread is the only one that touches the model.
 A caller that goes away (cancelled, timed out, stream closed) has its rows dropped from the engine at the next
-step: their slots go to other rows instead of finishing audio nobody will read.
+step: their slots go to other rows instead of finishing audio nobody will read. With a `FrontEndPool`, requests that
+arrive as text are normalised, split and tokenised before they reach the engine thread (`actors.front_end_pool`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .requests import SynthesisRequest, SynthesisResult
 from .validation import RequestError
 
 if TYPE_CHECKING:
+    from .front_end_pool import FrontEndPool
     from .replica import Synthesizer
 
 log = logging.getLogger(__name__)
@@ -82,8 +84,9 @@ class SpeechStream:
 
 
 class AsyncSynthesizer:
-    def __init__(self, synthesizer: Synthesizer) -> None:
+    def __init__(self, synthesizer: Synthesizer, front_ends: FrontEndPool | None = None) -> None:
         self.synthesizer = synthesizer
+        self.front_ends = front_ends
         self._inbox: queue.Queue[_Job | _Cancel | None] = queue.Queue()
         self.driver = EngineDriver(synthesizer)
         self._jobs: dict[int, _Job] = {}  # by call id
@@ -92,9 +95,32 @@ class AsyncSynthesizer:
         self.error: BaseException | None = None
         self._thread.start()
 
+    async def _front_ends(self, requests: list[SynthesisRequest]) -> dict[int, str]:
+        """Prepare the requests' front ends off the engine thread (with a pool); returns {index: error} of those
+        whose text cannot be synthesised."""
+        failed: dict[int, str] = {}
+        if self.front_ends is None:
+            return failed
+        for index, request in enumerate(requests):
+            try:
+                await self.front_ends.prepare(request)
+            except RequestError as err:
+                failed[index] = str(err)
+        return failed
+
     async def synthesize(self, requests: list[SynthesisRequest]) -> list[SynthesisResult]:
         """Results in input order; a request that cannot be synthesised comes back with `error` set."""
         self._check_alive()
+        failed = await self._front_ends(requests)
+        if failed:
+            todo = [r for i, r in enumerate(requests) if i not in failed]
+            done = iter(await self.synthesize(todo) if todo else [])
+            return [
+                SynthesisResult(id=r.id, text=r.text if isinstance(r.text, str) else "", error=failed[i])
+                if i in failed
+                else next(done)
+                for i, r in enumerate(requests)
+            ]
         loop = asyncio.get_running_loop()
         job = _Job(requests=requests, loop=loop, future=loop.create_future())
         self._inbox.put(job)
@@ -107,6 +133,9 @@ class AsyncSynthesizer:
     async def open_stream(self, request: SynthesisRequest) -> SpeechStream:
         """Validate and start one request whose audio arrives in pieces; raises RequestError for a bad request."""
         self._check_alive()
+        failed = await self._front_ends([request])
+        if failed:
+            raise RequestError(failed[0])
         loop = asyncio.get_running_loop()
         job = _Job(requests=[request], loop=loop, events=asyncio.Queue())
         self._inbox.put(job)
@@ -158,6 +187,8 @@ class AsyncSynthesizer:
         self._stopped = True
         self._inbox.put(None)
         self._thread.join(timeout=30)
+        if self.front_ends is not None:
+            self.front_ends.close()
 
     def _check_alive(self) -> None:
         if self.error is not None:

@@ -65,6 +65,12 @@ class SamplingSettings(Strict):
     )
     seed: int = Field(SamplingParams.seed, ge=0, lt=2**63, description="Seed for rows that do not carry their own.")
 
+    @model_validator(mode="after")
+    def _min_below_max(self) -> SamplingSettings:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"min_new_tokens {self.min_new_tokens} > max_new_tokens {self.max_new_tokens}")
+        return self
+
     def params(self) -> SamplingParams:
         return SamplingParams(**self.model_dump())
 
@@ -97,6 +103,9 @@ class RefineSettings(Strict):
     def _only_refines(self) -> RefineSettings:
         if self.only and not self.enabled:
             raise ValueError("refine.only needs the refine stage on (enabled: true)")
+        most = self.max_new_tokens if self.max_new_tokens is not None else REFINE_PARAMS.max_new_tokens
+        if self.min_new_tokens > most:
+            raise ValueError(f"refine min_new_tokens {self.min_new_tokens} > max_new_tokens {most}")
         return self
 
     def options(self) -> RefineOptions:

@@ -20,6 +20,7 @@ class TextTokenizer:
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        self.vocab_size = size
         if size != num_text_tokens:
             raise ValueError(f"{path}: vocabulary has {size} tokens; the model's text embedding has {num_text_tokens}")
         self.spk_emb_id = self.token_id("[spk_emb]")

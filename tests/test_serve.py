@@ -71,7 +71,7 @@ def server(tiny_checkpoint, tiny_onnx, tmp_path_factory):
         ray.shutdown()
     tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # AF_UNIX socket paths must stay short
     os.environ["RAY_TMPDIR"] = tmp
-    ray.init(address="local", num_cpus=6, include_dashboard=False, _temp_dir=tmp, configure_logging=False)
+    ray.init(address="local", num_cpus=8, include_dashboard=False, _temp_dir=tmp, configure_logging=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     one = DeploymentSpec(num_replicas=1, max_ongoing_requests=128, max_queued_requests=256, num_cpus=1)
@@ -88,6 +88,16 @@ def server(tiny_checkpoint, tiny_onnx, tmp_path_factory):
     serve.run(build_app(small, tight), name="small", route_prefix="/small")
     onnx = _app_args({"a": tiny_checkpoint}, engine={"backend": "onnx", "onnx": {"path": str(tiny_onnx)}})
     serve.run(build_app(onnx, one), name="onnx", route_prefix="/onnx")
+    long_texts = _app_args({"a": tiny_checkpoint}, limits={"max_input_chars": 4096})
+    serve.run(build_app(long_texts, one), name="long", route_prefix="/long")
+    endless = tmp_path_factory.mktemp("tiny-ck-endless")
+    write_checkpoint(endless, "tiny", 0, eos_gain=0.0)  # the end code's logit is 0: never in the top 20, rows run on
+    deadline = _app_args(
+        {"a": endless},
+        engine={"max_new_tokens": 600, "max_slots": 2, "budget_mib": 256},
+        limits={"request_timeout_s": 1.0},
+    )
+    serve.run(build_app(deadline, one), name="deadline", route_prefix="/deadline")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
@@ -693,3 +703,76 @@ def test_the_onnx_backend_app_answers_as_the_torch_one_streamed_and_whole(server
     whole = client.audio.speech.create(model="a", voice="echo", input=text, response_format="pcm").content
     assert _rel(_decode(b"".join(pieces), "pcm"), _decode(whole, "pcm")) < 1e-3
     assert _stats(f"{server}/onnx")["engines"]["a"]["stream_chunks"] >= 2
+
+
+LONG_TEXT = " ".join(
+    f"Chapter {i}: on 12/06/2026 the team shipped {i * 137} units at $3,999.50 each, a {i % 40}% rise; 今天是2026年12月{i % 28 + 1}日。"
+    for i in range(1, 40)
+)[:4000]
+
+
+def test_long_texts_do_not_delay_another_streams_first_audio(server):
+    """The text front end of a 4,000-character request takes ~0.5 s; on the engine's thread, 20 of them in flight
+    held every stream for seconds (a 2-word stream's first byte went from 0.07 s to 8-16 s). Now long texts are
+    prepared in a worker process: with 20 being prepared the short stream's first audio arrives within 2.5 s (the
+    20 take ~10 s of front-end work in all). The long texts end in a character strict text refuses, so each costs its
+    whole front end and then a 400, and none takes an engine slot: this measures the front end's hold on the engine,
+    not the queue for slots."""
+    long_body = {"text": LONG_TEXT + " \u2603", "strict_text": True, "voice": "alloy", "response_format": "wav"}
+    short = {"text": "hello there", "voice": "echo", "stream": True, "response_format": "pcm", "max_new_tokens": 24}
+    with ThreadPoolExecutor(24) as pool:
+        answers = [pool.submit(_post, f"{server}/long/v1/tts", long_body) for _ in range(20)]
+        time.sleep(0.5)
+        started = time.monotonic()
+        request = urllib.request.Request(
+            f"{server}/long/v1/tts", data=json.dumps(short).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            assert response.read1(1 << 16)
+            first_audio = time.monotonic() - started
+            response.read()
+        refused = [future.result() for future in answers]
+    assert all(status == 400 and b"strict text is on" in body for status, _, body in refused), refused[0]
+    assert first_audio < 2.5, f"the short stream's first audio took {first_audio:.2f} s with 20 long texts in flight"
+
+
+def test_a_stream_past_its_deadline_ends_in_an_error_the_client_sees(server):
+    """`/deadline` answers within 1 s and its rows never end: a stream cut at its deadline used to end as a clean
+    HTTP 200 (SSE: `speech.audio.done` with 0 tokens) after part of its audio."""
+    import httpx2  # the `openai` SDK's HTTP client
+    import openai
+
+    client = _client(f"{server}/deadline")
+    received = 0
+    with pytest.raises((httpx2.HTTPError, openai.APIError)) as raised:
+        with client.audio.speech.with_streaming_response.create(
+            model="a", voice="alloy", input="a stream that runs past its deadline.", response_format="pcm"
+        ) as response:
+            for piece in response.iter_bytes():
+                received += len(piece)
+    assert received > 0, "some audio arrives before the deadline"
+    print("the OpenAI SDK saw", type(raised.value).__name__, raised.value)
+    status, _, body = _post(
+        f"{server}/deadline/v1/audio/speech",
+        {
+            "model": "a",
+            "voice": "alloy",
+            "input": "an event stream past its deadline.",
+            "stream_format": "sse",
+            "response_format": "pcm",
+        },  # fmt: skip
+    )
+    events = [json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: ")]
+    assert status == 200 and events[0]["type"] == "speech.audio.delta"
+    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "request_timeout"
+    assert not any(e["type"] == "speech.audio.done" for e in events)
+    assert _stats(f"{server}/deadline")["engines"]["a"]["running_rows"] == 0  # cancelled in the engine
+
+
+def test_refine_bounds_and_head_on_health(server):
+    status, _, body = _post(
+        f"{server}/v1/tts", {"text": "hello", "refine": {"min_new_tokens": 50, "max_new_tokens": 10}}
+    )
+    assert status == 400 and b"min_new_tokens 50 > max_new_tokens 10" in body
+    status, _, body = _http(f"{server}/healthz", method="HEAD")
+    assert status == 200 and body == b""

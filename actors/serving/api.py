@@ -185,9 +185,14 @@ def parse_body(raw: bytes, schema: type[BaseModel]) -> Any:
     try:
         return schema.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or None
-        problem = first["msg"]
+        # A field that takes several types (refine: true/false or an object) gets one error per type: name the one
+        # about the value's own kind, not "should be a valid boolean" for an object.
+        errors = err.errors()
+        first = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
+        union_members = {"bool", "int", "float", "str", "list", "dict"}
+        loc = [str(p) for p in first["loc"] if str(p) not in union_members and not str(p)[:1].isupper()]
+        where = ".".join(loc) or None
+        problem = first["msg"].removeprefix("Value error, ")
         count = err.error_count()
         more = f" (and {count - 1} more problems)" if count > 1 else ""
         raise ApiError(400, f"{where}: {problem}{more}", param=where) from None

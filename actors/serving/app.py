@@ -428,7 +428,7 @@ class TTSServer:
             "memory": memory,
         }
 
-    @api.get("/healthz")
+    @api.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz(self) -> dict[str, Any]:
         await self.check_health()
         return {"status": "ok", "loaded": list(self.models)}

@@ -53,7 +53,16 @@ class LimitsSpec(Strict):
     max_input_chars: int = Field(4096, ge=1, description="Longest `input` accepted (OpenAI's limit is 4096).")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; bigger ones get 413.")
     request_timeout_s: float = Field(
-        300.0, gt=0, description="A request not finished by then is dropped from the engine and answered 503."
+        300.0,
+        gt=0,
+        description="A request not finished by then is dropped from the engine: answered 503, or, once its stream "
+        "has started, ended with an error (an aborted body; an `error` event in SSE).",
+    )
+    front_end_workers: int = Field(
+        1,
+        ge=1,
+        description="Processes per loaded model that normalise, split and tokenise texts longer than 256 characters, "
+        "off the engine's thread (shorter ones take a few ms in the request handler).",
     )
     max_queued_rows: int = Field(
         1024, ge=1, description="Rows waiting for a slot per model before new requests get 503 + Retry-After."

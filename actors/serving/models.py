@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from actors.async_engine import AsyncSynthesizer
+from actors.front_end_pool import FrontEndLimits, FrontEndPool
 from actors.placement import assigned_gpu_share
 from actors.settings import RefineSettings, build_synthesizer
 from actors.voices import Voice, read_reference_audio
@@ -93,4 +94,10 @@ def load_served_model(name: str, config: ServeConfig, budget_share: int) -> Load
                     f"or the path in the serve config"
                 ) from err
             voices[voice_name] = Voice(reference_codes=codes, reference_text=voice.reference_text)
-    return LoadedModel(name=name, engine=AsyncSynthesizer(synthesizer), voices=voices)
+    front_ends = FrontEndPool(
+        synthesizer.tokenizer,
+        synthesizer.checkpoint.asset / "tokenizer" / "tokenizer.json",
+        FrontEndLimits(synthesizer.max_segment_tokens, synthesizer.max_chars),
+        workers=config.limits.front_end_workers,
+    )
+    return LoadedModel(name=name, engine=AsyncSynthesizer(synthesizer, front_ends), voices=voices)

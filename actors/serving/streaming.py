@@ -1,5 +1,10 @@
 """Streamed responses of a Serve replica: audio pieces as they are generated, as raw audio bytes or as OpenAI's
-server-sent events, cut off at the request's deadline and releasing the model lease when the body ends."""
+server-sent events, releasing the model lease when the body ends.
+
+A stream that passes the request's deadline is cancelled in the engine and ends as an error the client sees, never
+as a clean end of audio: a raw audio body is aborted (the connection closes before the chunked body's end, which
+HTTP clients report as an incomplete read), and an SSE body ends with an `error` event instead of
+`speech.audio.done`."""
 
 from __future__ import annotations
 
@@ -21,22 +26,28 @@ from .models import Lease
 log = logging.getLogger("actors.serving.app")
 
 
-async def _pieces(stream: SpeechStream, deadline: float) -> AsyncIterator[np.ndarray]:
-    """The stream's audio pieces until it ends or the deadline passes (then it is cancelled)."""
+class StreamDeadline(RuntimeError):
+    """A streamed request ran past `limits.request_timeout_s`."""
+
+
+async def _pieces(stream: SpeechStream, deadline: float, timeout_s: float) -> AsyncIterator[np.ndarray]:
+    """The stream's audio pieces until it ends; raises StreamDeadline (after cancelling it) when the deadline passes."""
     chunks = aiter(stream)
     try:
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                log.warning("stream passed its deadline; cancelled")
-                return
             try:
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
                 yield await asyncio.wait_for(anext(chunks), remaining)
             except StopAsyncIteration:
                 return
             except asyncio.TimeoutError:
-                log.warning("stream passed its deadline; cancelled")
-                return
+                log.warning("stream passed its %.0f s deadline; cancelled", timeout_s)
+                raise StreamDeadline(
+                    f"the stream did not finish within the server's request timeout ({timeout_s:.0f} s); the audio "
+                    f"sent is incomplete: retry with shorter input, or when the server is less busy"
+                ) from None
     finally:
         stream.close()
 
@@ -49,7 +60,7 @@ def stream_response(
 
     async def audio_bytes() -> AsyncIterator[bytes]:
         try:
-            async for piece in _pieces(stream, deadline):
+            async for piece in _pieces(stream, deadline, timeout_s):
                 data = encoder.push(piece)
                 if data:
                     yield data
@@ -60,9 +71,14 @@ def stream_response(
             lease.release()
 
     async def events() -> AsyncIterator[bytes]:
-        async for data in audio_bytes():
-            delta = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
-            yield f"data: {json.dumps(delta)}\n\n".encode()
+        try:
+            async for data in audio_bytes():
+                delta = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
+                yield f"data: {json.dumps(delta)}\n\n".encode()
+        except StreamDeadline as err:
+            error = {"type": "error", "error": {"type": "timeout", "code": "request_timeout", "message": str(err)}}
+            yield f"data: {json.dumps(error)}\n\n".encode()
+            return
         frames = int(stream.result.codes.shape[0]) if stream.result and stream.result.codes is not None else 0
         done = {"type": "speech.audio.done", "usage": {"input_tokens": 0, "output_tokens": frames}}
         yield f"data: {json.dumps(done)}\n\n".encode()
