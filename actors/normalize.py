@@ -51,6 +51,16 @@ def _normalizers() -> dict[str, Any]:
     return {"en": Normalizer(lang="en", operator="tn"), "zh": Normalizer(lang="zh", operator="tn")}
 
 
+def grammar_version() -> str:
+    """The installed grammars' version (the `wetext` package's): part of what a job's books call the front end."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wetext")
+    except PackageNotFoundError:
+        return "missing"
+
+
 def load() -> None:
     """Load the grammars now (a worker's start-up), not on its first row."""
     _normalizers()

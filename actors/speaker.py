@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
-_SEED_SPEC = re.compile(r"^seed:(-?\d+)$")
+_SEED_SPEC = re.compile(r"seed:(-?\d+)")  # fullmatch: `$` would pass "seed:1\n"
 
 
 class SpeakerError(ValueError):
@@ -148,7 +148,7 @@ def parse_speaker(spec: str | None, hidden: int) -> torch.Tensor | None:
     if not isinstance(spec, str):
         raise SpeakerError(f"speaker must be a string ('seed:N' or a speaker string), got {type(spec).__name__}")
     spec = spec.strip()
-    match = _SEED_SPEC.match(spec)
+    match = _SEED_SPEC.fullmatch(spec)
     if match:
         seed = int(match.group(1))
         if not 0 <= seed < 2**63:

@@ -106,6 +106,17 @@ def normalize_mode(value: Any) -> str:
     raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)} (or true/false), got {value!r:.40}")
 
 
+# Bumped whenever the front end's own rules change what a text is spoken as: the offline job's books then redo the
+# rows made before (`pipeline.identity`).
+FRONT_END_RULES = 1
+
+
+def front_end_version(normalize: Any) -> str:
+    """What the front end is, for a job's books: its rules, the mode and, in full mode, the grammars' version."""
+    mode = normalize_mode(normalize)
+    return f"rules {FRONT_END_RULES}; {mode}; wetext {spoken.grammar_version() if mode == 'full' else '-'}"
+
+
 def clean_text(text: str, normalize: str = DEFAULT_NORMALIZE) -> str:
     """The text the tokenizer is given in `normalize` mode (see module docstring)."""
     return cleaned_and_dropped(text, normalize)[0]

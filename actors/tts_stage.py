@@ -4,7 +4,8 @@
 awaits the shared async engine, so batches that are in flight together (`max_concurrent_batches`) share its
 continuous batch. Rows that failed upstream (read errors, duplicates) pass through with their error; every row
 returns. Encoding and storing audio are the next, CPU-only stage of the job (`pipeline.store`). The stage knows
-nothing of the job config: `pipeline` hands it a `StageSettings`.
+nothing of the job config: `pipeline` hands it a `StageSettings`; the columns that identify a row across runs
+(`IDENTITY_COLUMNS`, the job's books) pass through as they are.
 """
 
 from __future__ import annotations
@@ -90,14 +91,15 @@ STAGE_SCHEMA = pa.schema(
         ("engine_occupancy", pa.float64()),
         ("engine", ENGINE_ACCOUNTING),
         ("model", pa.string()),  # the checkpoint as given plus its digest (`ResolvedCheckpoint.model_id`)
+        ("key", pa.string()),
+        ("input_digest", pa.string()),
     ]
 )
+IDENTITY_COLUMNS = ("key", "input_digest")  # the job's books' columns, passed through untouched
 
 
 class TTSStage:
-    def __init__(
-        self, settings: dict[str, Any], speakers: dict[str, dict[str, Any]], duplicates: dict[str, str]
-    ) -> None:
+    def __init__(self, settings: dict[str, Any], speakers: dict[str, dict[str, Any]]) -> None:
         started = time.perf_counter()
         import torch
 
@@ -109,7 +111,6 @@ class TTSStage:
         self._rebuilding = asyncio.Lock()
         self.rebuilds = 0
         self.voices = RowVoices(self.settings.speaker, speakers)  # a row's own reference_audio is refused here
-        self.duplicates = duplicates
         self.worker = f"{_node_id()[:12]}/{os.getpid()}"
         self.model_id = self.synthesizer.checkpoint.model_id  # hashes the files once per actor
         slots, fed = self.synthesizer.plan.slots, self.settings.batch_size * self.settings.max_concurrent_batches
@@ -185,7 +186,11 @@ class TTSStage:
                     result.error = with_source(result.error, str(batch["source"][i]))
                 results[i] = result
         done: list[SynthesisResult] = results  # type: ignore[assignment]
-        return self._table(done, [str(s) for s in batch["source"]], speakers, seeds)
+        identity = {  # absent when the stage is used outside the job (its columns are then null)
+            name: table.column(name) if name in table.column_names else pa.nulls(table.num_rows, pa.string())
+            for name in IDENTITY_COLUMNS
+        }
+        return self._table(done, [str(s) for s in batch["source"]], speakers, seeds, identity)
 
     def _requests(self, batch: dict[str, list], front_ends: list) -> tuple[list, list, list[int], list, list]:
         """(results so far: error rows filled in, requests to run, their row positions, speaker and seed columns)."""
@@ -200,7 +205,7 @@ class TTSStage:
         seeds: list[int | None] = [None] * n
         for i in range(n):
             source, row_id, text = str(batch["source"][i]), batch["id"][i], batch["text"][i]
-            error = batch["error"][i] or self.duplicates.get(source)
+            error = batch["error"][i]
             if error:
                 results[i] = SynthesisResult(id=row_id or "", text=text or "", error=error)
                 continue
@@ -237,7 +242,9 @@ class TTSStage:
             positions.append(i)
         return results, requests, positions, speakers, seeds
 
-    def _table(self, results: list, sources: list[str], speakers: list, seeds: list) -> pa.Table:
+    def _table(
+        self, results: list, sources: list[str], speakers: list, seeds: list, identity: dict[str, Any]
+    ) -> pa.Table:
         n = len(results)
         save_codes = self.settings.save_codes
         columns = {
@@ -256,6 +263,7 @@ class TTSStage:
             "engine_occupancy": [float(self.synthesizer.batcher.stats.occupancy)] * n,
             "engine": [_part_accounting(self.synthesizer.batcher.stats.accounting())] * n,
             "model": [self.model_id] * n,
+            **identity,
         }
         # One flat int16 buffer plus offsets: no per-sample Python objects on the way to Arrow, and the samples
         # are quantised exactly as the 16-bit FLAC/WAV writers would (`actors.audio.to_pcm16`).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,199}$")
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,199}")  # whole id (fullmatch: `$` would pass "x\n")
 
 
 class RequestError(ValueError):
@@ -16,7 +16,7 @@ def validate_id(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise RequestError(f"id must be a string or an integer, got {type(value).__name__} {value!r:.40}")
     text = str(value)
-    if not _ID_PATTERN.match(text) or ".." in text:
+    if not _ID_PATTERN.fullmatch(text) or ".." in text:
         raise RequestError(
             f"id {text!r:.60} is not a safe file name: use 1-200 characters of letters, digits, '.', '_' or '-', "
             f"starting with a letter or digit and without '..'"

@@ -129,7 +129,9 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "run",
         help="the offline job: Ray Data from text/speaker shards to Parquet and audio objects (resumable)",
         description="Runs CONFIG (YAML, see jobs/examples/job.yaml) on local Ray, or on --address. Re-running the "
-        "same config after a crash finishes only the missing rows. Exit status 1 when any row failed.",
+        "same config after a crash or an edit of the inputs or settings redoes only what changed. Exit status: 0 all "
+        "rows ok; 1 rows failed, an input problem, or the output does not hold every input row once; 2 the job could "
+        "not start (config, output, model, another driver on the output); 3 another driver took the output over.",
     )
     p.add_argument("config", type=Path, nargs="?", default=None, help="job YAML (flags below override it)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
@@ -298,7 +300,7 @@ def _run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from pipeline.config import JobConfig
-    from pipeline.job import ModelUnusable, OutputUnusable, PoolDoesNotFit, run_job
+    from pipeline.job import LeaseLost, ModelUnusable, OutputBusy, OutputUnusable, PoolDoesNotFit, run_job
 
     overrides = _overrides("run", args.set)
     if overrides is None:
@@ -319,9 +321,12 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         report = run_job(config, address=args.address)
-    except (PoolDoesNotFit, OutputUnusable, ModelUnusable, OSError) as err:
+    except (PoolDoesNotFit, OutputUnusable, ModelUnusable, OutputBusy, OSError) as err:
         print(f"raytts run: {err}", file=sys.stderr)
         return 2
+    except LeaseLost as err:
+        print(f"raytts run: {err}", file=sys.stderr)
+        return 3
     summary = report.to_dict()
     failures = summary.pop("failures")
     print(json.dumps(summary, indent=2, ensure_ascii=False))

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .config import JobConfig
+from .lease import OutputLease
 from .parts import filesystem
 from .resources import gpus_per_actor, pool_problems
 
@@ -30,11 +33,11 @@ class OutputUnusable(ValueError):
 
 
 def check_output(config: JobConfig) -> None:
-    """Fail before any synthesis when the output cannot take parts (pyarrow) or audio files (smart-open), or when
-    the report cannot be written there (wrong credentials, read-only bucket, missing bucket)."""
+    """Fail before any synthesis when the output cannot take parts (pyarrow) or audio files (smart-open). Whether
+    it takes writes (credentials, a read-only or missing bucket) is found by taking its lease and `mark_running`."""
     output = config.output.path.rstrip("/")
     try:
-        fs, base = filesystem(output)
+        filesystem(output)
     except (pa.ArrowException, OSError) as err:
         raise OutputUnusable(
             f"output.path {output!r}: Parquet parts cannot be written there ({err}); use a local folder or an "
@@ -51,8 +54,35 @@ def check_output(config: JobConfig) -> None:
                 f"output.path {output!r}: audio files cannot be written to {scheme}:// ({err}); install smart-open's "
                 f"extra for it (e.g. pip install 'smart-open[gcs]') or set output.audio_files: false"
             ) from err
-    # The probe is the report itself, marked running until the job overwrites it with the final report: a job that
-    # died leaves a report saying so, and object stores get no marker objects from creating or deleting anything.
+
+
+@contextmanager
+def hold_output(output: str) -> Iterator[OutputLease]:
+    """The output's lease (`pipeline.lease`), held for the block: raises OutputBusy when another driver holds it,
+    OutputUnusable when it cannot be written there."""
+    import ray
+
+    lease = OutputLease(output, ray_job=ray.get_runtime_context().get_job_id() if ray.is_initialized() else None)
+    try:
+        lease.acquire()
+    except OSError as err:
+        raise OutputUnusable(
+            f"output.path {output!r}: cannot take its lease there ({err}); check that the location exists and that "
+            f"this machine's credentials may write there"
+        ) from err
+    try:
+        yield lease
+    finally:
+        try:
+            lease.release()
+        except OSError as err:
+            log.warning("could not release the lease of %s (%s); the next run takes it over", output, err)
+
+
+def mark_running(output: str) -> None:
+    """Write `_report.json` as running (the job overwrites it with the final report), which also probes that the
+    location takes writes: a job that died leaves a report saying so. Called once the job holds the output."""
+    fs, base = filesystem(output)
     try:
         if isinstance(fs, pafs.LocalFileSystem):
             fs.create_dir(base, recursive=True)

@@ -9,6 +9,7 @@ from typing import Any
 from actors.tts_stage import StageSettings
 
 from .config import JobConfig
+from .lease import LeaseToken
 from .prepare import prepare_rows
 from .resources import STORE_ACTOR_CPUS
 from .store import StoreAudio
@@ -38,9 +39,11 @@ def synthesis_stages(
     config: JobConfig,
     tokenizer: dict[str, Any],
     speakers: dict[str, dict[str, Any]],
-    duplicates: dict[str, str],
+    job_digest: str,
+    lease: LeaseToken,
 ) -> Any:
-    """The dataset of per-block summaries ({part, rows, failed}) that synthesising `pending` yields."""
+    """The dataset of per-block summaries ({part, rows, failed, seconds}) that synthesising `pending` yields; every
+    part records `job_digest` and is written only while the driver holds the output's `lease`."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -75,7 +78,10 @@ def synthesis_stages(
         .map_batches(
             prepare_rows,
             # the tokenizer (~0.5 MB) is shipped once with the operator, not per task
-            fn_kwargs={"tokenizer": tokenizer, "settings": prepare_settings},
+            fn_kwargs={
+                "tokenizer": {k: tokenizer[k] for k in ("json", "num_text_tokens")},
+                "settings": prepare_settings,
+            },
             batch_size=None,
             batch_format="pyarrow",
         )
@@ -84,7 +90,6 @@ def synthesis_stages(
             fn_constructor_kwargs={
                 "settings": stage_settings(config).model_dump(),
                 "speakers": speakers,
-                "duplicates": duplicates,
             },
             compute=pool,
             batch_size=actors.batch_size,
@@ -98,6 +103,8 @@ def synthesis_stages(
                 "output": output.path.rstrip("/"),
                 "audio_format": output.audio_format,
                 "audio_files": output.audio_files,
+                "job_digest": job_digest,
+                "lease": lease,
             },
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=output.writers),
             batch_size=actors.batch_size,

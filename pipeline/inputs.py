@@ -8,7 +8,6 @@ synthesis request is `actors.requests.request_from_fields`. Torch-free: the pars
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -24,6 +23,8 @@ import pyarrow.compute as pc
 from actors.requests import KNOWN_FIELDS
 from actors.validation import RequestError, validate_id
 
+from .identity import derived_id, error_digest, repeat_id
+
 log = logging.getLogger(__name__)
 
 
@@ -33,45 +34,29 @@ class InputRow:
     id: str | None
     fields: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    derived: bool = False  # the id was derived from the row's content (it had none)
 
 
 def read_jsonl(path: str | Path, display_name: str | None = None) -> Iterator[InputRow]:
     """Rows of a JSONL file; blank lines are skipped, every other line yields exactly one row (a leading byte-order
-    mark is dropped); a row without an id gets one from the file and line, as in the offline job."""
+    mark is dropped); a row without an id gets one derived from its content, as in the offline job."""
     name = display_name or str(path)
-    stem = safe_stem(name.rsplit("/", 1)[-1], name)
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             if number == 1:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")
             if not raw.strip():
                 continue
-            yield parse_json_line(raw, f"{name}:{number}", default_id=line_id(stem, number))
+            yield parse_json_line(raw, f"{name}:{number}", derive_id=True)
 
 
 # Whole-file compression of a shard (`texts.jsonl.gz`) by suffix, undone by pyarrow's codecs before parsing.
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 
 
-def safe_stem(name: str, path: str) -> str:
-    """A shard's name as the stem of the ids its rows get when they have none: its file name without the format
-    (and compression) suffix, made file-name safe, and a digest of its path so two `a.jsonl` in different folders
-    differ."""
-    for suffix in COMPRESSIONS:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", name.rsplit(".", 1)[0]).strip("._-") or "shard"
-    return f"{stem[:80]}-{hashlib.sha1(path.encode()).hexdigest()[:6]}"
-
-
-def line_id(stem: str, number: int) -> str:
-    """The id of a row that has none: its shard's stem (`safe_stem`) and its line (or Parquet row) number."""
-    return f"{stem}-{number:06d}"
-
-
-def parse_json_line(raw: bytes, source: str, default_id: str | None = None) -> InputRow:
-    """One JSONL line -> a row. A row with no id (absent, null or "") takes `default_id` when given (its file and
-    line), else it is an error row."""
+def parse_json_line(raw: bytes, source: str, derive_id: bool = False) -> InputRow:
+    """One JSONL line -> a row. A row with no id (absent, null or "") gets one derived from its content
+    (`pipeline.identity.derived_id`) with `derive_id`, else it is an error row."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -90,8 +75,8 @@ def parse_json_line(raw: bytes, source: str, default_id: str | None = None) -> I
     unencodable = _unencodable(data)
     if unencodable:  # valid JSON, but no text can hold it: Arrow, files and the tokenizer all need UTF-8
         return InputRow(source, _valid_id(data), error=f"{source}: {unencodable}; fix the escape in the file")
-    if default_id is not None and data.get("id") in (None, ""):
-        return InputRow(source, default_id, data)
+    if derive_id and data.get("id") in (None, ""):
+        return InputRow(source, derived_id(data.get("text"), data), data, derived=True)
     try:
         row_id = validate_id(data.get("id"))
     except RequestError as err:
@@ -132,17 +117,56 @@ def _valid_id(data: dict[str, Any]) -> str | None:
 
 
 def mark_duplicates(rows: list[InputRow]) -> None:
-    """`find_duplicates` over in-memory rows (`raytts synth`): later rows repeating an id get its error."""
+    """`identity_fixups` over in-memory rows (`raytts synth`): repeated rows without ids get `-2`, `-3`, ...; later
+    rows repeating an id get its error."""
     ids = pa.chunked_array([pa.array([row.id for row in rows], type=pa.string())])
     sources = pa.chunked_array([pa.array([row.source for row in rows], type=pa.string())])
-    duplicates = find_duplicates(ids, sources)
+    derived = pa.chunked_array([pa.array([row.derived for row in rows], type=pa.bool_())])
+    fixups = identity_fixups(ids, sources, derived)
     for row in rows:
-        if row.error is None and row.source in duplicates:
-            row.error = duplicates[row.source]
+        fix = fixups.get(row.source)
+        if fix is not None:
+            row.id = fix.get("id", row.id)
+            if row.error is None and fix.get("error"):
+                row.error = fix["error"]
+
+
+def identity_fixups(ids: pa.ChunkedArray, sources: pa.ChunkedArray, derived: pa.ChunkedArray) -> dict[str, dict]:
+    """source -> the changes to a parsed row's identity that only the whole input decides, for the few rows that
+    need one: a row without an id whose content repeats an earlier such row's gets `{id, key}` with `-2`, `-3`, ...
+    (in source order); a row repeating an earlier row's id gets `{error, key: "@source", input_digest}` (the id
+    belongs to the first row)."""
+    ids = ids.cast(pa.string())
+    renamed = _repeat_ids(ids, sources, derived)
+    fixups: dict[str, dict] = {source: {"id": new, "key": new} for source, new in renamed.items()}
+    if renamed:  # duplicates are looked for among the ids rows end up with
+        names = pa.array(list(renamed), type=pa.string())
+        position = pc.index_in(sources, value_set=names)
+        ids = pc.coalesce(pc.take(pa.array(list(renamed.values()), type=pa.string()), position), ids)
+    for source, error in find_duplicates(ids, sources).items():
+        fixups.setdefault(source, {})
+        fixups[source].update({"error": error, "key": f"@{source}", "input_digest": error_digest(error)})
+    return fixups
+
+
+def _repeat_ids(ids: pa.ChunkedArray, sources: pa.ChunkedArray, derived: pa.ChunkedArray) -> dict[str, str]:
+    rows = pa.table({"id": ids, "source": sources.cast(pa.string())}).filter(pc.fill_null(derived, False))
+    counts = rows.group_by("id").aggregate([("source", "count")])
+    repeated = counts.filter(pc.greater(counts.column("source_count"), 1)).column("id")
+    if len(repeated) == 0:
+        return {}
+    by_id: dict[str, list[str]] = defaultdict(list)
+    for row in rows.filter(pc.is_in(rows.column("id"), value_set=repeated.combine_chunks())).to_pylist():
+        by_id[row["id"]].append(row["source"])
+    renamed = {}
+    for first, row_sources in by_id.items():
+        for occurrence, source in enumerate(sorted(row_sources, key=_source_order)[1:], start=2):
+            renamed[source] = repeat_id(first, occurrence)
+    return renamed
 
 
 def _source_order(source: str) -> tuple[str, int]:
-    match = re.match(r"^(.*):(?:row)?(\d+)$", source)
+    match = re.fullmatch(r"(.*):(?:row)?(\d+)", source)
     return (match.group(1), int(match.group(2))) if match else (source, 0)
 
 

@@ -1,17 +1,15 @@
 """`raytts run`: the offline job as a Ray Data graph, resumable, with every input row accounted for exactly once.
 
-Graph: read shards as bytes -> parse rows (CPU) -> drop rows finished by earlier runs -> repartition by rows ->
+Graph: read shards as bytes -> parse rows (CPU) -> the books decide what is finished -> repartition by rows ->
 prepare (CPU: normalise, split, tokenise) -> TTS actors (one engine replica each, several batches in flight) ->
 store actors (CPU, autoscaled): encode audio, write audio objects and the block's Parquet part (`pipeline.graph`).
 The driver only sees one small summary row per block.
 
-Exactly-once: each run adds Parquet parts under `{output}/parts/`, each named by a digest of its rows' keys (a
-block that Ray Data retries rewrites its own part); a row's key is its id (or its source line when it has none or
-when an earlier row has the same id: that row owns the id).
-Before running, the job reads the keys already present in readable parts (leftovers of killed writers are removed
-first) and skips them (`pipeline.bookkeeping`), so a re-run after any crash finishes only the missing rows and the
-union of parts holds every input key exactly once. The report is `pipeline.report`'s, the checks before any work
-`pipeline.checks`'.
+Exactly once, across crashes and edits: one driver per output (`pipeline.lease`); each row is keyed by its id (or
+its content) and carries digests of what makes its audio (`pipeline.identity`); before synthesis the books
+(`pipeline.books`) keep the rows that are finished, supersede the rest and pick the rows to synthesise; before the
+run says `finished` they check that the output holds every input row exactly once. The report is
+`pipeline.report`'s, the checks before any work `pipeline.checks`'.
 """
 
 from __future__ import annotations
@@ -24,27 +22,33 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from actors.cluster import joined_ray
+from actors.text import front_end_version
 
-from .bookkeeping import finished_keys, keep_rows, unfinished_plan
+from .books import InputBooks, apply_plan, close_books, plan_run
 from .checks import (
     ModelUnusable,
     OutputUnusable,
     PoolDoesNotFit,
     check_output,
     check_pool,
+    hold_output,
+    mark_running,
     warn_if_local_output_on_a_cluster,
     with_actor_gpus,
 )
 from .config import JobConfig
 from .graph import synthesis_stages
-from .inputs import find_duplicates
-from .parts import key_array
+from .identity import job_digest as digest_of_job
+from .identity import job_settings, speaker_digests
+from .inputs import identity_fixups
+from .lease import LeaseLost, OutputBusy, OutputLease
 from .report import JobReport, finish_report, write_status
-from .shards import read_text_shard
+from .settings_record import record_settings, settings_changes
+from .shards import RowContext, read_text_shard
 from .sources import TEXT_EXTENSIONS, expand_paths, shard_paths, source_names
 from .speakers import job_speakers
 
-__all__ = ["JobReport", "ModelUnusable", "OutputUnusable", "PoolDoesNotFit", "run_job"]
+__all__ = ["JobReport", "LeaseLost", "ModelUnusable", "OutputBusy", "OutputUnusable", "PoolDoesNotFit", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -53,25 +57,28 @@ LOCAL_RAY_CPUS = 8  # logical CPUs of a local Ray at least: the engine actors ne
 
 def run_job(config: JobConfig, address: str | None = None) -> JobReport:
     """Run the job on `address`, the cluster of `ray job submit` (RAY_ADDRESS), the Ray this process already
-    joined, or else a local Ray it starts and stops. Raises PoolDoesNotFit (before any work) when the engine
-    actors cannot run on a local Ray."""
+    joined, or else a local Ray it starts and stops. Raises OutputBusy when another driver holds the output (before
+    writing anything), PoolDoesNotFit (before any work) when the engine actors cannot run on a local Ray."""
     started = time.perf_counter()
     check_output(config)
-    with joined_ray(address, LOCAL_RAY_CPUS) as ray_connection:
+    output = config.output.path.rstrip("/")
+    with joined_ray(address, LOCAL_RAY_CPUS) as ray_connection, hold_output(output) as lease:
+        mark_running(output)
         try:
             config = with_actor_gpus(config)
             check_pool(config, ray_connection.local)
             warn_if_local_output_on_a_cluster(config)
-            return _run(config, started)
+            return _run(config, started, lease)
         except Exception as err:
-            write_status(config.output.path.rstrip("/"), {"status": "failed", "error": f"{type(err).__name__}: {err}"})
+            write_status(output, {"status": "failed", "error": f"{type(err).__name__}: {err}"})
             raise
 
 
 def tokenizer_of(model: str, verify: str, onnx_path: str | None = None) -> dict[str, Any]:
-    """The checkpoint's tokenizer file and vocabulary size, for the prepare stage (runs as a task: it resolves, and
-    if needed downloads, the checkpoint on a worker, never in the driver). With `onnx_path` (engine.onnx.path), that
-    folder must be an export of this checkpoint: checked here, before any engine actor starts."""
+    """The checkpoint's tokenizer file, vocabulary size and content digest, for the prepare stage and the books
+    (runs as a task: it resolves, and if needed downloads, the checkpoint on a worker, never in the driver). With
+    `onnx_path` (engine.onnx.path), that folder must be an export of this checkpoint: checked here, before any
+    engine actor starts."""
     from actors.checkpoint import read_model_config, resolve
 
     checkpoint = resolve(model, verify=verify)
@@ -82,78 +89,156 @@ def tokenizer_of(model: str, verify: str, onnx_path: str | None = None) -> dict[
     return {
         "json": (checkpoint.asset / "tokenizer" / "tokenizer.json").read_text(),
         "num_text_tokens": read_model_config(checkpoint.asset).gpt.num_text_tokens,
+        "sha256": checkpoint.sha256,
     }
 
 
-def _parse_text(row: dict[str, Any], names: dict[str, str]) -> list[dict[str, Any]]:
-    return read_text_shard(row["path"], names.get(row["path"]))
+def _parse_text(row: dict[str, Any], names: dict[str, str], context: RowContext) -> list[dict[str, Any]]:
+    return read_text_shard(row["path"], names.get(row["path"]), context)
 
 
-def _run(config: JobConfig, started: float) -> JobReport:
+def _inputs(config: JobConfig, report: JobReport) -> list[str]:
+    """The text shards to read; the output location's own files are left out (and said)."""
+    output = config.output.path.rstrip("/")
+    files, problems, inside = expand_paths(config.inputs.text, TEXT_EXTENSIONS, exclude=output)
+    if inside:
+        note = (
+            f"{len(inside)} files under the output {output} were not read as input: they are this job's own output "
+            f"(e.g. {inside[0]}); keep the output outside the input folders to avoid this note"
+        )
+        log.warning("%s", note)
+        report.notes.append(note)
+    report.problems.extend(problems)
+    for problem in problems:
+        log.error("input problem: %s", problem)
+    return files
+
+
+def _run(config: JobConfig, started: float, lease: OutputLease) -> JobReport:
     import ray
 
     output = config.output.path.rstrip("/")
     report = JobReport(output=output)
-    text_files, problems = expand_paths(config.inputs.text, TEXT_EXTENSIONS)
-    report.problems.extend(problems)
-    for problem in problems:
-        log.error("input problem: %s", problem)
+    text_files = _inputs(config, report)
     speakers = job_speakers(config, report)
-    if not text_files:
-        report.wall_seconds = time.perf_counter() - started
-        return finish_report(report, output, finished_keys(output, config.retry_failed))
+    digests = speaker_digests(speakers)
     # Started now, used after parsing: fetching the tokenizer overlaps with reading the shards.
     onnx_path = config.engine.onnx.path if config.engine.backend == "onnx" else None
-    tokenizer = ray.remote(num_cpus=1)(tokenizer_of).remote(config.model, config.engine.verify, onnx_path)
-    pending, duplicates, finished = _unfinished_rows(config, text_files, report, started)
+    model_ref = ray.remote(num_cpus=1)(tokenizer_of).remote(config.model, config.engine.verify, onnx_path)
+    context = RowContext(digests, config.speaker)
+    refs, books, fixups = _parse(config, text_files, context, started)
+    try:
+        model = ray.get(model_ref)
+    except ray.exceptions.RayTaskError as err:  # the model cannot be resolved: stop before any actor starts
+        raise ModelUnusable(f"model {config.model!r}: {err.cause}") from err
+    settings = job_settings(config, model["sha256"], front_end_version(config.normalize))
+    job_digest = digest_of_job(settings, digests.get(config.speaker) if config.speaker else None)
+    record_settings(output, job_digest, settings)
+    keep_gone = bool(report.problems) or _unread_files(books)
+    plan = plan_run(output, books, job_digest, config.retry_failed, config.output.audio_files, keep_gone)
+    plan.redo.settings = settings_changes(output, plan.old_job_digests, settings)
+    report.redo = plan.redo.to_dict()
+    report.this_run = plan.to_synthesise
+    report.skipped_finished = len(books.keys) - report.this_run
+    lease.check()
+    apply_plan(output, plan)
+    seconds = 0.0
     if report.this_run:
-        try:
-            tokenizer = ray.get(tokenizer)
-        except ray.exceptions.RayTaskError as err:  # the model cannot be resolved: stop before any actor starts
-            raise ModelUnusable(f"model {config.model!r}: {err.cause}") from err
-        summaries = synthesis_stages(pending, config, tokenizer, speakers, duplicates)
+        pending = _pending(refs, books, plan.todo, fixups)
+        summaries = synthesis_stages(pending, config, model, speakers, job_digest, lease.token_for_workers)
         stored = 0
         for summary in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
             stored += sum(summary.column("rows").to_pylist())
+            seconds += sum(summary.column("seconds").to_pylist())
+            lease.check()
         log.info("synthesis stages stored %d rows at %.1f s", stored, time.perf_counter() - started)
+    lease.check()
+    closing = close_books(output, books, job_digest, config.output.audio_files)
     report.wall_seconds = time.perf_counter() - started
-    return finish_report(report, output, finished)
+    return finish_report(report, output, closing, seconds)
 
 
-def _unfinished_rows(
-    config: JobConfig, text_files: list[str], report: JobReport, started: float
-) -> tuple[Any, dict[str, str], pa.Array]:
-    """Parse every shard, find duplicate ids and the rows earlier runs finished; returns (a dataset of the rows
-    still to do, source -> duplicate error, the finished keys). Sets the report's this_run / skipped counts."""
+def _parse(
+    config: JobConfig, text_files: list[str], context: RowContext, started: float
+) -> tuple[list[Any], InputBooks, dict[str, dict]]:
+    """Parse every shard (tasks); returns the parsed blocks' refs, the input books (with the identity fixups only
+    the whole input decides: repeated content, duplicate ids) and those fixups by source."""
     import ray
 
+    if not text_files:
+        empty = pa.chunked_array([], type=pa.string())
+        return [], InputBooks(empty, empty, empty, []), {}
     parsed = (
         shard_paths(text_files)
-        .flat_map(_parse_text, fn_kwargs={"names": source_names(text_files, config.inputs.base)})
+        .flat_map(_parse_text, fn_kwargs={"names": source_names(text_files, config.inputs.base), "context": context})
         .materialize()
     )
     # Keys straight from the parsed blocks (zero-copy reads of the object store), not through another Ray Data op;
-    # the bookkeeping stays in Arrow, so the driver holds a few bytes per row, not Python objects.
+    # the books stay in Arrow, so the driver holds a few bytes per row, not Python objects.
     refs = parsed.to_arrow_refs()
     blocks = [ray.get(ref) for ref in refs]
     sizes = [b.num_rows for b in blocks]
-    # A shard with no rows (an empty file, blank lines only) gives a block with no columns: it has no keys.
-    ids = pa.chunked_array([b.column("id").cast(pa.string()) for b in blocks if b.num_rows], type=pa.string())
-    sources = pa.chunked_array([b.column("source") for b in blocks if b.num_rows], type=pa.string())
-    del blocks
-    log.info("parsed %d input rows in %.1f s", len(ids), time.perf_counter() - started)
-    duplicates = find_duplicates(ids, sources)
-    repeats = pa.array(list(duplicates), type=pa.string())
-    finished = finished_keys(config.output.path.rstrip("/"), config.retry_failed, repeats)
-    done = pc.is_in(key_array(ids, sources, repeats), value_set=finished)  # one hash lookup per row, one hash table
-    todo = len(ids) - (pc.sum(done).as_py() or 0)
-    report.skipped_finished = len(ids) - todo
-    report.this_run = todo
-    # Finished rows are removed per block by the driver's flags: blocks with none pass as they are, the others are
-    # filtered by a task with the block's mask; no task has to hold every finished key. Empty blocks (from shards
-    # without rows) are left out.
-    keep = ray.remote(keep_rows)
-    pending = ray.data.from_arrow_refs([
-        refs[index] if mask is None else keep.remote(refs[index], mask) for index, mask in unfinished_plan(sizes, done)
-    ]) if todo else None  # fmt: skip
-    return pending, duplicates, finished
+    full = [b for b in blocks if b.num_rows]  # a shard with no rows gives a block with no columns
+    columns = {
+        name: pa.chunked_array([b.column(name).cast(kind) for b in full], type=kind)
+        for name, kind in (("id", pa.string()), ("source", pa.string()), ("key", pa.string()),
+                           ("input_digest", pa.string()), ("derived", pa.bool_()))
+    }  # fmt: skip
+    del blocks, full
+    log.info("parsed %d input rows in %.1f s", len(columns["key"]), time.perf_counter() - started)
+    fixups = identity_fixups(columns["id"], columns["source"], columns["derived"])
+    keys, digests = columns["key"], columns["input_digest"]
+    if fixups:
+        position = pc.index_in(columns["source"], value_set=pa.array(list(fixups), pa.string()))
+        for name, column in (("key", keys), ("input_digest", digests)):
+            values = pa.array([fix.get(name) for fix in fixups.values()], pa.string())
+            fixed = pc.coalesce(pc.take(values, position), column)
+            keys, digests = (fixed, digests) if name == "key" else (keys, fixed)
+    return refs, InputBooks(keys, digests, columns["source"], sizes), fixups
+
+
+def _unread_files(books: InputBooks) -> bool:
+    """Whether a shard could not be read or parsed at all (its one error row is keyed by the file, not a line): its
+    rows' earlier output must not count as gone."""
+    lines = pc.match_substring_regex(books.keys, r"^@.*:(row)?\d+$")
+    return bool(pc.any(pc.and_(pc.starts_with(books.keys, "@"), pc.invert(lines))).as_py())
+
+
+def amend_block(block: pa.Table, keep: pa.Array | None, fixups: dict[str, dict]) -> pa.Table:
+    """A parsed block's rows to synthesise (`keep`), with the identity fixups of its rows applied."""
+    if keep is not None:
+        block = block.filter(keep)
+    if fixups:
+        sources = block.column("source").to_pylist()
+        for name in ("id", "key", "input_digest", "error"):
+            values = block.column(name).to_pylist()
+            values = [fixups.get(s, {}).get(name, v) for s, v in zip(sources, values, strict=True)]
+            block = block.set_column(block.schema.get_field_index(name), name, pa.array(values, pa.string()))
+    return block
+
+
+def _pending(refs: list[Any], books: InputBooks, todo: pa.ChunkedArray, fixups: dict[str, dict]) -> Any:
+    """A dataset of the parsed rows to synthesise: blocks with nothing to change pass as they are, the others are
+    filtered and amended by a task with the block's mask and fixups; blocks with nothing to do are left out."""
+    import ray
+
+    amend = ray.remote(amend_block)
+    pending = []
+    offset = 0
+    fixed = set(fixups)
+    for ref, size in zip(refs, books.sizes, strict=True):
+        flags = todo.slice(offset, size)
+        block_sources = books.sources.slice(offset, size)
+        offset += size
+        count = pc.sum(flags).as_py() or 0
+        if count == 0:
+            continue
+        mine = {}
+        if fixed:
+            listed = pc.filter(block_sources, pc.is_in(block_sources, value_set=pa.array(list(fixed), pa.string())))
+            mine = {source: fixups[source] for source in listed.to_pylist()}
+        if count == size and not mine:
+            pending.append(ref)
+        else:
+            pending.append(amend.remote(ref, None if count == size else flags.combine_chunks(), mine))
+    return ray.data.from_arrow_refs(pending)

@@ -1,10 +1,12 @@
 """The job's output parts: `{output}/parts/part-{digest}.parquet`, one per stored block, named by the rows inside.
 
-A part's name is a digest of its rows' source lines, so a block that Ray Data runs twice (a store actor that died after
-writing, a retried engine batch) rewrites the same part instead of adding a second copy of its rows. Local parts
-are written to a temporary name and renamed; object-store parts appear whole when their upload completes. Readers
-skip anything that is not a `.parquet` file and delete parts that do not parse (a killed writer), so their rows
-are redone by the next run.
+A part's name is a digest of its rows' keys and digests (`pipeline.identity`), so a block that Ray Data runs twice (a
+store actor that died after writing, a retried engine batch) rewrites the same part instead of adding a second copy
+of its rows. Local parts are written to a temporary name and renamed; object-store parts appear whole when their
+upload completes. Readers skip anything that is not a `.parquet` file and delete parts that do not parse (a killed
+writer), so their rows are redone by the next run. `rewrite_part` keeps some rows of a part (a re-run superseding
+the others) by writing the kept rows first and deleting the old part after, so a crash in between leaves a copy the
+next run's books remove, never a lost row.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import uuid
 from collections.abc import Iterator
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -30,6 +31,9 @@ RUN_SCHEMA = pa.schema(
     [
         *SCHEMA,
         pa.field("source", pa.string()),
+        pa.field("key", pa.string()),
+        pa.field("input_digest", pa.string()),
+        pa.field("job_digest", pa.string()),
         pa.field("worker", pa.string()),
         pa.field("engine_occupancy", pa.float64()),
         pa.field("engine", ENGINE_ACCOUNTING),
@@ -37,6 +41,9 @@ RUN_SCHEMA = pa.schema(
     metadata=hf_metadata(
         {
             "source": {"dtype": "string", "_type": "Value"},
+            "key": {"dtype": "string", "_type": "Value"},
+            "input_digest": {"dtype": "string", "_type": "Value"},
+            "job_digest": {"dtype": "string", "_type": "Value"},
             "worker": {"dtype": "string", "_type": "Value"},
             "engine_occupancy": {"dtype": "float64", "_type": "Value"},
             "engine": {
@@ -55,19 +62,19 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
 
 
-def part_name(sources: list[str]) -> str:
-    """A part's name: a digest of its rows' source lines. Each input line is one row with its own source (each file
-    is read once), so two blocks never share a name unless they hold the same lines: a retried block. (Ids are no
-    name: rows that repeat an id, or blocks of duplicate-id error rows, would overwrite each other's part.)"""
-    digest = hashlib.sha256("\n".join(sorted(sources)).encode()).hexdigest()[:24]
+def part_name(keys: list[str], digests: list[str | None]) -> str:
+    """A part's name: a digest of its rows' keys and input digests. Keys are unique in a job's input, so two blocks
+    never share a name unless they hold the same rows: a retried block."""
+    rows = sorted(f"{key}\t{digest}" for key, digest in zip(keys, digests, strict=True))
+    digest = hashlib.sha256("\n".join(rows).encode("utf-8", "surrogatepass")).hexdigest()[:24]
     return f"part-{digest}.parquet"
 
 
 def write_part(table: pa.Table, parts: str) -> str:
     """Write one block of output rows under `parts` (a folder or URI); returns the part's path."""
-    sources = table.column("source").cast(pa.string()).to_pylist()
+    name = part_name(table.column("key").to_pylist(), table.column("input_digest").to_pylist())
     fs, base = filesystem(parts)
-    path = f"{base}/{part_name(sources)}"
+    path = f"{base}/{name}"
     if isinstance(fs, pafs.LocalFileSystem):
         fs.create_dir(base, recursive=True)
         temporary = f"{base}/.{uuid.uuid4().hex}.tmp"
@@ -75,31 +82,40 @@ def write_part(table: pa.Table, parts: str) -> str:
         fs.move(temporary, path)  # atomic rename: readers never see half a part
     else:
         pq.write_table(table, path, filesystem=fs)  # the object appears when its upload completes
-    return path
+    return path if "://" not in parts else f"{parts.split('://', 1)[0]}://{path}"
 
 
-def key_array(
-    ids: pa.Array | pa.ChunkedArray, sources: pa.Array | pa.ChunkedArray, duplicates: pa.Array | None = None
-) -> pa.ChunkedArray:
-    """Each row's identity across runs, over whole columns (no Python objects per row): its id, or "@" + its source
-    line where the id is null or empty or where the source is one of `duplicates` (rows that repeat an earlier
-    row's id: the id belongs to the first row, so a finished duplicate never makes the first row count as done)."""
-    ids = pa.chunked_array([ids]) if isinstance(ids, pa.Array) else ids
-    sources = pa.chunked_array([sources]) if isinstance(sources, pa.Array) else sources
-    sources = sources.cast(pa.string())
-    ids = ids.cast(pa.string())  # a shard without ids parses to an all-null (type null) column
-    has_id = pc.fill_null(pc.not_equal(ids, ""), False)
-    if duplicates is not None and len(duplicates):
-        has_id = pc.and_(has_id, pc.invert(pc.is_in(sources, value_set=duplicates)))
-    return pc.if_else(has_id, ids, pc.binary_join_element_wise("@", sources, ""))
+def rewrite_part(output: str, path: str, keep: list[int], sources: dict[int, str]) -> None:
+    """Keep rows `keep` (indices) of the part at `path`, with new `sources` for some of them (rows whose shard was
+    renamed or moved): the kept rows are written first, then the old part is deleted, so a crash in between leaves a
+    second copy (which the next run's books remove), never a lost row. No row kept: the part is deleted."""
+    fs, _ = filesystem(output)
+    inner = path.split("://", 1)[1] if "://" in path else path
+    if keep:
+        table = pq.read_table(inner, filesystem=fs, schema=RUN_SCHEMA).take(keep)
+        if sources:
+            values = table.column("source").to_pylist()
+            for position, index in enumerate(keep):
+                values[position] = sources.get(index, values[position])
+            table = table.set_column(table.schema.get_field_index("source"), "source", pa.array(values, pa.string()))
+        written = write_part(table, f"{output.rstrip('/')}/parts")
+        if written.split("://", 1)[-1] == inner:
+            return  # the same rows under the same name: replaced in place
+    fs.delete_file(inner)
 
 
 def iter_outputs(output: str, columns: list[str], clean: bool = False) -> Iterator[pa.Table]:
-    """Readable part files under {output}/parts, one table each, so a reader holds one part at a time. With `clean`
-    (no writer may be running: the start of a run), unreadable parts and temporaries left by killed writers are
-    deleted so their rows are redone."""
+    """Readable part files under {output}/parts, one table each (see `iter_parts`)."""
+    for _, table in iter_parts(output, columns, clean):
+        yield table
+
+
+def iter_parts(output: str, columns: list[str], clean: bool = False) -> Iterator[tuple[str, pa.Table]]:
+    """(path, table) of each readable part file under {output}/parts, so a reader holds one part at a time. With
+    `clean` (no writer may be running: the start of a run), unreadable parts and temporaries left by killed writers
+    are deleted so their rows are redone."""
     fs, base = filesystem(output)
-    for info in _list_parts(fs, f"{base}/parts"):
+    for info in sorted(_list_parts(fs, f"{base}/parts"), key=lambda i: i.path):  # one order on every store
         if info.type != pafs.FileType.File:
             continue
         if info.base_name.startswith(".") and info.base_name.endswith(".tmp"):
@@ -117,12 +133,12 @@ def iter_outputs(output: str, columns: list[str], clean: bool = False) -> Iterat
             else:
                 log.warning("skipping unreadable part %s (%s); the next run redoes its rows", info.path, err)
             continue
-        yield table
+        yield info.path, table
 
 
 # Columns added after parts were first written: a part from an earlier version reads them as nulls (never as an
 # unreadable part, which a clean start would delete and redo).
-LATER_COLUMNS = {"engine", "spoken_text", "dropped_chars"}
+LATER_COLUMNS = {"engine", "spoken_text", "dropped_chars", "key", "input_digest", "job_digest"}
 
 
 def _read_part(fs: pafs.FileSystem, path: str, columns: list[str]) -> pa.Table:
@@ -166,27 +182,3 @@ def _column_type(column: str) -> pa.DataType:
     name, _, child = column.partition(".")
     field_type = RUN_SCHEMA.field(name).type
     return field_type.field(child).type if child else field_type
-
-
-def drop_failed_rows(output: str) -> int:
-    """Remove rows that carry an error from the parts (before a `retry_failed` run redoes them); returns how many.
-
-    Each affected part is deleted before its kept rows are written back under their own digest name, so a crash in
-    between loses only output that the next run recomputes, never leaves a row twice.
-    """
-    fs, base = filesystem(output)
-    dropped = 0
-    for info in _list_parts(fs, f"{base}/parts"):
-        if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
-            continue
-        errors = pq.read_table(info.path, filesystem=fs, columns=["error"]).column("error")
-        failed = errors.null_count != len(errors)
-        if not failed:
-            continue
-        table = pq.read_table(info.path, filesystem=fs, schema=RUN_SCHEMA)
-        kept = table.filter(pc.is_null(table.column("error")))
-        fs.delete_file(info.path)
-        if kept.num_rows:
-            write_part(kept, f"{output.rstrip('/')}/parts")
-        dropped += table.num_rows - kept.num_rows
-    return dropped

@@ -1,5 +1,6 @@
 """The job's report: totals, failures, per-worker stats and the manifest, computed from the Parquet parts one part at
-a time (the driver never holds every row of a million-row job), and the running/failed status in `_report.json`."""
+a time (the driver never holds every row of a million-row job), what this run redid and why, whether the books
+closed, and the running/failed status in `_report.json`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .parts import filesystem, iter_outputs, key_array
+from .books import Closing
+from .parts import filesystem, iter_outputs
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +33,25 @@ class JobReport:
     dropped_chars_rows: int = 0  # ok rows whose text lost characters the model cannot say (`dropped_chars`)
     workers: dict[str, dict[str, float]] = field(default_factory=dict)
     output: str = ""
+    redo: dict[str, Any] = field(default_factory=dict)  # what this run redid or removed, and why (`books.Redo`)
+    books: dict[str, Any] = field(default_factory=dict)  # the closing check (`books.Closing`)
+    notes: list[str] = field(default_factory=list)  # things done that are no failure (output files not read, ...)
+
+    @property
+    def closed(self) -> bool:
+        return self.books.get("closed", True)
+
+    @property
+    def status(self) -> str:
+        return "finished" if self.closed else "incomplete"
 
     @property
     def exit_status(self) -> int:
-        return 0 if self.failed == 0 and not self.problems else 1
+        return 0 if self.failed == 0 and not self.problems and self.closed else 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "status": "finished",
+            "status": self.status,
             "rows": self.rows,
             "ok": self.ok,
             "failed": self.failed,
@@ -51,6 +64,9 @@ class JobReport:
             if self.wall_seconds
             else 0,
             "problems": self.problems,
+            "redo": self.redo,
+            "books": self.books,
+            "notes": self.notes,
             "dropped_chars_rows": self.dropped_chars_rows,
             "workers": self.workers,
             "output": self.output,
@@ -58,34 +74,37 @@ class JobReport:
         }
 
 
-def finish_report(report: JobReport, output: str, finished_before: pa.Array) -> JobReport:
-    """Totals, per-worker stats, failures and the manifest from the parts, one part at a time: the driver never
-    holds every row of a million-row job."""
+def finish_report(report: JobReport, output: str, closing: Closing, seconds_this_run: float) -> JobReport:
+    """Totals, per-worker stats, failures and the manifest from the parts, one part at a time (the driver never
+    holds every row of a million-row job), with the books' closing check; `seconds_this_run`: audio this run made."""
     # Only the audio's path: reading the `audio` struct would pull every row's encoded bytes back in.
     columns = [
         "id", "source", "error", "duration_s", "worker", "engine_occupancy", "engine", "dropped_chars", "audio.path"
     ]  # fmt: skip
     workers: dict[str, dict[str, Any]] = {}
-    ok_keys: list[pa.ChunkedArray] = []  # of the ok rows, to tell this run's from earlier ones in one lookup
-    ok_seconds: list[pa.ChunkedArray] = []
     fs, base = filesystem(output)
     fs.create_dir(base, recursive=True)
     with fs.open_output_stream(f"{base}/manifest.jsonl") as manifest:
         for table in iter_outputs(output, columns):
-            ok = _account_part(report, table, workers)
-            ok_keys.append(key_array(ok.column("id"), ok.column("source")))
-            ok_seconds.append(pc.fill_null(ok.column("duration_s"), 0.0))
+            _account_part(report, table, workers)
             lines = [
                 json.dumps({"id": i, "audio": p, "duration_s": d, "error": e}, ensure_ascii=False) + "\n"
                 for i, p, d, e in zip(*(table.column(c).to_pylist() for c in ("id", "path", "duration_s", "error")),
                                       strict=True)
             ]  # fmt: skip
             manifest.write("".join(lines).encode())
-    if ok_keys:
-        keys = pa.chunked_array([c for k in ok_keys for c in k.chunks], type=pa.string())
-        seconds = pa.chunked_array([c for s in ok_seconds for c in s.chunks], type=pa.float64())
-        new = pc.invert(pc.is_in(keys, value_set=finished_before))
-        report.audio_seconds_this_run = pc.sum(pc.filter(seconds, new)).as_py() or 0.0
+    report.audio_seconds_this_run = seconds_this_run
+    report.books = {"closed": closing.closed, **closing.counts, "orphan_audio_removed": closing.orphans_removed}
+    if not closing.closed:
+        why = (
+            f"{report.redo['gone_kept']} rows whose input is gone were kept because some inputs could not be read "
+            f"(see problems): fix the inputs and run again"
+            if report.redo.get("gone_kept")
+            else "its parts or audio files changed while the job ran (deleted, or written by something else): run "
+            "the job again to redo them"
+        )
+        report.books["problem"] = f"the output does not hold every input row exactly once: {closing.summary()}; {why}"
+        log.error("books do not close: %s", report.books["problem"])
     report.workers = {
         name: {
             "rows": w["rows"],
@@ -100,8 +119,8 @@ def finish_report(report: JobReport, output: str, finished_before: pa.Array) -> 
     return report
 
 
-def _account_part(report: JobReport, table: pa.Table, workers: dict[str, dict[str, Any]]) -> pa.Table:
-    """Adds one part's rows to the report's totals, failures and per-worker stats; returns its ok rows."""
+def _account_part(report: JobReport, table: pa.Table, workers: dict[str, dict[str, Any]]) -> None:
+    """Adds one part's rows to the report's totals, failures and per-worker stats."""
     failed = pc.is_valid(table.column("error"))
     report.rows += table.num_rows
     report.failed += pc.sum(failed).as_py() or 0
@@ -123,7 +142,6 @@ def _account_part(report: JobReport, table: pa.Table, workers: dict[str, dict[st
         w["audio_seconds"] += row["seconds_sum"]
         w["occupancy"] = max(w["occupancy"], row["occupancy_max"])
     _latest_engine(named.select(["worker", "engine"]), workers)
-    return ok
 
 
 def _latest_engine(table: pa.Table, workers: dict[str, dict[str, Any]]) -> None:

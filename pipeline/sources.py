@@ -8,7 +8,7 @@ import glob
 import logging
 import os
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 
@@ -70,20 +70,28 @@ def decompress(path: str, data: bytes) -> bytes:
         raise ValueError(f"{path}: not readable as {codec} ({err})") from err
 
 
+class Expansion(NamedTuple):
+    files: list[str]  # shard files to read
+    problems: list[str]  # specs that name nothing readable, files that are no shards
+    excluded: list[str]  # files left out because they lie in the job's output location
+
+
 def expand_paths(
-    specs: list[str], extensions: tuple[str, ...], companions: tuple[str, ...] = ()
-) -> tuple[list[str], list[str]]:
-    """(files, problems): every spec (a file, folder or glob; local, file:// or an object-storage URI) expanded to
-    the shard files it names, each file once even when specs overlap. A spec that names nothing readable is a
-    problem (reported, the job goes on with the rest), never an exception; so is each file it names that is no
-    shard, except `companions` (files with those extensions, e.g. the audio next to speaker manifests)."""
+    specs: list[str], extensions: tuple[str, ...], companions: tuple[str, ...] = (), exclude: str | None = None
+) -> Expansion:
+    """Every spec (a file, folder or glob; local, file:// or an object-storage URI) expanded to the shard files it
+    names, each file once even when specs overlap. A spec that names nothing readable is a problem (reported, the
+    job goes on with the rest), never an exception; so is each file it names that is no shard, except `companions`
+    (files with those extensions, e.g. the audio next to speaker manifests). Files under `exclude` (the job's
+    output) are never read: the job's own parts, manifest and report are not input, even in an input folder."""
     files: list[str] = []
     problems: list[str] = []
+    excluded: list[str] = []
     for spec in specs:
         if "://" in spec and not spec.startswith("file://"):
-            matched, found = _expand_uri(spec, extensions, companions)
+            matched, found = _expand_uri(spec, extensions, companions, exclude, excluded)
         else:
-            matched, found = _expand_local(spec, extensions, companions)
+            matched, found = _expand_local(spec, extensions, companions, exclude, excluded)
         problems.extend(p for p in found if p not in problems)  # overlapping specs report a file once
         files.extend(matched)
     # Overlapping specs (a folder and a glob inside it), and local paths that reach one file through symbolic
@@ -91,7 +99,7 @@ def expand_paths(
     unique = _one_spelling(files)
     if len(unique) < len(files):
         log.info("%d shard files were named more than once; each is read once", len(files) - len(unique))
-    return unique, problems
+    return Expansion(unique, problems, sorted(set(excluded)))
 
 
 def _one_spelling(paths: list[str]) -> list[str]:
@@ -104,18 +112,27 @@ def _one_spelling(paths: list[str]) -> list[str]:
     return list(spellings.values())
 
 
-def _expand_local(spec: str, extensions: tuple[str, ...], companions: tuple[str, ...]) -> tuple[list[str], list[str]]:
+def _expand_local(
+    spec: str, extensions: tuple[str, ...], companions: tuple[str, ...], exclude: str | None, excluded: list[str]
+) -> tuple[list[str], list[str]]:
     """Files a local spec names, and a problem for each file it names that is not a shard (or for no file at all).
     Folders are walked through symbolic links, each real folder once (a link loop ends there)."""
     local = os.path.abspath(spec.removeprefix("file://"))
     kinds = "/".join(extensions)
-    if any(ch in local for ch in "*?["):
+    # A path that exists is taken literally, glob characters or not (`take [2].jsonl` names that file).
+    if not os.path.exists(local) and any(ch in local for ch in "*?["):
         found = sorted(_one_spelling([p for p in glob.glob(local, recursive=True) if os.path.isfile(p)]))
+        found = _outside(found, exclude, excluded)
         return _split_shards(spec, found, extensions, companions, f"the glob matches no {kinds} file")
+    if os.path.isdir(local) and not _outside([local], exclude, []):
+        return [], [f"{spec}: not read: it lies in the job's output {exclude}; point the input elsewhere"]
     if os.path.isdir(local):
         found, unlisted = _walk(local)
+        found = _outside(found, exclude, excluded)
         shards, problems = _split_shards(spec, found, extensions, companions, f"the folder holds no {kinds} file")
         return shards, unlisted + problems
+    if os.path.isfile(local) and not _outside([local], exclude, excluded):
+        return [], [f"{spec}: not read: it lies in the job's output {exclude}; point the input elsewhere"]
     if os.path.isfile(local):
         if shard_format(local, extensions) is None:
             return [], [not_a_shard(spec, extensions)]
@@ -154,7 +171,9 @@ def _split_shards(
     return shards, problems
 
 
-def _expand_uri(spec: str, extensions: tuple[str, ...], companions: tuple[str, ...]) -> tuple[list[str], list[str]]:
+def _expand_uri(
+    spec: str, extensions: tuple[str, ...], companions: tuple[str, ...], exclude: str | None, excluded: list[str]
+) -> tuple[list[str], list[str]]:
     """An object-storage file, "folder" (key prefix) or glob (`*`, `?`, `[...]` within a path segment, `**` across
     segments), listed through pyarrow's filesystem for the URI's scheme."""
     import pyarrow.fs as pafs
@@ -163,7 +182,7 @@ def _expand_uri(spec: str, extensions: tuple[str, ...], companions: tuple[str, .
     kinds = "/".join(extensions)
     pattern = None
     root = spec
-    if any(ch in spec.split("://", 1)[1] for ch in "*?["):
+    if any(ch in spec.split("://", 1)[1] for ch in "*?[") and not _object_exists(spec):
         head = re.split(r"[*?\[]", spec, maxsplit=1)[0]
         root = head.rsplit("/", 1)[0]
     try:
@@ -172,6 +191,8 @@ def _expand_uri(spec: str, extensions: tuple[str, ...], companions: tuple[str, .
             pattern = _glob_regex(root_path + spec[len(root) :])
         info = fs.get_file_info(root_path)
         if info.type == pafs.FileType.File and pattern is None:
+            if not _outside([spec], exclude, excluded):
+                return [], [f"{spec}: not read: it lies in the job's output {exclude}; point the input elsewhere"]
             if shard_format(root_path, extensions) is None:
                 return [], [not_a_shard(spec, extensions)]
             return [spec], []
@@ -185,8 +206,34 @@ def _expand_uri(spec: str, extensions: tuple[str, ...], companions: tuple[str, .
         for i in listed
         if i.type == pafs.FileType.File and (pattern is None or pattern.fullmatch(i.path))
     )
+    found = _outside(found, exclude, excluded)
     none = f"the {'glob' if pattern else 'prefix'} matches no {kinds} object"
     return _split_shards(spec, found, extensions, companions, none)
+
+
+def _object_exists(uri: str) -> bool:
+    """An object (or prefix) of exactly this name exists: it is taken literally, not as a glob."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except (OSError, pa.ArrowException):
+        return False
+
+
+def _outside(files: list[str], exclude: str | None, excluded: list[str]) -> list[str]:
+    """`files` without those under `exclude` (a local folder or an object-store prefix), which go to `excluded`."""
+    if exclude is None:
+        return files
+    if "://" in exclude and not exclude.startswith("file://"):
+        root = exclude.rstrip("/") + "/"
+        inside = {f for f in files if f.startswith(root)}
+    else:
+        root = os.path.realpath(exclude.removeprefix("file://"))
+        inside = {f for f in files if "://" not in f and os.path.commonpath([root, os.path.realpath(f)]) == root}
+    excluded.extend(sorted(inside))
+    return [f for f in files if f not in inside]
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:

@@ -9,8 +9,8 @@ from typing import Any
 
 from .config import JobConfig
 from .report import JobReport
-from .shards import read_speaker_shard
 from .sources import AUDIO_EXTENSIONS, SPEAKER_EXTENSIONS, expand_paths, shard_paths
+from .speaker_shards import read_speaker_shard
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,9 @@ def job_speakers(config: JobConfig, report: JobReport) -> dict[str, dict[str, An
 
     if not config.inputs.speakers:
         return {}
-    files, problems = expand_paths(config.inputs.speakers, SPEAKER_EXTENSIONS, AUDIO_EXTENSIONS)
+    files, problems, _ = expand_paths(
+        config.inputs.speakers, SPEAKER_EXTENSIONS, AUDIO_EXTENSIONS, exclude=config.output.path.rstrip("/")
+    )
     report.problems.extend(problems)
     if not files:
         return {}

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from pipeline.checks import OutputUnusable, check_output
+from pipeline.checks import OutputUnusable, check_output, hold_output, mark_running
 from pipeline.config import JobConfig
 from pipeline.parts import read_outputs
 
@@ -23,8 +23,12 @@ def test_file_uri_output_is_a_local_folder(tmp_path):
     config = _config(f"file://{tmp_path}/out")
     assert config.output.path == f"{tmp_path}/out"
     check_output(config)
+    with hold_output(config.output.path):
+        mark_running(config.output.path)
+        assert (tmp_path / "out" / "_lease.json").exists()
     report = json.loads((tmp_path / "out" / "_report.json").read_text())
     assert report["status"] == "running"  # until the job overwrites it with the final report
+    assert not (tmp_path / "out" / "_lease.json").exists()  # released
 
 
 def test_a_scheme_pyarrow_cannot_write_parts_to_fails_up_front():
@@ -54,14 +58,22 @@ def s3_env(s3_server, monkeypatch):
 def test_an_unwritable_bucket_fails_up_front(s3_env, monkeypatch):
     s3_env.client().create_bucket(Bucket="locked")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    check_output(_config("s3://locked/out"))  # the scheme is fine; writing is not
+    with pytest.raises(OutputUnusable, match=r"s3://locked/out'?: cannot take its lease there"):
+        with hold_output("s3://locked/out"):
+            pass
     with pytest.raises(OutputUnusable, match=r"s3://locked/out'?: writing s3://locked/out/_report.json failed"):
-        check_output(_config("s3://locked/out"))
+        mark_running("s3://locked/out")
 
 
 def test_a_writable_bucket_passes_and_holds_only_the_running_report(s3_env):
     client = s3_env.client()
     client.create_bucket(Bucket="checked")
     check_output(_config("s3://checked/out"))
+    with hold_output("s3://checked/out"):
+        mark_running("s3://checked/out")
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket="checked")["Contents"]]
+        assert sorted(keys) == ["out/_lease.json", "out/_report.json"]
     assert [o["Key"] for o in client.list_objects_v2(Bucket="checked")["Contents"]] == ["out/_report.json"]
 
 

@@ -340,7 +340,7 @@ def _part_rows(ids: list[str], errors: list[str | None]) -> pa.Table:
 
     n = len(ids)
     columns = {f.name: [None] * n for f in RUN_SCHEMA}
-    columns.update(id=ids, text=["t"] * n, source=[f"a.jsonl:{i + 1}" for i in range(n)], error=errors)
+    columns.update(id=ids, key=ids, text=["t"] * n, source=[f"a.jsonl:{i + 1}" for i in range(n)], error=errors)
     return pa.Table.from_pydict(columns, schema=RUN_SCHEMA)
 
 
@@ -417,7 +417,7 @@ def test_an_actor_fed_fewer_rows_than_its_slots_says_so(tiny_checkpoint, caplog)
         config.actors.max_concurrent_batches = concurrent
         config.engine.max_slots = 16
         with caplog.at_level(logging.WARNING, logger="actors.tts_stage"):
-            TTSStage(stage_settings(config).model_dump(), {}, {}).engine.close()
+            TTSStage(stage_settings(config).model_dump(), {}).engine.close()
 
     stage(batch_size=8, concurrent=2)
     assert "slots stay idle" not in caplog.text
@@ -437,7 +437,7 @@ def test_an_engine_that_dies_fails_the_rows_in_flight_and_is_rebuilt(tiny_checkp
     from pipeline.prepare import prepare_rows
 
     config = _config(tiny_checkpoint, ["x"], str(tmp_path))
-    stage = TTSStage(stage_settings(config).model_dump(), speakers={}, duplicates={})
+    stage = TTSStage(stage_settings(config).model_dump(), speakers={})
     first_engine = stage.engine
 
     def failing_step():

@@ -12,8 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from pipeline.shards import csv_records, parse_speaker_shard, parse_text_shard
+from pipeline.csvrows import csv_records
+from pipeline.shards import parse_text_shard
 from pipeline.sources import TEXT_EXTENSIONS, expand_paths
+from pipeline.speaker_shards import parse_speaker_shard
 
 
 def test_overlapping_specs_name_each_file_once(tmp_path):
@@ -23,7 +25,7 @@ def test_overlapping_specs_name_each_file_once(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"id": "a", "text": "x"}\n')
     (tmp_path / "sub" / "b.csv").write_text("id,text\nb,y\n")
     specs = [str(tmp_path), str(tmp_path / "*.jsonl"), str(tmp_path / "a.jsonl"), f"file://{tmp_path}/sub/b.csv"]
-    files, problems = expand_paths(specs, TEXT_EXTENSIONS)
+    files, problems, _ = expand_paths(specs, TEXT_EXTENSIONS)
     assert problems == []
     assert files == [str(tmp_path / "a.jsonl"), str(tmp_path / "sub" / "b.csv")]
 
@@ -59,7 +61,7 @@ def monkeypatch_module():
     ],
 )
 def test_object_storage_files_folders_and_globs(bucket, spec, expected):
-    files, problems = expand_paths([f"{bucket}/{spec}"], TEXT_EXTENSIONS)
+    files, problems, _ = expand_paths([f"{bucket}/{spec}"], TEXT_EXTENSIONS)
     assert files == [f"{bucket}/{key}" for key in expected]
     # notes.md is no shard: a spec that names it (a folder, `*`, `**`) reports it as not read, never skips it silently
     names_notes = spec.rstrip("/") in ("texts", "texts/*", "texts/**")
@@ -69,7 +71,7 @@ def test_object_storage_files_folders_and_globs(bucket, spec, expected):
 
 def test_object_storage_problems_are_reported_not_raised(bucket):
     specs = [f"{bucket}/missing.jsonl", f"{bucket}/texts/*.tsv", f"{bucket}/texts/notes.md", "s3://no-such-bucket/x/"]
-    files, problems = expand_paths(specs, TEXT_EXTENSIONS)
+    files, problems, _ = expand_paths(specs, TEXT_EXTENSIONS)
     assert files == []
     assert len(problems) == 4
     assert problems[0].startswith(f"{bucket}/missing.jsonl: no such object")
@@ -182,7 +184,7 @@ def test_discovery_reads_any_case_compressed_shards_and_symlinked_folders_and_re
     os.symlink(root, root / "sub" / "loop")  # a link back up: a walk or a ** glob would never end or repeat
     expected = sorted(str(root / n) for n in ("UPPER.JSONL", "texts.jsonl.gz", "sub/t.CSV.bz2", "linked/linked.txt"))
     for spec in (str(root), str(root / "**")):
-        files, problems = expand_paths([spec], TEXT_EXTENSIONS)
+        files, problems, _ = expand_paths([spec], TEXT_EXTENSIONS)
         assert sorted(files) == expected, spec
         assert len(problems) == 1 and problems[0].startswith(f"{root}/notes.md: not read: unknown shard format")
     rows = [r for f in expected for r in parse_text_shard(f, open(f, "rb").read())]
@@ -224,20 +226,28 @@ def test_undecodable_and_unencodable_values_fail_their_row_alone():
         pa.Table.from_pylist([row])
 
 
-def test_rows_without_ids_get_stable_ids_from_file_and_line():
+def test_rows_without_ids_get_ids_from_their_content_stable_across_files_and_lines():
     """As .txt lines do: CSV and Parquet exports often carry no id column. Absent, null and empty ids all count as
-    none; an id of the wrong type is still an error."""
-    jsonl = b'{"text": "a"}\n{"id": null, "text": "b"}\n{"id": "", "text": "c"}\n{"id": ["x"], "text": "d"}\n'
+    none and the row's id is derived from what it says (a slug of its text and a digest), so it survives a renamed
+    or moved shard and a line inserted above it; an id of the wrong type is still an error."""
+    jsonl = (
+        b'{"text": "A b!"}\n{"id": null, "text": "b"}\n{"id": "", "text": "c", "seed": 3}\n{"id": ["x"], "text": "d"}\n'
+    )
     rows = parse_text_shard("/d/no-ids.jsonl", jsonl)
-    stem = "no-ids-" + __import__("hashlib").sha1(b"/d/no-ids.jsonl").hexdigest()[:6]
-    assert [r["id"] for r in rows] == [f"{stem}-000001", f"{stem}-000002", f"{stem}-000003", None]
+    assert [r["id"][:-13] for r in rows[:3]] == ["a-b", "b", "c"] and rows[3]["id"] is None
+    assert all(r["derived"] for r in rows[:3]) and rows[3]["key"] == "@/d/no-ids.jsonl:4"
     assert "id must be a string or an integer" in rows[3]["error"]
-    assert [r["id"] for r in parse_text_shard("/d/no-ids.jsonl", jsonl)] == [r["id"] for r in rows]  # stable
-    csv_rows = parse_text_shard("/d/e.csv", b"text\nhello\nworld\n")
-    assert [r["id"][-6:] for r in csv_rows] == ["000002", "000003"] and all(r["error"] is None for r in csv_rows)
+    moved = parse_text_shard("/elsewhere/renamed.jsonl", b"\n" + jsonl)  # another name, a line inserted above
+    assert [r["id"] for r in moved] == [r["id"] for r in rows]
+    reseeded = parse_text_shard("/d/no-ids.jsonl", jsonl.replace(b'"seed": 3', b'"seed": 4'))
+    assert reseeded[2]["id"] != rows[2]["id"]  # what the row says is part of its id
+    csv_rows = parse_text_shard("/d/e.csv", b"text,chapter\nhello,1\nworld,2\n")
+    txt_rows = parse_text_shard("/d/e.txt", b"hello\n\nworld\n")
+    assert [r["id"] for r in csv_rows] == [r["id"] for r in txt_rows]  # a user column changes nothing spoken
+    assert all(r["error"] is None for r in csv_rows)
     buffer = io.BytesIO()
-    pq.write_table(pa.table({"text": ["p", "q"]}), buffer)
-    assert [r["id"][-6:] for r in parse_text_shard("/d/e.parquet", buffer.getvalue())] == ["000001", "000002"]
+    pq.write_table(pa.table({"text": ["hello", "world"]}), buffer)
+    assert [r["id"] for r in parse_text_shard("/d/e.parquet", buffer.getvalue())] == [r["id"] for r in txt_rows]
 
 
 def test_ids_that_differ_only_in_case_are_duplicates():
@@ -252,18 +262,19 @@ def test_ids_that_differ_only_in_case_are_duplicates():
     assert "differs from id 'b' (first seen at f:2) only in case" in duplicates["g:1"]
 
 
-def test_parts_are_named_by_their_rows_source_lines_not_ids():
-    """Two blocks of the same ids (a shard listed twice, rows that all repeat one id) were one part name, so one
-    block's part overwrote the other's and its rows were lost."""
+def test_parts_are_named_by_their_rows_keys_and_digests():
+    """A retried block (the same rows in any order) rewrites its own part; blocks of other rows, or of the same keys
+    with other digests (an edited row), never share a name."""
     from pipeline.parts import part_name
 
-    assert part_name(["a.jsonl:1", "a.jsonl:2"]) != part_name(["a-copy.jsonl:1", "a-copy.jsonl:2"])
-    assert part_name(["a.jsonl:2", "a.jsonl:1"]) == part_name(["a.jsonl:1", "a.jsonl:2"])  # a retried block
+    assert part_name(["k1", "k2"], ["d1", "d2"]) == part_name(["k2", "k1"], ["d2", "d1"])
+    assert part_name(["k1", "k2"], ["d1", "d2"]) != part_name(["k1", "k2"], ["d1", "d3"])
+    assert part_name(["@a.jsonl:1"], ["d"]) != part_name(["@a-copy.jsonl:1"], ["d"])
 
 
 def test_synth_and_the_job_give_a_row_without_an_id_the_same_id(tmp_path):
     """`raytts synth` (read_jsonl) and `raytts run` (parse_text_shard) read the same file the same way: BOM dropped,
-    rows without ids named by file and line, lone surrogates an error."""
+    rows without ids named by their content, lone surrogates an error."""
     from pipeline.inputs import read_jsonl
 
     path = tmp_path / "rows.jsonl"
@@ -271,4 +282,59 @@ def test_synth_and_the_job_give_a_row_without_an_id_the_same_id(tmp_path):
     synth = list(read_jsonl(path))
     job = parse_text_shard(str(path), path.read_bytes())
     assert [(r.id, r.error is None) for r in synth] == [(r["id"], r["error"] is None) for r in job]
-    assert [r.error is None for r in synth] == [True, False, True] and synth[0].id.endswith("-000001")
+    assert [r.error is None for r in synth] == [True, False, True] and synth[0].id.startswith("no-id-")
+
+
+@pytest.mark.parametrize(
+    "line", ['r{i},"hello" world {i}\n', 'r{i},"hello world {i}\n', 'r{i},a""b"c\n', 'r{i},"x\n"y",z"w\n']
+)
+def test_dirty_csv_quoting_is_read_in_linear_work(line):
+    """A quote left open or closed mid-field on every line made the reader re-read the rest of the file after each
+    error (160k lines: 75 s). Each line is now fed to the reader a bounded number of times, and every line is one
+    record or one error naming it."""
+    lines = 4000
+    text = "id,text\n" + "".join(line.format(i=i) for i in range(lines))
+    work: list[int] = []
+    records = list(csv_records(text, work))
+    physical = text.count("\n")
+    assert sum(work) <= 3 * physical, (sum(work), physical)
+    assert records[-1][0] <= physical and len(records) >= lines // 2
+
+
+def test_an_existing_path_with_glob_characters_is_taken_literally(tmp_path):
+    """`take [2].jsonl` names that file; as a glob it matched `take 2.jsonl` and the named file was never read."""
+    (tmp_path / "take [2].jsonl").write_text('{"id": "named", "text": "x"}\n')
+    (tmp_path / "take 2.jsonl").write_text('{"id": "other", "text": "y"}\n')
+    files, problems, _ = expand_paths([str(tmp_path / "take [2].jsonl")], TEXT_EXTENSIONS)
+    assert files == [str(tmp_path / "take [2].jsonl")] and problems == []
+    files, _, _ = expand_paths([str(tmp_path / "take [0-9].jsonl")], TEXT_EXTENSIONS)  # no such file: a glob
+    assert files == [str(tmp_path / "take 2.jsonl")]
+
+
+def test_the_output_inside_an_input_folder_is_never_read_as_input(tmp_path):
+    """Its parts (with id and text columns), manifest and report were read back as input on every re-run."""
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.jsonl").write_text('{"id": "a", "text": "x"}\n')
+    out = tmp_path / "texts" / "out"
+    (out / "parts").mkdir(parents=True)
+    (out / "manifest.jsonl").write_text('{"id": "a"}\n')
+    (out / "parts" / "p.parquet").write_bytes(b"PAR1")
+    (out / "audio").mkdir()
+    (out / "audio" / "a.flac").write_bytes(b"fLaC")
+    files, problems, excluded = expand_paths([str(tmp_path / "texts")], TEXT_EXTENSIONS, exclude=str(out))
+    assert files == [str(tmp_path / "texts" / "a.jsonl")] and problems == []
+    assert sorted(excluded) == sorted(str(p) for p in out.rglob("*") if p.is_file())
+    _, problems, _ = expand_paths([str(out / "manifest.jsonl")], TEXT_EXTENSIONS, exclude=str(out))
+    assert problems == [
+        f"{out / 'manifest.jsonl'}: not read: it lies in the job's output {out}; point the input elsewhere"
+    ]
+
+
+def test_an_id_ending_in_a_newline_is_refused():
+    """`^...$` matched before a trailing newline, so the id `x\\n` passed and named the file `x\\n.flac`."""
+    from actors.validation import RequestError, validate_id
+
+    with pytest.raises(RequestError, match="not a safe file name"):
+        validate_id("x\n")
+    rows = parse_text_shard("/d/a.jsonl", b'{"id": "x\\n", "text": "t"}\n')
+    assert rows[0]["id"] is None and "not a safe file name" in rows[0]["error"]

@@ -64,7 +64,7 @@ def _gpt_key(key: str) -> str | None:
     return "gpt." + key
 
 
-_WEIGHT_NORM = re.compile(r"^(head_text|head_code\.(\d+))\.parametrizations\.weight\.original([01])$")
+_WEIGHT_NORM = re.compile(r"(head_text|head_code\.(\d+))\.parametrizations\.weight\.original([01])")
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def fold_heads(tensors: dict[str, torch.Tensor], num_vq: int, file: str) -> dict
     parts: dict[str, dict[str, torch.Tensor]] = {}
     out: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
-        match = _WEIGHT_NORM.match(key)
+        match = _WEIGHT_NORM.fullmatch(key)
         if match is None:
             out[key] = value
             continue

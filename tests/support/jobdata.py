@@ -65,7 +65,14 @@ def write_text_shards(folder: Path, n: int, speakers: list[str]) -> list[str]:
 
 
 def txt_ids(path: Path, count: int) -> list[str]:
-    from pipeline.inputs import safe_stem
+    """The ids the job gives the first `count` lines of a .txt shard: derived from each line's content, with -2, -3,
+    ... for repeated lines (`pipeline.identity`, `pipeline.inputs.identity_fixups`)."""
+    import pyarrow as pa
 
-    stem = safe_stem(path.name, str(path))
-    return [f"{stem}-{i:06d}" for i in range(1, count + 1)]
+    from pipeline.inputs import identity_fixups
+    from pipeline.shards import parse_text_shard
+
+    rows = parse_text_shard(str(path), path.read_bytes())[:count]
+    column = lambda name, kind: pa.chunked_array([[r[name] for r in rows]], kind)  # noqa: E731
+    fixups = identity_fixups(column("id", pa.string()), column("source", pa.string()), column("derived", pa.bool_()))
+    return [fixups.get(r["source"], {}).get("id", r["id"]) for r in rows]
