@@ -9,8 +9,9 @@ the job's rows, so at millions of rows it decides the head node's memory and the
 an actor and after the last one is stored.
 
 This benchmark measures exactly that path with the real `run_job` on a local Ray: `--rows` input rows in
-`--shards` JSONL shards, and an output folder whose parts (1000 rows each, written by `pipeline.parts.write_part`,
-1% of them failed rows) already hold every row, as after a finished run. Re-running the job then does all of the
+`--shards` JSONL shards, and an output folder whose parts (1000 rows each, written by `pipeline.parts.write_part`
+with the keys and digests the job computes, 1% of them failed rows, no audio files) already hold every row, as
+after a finished run. Re-running the job then does all of the
 bookkeeping and no synthesis. Reported: wall time of the re-run, the driver's peak resident memory above its
 resident memory just before the job (after `ray.init`), and both per million rows.
 """
@@ -51,12 +52,15 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-def write_inputs(root: Path, rows: int, shards: int) -> tuple[Path, Path]:
-    """`rows` rows in `shards` JSONL shards, and an output folder whose parts already hold every row."""
+def write_inputs(root: Path, rows: int, shards: int, job_digest: str) -> tuple[Path, Path]:
+    """`rows` rows in `shards` JSONL shards, and an output folder whose parts already hold every row (keyed and
+    digested as the job computes it, so the re-run finds them finished)."""
     import pyarrow as pa
 
+    from pipeline.identity import input_digest
     from pipeline.parts import RUN_SCHEMA, write_part
 
+    digest = input_digest(TEXT, {}, {}, None)
     texts, output = root / "texts", root / "out"
     texts.mkdir(parents=True)
     per_shard = -(-rows // shards)
@@ -66,7 +70,7 @@ def write_inputs(root: Path, rows: int, shards: int) -> tuple[Path, Path]:
         count = min(per_shard, rows - s * per_shard)
         lines = [json.dumps({"id": f"utt-{s:03d}-{i:07d}", "text": TEXT}) + "\n" for i in range(count)]
         path.write_text("".join(lines))
-        keys.extend((f"utt-{s:03d}-{i:07d}", f"{path}:{i + 1}") for i in range(count))
+        keys.extend((f"utt-{s:03d}-{i:07d}", f"texts/{path.name}:{i + 1}") for i in range(count))
     audio = b"\0" * 256
     for start in range(0, rows, ROWS_PER_PART):
         chunk = keys[start : start + ROWS_PER_PART]
@@ -79,6 +83,9 @@ def write_inputs(root: Path, rows: int, shards: int) -> tuple[Path, Path]:
         columns = {f.name: [None] * n for f in RUN_SCHEMA}
         columns.update(
             id=[k for k, _ in chunk],
+            key=[k for k, _ in chunk],
+            input_digest=[digest] * n,
+            job_digest=[job_digest] * n,
             text=[TEXT] * n,
             audio=[
                 {"bytes": audio, "path": f"{output}/audio/{k}.flac"} if o else None
@@ -111,22 +118,25 @@ def main() -> None:
     import ray
 
     from actors.checkpoint import resolve
+    from actors.text import front_end_version
     from pipeline.config import JobConfig
+    from pipeline.identity import job_digest, job_settings
     from pipeline.job import run_job
 
     root = Path(tempfile.mkdtemp(prefix="raytts-bookkeeping-"))
-    started = time.perf_counter()
-    texts, output = write_inputs(root, args.rows, args.shards)
-    print(
-        f"wrote {args.rows} rows in {args.shards} shards and their finished parts in {time.perf_counter() - started:.1f} s"
-    )
     config = JobConfig.model_validate({
         "model": str(resolve("tiny").asset.parent),
-        "inputs": {"text": [str(texts)]},
-        "output": {"path": str(output)},
+        "inputs": {"text": [str(root / "texts")], "base": str(root)},
+        "output": {"path": str(root / "out"), "audio_files": False},
         "actors": {"size": 1, "num_gpus": 0, "num_cpus": 1},
         "engine": {"device": "cpu"},
     })  # fmt: skip
+    settings = job_settings(config, resolve(config.model).sha256, front_end_version(config.normalize))
+    started = time.perf_counter()
+    texts, output = write_inputs(root, args.rows, args.shards, job_digest(settings, None))
+    print(
+        f"wrote {args.rows} rows in {args.shards} shards and their finished parts in {time.perf_counter() - started:.1f} s"
+    )
 
     ray.init(address="local", num_cpus=4, include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -16,6 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -37,9 +38,6 @@ class InputBooks:
     digests: pa.ChunkedArray
     sources: pa.ChunkedArray
     sizes: list[int]
-
-    def table(self) -> pa.Table:
-        return pa.table({"key": self.keys, "in_digest": self.digests, "in_source": self.sources})
 
 
 @dataclass
@@ -108,70 +106,73 @@ def plan_run(
     """Classify every output row against the input (module docstring) and the input rows still to synthesise. With
     `keep_gone` (some input could not be read this run: a missing path, an unreadable shard) rows whose input line
     is gone are kept, not removed: a typo in a path must not delete a finished job's output; the closing check then
-    reports them."""
+    reports them. Column operations only: no join, no Python object per row."""
     found = read_index(output, clean=True)
-    index = found.rows
-    redo = Redo()
-    remove: list[pa.Table] = []
-    outdated = pc.is_null(index.column("key"))  # parts written by a raytts before keys were recorded
-    redo.add("repaired", index.filter(outdated).column("source"))
-    remove.append(index.filter(outdated))
-    index = index.filter(pc.invert(outdated))
-    index = index.append_column("position", pa.array(range(index.num_rows), pa.int64()))
-    first = index.group_by("key").aggregate([("position", "min")])
-    extra = pc.invert(pc.is_in(index.column("position"), value_set=first.column("position_min")))
-    redo.add("repaired", index.filter(extra).column("key"))
-    remove.append(index.filter(extra))
-    joined = index.filter(pc.invert(extra)).join(books.table(), "key", join_type="left outer")
-    ok = pc.is_null(joined.column("error"))
-    moved_source = pc.fill_null(pc.not_equal(joined.column("source"), joined.column("in_source")), False)
+    index, count = found.rows, found.rows.num_rows
+    keys, error, source = index.column("key"), index.column("error"), index.column("source")
+    outdated = pc.is_null(keys)  # parts written by a raytts before keys were recorded
+    in_digest, in_source = _lookup(keys, books)
+    ok = pc.is_null(error)
+    gone = pc.and_(pc.is_null(in_digest), pc.invert(outdated))
     present = audio_names(output) if audio_files else None
-    missing_audio = (
-        pc.and_(ok, pc.invert(pc.is_in(joined.column("audio"), value_set=present)))
-        if present is not None
-        else pa.repeat(False, joined.num_rows)
-    )
-    gone = pc.is_null(joined.column("in_digest"))
     reasons = [
-        ("gone", pc.and_(gone, pa.repeat(not keep_gone, joined.num_rows))),
-        ("changed_input", pc.not_equal(joined.column("input_digest"), joined.column("in_digest"))),
-        ("changed_settings", pc.fill_null(pc.not_equal(joined.column("job_digest"), job_digest), True)),
-        ("retried", pc.and_(pc.invert(ok), pa.repeat(retry_failed, joined.num_rows))),
-        ("moved", pc.and_(pc.invert(ok), moved_source)),  # an error names its old source: redone, cheaply
-        ("repaired", missing_audio),
-    ]
-    taken = pa.repeat(False, joined.num_rows)
-    for reason, mask in reasons:  # the first reason that applies; a gone row kept is kept as it is
-        mask = mask if reason == "gone" else pc.and_(mask, pc.invert(gone))
+        ("repaired", outdated),
+        ("repaired", pc.invert(_first_of_each_key(keys))),  # extra copies (a crash mid-rewrite, two old drivers)
+        ("gone", pc.and_(gone, pa.repeat(not keep_gone, count))),
+        ("changed_input", pc.not_equal(index.column("input_digest"), in_digest)),
+        ("changed_settings", pc.fill_null(pc.not_equal(index.column("job_digest"), job_digest), True)),
+        ("retried", pc.and_(pc.invert(ok), pa.repeat(retry_failed, count))),
+        ("moved", pc.and_(pc.invert(ok), pc.not_equal(source, in_source))),  # an error names its old source
+        ("repaired", pc.and_(ok, pc.invert(pc.is_in(index.column("audio"), value_set=present)))
+         if present is not None else pa.repeat(False, count)),  # an ok row whose audio file is gone
+    ]  # fmt: skip
+    redo = Redo()
+    taken = pa.repeat(False, count)
+    settings_changed = pa.repeat(False, count)
+    for number, (reason, mask) in enumerate(reasons):  # the first reason that applies to a row
+        if number > 2:  # rows only compared with their input when they have one (a gone row kept stays as it is)
+            mask = pc.and_(mask, pc.invert(pc.or_(gone, outdated)))
         mask = pc.and_(pc.fill_null(mask, False), pc.invert(taken))
-        rows = joined.filter(mask)
-        redo.add(reason, rows.column("key"))
-        remove.append(rows.select(index.column_names[:-1]))
+        redo.add(reason, (source if number == 0 else keys).filter(mask))
         taken = pc.or_(taken, mask)
-    kept = joined.filter(pc.invert(taken))
+        settings_changed = mask if reason == "changed_settings" else settings_changed
+    kept = pc.invert(taken)
     if keep_gone:
-        redo.counts["gone_kept"] = pc.sum(pc.is_null(kept.column("in_digest"))).as_py() or 0
-    relabel = kept.filter(pc.fill_null(pc.not_equal(kept.column("source"), kept.column("in_source")), False))
-    redo.add("moved", relabel.column("key"))
-    todo = pc.invert(pc.is_in(books.keys, value_set=kept.column("key")))
-    known = pa.concat_arrays([c for c in index.column("key").chunks] or [pa.array([], pa.string())])
-    redo.add("new", pc.filter(books.keys, pc.and_(todo, pc.invert(pc.is_in(books.keys, value_set=known)))))
-    settings = pc.fill_null(pc.not_equal(joined.column("job_digest"), job_digest), True)
-    changed = joined.filter(pc.and_(pc.and_(taken, settings), pc.is_valid(joined.column("in_digest"))))
-    old_digests = [d for d in pc.unique(changed.column("job_digest")).to_pylist() if d]
-    return RunPlan(todo, _rewrites(found, remove, relabel), _deletions(remove, kept), redo, old_digests)
+        redo.counts["gone_kept"] = pc.sum(pc.and_(kept, gone)).as_py() or 0
+    relabel = pc.and_(kept, pc.fill_null(pc.not_equal(source, in_source), False))
+    redo.add("moved", keys.filter(relabel))
+    todo = pc.invert(pc.is_in(books.keys, value_set=keys.filter(kept)))
+    redo.add("new", books.keys.filter(pc.and_(todo, pc.invert(pc.is_in(books.keys, value_set=keys)))))
+    old_digests = [d for d in pc.unique(index.column("job_digest").filter(settings_changed)).to_pylist() if d]
+    rewrites = _rewrites(found, taken, relabel, in_source)
+    return RunPlan(todo, rewrites, _deletions(index, taken, kept), redo, old_digests)
+
+
+def _lookup(keys: pa.ChunkedArray, books: InputBooks) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """The input digest and source of each output row's key (null where the input has no such key)."""
+    position = pc.index_in(keys, value_set=books.keys.combine_chunks())
+    return pc.take(books.digests, position), pc.take(books.sources, position)
+
+
+def _first_of_each_key(keys: pa.ChunkedArray) -> pa.Array:
+    """True for the first row of each key in read order (rows without a key count as firsts)."""
+    groups = pc.index_in(keys, value_set=pc.unique(keys)).to_numpy(zero_copy_only=False)
+    first = np.zeros(len(groups), dtype=bool)
+    first[np.unique(groups, return_index=True)[1]] = True
+    return pa.array(first | pc.is_null(keys).to_numpy(zero_copy_only=False))
 
 
 def _rewrites(
-    found: OutputIndex, remove: list[pa.Table], relabel: pa.Table
+    found: OutputIndex, removed: pa.ChunkedArray, relabel: pa.ChunkedArray, in_source: pa.ChunkedArray
 ) -> dict[str, tuple[list[int], dict[int, str]]]:
     """part path -> (rows to keep, new sources) for every part that loses a row or has a row to relabel."""
     dropped: dict[int, set[int]] = defaultdict(set)
-    for table in remove:
-        for part, row in zip(table.column("part").to_pylist(), table.column("row").to_pylist(), strict=True):
-            dropped[part].add(row)
+    rows = found.rows
+    for part, row in zip(*(rows.column(c).filter(removed).to_pylist() for c in ("part", "row")), strict=True):
+        dropped[part].add(row)
     sources: dict[int, dict[int, str]] = defaultdict(dict)
-    for part, row, source in zip(*(relabel.column(c).to_pylist() for c in ("part", "row", "in_source")), strict=True):
+    moved = (rows.column("part").filter(relabel), rows.column("row").filter(relabel), in_source.filter(relabel))
+    for part, row, source in zip(*(c.to_pylist() for c in moved), strict=True):
         sources[part][row] = source
     plans = {}
     for part in set(dropped) | set(sources):
@@ -180,14 +181,15 @@ def _rewrites(
     return plans
 
 
-def _deletions(remove: list[pa.Table], kept: pa.Table) -> list[str]:
+def _deletions(index: pa.Table, removed: pa.ChunkedArray, kept: pa.ChunkedArray) -> list[str]:
     """Audio files of removed ok rows that no kept row uses (an extra copy shares its file with the kept row)."""
-    used = {name.casefold() for name in kept.column("audio").to_pylist() if name}
-    names = set()
-    for table in remove:
-        ok = table.filter(pc.is_null(table.column("error")))
-        names.update(name for name in ok.column("audio").to_pylist() if name and name.casefold() not in used)
-    return sorted(names)
+    ok = pc.is_null(index.column("error"))
+    names = index.column("audio").filter(pc.and_(removed, ok)).drop_null()
+    if len(names) == 0:
+        return []
+    used = pc.utf8_lower(index.column("audio").filter(pc.and_(kept, ok)).drop_null())
+    names = names.filter(pc.invert(pc.is_in(pc.utf8_lower(names), value_set=used)))
+    return sorted(set(names.to_pylist()))
 
 
 def apply_plan(output: str, plan: RunPlan) -> None:
@@ -228,22 +230,19 @@ def close_books(output: str, books: InputBooks, job_digest: str, audio_files: bo
     superseded by a crashed run can)."""
     index = read_index(output, clean=False).rows
     closing = Closing()
-    counts = index.group_by("key").aggregate([("row", "count")])
-    repeated = counts.filter(pc.greater(counts.column("row_count"), 1)).column("key")
-    unknown = pc.invert(pc.is_in(index.column("key"), value_set=books.keys))
-    extra = pa.concat_arrays([repeated.combine_chunks(), index.filter(unknown).column("key").combine_chunks()])
-    missing = pc.filter(books.keys, pc.invert(pc.is_in(books.keys, value_set=index.column("key"))))
-    joined = index.join(books.table(), "key", join_type="inner")
-    stale = pc.or_(
-        pc.not_equal(joined.column("input_digest"), joined.column("in_digest")),
-        pc.fill_null(pc.not_equal(joined.column("job_digest"), job_digest), True),
+    keys = index.column("key")
+    extra = pc.or_(pc.invert(_first_of_each_key(keys)), pc.invert(pc.is_in(keys, value_set=books.keys)))
+    missing = books.keys.filter(pc.invert(pc.is_in(books.keys, value_set=keys)))
+    in_digest, _ = _lookup(keys, books)
+    stale = pc.fill_null(
+        pc.or_(
+            pc.not_equal(index.column("input_digest"), in_digest),
+            pc.fill_null(pc.not_equal(index.column("job_digest"), job_digest), True),
+        ),
+        False,
     )
     ok = index.filter(pc.is_null(index.column("error")))
-    found: list[tuple[str, Any]] = [
-        ("missing", missing),
-        ("extra", extra),
-        ("stale", joined.filter(stale).column("key")),
-    ]
+    found: list[tuple[str, Any]] = [("missing", missing), ("extra", keys.filter(extra)), ("stale", keys.filter(stale))]
     if audio_files:
         present = audio_names(output)
         found.append(
@@ -254,7 +253,7 @@ def close_books(output: str, books: InputBooks, job_digest: str, audio_files: bo
         if len(orphans):
             delete_audio(output, orphans.to_pylist())
             closing.orphans_removed = len(orphans)
-    for name, keys in found:
-        closing.counts[name] = len(keys)
-        setattr(closing, name, keys.slice(0, EXAMPLES).to_pylist())
+    for name, listed in found:
+        closing.counts[name] = len(listed)
+        setattr(closing, name, listed.slice(0, EXAMPLES).to_pylist())
     return closing

@@ -84,11 +84,14 @@ def parse_json_line(raw: bytes, source: str, derive_id: bool = False) -> InputRo
     return InputRow(source, row_id, data)
 
 
+_UTF8_CHECK = json.JSONEncoder(ensure_ascii=False)
+
+
 def _unencodable(data: dict[str, Any]) -> str | None:
     """Why a parsed record cannot become UTF-8 text (a lone surrogate escape such as "\\ud800"), or None. One
     encoding of the whole record per row; fields are looked at one by one only to name the bad one."""
     try:
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
+        _UTF8_CHECK.encode(data).encode("utf-8")
         return None
     except UnicodeEncodeError:
         pass

@@ -44,6 +44,9 @@ PARSED_SCHEMA = pa.schema(
 )
 
 
+_FIELDS = json.JSONEncoder(ensure_ascii=False, default=str)  # one encoder for every row (json.dumps makes one a call)
+
+
 @dataclass(frozen=True)
 class RowContext:
     """What a row's input digest needs besides the row (`pipeline.identity.input_digest`): the job's reference
@@ -65,7 +68,7 @@ def _row(
     """One parsed row: its columns, its key (its id, or `@source` without one) and its input digest."""
     extra = {k: v for k, v in (fields or {}).items() if k not in ("id", "text")}
     try:
-        encoded = json.dumps(extra, ensure_ascii=False, default=str)
+        encoded = _FIELDS.encode(extra)
     except (TypeError, ValueError) as err:
         encoded, error = "{}", error or f"{source}: fields could not be encoded ({err})"
     if text is not None and not isinstance(text, str):
