@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt requirements-dev.lock | sha1sum | cut -c1-12)
 
-.PHONY: venv lock run test lint goldens clean
+.PHONY: venv lock run test check lint goldens clean
 
 venv: $(STAMP)
 
@@ -30,14 +30,22 @@ lock:
 run: venv
 	$(VENV)/bin/raytts run jobs/examples/job.yaml
 
-# ruff, and the house's import contracts (pyproject.toml [tool.importlinter]: jobs -> pipeline -> actors, ...).
+# ruff (complexity included), file and function sizes (tools/check_sizes.py), and the house's import contracts
+# (pyproject.toml [tool.importlinter]: jobs -> pipeline -> actors, layers inside actors, no cycles among siblings).
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/python tools/check_sizes.py
 	$(VENV)/bin/lint-imports
 
+# The whole suite, as CI runs it: tests/unit (no Ray), tests/ray (a local Ray, Serve, S3 on loopback), tests/cluster
+# (several Ray nodes on this machine), slow tests included.
 test: lint
 	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(VENV)/bin/pytest -q --durations=15
+
+# The fast loop while working: lint and the unit tier without its slow tests (a few minutes on 2 cores).
+check: lint
+	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(VENV)/bin/pytest -q tests/unit -m "not slow" --durations=10
 
 # Regenerate tests/fixtures/goldens from upstream chattts 0.2.5 (separate virtualenv, large download).
 goldens: venv

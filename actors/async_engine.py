@@ -116,7 +116,9 @@ class AsyncSynthesizer:
             todo = [r for i, r in enumerate(requests) if i not in failed]
             done = iter(await self.synthesize(todo) if todo else [])
             return [
-                SynthesisResult(id=r.id, text=r.text if isinstance(r.text, str) else "", error=failed[i])
+                SynthesisResult(
+                    id=r.id, text=r.text if isinstance(r.text, str) else "", error=failed[i], error_kind="input"
+                )
                 if i in failed
                 else next(done)
                 for i, r in enumerate(requests)
@@ -173,8 +175,8 @@ class AsyncSynthesizer:
             "preemptions": b.preemptions,
             "recomputed_tokens": b.recomputed_tokens,
             "slot_tokens": self.synthesizer.plan.slot_tokens,
-            "queued_rows": len(batcher.queue),
-            "running_rows": sum(1 for o in batcher.owner if o is not None),
+            "queued_rows": batcher.queued_rows,
+            "running_rows": batcher.running_rows,
             "open_jobs": len(self._jobs),
             "requests": r.requests,
             "failed": r.failed,

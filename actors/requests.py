@@ -108,6 +108,7 @@ class SynthesisResult:
     spoken_text: str | None = None
     dropped: str | None = None  # characters the front end deleted because it cannot speak them ("" when none)
     refine_only: bool = False  # the refined text is the result: no audio, no codes
+    error_kind: str | None = None  # with `error`: input, model, engine or output (`actors.rows.ERROR_KINDS`)
 
     @property
     def ok(self) -> bool:

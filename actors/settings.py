@@ -1,5 +1,5 @@
 """Settings every front end shares, in one place: the engine settings (`EngineSettings`), the sampling defaults
-(`SamplingSettings`), the one factory that builds a `Synthesizer` from them, config-file loading and the one rule
+(`SamplingSettings`), config-file loading and the one rule
 for relative paths in a config file.
 
 The offline job (`pipeline.config.JobConfig.engine` / `.sampling`), the Serve app (`ServeConfig.engine`) and
@@ -19,7 +19,6 @@ from .engine.params import REFINE_PARAMS, SamplingParams
 from .text import normalize_mode
 
 if TYPE_CHECKING:
-    from .replica import Synthesizer
     from .requests import RefineOptions
 
 
@@ -50,18 +49,56 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SamplingSettings(Strict):
+class RowTextFields(BaseModel):
+    """How a row's text is read, defined once for the job config (top level) and its engine actors."""
+
+    speaker: str | None = Field(
+        None, description="Default speaker: 'seed:N', an upstream speaker string or a reference name."
+    )
+    normalize: NormalizeMode = Field("full", description=NORMALIZE_HELP)
+    strict_text: bool = Field(False, description=STRICT_TEXT_HELP)
+    max_chars: int = Field(10_000, ge=1, description="Rows with longer text fail with an error.")
+
+
+class ActorFields(BaseModel):
+    """What one engine actor of the offline job is given, defined once for the job config's `actors` and the
+    actor's own settings."""
+
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per actor (its default torch threads).")
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="Rows per block and per call into an actor. Keep batch_size x max_concurrent_batches >= 1.5x the "
+        "engine's slots (an actor warns when it is below them). Input is repartitioned to about this many rows "
+        "per block, so work spreads over the actors and a retried task (actor or node lost) redoes little; a "
+        "retried block rewrites its own output part, so its rows are never written twice.",
+    )
+    max_concurrent_batches: int = Field(
+        2,
+        ge=1,
+        description="Calls running at once on each actor, all feeding its one engine: while one call's last rows "
+        "finish, the next call's rows fill the freed slots (1 = a call's tail leaves slots idle).",
+    )
+
+
+class SamplingFields(BaseModel):
+    """The code stage's sampling controls, defined once for every door that takes them (job and Serve configs,
+    `raytts synth` flags, the native HTTP API)."""
+
     temperature: float = Field(SamplingParams.temperature, gt=0, description="Sampling temperature (all 4 codebooks).")
     top_p: float = Field(SamplingParams.top_p, gt=0, le=1, description="Nucleus sampling mass (>= 3 codes kept).")
     top_k: int = Field(SamplingParams.top_k, ge=0, description="Keep the k most likely codes (0 disables; >= 3 kept).")
     repetition_penalty: float = Field(
         SamplingParams.repetition_penalty, gt=0, description="Penalty over each row's last 16 codes."
     )
-    max_new_tokens: int = Field(
-        SamplingParams.max_new_tokens, ge=1, description="GPT steps per segment (46.875 per audio second)."
-    )
     min_new_tokens: int = Field(
         SamplingParams.min_new_tokens, ge=0, description="EOS is masked before this many steps."
+    )
+
+
+class SamplingSettings(Strict, SamplingFields):
+    max_new_tokens: int = Field(
+        SamplingParams.max_new_tokens, ge=1, description="GPT steps per segment (46.875 per audio second)."
     )
     seed: int = Field(SamplingParams.seed, ge=0, lt=2**63, description="Seed for rows that do not carry their own.")
 
@@ -186,6 +223,11 @@ class EngineSettings(Strict):
                 f"engine.onnx ({self.onnx.model_dump(exclude_defaults=True)}) configures the onnx backend, but "
                 f"engine.backend is {self.backend!r}: set engine.backend: onnx, or remove engine.onnx"
             )
+        if self.device == "cpu" and self.compile != "off":
+            raise ValueError(
+                f"engine.compile={self.compile!r} is refused on the CPU (measured slower than eager end to end: "
+                f"benchmarks/RESULTS.md); use compile: off, or a CUDA device"
+            )
         if self.backend == "onnx" and self.compile != "off":
             raise ValueError(
                 f"engine.compile={self.compile!r} compiles the torch decode step; the onnx backend needs off"
@@ -207,49 +249,6 @@ def reserved_with_refine(max_new_tokens: int, refine: RefineSettings | None) -> 
     if refine is not None and refine.enabled:
         return max(max_new_tokens, refine.max_new_tokens or REFINE_PARAMS.max_new_tokens)
     return max_new_tokens
-
-
-def build_synthesizer(
-    model: str,
-    engine: EngineSettings,
-    *,
-    max_new_tokens: int,
-    max_chars: int = 10_000,
-    device_share: float = 1.0,
-    fsq: str | None = None,
-    verify: str | None = None,
-    refine: RefineSettings | None = None,
-) -> Synthesizer:
-    """The one way a front end builds its engine replica from settings. `max_new_tokens`: the front end's default
-    reservation when `engine.max_new_tokens` is unset, raised to what the refine-text stage may generate (upstream's
-    384, or `refine.max_new_tokens`) when `refine` is on, so that a short code-stage limit never cuts a refinement;
-    `device_share`: the part of the device this replica owns (fractional Ray GPUs, several Serve models);
-    `fsq`/`verify`: a model's own values over the engine's."""
-    from .replica import Synthesizer
-
-    max_new_tokens = reserved_with_refine(max_new_tokens, refine)
-
-    return Synthesizer(
-        model=model,
-        device=engine.device,
-        dtype=engine.dtype,
-        decoder=engine.decoder,
-        max_batch_size=engine.max_slots,
-        budget_bytes=engine.budget_mib << 20 if engine.budget_mib else None,
-        budget_fraction=engine.budget_fraction,
-        device_share=device_share,
-        max_prompt_tokens=engine.max_prompt_tokens,
-        max_new_tokens=engine.max_new_tokens or max_new_tokens,
-        max_segment_tokens=engine.max_segment_tokens,
-        max_chars=max_chars,
-        stream_chunk_steps=engine.stream_chunk_steps,
-        fsq_variant=fsq or engine.fsq,
-        verify=verify or engine.verify,
-        compile=engine.compile,
-        backend=engine.backend,
-        onnx_path=engine.onnx.path,
-        onnx_quantize=engine.onnx.quantize,
-    )
 
 
 def load_mapping(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

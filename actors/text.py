@@ -36,7 +36,9 @@ DEFAULT_NORMALIZE = "full"
 DEFAULT_PROMPT = "[speed_5]"
 
 _REJECT = re.compile(r"[^\u4e00-\u9fffA-Za-z，。、,\. ]")
-_TAG = re.compile(r"\[[\w_]+\]")
+# The one control-tag grammar: a tag such as [uv_break], [speed_5] or [Sbreak]; a prompt is a run of tags.
+CONTROL_TAG = re.compile(r"\[\w+\]")
+CONTROL_TAGS = re.compile(r"(?:\[\w+\])*")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 _ENGLISH_WORD = re.compile(r"\b[A-Za-z]+\b")
 
@@ -130,7 +132,7 @@ def cleaned_and_dropped(text: str, normalize: str = DEFAULT_NORMALIZE) -> tuple[
         text = spoken.spoken_form(text)
     if normalize != "off" and detect_language(text) == "zh":
         text = text.translate(_HALF_TO_FULL)
-    if not _REJECT.search(_TAG.sub("", text)):
+    if not _REJECT.search(CONTROL_TAG.sub("", text)):
         return text, ""
     simplified = text.translate(_SIMPLIFY)
     cleaned = _outside_tags(simplified, lambda piece: _REJECT.sub("", piece))
@@ -249,7 +251,7 @@ def text_front_end(
             f"text {text[:40]!r} has characters the model cannot say, which the front end would delete: {dropped!r:.60}"
             f" (strict text is on: rewrite them as words, or turn strict off to synthesise without them)"
         )
-    if not re.sub(r"\[[\w_]+\]", "", cleaned).strip(" ，。、,."):
+    if not CONTROL_TAG.sub("", cleaned).strip(" ，。、,."):
         hint = "spell numbers out" if normalize != "full" else "rewrite it in words"
         raise RequestError(
             f"text {text[:40]!r} has nothing speakable after {normalize!r} normalisation and cleaning (it deleted "

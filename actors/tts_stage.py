@@ -24,35 +24,21 @@ from pydantic import Field
 
 from .audio import to_pcm16
 from .requests import with_source
-from .settings import (
-    NORMALIZE_HELP,
-    STRICT_TEXT_HELP,
-    EngineSettings,
-    NormalizeMode,
-    RefineSettings,
-    SamplingSettings,
-    Strict,
-)
+from .settings import ActorFields, EngineSettings, RefineSettings, RowTextFields, SamplingSettings, Strict
 from .validation import RequestError
 
 log = logging.getLogger(__name__)
 
 
-class StageSettings(Strict):
-    """What one engine actor of the offline job needs to know (built by `pipeline.graph` from the job config)."""
+class StageSettings(Strict, RowTextFields, ActorFields):
+    """What one engine actor of the offline job needs to know (built by `pipeline.graph` from the job config, whose
+    text and actor fields are these same definitions)."""
 
     model: str = Field(description="Checkpoint folder, URI, hf://2Noise/ChatTTS[@rev], or 'tiny'.")
     engine: EngineSettings = Field(default_factory=EngineSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
-    speaker: str | None = Field(None, description="Default voice of rows without a speaker.")
-    normalize: NormalizeMode = Field("full", description=NORMALIZE_HELP)
-    strict_text: bool = Field(False, description=STRICT_TEXT_HELP)
     refine: RefineSettings = Field(default_factory=RefineSettings, description="The refine-text stage's defaults.")
-    max_chars: int = Field(10_000, ge=1, description="Rows with longer text fail.")
     save_codes: bool = Field(False, description="Keep the [T, 4] codes column.")
-    num_cpus: float = Field(1.0, ge=0, description="CPUs of the actor (its default torch threads).")
-    batch_size: int = Field(64, ge=1, description="Rows per call into the actor.")
-    max_concurrent_batches: int = Field(2, ge=1, description="Calls running at once on the actor.")
 
 
 # The replica's engine accounting when a row's batch finished (`BatcherStats.accounting`, cumulative per actor):
@@ -85,6 +71,7 @@ STAGE_SCHEMA = pa.schema(
         ("truncated_segments", pa.int32()),
         ("codes", pa.list_(pa.list_(pa.int16()))),
         ("error", pa.string()),
+        ("error_kind", pa.string()),  # actors.rows.ERROR_KINDS
         ("spoken_text", pa.string()),  # the text the model was asked to say (actors.text.FrontEnd)
         ("dropped_chars", pa.string()),  # characters the front end deleted ("" when none)
         ("worker", pa.string()),
@@ -103,6 +90,7 @@ class TTSStage:
         started = time.perf_counter()
         import torch
 
+        from .rows import RowDefaults
         from .voices import RowVoices
 
         self.settings = StageSettings.model_validate(settings)
@@ -111,6 +99,11 @@ class TTSStage:
         self._rebuilding = asyncio.Lock()
         self.rebuilds = 0
         self.voices = RowVoices(self.settings.speaker, speakers)  # a row's own reference_audio is refused here
+        self.defaults = RowDefaults(
+            sampling=self.settings.sampling.params(), speaker=self.settings.speaker,
+            normalize=self.settings.normalize, strict=self.settings.strict_text,
+            refine=self.settings.refine.options(), refine_only_allowed=False,
+        )  # fmt: skip
         self.worker = f"{_node_id()[:12]}/{os.getpid()}"
         self.model_id = self.synthesizer.checkpoint.model_id  # hashes the files once per actor
         slots, fed = self.synthesizer.plan.slots, self.settings.batch_size * self.settings.max_concurrent_batches
@@ -126,7 +119,7 @@ class TTSStage:
     def _build_engine(self) -> None:
         from .async_engine import AsyncSynthesizer
         from .placement import assigned_gpu_share
-        from .settings import build_synthesizer
+        from .replica import build_synthesizer
 
         self.synthesizer = build_synthesizer(
             self.settings.model,
@@ -167,10 +160,9 @@ class TTSStage:
                 f"flight on {self.worker}; the engine was rebuilt and the job went on. Re-run with retry_failed: "
                 f"true to redo these rows"
             )
-            return [SynthesisResult(id=r.id, text=r.text, error=message) for r in requests]
+            return [SynthesisResult(id=r.id, text=r.text, error=message, error_kind="engine") for r in requests]
 
     async def __call__(self, table: pa.Table) -> pa.Table:
-        from .requests import SynthesisResult
         from .text import FrontEnd
 
         batch = {name: table.column(name).to_pylist() for name in ("id", "text", "source", "fields", "error")}
@@ -179,92 +171,67 @@ class TTSStage:
             None if ids is None else FrontEnd(ids, spoken or "", dropped or "", texts or [])
             for ids, spoken, dropped, texts in zip(*(table.column(c).to_pylist() for c in columns), strict=True)
         ]
-        results, requests, positions, speakers, seeds = self._requests(batch, front_ends)
-        if requests:
-            for i, result in zip(positions, await self._synthesize(requests), strict=True):
+        results, requests, speakers = self._requests(batch, front_ends)
+        positions = [i for i, request in enumerate(requests) if request is not None and results[i] is None]
+        if positions:
+            done = await self._synthesize([requests[i] for i in positions])
+            for i, result in zip(positions, done, strict=True):
                 if result.error:
                     result.error = with_source(result.error, str(batch["source"][i]))
                 results[i] = result
-        done: list[SynthesisResult] = results  # type: ignore[assignment]
         identity = {  # absent when the stage is used outside the job (its columns are then null)
             name: table.column(name) if name in table.column_names else pa.nulls(table.num_rows, pa.string())
             for name in IDENTITY_COLUMNS
         }
-        return self._table(done, [str(s) for s in batch["source"]], speakers, seeds, identity)
+        return self._table(results, [str(s) for s in batch["source"]], requests, speakers, identity)
 
-    def _requests(self, batch: dict[str, list], front_ends: list) -> tuple[list, list, list[int], list, list]:
-        """(results so far: error rows filled in, requests to run, their row positions, speaker and seed columns)."""
-        from .requests import SynthesisResult, request_from_fields
-        from .speaker import SpeakerError
+    def _requests(self, batch: dict[str, list], front_ends: list) -> tuple[list, list, list]:
+        """(results so far: error rows filled in, each row's request or None, each row's speaker column)."""
+        from .rows import failed, request_for_row
 
-        sampling = self.settings.sampling.params()
         n = len(batch["id"])
-        results: list[SynthesisResult | None] = [None] * n
-        requests, positions = [], []
+        results: list = [None] * n
+        requests: list = [None] * n
         speakers: list[str | None] = [None] * n
-        seeds: list[int | None] = [None] * n
         for i in range(n):
             source, row_id, text = str(batch["source"][i]), batch["id"][i], batch["text"][i]
-            error = batch["error"][i]
-            if error:
-                results[i] = SynthesisResult(id=row_id or "", text=text or "", error=error)
+            if batch["error"][i]:
+                results[i] = failed(row_id, text, batch["error"][i])
                 continue
             fields = json.loads(batch["fields"][i]) if batch["fields"][i] else {}
             try:
-                request = request_from_fields(
-                    source,
-                    row_id,
-                    {"text": text, **fields},
-                    sampling,
-                    self.settings.speaker,
-                    self.settings.normalize,
-                    self.settings.strict_text,
-                    self.settings.refine.options(),
-                )
-                if request.refine.enabled and request.refine.only:
+                request, speaker = request_for_row(source, row_id, {"text": text, **fields}, self.defaults, self.voices)
+                if front_ends[i] is None:  # the prepare stage tokenises every row it does not fail
                     raise RequestError(
-                        "refine only (the refined text without audio) is not available in raytts run, which writes "
-                        "audio; use raytts synth --refine-only or Serve's /v1/tts with refine: {only: true}"
+                        f"{source}: reached the TTS stage without token ids from the prepare stage; this is a raytts "
+                        f"bug, please report it with the row"
                     )
-                speakers[i] = self.voices.apply(request, fields)
-                seeds[i] = request.params.seed
-                request.front_end = front_ends[i]
-                if request.front_end is None:  # the prepare stage tokenises every row it does not fail
-                    raise RequestError(
-                        "reached the TTS stage without token ids from the prepare stage; this is a raytts bug, "
-                        "please report it with the row"
-                    )
-            except (RequestError, SpeakerError, ValueError) as err:
-                speakers[i] = seeds[i] = None
-                results[i] = SynthesisResult(id=row_id or "", text=text or "", error=with_source(str(err), source))
+            except RequestError as err:
+                results[i] = failed(row_id, text, str(err))
                 continue
-            requests.append(request)
-            positions.append(i)
-        return results, requests, positions, speakers, seeds
+            request.front_end = front_ends[i]
+            requests[i], speakers[i] = request, speaker
+        return results, requests, speakers
 
     def _table(
-        self, results: list, sources: list[str], speakers: list, seeds: list, identity: dict[str, Any]
+        self, results: list, sources: list[str], requests: list, speakers: list, identity: dict[str, Any]
     ) -> pa.Table:
+        from .rows import result_columns
+
         n = len(results)
-        save_codes = self.settings.save_codes
-        columns = {
-            "id": [r.id or None for r in results],
-            "text": [r.text for r in results],
-            "source": sources,
-            "speaker": speakers,
-            "seed": seeds,
-            "segments": [r.segments if r.ok else None for r in results],
-            "truncated_segments": [r.truncated_segments if r.ok else None for r in results],
-            "codes": [r.codes.tolist() if r.ok and r.codes is not None and save_codes else None for r in results],
-            "error": [r.error for r in results],
-            "spoken_text": [r.spoken_text if r.ok else None for r in results],
-            "dropped_chars": [r.dropped if r.ok else None for r in results],
-            "worker": [self.worker] * n,
-            "engine_occupancy": [float(self.synthesizer.batcher.stats.occupancy)] * n,
-            "engine": [_part_accounting(self.synthesizer.batcher.stats.accounting())] * n,
-            "model": [self.model_id] * n,
+        stats = self.synthesizer.batcher.stats
+        rows = [
+            result_columns(r, source, speakers[i], requests[i].params.seed if requests[i] else None, self.model_id,
+                           self.settings.save_codes)
+            for i, (r, source) in enumerate(zip(results, sources, strict=True))
+        ]  # fmt: skip
+        columns = {name: [row[name] for row in rows] for name in rows[0]} if rows else {}
+        columns.update(
+            worker=[self.worker] * n,
+            engine_occupancy=[float(stats.occupancy)] * n,
+            engine=[_part_accounting(stats.accounting())] * n,
             **identity,
-        }
+        )
         # One flat int16 buffer plus offsets: no per-sample Python objects on the way to Arrow, and the samples
         # are quantised exactly as the 16-bit FLAC/WAV writers would (`actors.audio.to_pcm16`).
         pcm = [to_pcm16(r.audio) if r.audio is not None else np.zeros(0, np.int16) for r in results]

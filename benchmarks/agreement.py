@@ -54,9 +54,9 @@ def run(
         dtype=dtype,
         max_prompt_tokens=256,
         max_new_tokens=args.max_new_tokens,
-        budget_bytes=args.budget_mib << 20 if args.budget_mib else None,
+        budget_mib=args.budget_mib,
         backend=backend,
-        onnx_quantize=onnx_quantize,
+        onnx={"quantize": onnx_quantize},
     )
     requests = [
         SynthesisRequest(

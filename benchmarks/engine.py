@@ -117,7 +117,8 @@ def worker(args: argparse.Namespace) -> None:
     if args.as_synth:
         # exactly the replica `raytts synth --model M --max-new-tokens N` builds: its engine defaults, no budget or
         # slot flags (what a new user gets)
-        from actors.settings import SYNTH_MAX_RESERVE, EngineSettings, OnnxSettings, RefineSettings, build_synthesizer
+        from actors.replica import build_synthesizer
+        from actors.settings import SYNTH_MAX_RESERVE, EngineSettings, OnnxSettings, RefineSettings
 
         engine = EngineSettings(
             device=args.device, dtype=args.dtype, backend=args.backend, onnx=OnnxSettings(quantize=args.onnx_quantize)
@@ -130,13 +131,13 @@ def worker(args: argparse.Namespace) -> None:
             model=args.checkpoint,
             device=args.device,
             dtype=args.dtype,
-            max_batch_size=args.slots,
-            budget_bytes=args.budget_mib << 20 if args.budget_mib else None,
+            max_slots=args.slots,
+            budget_mib=args.budget_mib,
             max_prompt_tokens=256,
             max_new_tokens=args.max_new_tokens,
             compile=args.compile,
             backend=args.backend,
-            onnx_quantize=args.onnx_quantize,
+            onnx={"quantize": args.onnx_quantize},
         )
     params = SamplingParams(temperature=1e-6, max_new_tokens=args.max_new_tokens, min_new_tokens=2)
     refine = RefineOptions(enabled=args.refine == "on", temperature=1e-6)  # upstream's refine defaults otherwise

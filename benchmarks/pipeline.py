@@ -95,9 +95,7 @@ def engine_alone(model: str, rows: list[dict], steps: int, budget_mib: int) -> d
     from actors.requests import SynthesisRequest
 
     torch.set_num_threads(1)
-    synth = Synthesizer(
-        model=model, device="cpu", budget_bytes=budget_mib << 20, max_batch_size=32, max_new_tokens=steps
-    )
+    synth = Synthesizer(model=model, device="cpu", budget_mib=budget_mib, max_slots=32, max_new_tokens=steps)
     requests = [
         SynthesisRequest(id=r["id"], text=r["text"], params=SamplingParams(temperature=0.5, max_new_tokens=steps, min_new_tokens=steps, seed=r["seed"]))
         for r in rows

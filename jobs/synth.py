@@ -14,23 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from actors.requests import SynthesisRequest, SynthesisResult, request_from_fields, with_source
+from actors.replica import build_synthesizer
+from actors.requests import SynthesisRequest, SynthesisResult, with_source
+from actors.rows import RowDefaults, failed, request_for_row
 from actors.settings import (
     SYNTH_MAX_RESERVE,
     SYNTH_ROW_RESERVE,
     EngineSettings,
     RefineSettings,
     SamplingSettings,
-    build_synthesizer,
 )
 from actors.text import DEFAULT_NORMALIZE
 from actors.validation import RequestError
 from actors.voices import RowVoices, read_reference_audio
-from pipeline.inputs import InputRow, mark_duplicates, read_jsonl, unknown_fields
+from pipeline.inputs import InputRow, mark_duplicates, read_jsonl, unknown_fields, unknown_fields_note
 from pipeline.output import ParquetSink, result_row
 
 if TYPE_CHECKING:
-    from actors.engine.params import SamplingParams
     from actors.replica import Synthesizer
 
 log = logging.getLogger(__name__)
@@ -111,17 +111,18 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
     started = time.perf_counter()
     rows = list(read_jsonl(options.input))
     mark_duplicates(rows)
-    extra = unknown_fields(rows)
-    if extra:
-        log.warning("ignoring unknown input fields %s (known: id, text, speaker, seed, ...)", sorted(extra))
+    note = unknown_fields_note(unknown_fields(rows))
+    if note:
+        log.warning("%s", note)
     synthesizer = build_synthesizer(
         options.model,
         options.engine,
         max_new_tokens=reserved_new_tokens(rows, options.sampling.max_new_tokens),
         refine=options.refine,
     )
-    defaults = options.sampling.params()
-    defaults.validate(synthesizer.config.gpt.num_vq)
+    sampling = options.sampling.params()
+    sampling.validate(synthesizer.config.gpt.num_vq)
+    defaults = RowDefaults(sampling, options.speaker, options.normalize, options.strict_text, options.refine.options())
     references = _References(synthesizer, options.input.parent)
     voices = RowVoices(options.speaker, {}, encode_file=references.codes)
     plan = synthesizer.plan
@@ -143,12 +144,10 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
     with ParquetSink(options.output / "part-00000.parquet") as sink:
         for start in range(0, len(rows), options.chunk_rows):
             chunk = rows[start : start + options.chunk_rows]
-            results, requests = _synthesize_chunk(chunk, synthesizer, defaults, options, voices)
+            results, columns = _synthesize_chunk(chunk, synthesizer, defaults, voices)
             out = []
-            for row, result, request in zip(chunk, results, requests, strict=True):
-                speaker = request.speaker if request else options.speaker
-                seed = request.params.seed if request else None
-                model_id = synthesizer.checkpoint.model_id
+            model_id = synthesizer.checkpoint.model_id
+            for row, result, (speaker, seed) in zip(chunk, results, columns, strict=True):
                 out.append(
                     result_row(result, row.source, speaker, seed, model_id, options.save_codes, options.audio_format)
                 )
@@ -186,39 +185,27 @@ def reserved_new_tokens(rows: list[InputRow], default: int) -> int:
 
 
 def _synthesize_chunk(
-    chunk: list[InputRow],
-    synthesizer: Synthesizer,
-    defaults: SamplingParams,
-    options: SynthOptions,
-    voices: RowVoices,
-) -> tuple[list[SynthesisResult], list[SynthesisRequest | None]]:
+    chunk: list[InputRow], synthesizer: Synthesizer, defaults: RowDefaults, voices: RowVoices
+) -> tuple[list[SynthesisResult], list[tuple[str | None, int | None]]]:
+    """Each row's result and (speaker, seed) columns, through the one row path (`actors.rows`)."""
     results: list[SynthesisResult | None] = [None] * len(chunk)
-    requests: list[SynthesisRequest | None] = [None] * len(chunk)
-    pending: list[int] = []
+    columns: list[tuple[str | None, int | None]] = [(None, None)] * len(chunk)
+    requests: dict[int, SynthesisRequest] = {}
     for i, row in enumerate(chunk):
-        text = row.fields.get("text") if isinstance(row.fields.get("text"), str) else ""
+        text = row.fields.get("text")
         if row.error:
-            results[i] = SynthesisResult(id=row.id or "", text=text, error=row.error)
+            results[i] = failed(row.id, text, row.error)
             continue
         try:
-            request = request_from_fields(
-                row.source,
-                row.id,
-                row.fields,
-                defaults,
-                options.speaker,
-                options.normalize,
-                options.strict_text,
-                options.refine.options(),
-            )
-            voices.apply(request, row.fields)
+            request, speaker = request_for_row(row.source, row.id, row.fields, defaults, voices)
         except RequestError as err:
-            results[i] = SynthesisResult(id=row.id or "", text=text, error=with_source(str(err), row.source))
+            results[i] = failed(row.id, text, str(err))
             continue
         requests[i] = request
-        pending.append(i)
+        columns[i] = (speaker, request.params.seed)
+    pending = sorted(requests)
     for i, result in zip(pending, synthesizer.synthesize([requests[i] for i in pending]), strict=True):
         if result.error:
             result.error = with_source(result.error, chunk[i].source)
         results[i] = result
-    return results, requests  # type: ignore[return-value]
+    return results, columns  # type: ignore[return-value]

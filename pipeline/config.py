@@ -11,11 +11,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from actors.settings import (
-    NORMALIZE_HELP,
-    STRICT_TEXT_HELP,
+    ActorFields,
     EngineSettings,
-    NormalizeMode,
     RefineSettings,
+    RowTextFields,
     SamplingSettings,
     Strict,
     engine_paths,
@@ -44,6 +43,11 @@ class InputsConfig(Strict):
         "resumes instead of redoing rows. Unset: absolute paths.",
     )
 
+    @field_validator("text", "speakers", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # `text: texts/` means `text: [texts/]`
+
     @field_validator("text")
     @classmethod
     def _some_text(cls, value: list[str]) -> list[str]:
@@ -52,7 +56,7 @@ class InputsConfig(Strict):
         return value
 
 
-class ActorsConfig(Strict):
+class ActorsConfig(Strict, ActorFields):
     size: int | None = Field(None, ge=1, description="Fixed actor pool size (one engine replica each).")
     min_size: int | None = Field(None, ge=1, description="Autoscaling pool minimum (with max_size).")
     max_size: int | None = Field(None, ge=1, description="Autoscaling pool maximum (with min_size).")
@@ -69,22 +73,6 @@ class ActorsConfig(Strict):
         if value != "auto" and value < 0:  # type: ignore[operator]
             raise ValueError(f"num_gpus must be >= 0 or auto, got {value}")
         return value
-
-    num_cpus: float = Field(1.0, ge=0, description="CPUs per actor.")
-    batch_size: int = Field(
-        64,
-        ge=1,
-        description="Rows per block and per call into an actor. Keep batch_size x max_concurrent_batches >= 1.5x the "
-        "engine's slots (an actor warns when it is below them). Input is repartitioned to about this many rows "
-        "per block, so work spreads over the actors and a retried task (actor or node lost) redoes little; a "
-        "retried block rewrites its own output part, so its rows are never written twice.",
-    )
-    max_concurrent_batches: int = Field(
-        2,
-        ge=1,
-        description="Calls running at once on each actor, all feeding its one engine: while one call's last rows "
-        "finish, the next call's rows fill the freed slots (1 = a call's tail leaves slots idle).",
-    )
 
     @model_validator(mode="after")
     def _pool(self) -> ActorsConfig:
@@ -116,15 +104,10 @@ class OutputConfig(Strict):
         return value.removeprefix("file://")  # one spelling of a local folder, for parts, audio files and keys
 
 
-class JobConfig(Strict):
+class JobConfig(Strict, RowTextFields):
     model: str = Field("tiny", description="Checkpoint folder, URI, hf://2Noise/ChatTTS[@rev], or 'tiny'.")
     inputs: InputsConfig
     output: OutputConfig
-    speaker: str | None = Field(
-        None, description="Default speaker: 'seed:N', an upstream speaker string or a reference name."
-    )
-    normalize: NormalizeMode = Field("full", description=NORMALIZE_HELP)
-    strict_text: bool = Field(False, description=STRICT_TEXT_HELP)
     refine: RefineSettings = Field(
         default_factory=RefineSettings,
         description="The refine-text stage (rows may override it with a `refine` field: true/false or an object).",
@@ -133,7 +116,6 @@ class JobConfig(Strict):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     actors: ActorsConfig = Field(default_factory=ActorsConfig)
     retry_failed: bool = Field(False, description="On a re-run, redo rows whose earlier outcome was an error.")
-    max_chars: int = Field(10_000, ge=1, description="Rows with longer text fail with an error.")
 
     @field_validator("refine")
     @classmethod

@@ -15,6 +15,7 @@ run says `finished` they check that the output holds every input row exactly onc
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -40,7 +41,7 @@ from .config import JobConfig
 from .graph import synthesis_stages
 from .identity import job_digest as digest_of_job
 from .identity import job_settings, speaker_digests
-from .inputs import identity_fixups
+from .inputs import identity_fixups, unknown_fields_note
 from .lease import LeaseLost, OutputBusy, OutputLease
 from .report import JobReport, finish_report, write_status
 from .settings_record import record_settings, settings_changes
@@ -55,22 +56,24 @@ log = logging.getLogger(__name__)
 LOCAL_RAY_CPUS = 8  # logical CPUs of a local Ray at least: the engine actors never take every CPU from the CPU stages
 
 
-def run_job(config: JobConfig, address: str | None = None) -> JobReport:
+def run_job(config: JobConfig, address: str | None = None, quiet: bool = False) -> JobReport:
     """Run the job on `address`, the cluster of `ray job submit` (RAY_ADDRESS), the Ray this process already
     joined, or else a local Ray it starts and stops. Raises OutputBusy when another driver holds the output (before
-    writing anything), PoolDoesNotFit (before any work) when the engine actors cannot run on a local Ray."""
+    writing anything), PoolDoesNotFit (before any work) when the engine actors cannot run on a local Ray. `quiet`:
+    no INFO lines of Ray's own (the CLI's default)."""
     started = time.perf_counter()
     check_output(config)
     output = config.output.path.rstrip("/")
-    with joined_ray(address, LOCAL_RAY_CPUS) as ray_connection, hold_output(output) as lease:
-        mark_running(output)
+    with joined_ray(address, LOCAL_RAY_CPUS, quiet) as ray_connection, hold_output(output) as lease:
+        status = mark_running(output)
         try:
             config = with_actor_gpus(config)
             check_pool(config, ray_connection.local)
             warn_if_local_output_on_a_cluster(config)
-            return _run(config, started, lease)
-        except Exception as err:
-            write_status(output, {"status": "failed", "error": f"{type(err).__name__}: {err}"})
+            return _run(config, started, lease, status)
+        except BaseException as err:  # Ctrl-C and SystemExit too: the report says the run stopped, and why
+            stopped = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            write_status(output, {**status, "status": stopped, "error": plain_error(err)})
             raise
 
 
@@ -103,8 +106,9 @@ def _inputs(config: JobConfig, report: JobReport) -> list[str]:
     files, problems, inside = expand_paths(config.inputs.text, TEXT_EXTENSIONS, exclude=output)
     if inside:
         note = (
-            f"{len(inside)} files under the output {output} were not read as input: they are this job's own output "
-            f"(e.g. {inside[0]}); keep the output outside the input folders to avoid this note"
+            f"{_count(len(inside), 'file')} in raytts output folders were not read as input: they are this job's "
+            f"output ({output}) or another job's (e.g. {inside[0]}); keep outputs outside the input folders to avoid "
+            f"this note"
         )
         log.warning("%s", note)
         report.notes.append(note)
@@ -114,7 +118,20 @@ def _inputs(config: JobConfig, report: JobReport) -> list[str]:
     return files
 
 
-def _run(config: JobConfig, started: float, lease: OutputLease) -> JobReport:
+def plain_error(err: BaseException) -> str:
+    """An error as one line of plain text for the report (Ray's task errors carry terminal colour codes)."""
+    text = ANSI_CODES.sub("", f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
+    return text.strip()
+
+
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _run(config: JobConfig, started: float, lease: OutputLease, status: dict[str, Any]) -> JobReport:
     import ray
 
     output = config.output.path.rstrip("/")
@@ -126,7 +143,7 @@ def _run(config: JobConfig, started: float, lease: OutputLease) -> JobReport:
     onnx_path = config.engine.onnx.path if config.engine.backend == "onnx" else None
     model_ref = ray.remote(num_cpus=1)(tokenizer_of).remote(config.model, config.engine.verify, onnx_path)
     context = RowContext(digests, config.speaker)
-    refs, books, fixups = _parse(config, text_files, context, started)
+    refs, books, fixups = _parse(config, text_files, context, started, report)
     try:
         model = ray.get(model_ref)
     except ray.exceptions.RayTaskError as err:  # the model cannot be resolved: stop before any actor starts
@@ -140,6 +157,8 @@ def _run(config: JobConfig, started: float, lease: OutputLease) -> JobReport:
     report.redo = plan.redo.to_dict()
     report.this_run = plan.to_synthesise
     report.skipped_finished = len(books.keys) - report.this_run
+    status.update(this_run=report.this_run, skipped_finished=report.skipped_finished, redo=report.redo)
+    write_status(output, status)  # what this run redoes, and why, survives a run that dies
     lease.check()
     apply_plan(output, plan)
     seconds = 0.0
@@ -159,10 +178,11 @@ def _run(config: JobConfig, started: float, lease: OutputLease) -> JobReport:
 
 
 def _parse(
-    config: JobConfig, text_files: list[str], context: RowContext, started: float
+    config: JobConfig, text_files: list[str], context: RowContext, started: float, report: JobReport
 ) -> tuple[list[Any], InputBooks, dict[str, dict]]:
     """Parse every shard (tasks); returns the parsed blocks' refs, the input books (with the identity fixups only
-    the whole input decides: repeated content, duplicate ids) and those fixups by source."""
+    the whole input decides: repeated content, duplicate ids) and those fixups by source. Fields no part of raytts
+    reads are named in the report's notes."""
     import ray
 
     if not text_files:
@@ -182,10 +202,14 @@ def _parse(
     columns = {
         name: pa.chunked_array([b.column(name).cast(kind) for b in full], type=kind)
         for name, kind in (("id", pa.string()), ("source", pa.string()), ("key", pa.string()),
-                           ("input_digest", pa.string()), ("derived", pa.bool_()))
+                           ("input_digest", pa.string()), ("derived", pa.bool_()), ("unknown_fields", pa.string()))
     }  # fmt: skip
     del blocks, full
     log.info("parsed %d input rows in %.1f s", len(columns["key"]), time.perf_counter() - started)
+    note = unknown_fields_note(_field_counts(columns["unknown_fields"]))
+    if note:
+        log.warning("%s", note)
+        report.notes.append(note)
     fixups = identity_fixups(columns["id"], columns["source"], columns["derived"])
     keys, digests = columns["key"], columns["input_digest"]
     if fixups:
@@ -195,6 +219,15 @@ def _parse(
             fixed = pc.coalesce(pc.take(values, position), column)
             keys, digests = (fixed, digests) if name == "key" else (keys, fixed)
     return refs, InputBooks(keys, digests, columns["source"], sizes), fixups
+
+
+def _field_counts(unknown: pa.ChunkedArray) -> dict[str, int]:
+    """Rows per unknown field name, from the parsed rows' `unknown_fields` (names one per line)."""
+    counts: dict[str, int] = {}
+    for entry in pc.value_counts(unknown.drop_null()).to_pylist():
+        for name in entry["values"].split("\n"):
+            counts[name] = counts.get(name, 0) + entry["counts"]
+    return counts
 
 
 def _unread_files(books: InputBooks) -> bool:

@@ -13,7 +13,6 @@ its lease (paused past its ttl while another took over) cannot keep writing into
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -24,9 +23,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from .lease_stores import store_for
+
 log = logging.getLogger(__name__)
 
-LEASE_NAME = "_lease.json"
 DEFAULT_TTL_S = float(os.environ.get("RAYTTS_LEASE_TTL_S", "60"))
 
 
@@ -88,8 +88,6 @@ class LeaseToken:
     token: str
 
     def check(self) -> None:
-        from .lease_stores import store_for
-
         record, _ = store_for(self.output).read()
         if record is None or record.get("token") != self.token:
             holder = describe(record) if record else "nobody"
@@ -103,8 +101,6 @@ class OutputLease:
     """The lease of one output location, held from `acquire` to `release` (or as a context manager)."""
 
     def __init__(self, output: str, ttl_s: float = DEFAULT_TTL_S, ray_job: str | None = None) -> None:
-        from .lease_stores import store_for
-
         self.output = output.rstrip("/")
         self.ttl_s = ttl_s
         self.store = store_for(self.output)
@@ -198,7 +194,3 @@ class OutputLease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def lease_json(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, ensure_ascii=False).encode() + b"\n"

@@ -15,9 +15,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from .lease import LEASE_NAME, lease_json
-
 log = logging.getLogger(__name__)
+
+LEASE_NAME = "_lease.json"
+
+
+def lease_json(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False).encode() + b"\n"
 
 
 class LeaseStore(Protocol):

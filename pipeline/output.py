@@ -22,7 +22,7 @@ from actors.model.config import SAMPLE_RATE
 if TYPE_CHECKING:  # torch-free at import: the store stage encodes audio without loading the model
     from actors.requests import SynthesisResult
 
-__all__ = ["AUDIO_FORMATS", "SCHEMA", "ParquetSink", "audio_fields", "result_row"]
+__all__ = ["AUDIO_FORMATS", "SCHEMA", "ParquetSink", "audio_fields", "hf_metadata", "result_row"]
 
 AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SCHEMA = pa.schema(
@@ -39,38 +39,36 @@ SCHEMA = pa.schema(
         ("truncated_segments", pa.int32()),
         ("codes", pa.list_(pa.list_(pa.int16()))),
         ("model", pa.string()),
+        ("source", pa.string()),  # file:line of the input row
         ("error", pa.string()),
+        ("error_kind", pa.string()),  # input, model, engine or output (`actors.rows.ERROR_KINDS`)
         ("spoken_text", pa.string()),
         ("dropped_chars", pa.string()),
     ]
 )
 
-# Column types in Hugging Face `datasets` terms, stored in the Parquet metadata so `Audio` decodes on load.
-_HF_FEATURES = {
-    "id": {"dtype": "string", "_type": "Value"},
-    "text": {"dtype": "string", "_type": "Value"},
-    "audio": {"sampling_rate": SAMPLE_RATE, "_type": "Audio"},
-    "sample_rate": {"dtype": "int32", "_type": "Value"},
-    "num_samples": {"dtype": "int64", "_type": "Value"},
-    "duration_s": {"dtype": "float64", "_type": "Value"},
-    "speaker": {"dtype": "string", "_type": "Value"},
-    "seed": {"dtype": "int64", "_type": "Value"},
-    "segments": {"dtype": "int32", "_type": "Value"},
-    "truncated_segments": {"dtype": "int32", "_type": "Value"},
-    # "Sequence" (not 4.x's "List"): every `datasets` version reads it (4.x+ as List(List(int16))).
-    "codes": {"feature": {"feature": {"dtype": "int16", "_type": "Value"}, "_type": "Sequence"}, "_type": "Sequence"},
-    "model": {"dtype": "string", "_type": "Value"},
-    "error": {"dtype": "string", "_type": "Value"},
-    "spoken_text": {"dtype": "string", "_type": "Value"},
-    "dropped_chars": {"dtype": "string", "_type": "Value"},
-}
+
+def _feature(field_type: pa.DataType) -> dict:
+    """A column's Hugging Face `datasets` feature, from its Arrow type (the one definition is the schema)."""
+    if pa.types.is_list(field_type):
+        # "Sequence" (not 4.x's "List"): every `datasets` version reads it (4.x+ as List(...)).
+        return {"feature": _feature(field_type.value_type), "_type": "Sequence"}
+    if pa.types.is_struct(field_type):
+        return {child.name: _feature(child.type) for child in field_type}
+    name = {"double": "float64", "float": "float32"}.get(str(field_type), str(field_type))
+    return {"dtype": name, "_type": "Value"}
 
 
-def hf_metadata(extra_features: dict | None = None) -> dict[str, str]:
-    return {"huggingface": json.dumps({"info": {"features": {**_HF_FEATURES, **(extra_features or {})}}})}
+def hf_metadata(schema: pa.Schema) -> dict[str, str]:
+    """The Parquet metadata that makes `datasets` read `schema`'s columns as their features (`audio` as Audio)."""
+    features = {
+        field.name: {"sampling_rate": SAMPLE_RATE, "_type": "Audio"} if field.name == "audio" else _feature(field.type)
+        for field in schema
+    }
+    return {"huggingface": json.dumps({"info": {"features": features}})}
 
 
-SCHEMA_WITH_METADATA = SCHEMA.with_metadata(hf_metadata())
+SCHEMA_WITH_METADATA = SCHEMA.with_metadata(hf_metadata(SCHEMA))
 
 
 NO_AUDIO = {"audio": None, "sample_rate": None, "num_samples": None, "duration_s": None}
@@ -107,24 +105,20 @@ def result_row(
     save_codes: bool,
     fmt: str = "flac",
 ) -> dict:
-    """The output row of one synthesis result (`raytts synth`), quantised and encoded as `raytts run` stores it."""
+    """The output row of one synthesis result (`raytts synth`): the job's columns (`actors.rows.result_columns`)
+    with its audio quantised and encoded as `raytts run` stores it."""
+    from actors.rows import result_columns
+
     pcm = to_pcm16(result.audio) if result.audio is not None else np.zeros(0, np.int16)
-    error = result.error if result.refine_only else no_audio_error(result.error, pcm.size, source)
-    ok = error is None
-    return {
-        "id": result.id or None,
-        "text": result.text,
-        **(audio_fields(result.id, pcm, fmt) if ok and not result.refine_only else NO_AUDIO),
-        "speaker": speaker,
-        "seed": seed,
-        "segments": result.segments if ok else None,
-        "truncated_segments": result.truncated_segments if ok else None,
-        "codes": result.codes.tolist() if ok and save_codes and result.codes is not None else None,
-        "model": model,
-        "error": error,
-        "spoken_text": result.spoken_text if ok else None,
-        "dropped_chars": result.dropped if ok else None,
-    }
+    row = result_columns(result, source, speaker, seed, model, save_codes)
+    if result.refine_only and result.error is None:
+        return {**row, **NO_AUDIO}
+    error = no_audio_error(result.error, pcm.size, source)
+    if error is not None:
+        kind = row["error_kind"] or "model"
+        return {**row, **FAILED_OUTPUT, "error": error, "error_kind": kind, "segments": None,
+                "truncated_segments": None, "codes": None, "speaker": speaker, "seed": seed}  # fmt: skip
+    return {**row, **audio_fields(result.id, pcm, fmt)}
 
 
 class ParquetSink:

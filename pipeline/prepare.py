@@ -23,23 +23,28 @@ from actors.voices import row_voice
 
 SEGMENT_IDS = pa.list_(pa.list_(pa.int32()))
 
-_TOKENIZERS: dict[str, TextTokenizer] = {}  # per worker process, by the tokenizer file's digest
+_TOKENIZERS: dict[str, TextTokenizer] = {}  # per worker process, by the tokenizer file's digest (or its object)
 
 
-def _tokenizer(json_text: str, num_text_tokens: int) -> TextTokenizer:
-    key = hashlib.sha256(json_text.encode()).hexdigest()
+def _tokenizer(spec: Any) -> TextTokenizer:
+    """The tokenizer of `spec`: {"json", "num_text_tokens"}, or a Ray object reference to it (what the job passes:
+    the 0.5 MB file travels once through the object store, not inside every operator's constructor arguments)."""
+    import ray
+
+    key = spec.hex() if isinstance(spec, ray.ObjectRef) else hashlib.sha256(spec["json"].encode()).hexdigest()
     if key not in _TOKENIZERS:
-        _TOKENIZERS[key] = TextTokenizer(None, num_text_tokens, json_text=json_text)
+        found = ray.get(spec) if isinstance(spec, ray.ObjectRef) else spec
+        _TOKENIZERS[key] = TextTokenizer(None, found["num_text_tokens"], json_text=found["json"])
     return _TOKENIZERS[key]
 
 
-def prepare_rows(block: pa.Table, tokenizer: dict[str, Any], settings: dict[str, Any]) -> pa.Table:
+def prepare_rows(block: pa.Table, tokenizer: Any, settings: dict[str, Any]) -> pa.Table:
     """`block` with `segment_ids`, `segment_texts`, `spoken_text` and `dropped_chars` columns added and text errors filled in.
 
-    tokenizer: {"json": tokenizer.json text, "num_text_tokens": int}; settings: {"speaker", "normalize", "strict_text",
+    tokenizer: {"json": tokenizer.json text, "num_text_tokens": int} or a Ray object reference to it; settings: {"speaker", "normalize", "strict_text",
     "max_segment_tokens", "max_chars", "references": {reference speaker name: {"text": transcript}}}.
     """
-    tok = _tokenizer(tokenizer["json"], tokenizer["num_text_tokens"])
+    tok = _tokenizer(tokenizer)
     texts = block.column("text").to_pylist()
     fields_json = block.column("fields").to_pylist()
     sources = block.column("source").to_pylist()

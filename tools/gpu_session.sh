@@ -24,8 +24,8 @@ status=0
 case $stage in
   tests)
     # Not the Ray/Serve tests: the image has no ray. Everything engine-side, with the gpu-marked ones un-skipped.
-    python3 -m pytest -q -p no:cacheprovider tests/test_batcher.py tests/test_compile.py \
-      tests/test_engine.py tests/test_stream.py tests/test_half_precision.py 2>&1 | tee "$out/tests.log"
+    python3 -m pytest -q -p no:cacheprovider tests/unit/test_batcher.py tests/unit/test_compile.py \
+      tests/unit/test_engine.py tests/unit/test_stream.py tests/unit/test_half_precision.py 2>&1 | tee "$out/tests.log"
     status=${PIPESTATUS[0]}
     python3 benchmarks/agreement.py --device cuda --out "$out/agreement-cuda.json" 2>&1 | tee "$out/agreement.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1

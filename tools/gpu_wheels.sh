@@ -4,7 +4,7 @@
 # and nothing can be installed from the network there. Run this here (pip reaches the registry); `.whl/` is
 # git-ignored and travels with the device call's `carry: [".whl"]`.
 #   raytts: pybase16384 (speaker strings) and its cffi backend; wetext (text normalisation) and its kaldifst
-#   runtime (needs glibc >= 2.28) and helpers; hypothesis (tests/test_batcher.py's paging invariant);
+#   runtime (needs glibc >= 2.28) and helpers; hypothesis (tests/unit/test_batcher.py's paging invariant);
 #   upstream chattts 0.2.5 for the same-GPU comparison: chattts, vector-quantize-pytorch, vocos, encodec, einx,
 #   frozendict (the versions of tools/upstream_venv.sh; transformers is the image's own).
 set -euo pipefail

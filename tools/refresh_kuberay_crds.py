@@ -1,4 +1,4 @@
-"""Refresh the KubeRay CRD schemas that tests/test_cluster_configs.py validates the manifests against.
+"""Refresh the KubeRay CRD schemas that tests/unit/test_cluster_configs.py validates the manifests against.
 
 Writes tests/fixtures/kuberay-crds/{rayclusters,rayjobs,rayservices}.json.gz: the `openAPIV3Schema` of each CRD's
 served ray.io/v1 version, as the KubeRay operator release VERSION ships them

@@ -161,6 +161,15 @@ def decode_bytes_per_mel_frame(config: ModelConfig, dtype: torch.dtype) -> int:
     return int(1.5 * (decoder + vocoder)) + 4 * vocos.hop_length * 3
 
 
+def _slot_tokens(gpt: GPTConfig, max_prompt_tokens: int, max_new_tokens: int) -> int:
+    if max_prompt_tokens + max_new_tokens > gpt.max_position_embeddings:
+        raise ValueError(
+            f"max_prompt_tokens {max_prompt_tokens} + max_new_tokens {max_new_tokens} exceeds the model's "
+            f"{gpt.max_position_embeddings} positions"
+        )
+    return max_prompt_tokens + max_new_tokens
+
+
 def plan_slots(
     config: ModelConfig,
     dtype: torch.dtype,
@@ -188,12 +197,7 @@ def plan_slots(
     other two, so it is added to the larger of them instead.
     """
     gpt = config.gpt
-    slot_tokens = max_prompt_tokens + max_new_tokens
-    if slot_tokens > gpt.max_position_embeddings:
-        raise ValueError(
-            f"max_prompt_tokens {max_prompt_tokens} + max_new_tokens {max_new_tokens} exceeds the model's "
-            f"{gpt.max_position_embeddings} positions"
-        )
+    slot_tokens = _slot_tokens(gpt, max_prompt_tokens, max_new_tokens)
     block_bytes = gpt.kv_bytes_per_token(_bytes_per_element(dtype)) * block_size
     _, buffers = slot_bytes(gpt, dtype, slot_tokens, max_new_tokens, block_size)
     row_blocks = -(-slot_tokens // block_size)

@@ -6,10 +6,9 @@ The engine takes token ids, never text: tokenisation and prompt decoration are `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-
-from ..model.chattts import ChatTTSModel
 
 
 @dataclass
@@ -26,7 +25,8 @@ class CodePrompt:
         return len(self.token_ids) + extra
 
 
-def prompt_embeddings(model: ChatTTSModel, prompt: CodePrompt, spk_emb_id: int) -> torch.Tensor:
+def prompt_embeddings(model: Any, prompt: CodePrompt, spk_emb_id: int) -> torch.Tensor:
+    """A prompt's input embeddings through `model` (a `ModelBackend` or the torch model): text, speaker, reference."""
     device = model.device
     ids = torch.tensor(prompt.token_ids, dtype=torch.int64, device=device)
     text = model.embed.embed_text(ids)

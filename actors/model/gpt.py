@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import AttentionMetadata, ReadGroup, attention_metadata
 from .config import GPTConfig
 
 
@@ -69,11 +70,6 @@ class PagedKVCache:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
 
-# (rows of the batch or None for all of them, keys each reads): every batch row is in exactly one group; its rows
-# read their first ceil(keys / block_size) blocks, positions above each row's query masked.
-ReadGroup = tuple[torch.Tensor | None, int]
-
-
 def rope_inv_freq(config: GPTConfig, device: torch.device | str = "cpu") -> torch.Tensor:
     # An explicit device: under a `torch.device("meta")` build context, meta math would import torch's
     # decomposition tables (~2 s of start-up per engine replica) for a buffer that is rebuilt after loading.
@@ -98,14 +94,6 @@ def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return weights @ v
 
 
-def gather_index(table: torch.Tensor, blocks: int, heads_kv: int) -> torch.Tensor:
-    """Rows of a layer's pool viewed as [kv_heads x blocks, block x head_dim] that hold the blocks of `table` [g, nb],
-    head-major: index_select along that view's first dim copies whole rows, about 3x faster on CPU than selecting
-    along the block dim of the 4-D pool (benchmarks/RESULTS.md). The same for every layer: computed once a call."""
-    heads = torch.arange(heads_kv, device=table.device).unsqueeze(1) * blocks
-    return (heads + table.reshape(1, -1)).reshape(-1)
-
-
 class Attention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -125,25 +113,24 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         cache_k: torch.Tensor,
         cache_v: torch.Tensor,
-        write_at: tuple[torch.Tensor, torch.Tensor],
-        reads: list[tuple[torch.Tensor | None, torch.Tensor, tuple[int, int, int, int], int, torch.Tensor]],
+        metadata: AttentionMetadata,
     ) -> torch.Tensor:
-        """Write this call's keys and values at `write_at` (block ids, offsets: [B, S] each), then attend: every
-        read group (rows or None, the (head, block) rows to gather from the pool's 2-D view (`gather_index`), the
-        gathered shape [kv_heads, g, nb x block, head_dim], keys, mask [g, S, keys]) gathers its blocks once."""
+        """Write this call's keys and values where `metadata` says, then attend: every read group gathers its
+        blocks once (`actors.model.attention`)."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        blocks, offsets = write_at
+        blocks, offsets = metadata.write_blocks, metadata.write_offsets
         cache_k[:, blocks, offsets] = k.permute(1, 0, 2, 3)  # [kv_heads, B, S, D]
         cache_v[:, blocks, offsets] = v.permute(2, 0, 1, 3)
         width = self.n_heads * self.head_dim
-        out = None if len(reads) == 1 else x.new_empty(batch, seq, width)
+        out = None if len(metadata.reads) == 1 else x.new_empty(batch, seq, width)
         heads_kv, blocks, size, dim = cache_k.shape
-        for rows, flat, shape, keys, mask in reads:
+        for read in metadata.reads:
+            rows, flat, shape, keys, mask = read.rows, read.index, read.shape, read.keys, read.mask
             group_q = q if rows is None else q[rows]
             rows_read = shape[1]
             k_read = cache_k.view(heads_kv * blocks, size * dim).index_select(0, flat).view(shape)[:, :, :keys]
@@ -216,19 +203,9 @@ class LlamaBackbone(nn.Module):
         angles = torch.cat((freqs, freqs), dim=-1)
         cos = angles.cos().to(embeds.dtype).unsqueeze(1)
         sin = angles.sin().to(embeds.dtype).unsqueeze(1)
-        size = cache.block_size
-        write_at = (tables.gather(1, positions // size), positions % size)
-        reads = []
-        for rows, keys in groups:
-            nb = -(-keys // size)
-            table = tables[:, :nb] if rows is None else tables[rows, :nb]
-            row_positions = positions if rows is None else positions[rows]
-            key_positions = torch.arange(keys, device=embeds.device)
-            mask = key_positions.view(1, 1, keys) <= row_positions.unsqueeze(-1)
-            shape = (cache.keys[0].shape[0], table.shape[0], nb * size, cache.keys[0].shape[3])
-            reads.append((rows, gather_index(table, cache.blocks, shape[0]), shape, keys, mask))
+        metadata = attention_metadata(positions, tables, groups, tuple(cache.keys[0].shape))
         x = embeds
         for layer, cache_k, cache_v in zip(self.layers, cache.keys, cache.values, strict=True):
-            x = x + layer.self_attn(layer.input_layernorm(x), cos, sin, cache_k, cache_v, write_at, reads)
+            x = x + layer.self_attn(layer.input_layernorm(x), cos, sin, cache_k, cache_v, metadata)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.norm(x)

@@ -58,7 +58,7 @@ class LayerBlock(nn.Module):
 
     x [B, S, H], positions [B, S] int64 (absolute; a row's past is every position below positions[:, 0]),
     k_pool and v_pool [kv_heads, blocks, block_size, head_dim], read_index [kv_heads * B * nb] int64 (rows of the
-    pool viewed as [kv_heads * blocks, block_size * head_dim], head-major: `actors.model.gpt.gather_index`)
+    pool viewed as [kv_heads * blocks, block_size * head_dim], head-major: `actors.model.attention.gather_index`)
     -> x' [B, S, H], keys and values of this call [kv_heads, B, S, head_dim]."""
 
     def __init__(self, layer: DecoderLayer, config: GPTConfig) -> None:

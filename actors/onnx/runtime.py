@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from ..engine.sampling import SamplingBatch
+from ..model.attention import ReadGroup, attention_metadata
 from ..model.config import ModelConfig
-from ..model.gpt import PagedKVCache, ReadGroup, gather_index
+from ..model.gpt import PagedKVCache
 from ..model.vocos import istft
 from .blocks import CODES, TEXT
 from .export import DTYPES
@@ -137,14 +138,11 @@ class _Backbone:
     ) -> torch.Tensor:
         gpt = self._owner.config.gpt
         batch, seq, hidden = embeds.shape
-        size = cache.block_size
-        # One read for all rows, up to the furthest any group reads (the graph masks each row's own past).
-        keys = max(keys for _, keys in groups)
-        nb = max(1, -(-keys // size))
-        table = tables[:, :nb]
         heads_kv = gpt.num_key_value_heads
-        read_index = gather_index(table, cache.blocks, heads_kv)
-        blocks, offsets = tables.gather(1, positions // size), positions % size
+        # One read for all rows, up to the furthest any group reads (the graph masks each row's own past).
+        metadata = attention_metadata(positions, tables, groups, tuple(cache.keys[0].shape), one_read=True)
+        read_index = metadata.reads[0].index
+        blocks, offsets = metadata.write_blocks, metadata.write_offsets
         x = embeds.contiguous()
         positions = positions.contiguous()
         # Buffers made once a call, not once a layer: hidden states alternate between two (a layer never writes

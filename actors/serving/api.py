@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import struct
 from typing import Annotated, Any, Literal
 
@@ -18,10 +17,9 @@ import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from actors.audio import encode_audio, to_pcm16
-from actors.engine.params import SamplingParams
 from actors.model.config import SAMPLE_RATE
-from actors.settings import NORMALIZE_HELP, STRICT_TEXT_HELP, NormalizeMode, RefineSettings
-from actors.text import DEFAULT_PROMPT
+from actors.settings import NORMALIZE_HELP, STRICT_TEXT_HELP, NormalizeMode, RefineSettings, SamplingFields
+from actors.text import CONTROL_TAGS, DEFAULT_PROMPT
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 
@@ -35,7 +33,6 @@ MEDIA_TYPES = {
 # Containers whose bytes can be sent as audio is generated. libsndfile rewrites the MP3 (Xing) and FLAC
 # (STREAMINFO) headers when it closes the file, so those two are sent once the last sample is known.
 STREAMABLE = ("pcm", "wav", "opus")
-_TAGS = re.compile(r"(\[[a-z]+_?\d*\])*")
 
 
 class ApiError(Exception):
@@ -89,7 +86,7 @@ class SpeechRequest(_Body):
         return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
 
 
-class NativeRequest(_Body):
+class NativeRequest(_Body, SamplingFields):
     """raytts `POST /v1/tts`: ChatTTS' controls."""
 
     text: str = Field(description="Text to speak.")
@@ -99,11 +96,6 @@ class NativeRequest(_Body):
         None, max_length=20_000, description="'seed:N' or an upstream speaker string, instead of a voice."
     )
     seed: int | None = Field(None, ge=0, lt=2**63, description="Sampling seed (same seed, same audio).")
-    temperature: float = Field(SamplingParams.temperature, gt=0, le=5)
-    top_p: float = Field(SamplingParams.top_p, gt=0, le=1)
-    top_k: int = Field(SamplingParams.top_k, ge=0, le=10_000)
-    repetition_penalty: float = Field(SamplingParams.repetition_penalty, gt=0, le=10)
-    min_new_tokens: int = Field(SamplingParams.min_new_tokens, ge=0)
     max_new_tokens: int | None = Field(None, ge=1, description="GPT steps per segment (default: the server's).")
     prompt: str = Field(DEFAULT_PROMPT, max_length=400, description="Control tags placed before the text.")
     normalize: NormalizeMode = Field("full", description=NORMALIZE_HELP)
@@ -199,7 +191,7 @@ def parse_body(raw: bytes, schema: type[BaseModel]) -> Any:
 
 
 def check_tags(tags: str, param: str) -> str:
-    if not _TAGS.fullmatch(tags):
+    if not CONTROL_TAGS.fullmatch(tags):
         raise ApiError(400, f"{param} must be ChatTTS control tags like '[oral_2][laugh_0][break_4]'", param=param)
     return tags
 

@@ -182,24 +182,35 @@ class ServeConfig(Strict):
 
 
 class DeploymentSpec(Strict):
+    """How the Serve deployment runs: the one definition of every option (`build_app` applies them; the request
+    limits left unset follow the replica's planned slots, `actors.serving.sizing`)."""
+
     name: str = Field("TTSServer", description="Serve deployment name.")
     num_replicas: int | None = Field(None, ge=1, description="Fixed replica count (instead of autoscaling).")
     min_replicas: int = Field(1, ge=0, description="Autoscaling minimum.")
     max_replicas: int = Field(4, ge=1, description="Autoscaling maximum.")
-    target_ongoing_requests: float = Field(
-        64, gt=0, description="Autoscaling target of requests in flight per replica (keep it near the slot count)."
+    target_ongoing_requests: float | None = Field(
+        None,
+        gt=0,
+        description="Autoscaling adds a replica when requests in flight per replica pass this. Default: half the "
+        "replica's planned slots (rows its engine runs at once).",
     )
-    max_ongoing_requests: int = Field(
-        2048,
+    max_ongoing_requests: int | None = Field(
+        None,
         ge=1,
-        description="Requests one replica holds at once; keep it >= the engine's slots (1659 for the full model in "
-        "fp16 on an 80 GB GPU, 490 on 24 GB) or batches shrink at the proxy.",
+        description="Requests one replica holds at once (its engine queues those above its slots). Default: twice "
+        "the planned slots; below the slots, batches would shrink at the proxy.",
     )
-    max_queued_requests: int = Field(1024, ge=1, description="Requests waiting for a replica before 503.")
+    max_queued_requests: int | None = Field(
+        None, ge=1, description="Requests waiting for a replica before 503. Default: max_ongoing_requests."
+    )
     num_gpus: float | None = Field(None, ge=0, description="GPUs per replica (default 1 unless engine.device=cpu).")
     num_cpus: float = Field(1, ge=0, description="CPUs per replica.")
     health_check_period_s: float = Field(10, gt=0)
     health_check_timeout_s: float = Field(30, gt=0)
+    graceful_shutdown_timeout_s: float = Field(60, gt=0)
+    upscale_delay_s: float = Field(30, ge=0, description="Load above the target this long adds a replica.")
+    downscale_delay_s: float = Field(300, ge=0, description="Load below the target this long removes one.")
 
 
 class ServerConfig(Strict):

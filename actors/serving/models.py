@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from actors.async_engine import AsyncSynthesizer
 from actors.front_end_pool import FrontEndLimits, FrontEndPool
 from actors.placement import assigned_gpu_share
-from actors.settings import RefineSettings, build_synthesizer
+from actors.replica import build_synthesizer
+from actors.settings import RefineSettings
 from actors.voices import Voice, read_reference_audio
 
 from .config import ServeConfig

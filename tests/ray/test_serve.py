@@ -28,7 +28,7 @@ from tests.support.s3 import free_port
 
 pytestmark = pytest.mark.timeout(900)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NARRATOR = REPO / "jobs" / "examples" / "speakers" / "narrator.flac"
 KEY = "test-key-123"
 

@@ -23,8 +23,8 @@ def test_concurrent_calls_share_steps_and_match_sync(tiny_checkpoint, tmp_path):
     synth = Synthesizer(
         model=str(tiny_checkpoint),
         device="cpu",
-        budget_bytes=64 << 20,
-        max_batch_size=16,
+        budget_mib=64,
+        max_slots=16,
         max_new_tokens=64,
         max_prompt_tokens=128,
         cache_dir=tmp_path,
@@ -53,8 +53,8 @@ def test_bad_requests_come_back_as_errors_without_stopping_the_loop(tiny_checkpo
     synth = Synthesizer(
         model=str(tiny_checkpoint),
         device="cpu",
-        budget_bytes=64 << 20,
-        max_batch_size=4,
+        budget_mib=64,
+        max_slots=4,
         max_new_tokens=64,
         max_prompt_tokens=128,
         cache_dir=tmp_path,
@@ -78,8 +78,8 @@ def _engine_synth(tiny_checkpoint, tmp_path, slots: int = 8) -> Synthesizer:
     return Synthesizer(
         model=str(tiny_checkpoint),
         device="cpu",
-        budget_bytes=64 << 20,
-        max_batch_size=slots,
+        budget_mib=64,
+        max_slots=slots,
         max_new_tokens=160,
         max_prompt_tokens=128,
         max_segment_tokens=24,

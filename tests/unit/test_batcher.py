@@ -104,7 +104,7 @@ def test_slots_stay_busy_on_a_long_queue(tiny_model, tiny_tokenizer):
     finished, queued = [], []
     while batcher.busy:
         finished += [row.key for row in batcher.step()]
-        queued.append(len(batcher.queue))  # rows still waiting after this step's admission
+        queued.append(batcher.queued_rows)  # rows still waiting after this step's admission
     assert sorted(finished) == list(range(40))
     assert batcher.stats.max_concurrent == 8
     # steady state: a slot freed by a finished row is refilled at the next step, so every step that left rows
@@ -168,7 +168,7 @@ def test_steps_over_the_idle_pool_change_no_later_row(tiny_model, tiny_tokenizer
     with torch.inference_mode():
         for n in range(1, plan.slots + 1):
             for kv_len in (1, plan.slot_tokens // 2, plan.slot_tokens):
-                batcher._step(n, [(None, kv_len)])
+                batcher.runner.step(n, [(None, kv_len)], None)
     for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
         batcher.submit(i, prompt, p)
     rows = {r.key: r.codes.clone() for r in batcher.run()}
@@ -189,7 +189,7 @@ def test_prefill_in_passes_of_a_few_tokens_equals_one_pass(tiny_model, tiny_toke
     batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
     passes: list[tuple[int, int]] = []  # (rows, tokens) of every prefill pass
     prefilling = []
-    prefill_group = batcher._prefill_group
+    prefill_group = batcher.runner.prefill_group
 
     def in_prefill(rows):
         prefilling.append(True)
@@ -202,7 +202,7 @@ def test_prefill_in_passes_of_a_few_tokens_equals_one_pass(tiny_model, tiny_toke
         if prefilling:
             passes.append(tuple(args[0].shape[:2]))
 
-    batcher._prefill_group = in_prefill
+    batcher.runner.prefill_group = in_prefill
     for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
         batcher.submit(i, prompt, p)
     hook = tiny_model.gpt.register_forward_pre_hook(record, with_kwargs=True)
@@ -241,17 +241,20 @@ def _peak_transient_bytes(fn) -> tuple[int, object]:
 
 def _preallocated_bytes(batcher: ContinuousBatcher) -> int:
     """Every buffer the batcher allocates once: cache, outputs and per-slot state."""
-    cache = (*batcher.cache.keys, *batcher.cache.values)
-    return sum(t.numel() * t.element_size() for t in (*cache, batcher.codes, batcher.hidden_out, *batcher._row_state()))
+    runner = batcher.runner
+    cache = (*runner.cache.keys, *runner.cache.values)
+    return sum(t.numel() * t.element_size() for t in (*cache, runner.codes, runner.hidden_out, *runner.row_state()))
 
 
-@pytest.mark.parametrize("refine", [False, True], ids=["code-rows", "with-refine-rows"])
+@pytest.mark.parametrize(
+    "refine", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["code-rows", "with-refine-rows"]
+)
 def test_measured_memory_stays_within_the_budget(tiny_checkpoint, tmp_path, refine):
     """Tensor accounting on CPU: preallocated cache + buffers, plus the profiler's peak of everything else; also with
     the refine-text stage on (text rows sample the whole text vocabulary in their lane)."""
     budget = 48 << 20
-    synth = Synthesizer(model=str(tiny_checkpoint), device="cpu", budget_bytes=budget, max_prompt_tokens=128,
-                        max_new_tokens=96, max_batch_size=None, cache_dir=tmp_path)  # fmt: skip
+    synth = Synthesizer(model=str(tiny_checkpoint), device="cpu", budget_mib=budget >> 20, max_prompt_tokens=128,
+                        max_new_tokens=96, max_slots=None, cache_dir=tmp_path)  # fmt: skip
     batcher = synth.batcher
     preallocated = _preallocated_bytes(batcher)
     assert preallocated <= synth.plan.kv_bytes + synth.plan.buffer_bytes
@@ -312,7 +315,7 @@ def test_cuda_peak_memory_stays_within_the_budget(tiny_checkpoint, tmp_path, com
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()  # whatever earlier tests in this process still hold
     torch.cuda.reset_peak_memory_stats()
-    synth = Synthesizer(model=str(tiny_checkpoint), device="cuda", budget_bytes=budget, max_prompt_tokens=128,
+    synth = Synthesizer(model=str(tiny_checkpoint), device="cuda", budget_mib=budget >> 20, max_prompt_tokens=128,
                         max_new_tokens=96, cache_dir=tmp_path, compile=compile_mode)  # fmt: skip
     weights = sum(t.numel() * t.element_size() for t in (*synth.model.parameters(), *synth.model.buffers()))
     requests = [
@@ -464,14 +467,14 @@ def _count_handoff(synth: Synthesizer, monkeypatch: pytest.MonkeyPatch) -> _Hand
         synth.submit(segment, (segment.request, segment.index))
     assert not any(out.done for out in synth.pump())  # admission and prefill, not counted
     counted = _Handoff(pumps=0, groups=[], done=0, everything=_OpCounter(), decoding=_OpCounter())
-    decode = synth._decode
+    decode = synth.outputs._decode
 
     def counting_decode(rows):
         counted.groups.append(len(rows))
         with counted.decoding:
             return decode(rows)
 
-    monkeypatch.setattr(synth, "_decode", counting_decode)
+    monkeypatch.setattr(synth.outputs, "_decode", counting_decode)
     with torch.inference_mode(), counted.everything:
         while synth.batcher.busy:
             counted.done += sum(out.done for out in synth.pump())
@@ -485,7 +488,7 @@ def test_finished_rows_reach_host_audio_without_clones_or_host_syncs(tiny_checkp
     device, padded into one batch per group (one copy per row), and reach the host as one copy of the group's audio
     and one of its codes. Nothing is cloned and the host never waits on the device. (On CPU a device<->host copy
     cannot be told from any other copy, so the CPU run counts every copy; the gpu-marked twin counts transfers.)"""
-    synth = Synthesizer(model=str(tiny_checkpoint), device="cpu", decoder=decoder, max_batch_size=8,
+    synth = Synthesizer(model=str(tiny_checkpoint), device="cpu", decoder=decoder, max_slots=8,
                         max_new_tokens=32, max_prompt_tokens=64, cache_dir=tmp_path)  # fmt: skip
     counted = _count_handoff(synth, monkeypatch)
     assert counted.done == 8 and counted.groups == [3, 2, 3], (counted.done, counted.groups)
@@ -503,7 +506,7 @@ def test_finished_rows_reach_the_host_in_one_transfer_per_step_and_two_per_decod
 ):
     """On CUDA: one device-to-host transfer per engine step (`_collect`: which rows finished), one for each decode
     group's audio and one for its codes; nothing goes back to the device, nothing is cloned, no host sync."""
-    synth = Synthesizer(model=str(tiny_checkpoint), device="cuda", max_batch_size=8, max_new_tokens=32,
+    synth = Synthesizer(model=str(tiny_checkpoint), device="cuda", max_slots=8, max_new_tokens=32,
                         max_prompt_tokens=64, cache_dir=tmp_path)  # fmt: skip
     counted = _count_handoff(synth, monkeypatch)
     assert counted.done == 8 and sum(counted.groups) == 8
@@ -553,9 +556,9 @@ def test_admitted_rows_share_prefill_passes_by_prompt_length(tiny_model, tiny_to
     plan = plan_slots(TINY, torch.float32, 64 << 20, 64, 24, prefill_chunk=16, max_slots=8)
     batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
     groups: list[list[int]] = []
-    monkeypatch.setattr(batcher, "_prefill_group", lambda rows: groups.append([r.prompt.length for _, r in rows]))
+    monkeypatch.setattr(batcher.runner, "prefill_group", lambda rows: groups.append([r.prompt.length for _, r in rows]))
     requests = [RowRequest(i, CodePrompt(list(range(n))), SamplingParams()) for i, n in enumerate([12, 3, 11, 4, 3])]
-    batcher._prefill(list(range(5)), requests)
+    batcher.runner.prefill(list(range(5)), requests)
     assert groups == [[3, 3, 4], [11], [12]]
 
 
@@ -593,9 +596,9 @@ def test_rows_of_similar_length_share_a_read_group(tiny_model, tiny_tokenizer):
     shorter row reads alone. Every row is in exactly one group, longest first."""
     plan = plan_slots(TINY, torch.float32, 64 << 20, 64, 40, max_slots=6)
     batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id)
-    batcher.host_position[:] = [63, 62, 60, 9, 8, 30]
+    batcher.scheduler.host_position[:] = [63, 62, 60, 9, 8, 30]
     running = RowRequest("running", CodePrompt([1]), SamplingParams())  # only that a slot is taken matters here
-    batcher.owner[:] = [running] * 6
+    batcher.scheduler.owner[:] = [running] * 6
     assert read_groups(list(enumerate([64, 63, 61, 10, 9, 31])), 8) == [([0, 1, 2], 64), ([5], 31), ([3, 4], 10)]
     with torch.inference_mode():
         n, read, gathered, text = batcher._plan_reads(1)
@@ -646,7 +649,7 @@ def test_preempted_rows_resume_with_the_codes_they_would_have_produced(tiny_mode
     assert sorted(rows) == list(range(8))
     assert stats.preemptions >= 2 and stats.recomputed_tokens > 0, stats
     assert stats.admitted == 8 + stats.preemptions
-    assert batcher.allocator.free == stats.blocks_free == 9 and stats.peak_blocks_used <= 9
+    assert batcher.kv.allocator.free == stats.blocks_free == 9 and stats.peak_blocks_used <= 9
     assert stats.max_concurrent >= 2
     for i, fresh in enumerate(generate(tiny_model, prompts, params, tiny_tokenizer.spk_emb_id)):
         codes, hidden, finished = rows[i]
@@ -662,8 +665,8 @@ def test_a_row_waits_until_the_pool_has_room_for_its_prompt_and_look_ahead(tiny_
     batcher.submit("short", CodePrompt(list(range(1, 11))), SamplingParams(max_new_tokens=8, min_new_tokens=8))
     batcher.submit("long", CodePrompt(list(range(1, 61))), SamplingParams(max_new_tokens=8, min_new_tokens=8))
     batcher.step()
-    assert [o.key for o in batcher.owner if o is not None] == ["short"] and len(batcher.queue) == 1
-    assert batcher.allocator.used == 1  # only the prompt's block is taken; the look-ahead is room, not taken
+    assert [o.key for o in batcher.scheduler.owner if o is not None] == ["short"] and batcher.queued_rows == 1
+    assert batcher.kv.allocator.used == 1  # only the prompt's block is taken; the look-ahead is room, not taken
     finished = [r.key for r in batcher.run()]
     assert finished == ["short", "long"] and batcher.stats.preemptions == 0
 
@@ -752,6 +755,6 @@ def test_every_row_gets_its_own_codes_whatever_the_pool(tiny_model, tiny_tokeniz
             assert row.key not in got, f"row {row.key} finished twice"
             got[row.key] = row.codes.clone()
     assert sorted(got) == list(range(len(rows)))
-    assert batcher.allocator.free == pool and batcher.stats.peak_blocks_used <= pool
+    assert batcher.kv.allocator.free == pool and batcher.stats.peak_blocks_used <= pool
     for i, fresh in enumerate(generate(tiny_model, prompts, params, tiny_tokenizer.spk_emb_id)):
         assert torch.equal(fresh.codes, got[i]), f"row {i} of {rows} changed (pool {pool}, slots {slots})"

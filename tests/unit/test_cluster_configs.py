@@ -27,7 +27,7 @@ import ray
 import tomllib
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 IMAGE_DIR = CLUSTER / "image"
 DOCKERFILE = IMAGE_DIR / "Dockerfile"
@@ -937,7 +937,7 @@ def test_rayjob_entrypoint_is_a_valid_job_that_fits_its_cluster(monkeypatch: pyt
     config_path = REPO / argv[2].removeprefix("/app/")
     argv[2] = str(config_path)  # the image's /app is this repo
 
-    def submitted(config, address=None):
+    def submitted(config, address=None, quiet=True):
         raise _Submitted(config)
 
     # The real CLI parses the entrypoint (flags, --set values, the YAML) and validates the JobConfig; the job

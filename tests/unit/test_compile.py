@@ -1,6 +1,7 @@
 """The decode step through torch.compile: same codes as eager, and no recompiles once the replica is warm.
 
-CPU runs inductor (dynamic shapes) in float32. The CUDA-graph mode (bucketed shapes, replayed graphs) has two
+On CUDA, inductor (dynamic shapes) in float32 gives eager's codes; on the CPU compiling is refused (it was slower
+than eager end to end). The CUDA-graph mode (bucketed shapes, replayed graphs) has two
 gpu-marked twins: in float32 with TF32 off it must give eager's codes exactly; in float16, where fused kernels round
 differently from eager's, it must follow eager closely (teacher-forced), record a graph for every shape bucket at
 warm-up and none while serving.
@@ -63,7 +64,7 @@ def _check_compiled_matches_eager(tiny_checkpoint, device: str, mode: str) -> No
     """float32 on both sides: the compiled step must give eager's codes exactly, also for rows that go through the
     refine-text stage first (text rows in the same compiled step: a graph of its own, compiled at warm-up)."""
     torch._dynamo.reset()
-    settings = dict(model=tiny_checkpoint, device=device, dtype="float32", max_batch_size=16, max_new_tokens=64)
+    settings = dict(model=tiny_checkpoint, device=device, dtype="float32", max_slots=16, max_new_tokens=64)
     eager = Synthesizer(**settings)
     compiled = Synthesizer(**settings, compile=mode)
     warm = _graphs()
@@ -89,9 +90,23 @@ def _check_compiled_matches_eager(tiny_checkpoint, device: str, mode: str) -> No
         assert rel < 1e-3, (e.id, rel)
 
 
-@pytest.mark.slow
-def test_inductor_step_matches_eager_and_never_recompiles(tiny_checkpoint):
-    _check_compiled_matches_eager(tiny_checkpoint, "cpu", "inductor")
+@pytest.mark.gpu
+def test_inductor_step_matches_eager_and_never_recompiles(tiny_checkpoint, tf32_off):
+    _check_compiled_matches_eager(tiny_checkpoint, "cuda", "inductor")
+
+
+def test_compiling_on_the_cpu_is_refused_with_what_to_do(tiny_checkpoint):
+    """On the CPU the compiled step was slower than eager end to end (330 s compiling, then 0.10x), so asking for
+    it is an error that says so, not a trap: at config time when the device is cpu, at start-up when auto picks it."""
+    from pydantic import ValidationError
+
+    from actors.settings import EngineSettings
+
+    with pytest.raises(ValidationError, match="refused on the CPU"):
+        EngineSettings(device="cpu", compile="inductor")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"engine.compile='inductor' is refused on the CPU.*compile: off"):
+            Synthesizer(model=tiny_checkpoint, device="auto", compile="inductor")
 
 
 @pytest.mark.gpu
@@ -105,7 +120,7 @@ def test_cuda_graph_step_in_float16_records_every_bucket_at_warm_up_and_follows_
     buckets then only replays them (no graph recorded, no recompile, no bucket skipped by inductor). Codes are not
     compared: one rounding difference flips a sample and the rows diverge from there. Instead both read the compiled
     run's own codes as their history: the code logits of the hidden states the compiled step produced must pick the
-    same top-1 code as eager's at nearly every position (the bounds tests/test_half_precision.py sets for float16
+    same top-1 code as eager's at nearly every position (the bounds tests/unit/test_half_precision.py sets for float16
     against float32, which on the CPU measures 99.6%, logits 0.002 apart on average)."""
     from torch._dynamo.utils import counters
 
@@ -119,7 +134,7 @@ def test_cuda_graph_step_in_float16_records_every_bucket_at_warm_up_and_follows_
     monkeypatch.setattr(torch.cuda.CUDAGraph, "capture_begin", counting_capture_begin)
     torch._dynamo.reset()
     skips = counters["inductor"]["cudagraph_skips"]
-    settings = dict(model=tiny_checkpoint, device="cuda", max_batch_size=16, max_new_tokens=320, max_prompt_tokens=64)
+    settings = dict(model=tiny_checkpoint, device="cuda", max_slots=16, max_new_tokens=320, max_prompt_tokens=64)
     eager = Synthesizer(**settings)
     compiled = Synthesizer(**settings, compile="cudagraphs")
     assert compiled.dtype == torch.float16
@@ -135,13 +150,13 @@ def test_cuda_graph_step_in_float16_records_every_bucket_at_warm_up_and_follows_
     assert len(segments) == len(requests)
     batcher = compiled.batcher
     served: set[tuple[int, int]] = set()
-    step = batcher._step
+    step = batcher.runner.step
 
-    def recording_step(n: int, kv_len: int) -> None:
-        served.add((n, kv_len))
-        step(n, kv_len)
+    def recording_step(n: int, read: list, text: object = None) -> None:
+        served.add((n, read[0][1]))  # (rows, keys) of the step's one read
+        step(n, read, text)
 
-    monkeypatch.setattr(batcher, "_step", recording_step)
+    monkeypatch.setattr(batcher.runner, "step", recording_step)
     rows = {}
     for segment in segments[:4]:
         batcher.submit(segment.request, segment.prompt, segment.params)
@@ -171,8 +186,8 @@ def test_cuda_graph_step_in_float16_records_every_bucket_at_warm_up_and_follows_
 
 
 def test_cuda_graphs_need_a_cuda_device(tiny_checkpoint):
-    with pytest.raises(ValueError, match="needs a CUDA device"):
-        Synthesizer(model=tiny_checkpoint, device="cpu", max_batch_size=4, max_new_tokens=16, compile="cudagraphs")
+    with pytest.raises(ValueError, match="refused on the CPU"):
+        Synthesizer(model=tiny_checkpoint, device="cpu", max_slots=4, max_new_tokens=16, compile="cudagraphs")
 
 
 def test_cuda_graph_buckets_are_few():

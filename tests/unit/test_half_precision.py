@@ -45,7 +45,7 @@ def _requests() -> list[SynthesisRequest]:
 
 
 def test_float16_synthesis_follows_float32_and_samples_from_float32_logits(tiny_checkpoint, monkeypatch):
-    import actors.engine.batcher as batcher
+    import actors.engine.backend as batcher
 
     seen: list[torch.dtype] = []
     original = batcher.process_logits
@@ -55,7 +55,7 @@ def test_float16_synthesis_follows_float32_and_samples_from_float32_logits(tiny_
         return original(logits, *args, **kwargs)
 
     monkeypatch.setattr(batcher, "process_logits", spy)
-    kwargs = {"device": "cpu", "max_new_tokens": 48, "max_prompt_tokens": 64, "budget_bytes": 64 << 20}
+    kwargs = {"device": "cpu", "max_new_tokens": 48, "max_prompt_tokens": 64, "budget_mib": 64}
     reference = Synthesizer(model=str(tiny_checkpoint), dtype="float32", **kwargs).synthesize(_requests())
     half = Synthesizer(model=str(tiny_checkpoint), dtype="float16", **kwargs)
     assert half.model.embed.emb_text.weight.dtype == torch.float16  # (norms stay float32)
@@ -77,7 +77,7 @@ def test_teacher_forced_logits_line_up_and_float16_keeps_the_top_code(tiny_check
     """Both precisions read float32's codes as their history. Under deterministic sampling without a repetition
     penalty float32's own top-1 must be the code it generated at every position (so the positions line up), and
     float16's top-1 must almost always be the same (measured: 0.996, mean |logit difference| 0.002)."""
-    kwargs = {"device": "cpu", "max_new_tokens": 48, "max_prompt_tokens": 64, "budget_bytes": 64 << 20}
+    kwargs = {"device": "cpu", "max_new_tokens": 48, "max_prompt_tokens": 64, "budget_mib": 64}
     params = [
         SamplingParams(temperature=1e-6, repetition_penalty=1.0, min_new_tokens=8, max_new_tokens=40, seed=i)
         for i in range(len(TEXTS))

@@ -78,7 +78,9 @@ def test_synthesizer_on_the_onnx_backend_matches_torch_with_refine_and_reference
     from actors.replica import Synthesizer
     from actors.requests import SynthesisRequest
 
-    onnx = Synthesizer(model=str(synthesizer.checkpoint.source), device="cpu", backend="onnx", onnx_path=tiny_onnx)
+    onnx = Synthesizer(
+        model=str(synthesizer.checkpoint.source), device="cpu", backend="onnx", onnx={"path": str(tiny_onnx)}
+    )
     assert onnx.model.backend == "onnx" and onnx.plan.slots == synthesizer.plan.slots
     rng = np.random.default_rng(0)
     clip = (0.1 * np.sin(np.arange(24_000) * 0.05) + 0.01 * rng.standard_normal(24_000)).astype(np.float32)
@@ -172,13 +174,14 @@ def test_a_plain_onnxruntime_script_runs_a_decode_step_of_the_export(tiny_onnx, 
     assert codes == want.tolist()
 
 
+@pytest.mark.slow
 def test_int8_default_export_is_cached_reported_and_speaks(tiny_checkpoint, tmp_path):
     """engine.onnx.quantize=int8 with no path: the checkpoint is exported once into the cache, its GPT layers and
     heads int8 with their error reported (not failed), and the replica answers requests."""
     from actors.replica import Synthesizer
     from actors.requests import SynthesisRequest
 
-    synth = Synthesizer(model=str(tiny_checkpoint), device="cpu", backend="onnx", onnx_quantize="int8",
+    synth = Synthesizer(model=str(tiny_checkpoint), device="cpu", backend="onnx", onnx={"quantize": "int8"},
                         cache_dir=tmp_path, max_new_tokens=64)  # fmt: skip
     folder = synth.model.folder
     assert folder.parent == tmp_path / "onnx" and "int8" in folder.name
@@ -194,7 +197,7 @@ def test_int8_default_export_is_cached_reported_and_speaks(tiny_checkpoint, tmp_
         [SynthesisRequest(id="a", text="hello there.", params=SamplingParams(max_new_tokens=32))]
     )
     assert results[0].error is None and results[0].audio.shape[0] > 0
-    again = Synthesizer(model=str(tiny_checkpoint), device="cpu", backend="onnx", onnx_quantize="int8",
+    again = Synthesizer(model=str(tiny_checkpoint), device="cpu", backend="onnx", onnx={"quantize": "int8"},
                         cache_dir=tmp_path, max_new_tokens=64)  # fmt: skip
     assert again.model.folder == folder and len(list((tmp_path / "onnx").glob("*int8*"))) == 2  # folder + its lock
 
@@ -212,9 +215,9 @@ def test_an_export_of_another_checkpoint_is_refused(tiny_onnx, tmp_path):
     other = tmp_path / "other"
     write_checkpoint(other, "tiny", 5)
     with pytest.raises(ValueError, match="was made from checkpoint sha256"):
-        Synthesizer(model=str(other), device="cpu", backend="onnx", onnx_path=tiny_onnx)
-    with pytest.raises(ValueError, match="onnx backend runs with compile off"):
-        Synthesizer(model=str(other), device="cpu", backend="onnx", compile="inductor")
+        Synthesizer(model=str(other), device="cpu", backend="onnx", onnx={"path": str(tiny_onnx)})
+    with pytest.raises(ValueError, match="the onnx backend needs off"):
+        Synthesizer(model=str(other), backend="onnx", compile="inductor")
 
 
 def test_job_and_serve_configs_take_the_backend_and_resolve_the_export_path(tmp_path):
@@ -268,3 +271,19 @@ def test_full_size_export_verifies_and_generates_the_torch_codes(tmp_path):
     for a, b in zip(want, got, strict=True):
         assert torch.equal(a.codes, b.codes)
         torch.testing.assert_close(b.hidden, a.hidden, rtol=1e-3, atol=1e-3)
+
+
+def test_the_onnx_route_without_its_extra_says_what_to_install(monkeypatch):
+    """`raytts export-onnx` without the onnx extra failed deep in torch's exporter with "No module named
+    'onnxscript'"; it now names the extra to install (the import machinery is told the package is missing)."""
+    import importlib.util
+
+    from actors.onnx import require_onnx
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    with pytest.raises(
+        ModuleNotFoundError,
+        match=r"needs the onnx extra, and onnxscript is not installed: pip install 'raytts\[onnx\]'",
+    ):
+        require_onnx("raytts export-onnx")

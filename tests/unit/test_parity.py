@@ -25,7 +25,7 @@ from actors.requests import RefineOptions, SynthesisRequest
 from actors.speaker import decode_prompt, decode_speaker, encode_speaker, normalized_speaker, random_speaker
 from actors.text import clean_text, decorate, refine_prompt
 
-GOLDENS = Path(__file__).parent / "fixtures" / "goldens" / "tiny"
+GOLDENS = Path(__file__).resolve().parents[1] / "fixtures" / "goldens" / "tiny"
 
 
 @pytest.fixture(scope="module")

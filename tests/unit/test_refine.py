@@ -1,7 +1,7 @@
 """The refine-text stage (upstream's `_refine_text`) riding the continuous batcher: text rows share decode steps with
 each other and with code rows, each row's result is independent of its batch, the text lane bounds how many run
 at once, preempted text rows resume exactly, refine-only returns text without audio, and the options parse with
-errors that name the row. Parity of the refined ids and codes with upstream is tests/test_parity.py's."""
+errors that name the row. Parity of the refined ids and codes with upstream is tests/unit/test_parity.py's."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def test_eager_steps_sample_any_number_of_refine_rows_a_lane_at_a_time(tiny_mode
     for i, (prompt, p) in enumerate(zip(_text_rows(tiny_tokenizer, TEXTS[:6]), params, strict=True)):
         batcher.submit(i, prompt, p, text=True)
     batcher.step()
-    assert sum(1 for o in batcher.owner if o is not None and o.text) == 6
+    assert sum(1 for o in batcher.scheduler.owner if o is not None and o.text) == 6
     assert [len(rows) for rows in batcher._plan_reads(1)[3]] == [2, 2, 2]
     together = _run(batcher)
     for i, (prompt, p) in enumerate(zip(_text_rows(tiny_tokenizer, TEXTS[:6]), params, strict=True)):
@@ -114,7 +114,7 @@ def test_eager_steps_sample_any_number_of_refine_rows_a_lane_at_a_time(tiny_mode
 def test_a_compiled_step_keeps_refine_rows_to_its_lane_and_code_rows_pass_waiting_ones(tiny_model, tiny_tokenizer):
     """A compiled step has one shape for text rows (the lane, padded): at most `plan.text_slots` run at once, and a
     code row queued behind waiting refine rows is admitted at once. (The admission and read plan of a compiled
-    batcher, run through the eager step: compiling costs tens of seconds here; tests/test_compile.py compiles it.)"""
+    batcher, run through the eager step: compiling costs tens of seconds here; tests/unit/test_compile.py compiles it.)"""
     plan = plan_slots(ModelConfig.from_name("tiny"), torch.float32, 256 << 20, 128, 96, max_slots=8)
     plan = dataclasses.replace(plan, text_slots=2)
     batcher = ContinuousBatcher(tiny_model, plan, tiny_tokenizer.spk_emb_id, text_eos_id=tiny_tokenizer.eos_id)
@@ -123,11 +123,11 @@ def test_a_compiled_step_keeps_refine_rows_to_its_lane_and_code_rows_pass_waitin
         batcher.submit(("text", i), prompt, dataclasses.replace(REFINE_PARAMS, seed=i, max_new_tokens=40), text=True)
     batcher.submit(("code", 0), CodePrompt(tiny_tokenizer.encode(decorate("hi."))), SamplingParams(max_new_tokens=8))
     batcher.step()
-    running = [o.key for o in batcher.owner if o is not None]
+    running = [o.key for o in batcher.scheduler.owner if o is not None]
     assert sorted(running) == [("code", 0), ("text", 0), ("text", 1)]
     most, finished = 0, []
     while batcher.busy:
-        most = max(most, sum(1 for o in batcher.owner if o is not None and o.text))
+        most = max(most, sum(1 for o in batcher.scheduler.owner if o is not None and o.text))
         finished += [r.key for r in batcher.step()]
     assert most == 2 and len(finished) == 7
 
@@ -217,4 +217,4 @@ def test_cancelling_a_request_while_it_refines_drops_its_refine_row_and_its_code
     synthesizer.pump()
     assert synthesizer.busy
     assert synthesizer.cancel(lambda key: key[0] == "call") == 1
-    assert not synthesizer.busy and not synthesizer._refining and not synthesizer._refined
+    assert not synthesizer.busy and not synthesizer.refine._waiting and not synthesizer.refine._refined

@@ -1,5 +1,5 @@
 """Text cleaning (upstream-compatible modes) and long-text segmentation; the `full` mode's normalisation is
-tests/test_normalize.py's."""
+tests/unit/test_normalize.py's."""
 
 from __future__ import annotations
 
