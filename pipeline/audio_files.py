@@ -6,16 +6,19 @@ from __future__ import annotations
 import logging
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
+
+from actors.audio import AUDIO_FORMATS
 
 from .parts import filesystem
 
 log = logging.getLogger(__name__)
 
 
-def audio_names(output: str) -> pa.Array:
-    """The file names under {output}/audio (none when the folder does not exist). A listing that fails raises: the
-    books must not take "cannot list" for "no files"."""
+def audio_listing(output: str) -> pa.Table:
+    """The files under {output}/audio: `name` and `size` (bytes), none when the folder does not exist. A listing
+    that fails raises: the books must not take "cannot list" for "no files"."""
     fs, base = filesystem(output)
     try:
         infos = fs.get_file_info(pafs.FileSelector(f"{base}/audio", recursive=False, allow_not_found=True))
@@ -24,7 +27,16 @@ def audio_names(output: str) -> pa.Array:
             f"cannot list the job's audio files under {output}/audio ({err}); check the output location and its "
             f"credentials, then run again"
         ) from err
-    return pa.array(sorted(i.base_name for i in infos if i.type == pafs.FileType.File), pa.string())
+    files = sorted((i.base_name, i.size) for i in infos if i.type == pafs.FileType.File)
+    return pa.table({"name": pa.array([f[0] for f in files], pa.string()),
+                     "size": pa.array([f[1] for f in files], pa.int64())})  # fmt: skip
+
+
+def is_audio_name(names: pa.Array) -> pa.Array:
+    """Which names are audio files a job writes (`{id}.{format}`): only those may be removed as orphans, never a
+    file someone else put in the folder."""
+    pattern = "(?i)\\.(" + "|".join(AUDIO_FORMATS) + ")$"
+    return pc.match_substring_regex(names, pattern)
 
 
 def delete_audio(output: str, names: list[str]) -> None:

@@ -20,14 +20,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .audio_files import audio_names, delete_audio
-from .parts import iter_parts, rewrite_part
+from .audio_files import audio_listing, delete_audio, is_audio_name
+from .parts import audio_prefix, iter_parts, rewrite_part
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["key", "input_digest", "job_digest", "source", "error", "audio.path"]
+INDEX_COLUMNS = ["key", "input_digest", "job_digest", "source", "error", "audio.path", "audio_size"]
 EXAMPLES = 5  # keys named per category in the report
-REASONS = ("new", "changed_input", "changed_settings", "retried", "moved", "gone", "repaired")
+REASONS = ("new", "changed_input", "changed_settings", "retried", "moved", "relocated", "gone", "repaired")
 
 
 @dataclass
@@ -74,7 +74,8 @@ class RunPlan:
 
 @dataclass
 class OutputIndex:
-    """Every output row's key, digests, source, error and audio file name, with its part (an index into `parts`,
+    """Every output row's key, digests, source, error, audio file name and size, whether its audio path names
+    another folder than today's output (`relocated`: the output was moved), with its part (an index into `parts`,
     not a path per row) and its row number in that part."""
 
     rows: pa.Table
@@ -84,18 +85,23 @@ class OutputIndex:
 
 def read_index(output: str, clean: bool) -> OutputIndex:
     tables, parts, sizes = [], [], []
+    prefix = audio_prefix(output)
     for path, table in iter_parts(output, INDEX_COLUMNS, clean):
         # the audio file's name, whatever folder the output was in when it was written
-        names = pc.replace_substring_regex(table.column("path"), pattern=r"^.*/", replacement="")
+        paths = table.column("path")
+        names = pc.replace_substring_regex(paths, pattern=r"^.*/", replacement="")
+        elsewhere = pc.and_(pc.match_substring(paths, "/"), pc.invert(pc.starts_with(paths, prefix)))
         tables.append(
             table.drop_columns(["path"]).append_column("audio", names)
+            .append_column("relocated", pc.fill_null(elsewhere, False))
             .append_column("part", pa.array([len(parts)] * table.num_rows, pa.int32()))
             .append_column("row", pa.array(range(table.num_rows), pa.int64()))
         )  # fmt: skip
         parts.append(path)
         sizes.append(table.num_rows)
     if not tables:
-        schema = [(c, pa.string()) for c in ("key", "input_digest", "job_digest", "source", "error", "audio")]
+        schema = [(c, pa.string()) for c in ("key", "input_digest", "job_digest", "source", "error")]
+        schema += [("audio_size", pa.int64()), ("audio", pa.string()), ("relocated", pa.bool_())]
         return OutputIndex(pa.schema([*schema, ("part", pa.int32()), ("row", pa.int64())]).empty_table(), [], [])
     return OutputIndex(pa.concat_tables(tables, promote_options="permissive"), parts, sizes)
 
@@ -114,7 +120,7 @@ def plan_run(
     in_digest, in_source = _lookup(keys, books)
     ok = pc.is_null(error)
     gone = pc.and_(pc.is_null(in_digest), pc.invert(outdated))
-    present = audio_names(output) if audio_files else None
+    bad_audio = _bad_audio(index, audio_listing(output)) if audio_files else pa.repeat(False, count)
     reasons = [
         ("repaired", outdated),
         ("repaired", pc.invert(_first_of_each_key(keys))),  # extra copies (a crash mid-rewrite, two old drivers)
@@ -123,8 +129,7 @@ def plan_run(
         ("changed_settings", pc.fill_null(pc.not_equal(index.column("job_digest"), job_digest), True)),
         ("retried", pc.and_(pc.invert(ok), pa.repeat(retry_failed, count))),
         ("moved", pc.and_(pc.invert(ok), pc.not_equal(source, in_source))),  # an error names its old source
-        ("repaired", pc.and_(ok, pc.invert(pc.is_in(index.column("audio"), value_set=present)))
-         if present is not None else pa.repeat(False, count)),  # an ok row whose audio file is gone
+        ("repaired", bad_audio),  # an ok row whose audio file is gone, or not whole
     ]  # fmt: skip
     redo = Redo()
     taken = pa.repeat(False, count)
@@ -141,10 +146,13 @@ def plan_run(
         redo.counts["gone_kept"] = pc.sum(pc.and_(kept, gone)).as_py() or 0
     relabel = pc.and_(kept, pc.fill_null(pc.not_equal(source, in_source), False))
     redo.add("moved", keys.filter(relabel))
+    relocated = pc.and_(pc.and_(kept, index.column("relocated")), pc.invert(relabel))
+    redo.add("relocated", keys.filter(relocated))
+
     todo = pc.invert(pc.is_in(books.keys, value_set=keys.filter(kept)))
     redo.add("new", books.keys.filter(pc.and_(todo, pc.invert(pc.is_in(books.keys, value_set=keys)))))
     old_digests = [d for d in pc.unique(index.column("job_digest").filter(settings_changed)).to_pylist() if d]
-    rewrites = _rewrites(found, taken, relabel, in_source)
+    rewrites = _rewrites(found, taken, relabel, relocated, in_source)
     return RunPlan(todo, rewrites, _deletions(index, taken, kept), redo, old_digests)
 
 
@@ -152,6 +160,15 @@ def _lookup(keys: pa.ChunkedArray, books: InputBooks) -> tuple[pa.ChunkedArray, 
     """The input digest and source of each output row's key (null where the input has no such key)."""
     position = pc.index_in(keys, value_set=books.keys.combine_chunks())
     return pc.take(books.digests, position), pc.take(books.sources, position)
+
+
+def _bad_audio(index: pa.Table, listing: pa.Table) -> pa.ChunkedArray:
+    """Ok rows whose audio file is not there, or has another size than was written (a truncated or emptied file;
+    parts from before sizes were recorded only need the file)."""
+    position = pc.index_in(index.column("audio"), value_set=listing.column("name").combine_chunks())
+    size = pc.take(listing.column("size"), position)
+    wrong = pc.fill_null(pc.not_equal(size, index.column("audio_size")), False)
+    return pc.and_(pc.is_null(index.column("error")), pc.or_(pc.is_null(position), wrong))
 
 
 def _first_of_each_key(keys: pa.ChunkedArray) -> pa.Array:
@@ -163,9 +180,14 @@ def _first_of_each_key(keys: pa.ChunkedArray) -> pa.Array:
 
 
 def _rewrites(
-    found: OutputIndex, removed: pa.ChunkedArray, relabel: pa.ChunkedArray, in_source: pa.ChunkedArray
+    found: OutputIndex,
+    removed: pa.ChunkedArray,
+    relabel: pa.ChunkedArray,
+    relocated: pa.ChunkedArray,
+    in_source: pa.ChunkedArray,
 ) -> dict[str, tuple[list[int], dict[int, str]]]:
-    """part path -> (rows to keep, new sources) for every part that loses a row or has a row to relabel."""
+    """part path -> (rows to keep, new sources) for every part that loses a row, has a row to relabel or a row
+    whose audio path names another folder (`rewrite_part` puts every kept row's audio under today's output)."""
     dropped: dict[int, set[int]] = defaultdict(set)
     rows = found.rows
     for part, row in zip(*(rows.column(c).filter(removed).to_pylist() for c in ("part", "row")), strict=True):
@@ -174,8 +196,9 @@ def _rewrites(
     moved = (rows.column("part").filter(relabel), rows.column("row").filter(relabel), in_source.filter(relabel))
     for part, row, source in zip(*(c.to_pylist() for c in moved), strict=True):
         sources[part][row] = source
+    touched = set(dropped) | set(sources) | set(pc.unique(rows.column("part").filter(relocated)).to_pylist())
     plans = {}
-    for part in set(dropped) | set(sources):
+    for part in touched:
         keep = [row for row in range(found.sizes[part]) if row not in dropped[part]]
         plans[found.parts[part]] = (keep, {row: s for row, s in sources[part].items() if row not in dropped[part]})
     return plans
@@ -210,9 +233,9 @@ class Closing:
     missing: list[str] = field(default_factory=list)  # input keys with no output row (a few named)
     extra: list[str] = field(default_factory=list)  # output keys with no input row, or a second copy
     stale: list[str] = field(default_factory=list)  # output rows whose digests differ from today's
-    missing_audio: list[str] = field(default_factory=list)  # ok rows whose audio file is not there
+    missing_audio: list[str] = field(default_factory=list)  # ok rows whose audio file is not there or not whole
     counts: dict[str, int] = field(default_factory=dict)
-    orphans_removed: int = 0  # audio files no row names, removed
+    orphans_removed: list[str] = field(default_factory=list)  # audio files no row names, removed (a few named)
 
     @property
     def closed(self) -> bool:
@@ -225,9 +248,8 @@ class Closing:
 
 
 def close_books(output: str, books: InputBooks, job_digest: str, audio_files: bool) -> Closing:
-    """The check before `finished` (see `Closing`); audio files that no ok row names are removed (a store actor
-    killed after writing one, whose row another attempt wrote again under the same name, leaves none; a row
-    superseded by a crashed run can)."""
+    """The check before `finished` (see `Closing`); audio files (`{id}.{format}` names) that no ok row names are
+    removed (a row superseded by a crashed run leaves one); other files in the folder are left alone."""
     index = read_index(output, clean=False).rows
     closing = Closing()
     keys = index.column("key")
@@ -244,15 +266,16 @@ def close_books(output: str, books: InputBooks, job_digest: str, audio_files: bo
     ok = index.filter(pc.is_null(index.column("error")))
     found: list[tuple[str, Any]] = [("missing", missing), ("extra", keys.filter(extra)), ("stale", keys.filter(stale))]
     if audio_files:
-        present = audio_names(output)
-        found.append(
-            ("missing_audio", ok.filter(pc.invert(pc.is_in(ok.column("audio"), value_set=present))).column("key"))
-        )
+        listing = audio_listing(output)
+        found.append(("missing_audio", index.column("key").filter(_bad_audio(index, listing))))
+        present = listing.column("name")
         named = pc.utf8_lower(ok.column("audio")) if ok.num_rows else pa.array([], pa.string())
-        orphans = pc.filter(present, pc.invert(pc.is_in(pc.utf8_lower(present), value_set=named)))
+        orphans = pc.filter(present, pc.and_(is_audio_name(present),
+                                             pc.invert(pc.is_in(pc.utf8_lower(present), value_set=named))))  # fmt: skip
         if len(orphans):
             delete_audio(output, orphans.to_pylist())
-            closing.orphans_removed = len(orphans)
+            closing.orphans_removed = orphans.slice(0, EXAMPLES).to_pylist()
+            closing.counts["orphan_audio_removed"] = len(orphans)
     for name, listed in found:
         closing.counts[name] = len(listed)
         setattr(closing, name, listed.slice(0, EXAMPLES).to_pylist())

@@ -79,21 +79,26 @@ def hold_output(output: str) -> Iterator[OutputLease]:
             log.warning("could not release the lease of %s (%s); the next run takes it over", output, err)
 
 
-def mark_running(output: str) -> None:
+def mark_running(output: str) -> dict[str, str]:
     """Write `_report.json` as running (the job overwrites it with the final report), which also probes that the
-    location takes writes: a job that died leaves a report saying so. Called once the job holds the output."""
+    location takes writes: a job that died leaves a report saying so. The last run's `manifest.jsonl` is removed:
+    only a run that finishes writes one, so a manifest never lists another run's rows. Called once the job holds
+    the output; returns the running status (the job adds what it plans to it)."""
     fs, base = filesystem(output)
+    status = {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "output": output}
     try:
         if isinstance(fs, pafs.LocalFileSystem):
             fs.create_dir(base, recursive=True)
         with fs.open_output_stream(f"{base}/_report.json") as f:
-            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            f.write(json.dumps({"status": "running", "started": started, "output": output}).encode() + b"\n")
+            f.write(json.dumps(status).encode() + b"\n")
+        if fs.get_file_info(f"{base}/manifest.jsonl").type == pafs.FileType.File:
+            fs.delete_file(f"{base}/manifest.jsonl")
     except (pa.ArrowException, OSError) as err:
         raise OutputUnusable(
             f"output.path {output!r}: writing {output}/_report.json failed ({err}); check that the location exists "
             f"and that this machine's and the Ray workers' credentials may write there"
         ) from err
+    return status
 
 
 def with_actor_gpus(config: JobConfig) -> JobConfig:

@@ -91,6 +91,7 @@ def job_settings(config: Any, model_sha256: str, front_end_version: str) -> dict
     model's content digest and the front end's version: the job digest's input, also written to the output so a
     re-run can say which setting changed."""
     engine = config.engine
+    device = effective_device(engine.device, config.actors.num_gpus)
     return {
         "raytts": SYNTHESIS_VERSION,
         "front_end": front_end_version,
@@ -102,8 +103,8 @@ def job_settings(config: Any, model_sha256: str, front_end_version: str) -> dict
         "sampling": config.sampling.model_dump(),
         "refine": config.refine.model_dump(),
         "engine": {
-            "device": engine.device,
-            "dtype": engine.dtype,
+            "device": device,  # what the engines run on, so `dtype: float32` said or left default is one digest
+            "dtype": engine.dtype or {"cuda": "float16", "cpu": "float32"}.get(device),
             "decoder": engine.decoder,
             "fsq": engine.fsq,
             "backend": engine.backend,
@@ -116,6 +117,16 @@ def job_settings(config: Any, model_sha256: str, front_end_version: str) -> dict
             "save_codes": config.output.save_codes,
         },
     }
+
+
+def effective_device(device: str, num_gpus: Any) -> str:
+    """The device kind the job's engines run on: cpu or cuda (auto resolved by the actors' GPUs), or auto where the
+    GPUs are not known yet."""
+    if device != "auto":
+        return "cuda" if device.startswith("cuda") else device
+    if isinstance(num_gpus, int | float):
+        return "cuda" if num_gpus > 0 else "cpu"
+    return "auto"
 
 
 def job_digest(settings: dict[str, Any], default_speaker_digest: str | None) -> str:

@@ -8,10 +8,11 @@ synthesis request is `actors.requests.request_from_fields`. Torch-free: the pars
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,5 +208,23 @@ def duplicate_id_error(source: str, row_id: str, first_id: str, first_source: st
     )
 
 
-def unknown_fields(rows: list[InputRow]) -> set[str]:
-    return {key for row in rows for key in row.fields if key not in KNOWN_FIELDS}
+def unknown_fields(rows: list[InputRow]) -> dict[str, int]:
+    """How many rows have each field raytts does not read."""
+    return dict(Counter(key for row in rows for key in row.fields if key not in KNOWN_FIELDS))
+
+
+def unknown_fields_note(counts: dict[str, int]) -> str | None:
+    """One line naming the input fields no part of raytts reads, how many rows have each, and the known field each
+    may be a typo of: they are kept in no column and change nothing, so a misspelt setting must not pass unseen."""
+    if not counts:
+        return None
+    named = []
+    for name, rows in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:10]:
+        close = difflib.get_close_matches(name, sorted(KNOWN_FIELDS), n=1, cutoff=0.75)
+        hint = f", did you mean {close[0]!r}?" if close else ""
+        named.append(f"{name!r} ({rows} rows{hint})")
+    more = f" and {len(counts) - 10} more" if len(counts) > 10 else ""
+    return (
+        f"input fields raytts does not read were ignored: {', '.join(named)}{more}; the fields it reads are "
+        f"{', '.join(sorted(KNOWN_FIELDS))}"
+    )

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -27,32 +28,19 @@ from .output import SCHEMA, hf_metadata
 
 log = logging.getLogger(__name__)
 
-RUN_SCHEMA = pa.schema(
+_RUN_FIELDS = pa.schema(
     [
         *SCHEMA,
-        pa.field("source", pa.string()),
         pa.field("key", pa.string()),
         pa.field("input_digest", pa.string()),
         pa.field("job_digest", pa.string()),
+        pa.field("audio_size", pa.int64()),  # bytes of the row's audio file as written (null: no file)
         pa.field("worker", pa.string()),
         pa.field("engine_occupancy", pa.float64()),
         pa.field("engine", ENGINE_ACCOUNTING),
-    ],
-    metadata=hf_metadata(
-        {
-            "source": {"dtype": "string", "_type": "Value"},
-            "key": {"dtype": "string", "_type": "Value"},
-            "input_digest": {"dtype": "string", "_type": "Value"},
-            "job_digest": {"dtype": "string", "_type": "Value"},
-            "worker": {"dtype": "string", "_type": "Value"},
-            "engine_occupancy": {"dtype": "float64", "_type": "Value"},
-            "engine": {
-                field.name: {"dtype": str(field.type).replace("double", "float64"), "_type": "Value"}
-                for field in ENGINE_ACCOUNTING
-            },
-        }
-    ),
+    ]
 )
+RUN_SCHEMA = _RUN_FIELDS.with_metadata(hf_metadata(_RUN_FIELDS))
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -87,8 +75,9 @@ def write_part(table: pa.Table, parts: str) -> str:
 
 def rewrite_part(output: str, path: str, keep: list[int], sources: dict[int, str]) -> None:
     """Keep rows `keep` (indices) of the part at `path`, with new `sources` for some of them (rows whose shard was
-    renamed or moved): the kept rows are written first, then the old part is deleted, so a crash in between leaves a
-    second copy (which the next run's books remove), never a lost row. No row kept: the part is deleted."""
+    renamed or moved) and every audio path under today's `{output}/audio/` (an output folder moved since): the kept
+    rows are written first, then the old part is deleted, so a crash in between leaves a second copy (which the next
+    run's books remove), never a lost row. No row kept: the part is deleted."""
     fs, _ = filesystem(output)
     inner = path.split("://", 1)[1] if "://" in path else path
     if keep:
@@ -98,10 +87,28 @@ def rewrite_part(output: str, path: str, keep: list[int], sources: dict[int, str
             for position, index in enumerate(keep):
                 values[position] = sources.get(index, values[position])
             table = table.set_column(table.schema.get_field_index("source"), "source", pa.array(values, pa.string()))
+        table = _audio_paths_under(table, output)
         written = write_part(table, f"{output.rstrip('/')}/parts")
         if written.split("://", 1)[-1] == inner:
             return  # the same rows under the same name: replaced in place
     fs.delete_file(inner)
+
+
+def audio_prefix(output: str) -> str:
+    """What every audio path of the output's rows starts with (`pipeline.store` writes `{prefix}{id}.{format}`)."""
+    return f"{output.rstrip('/')}/audio/"
+
+
+def _audio_paths_under(table: pa.Table, output: str) -> pa.Table:
+    """The table with each audio path's folder replaced by the output's audio folder (file names kept)."""
+    audio = table.column("audio").combine_chunks()
+    if len(audio) == 0:
+        return table
+    replacement = audio_prefix(output).replace("\\", "\\\\")
+    data, paths = audio.flatten()
+    paths = pc.replace_substring_regex(paths, pattern=r"^.*/", replacement=replacement)
+    fixed = pa.StructArray.from_arrays([data, paths], fields=list(audio.type), mask=audio.is_null())
+    return table.set_column(table.schema.get_field_index("audio"), table.schema.field("audio"), fixed)
 
 
 def iter_outputs(output: str, columns: list[str], clean: bool = False) -> Iterator[pa.Table]:
@@ -138,7 +145,9 @@ def iter_parts(output: str, columns: list[str], clean: bool = False) -> Iterator
 
 # Columns added after parts were first written: a part from an earlier version reads them as nulls (never as an
 # unreadable part, which a clean start would delete and redo).
-LATER_COLUMNS = {"engine", "spoken_text", "dropped_chars", "key", "input_digest", "job_digest"}
+LATER_COLUMNS = {
+    "engine", "spoken_text", "dropped_chars", "key", "input_digest", "job_digest", "error_kind", "audio_size"
+}  # fmt: skip
 
 
 def _read_part(fs: pafs.FileSystem, path: str, columns: list[str]) -> pa.Table:

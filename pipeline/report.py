@@ -94,7 +94,12 @@ def finish_report(report: JobReport, output: str, closing: Closing, seconds_this
             ]  # fmt: skip
             manifest.write("".join(lines).encode())
     report.audio_seconds_this_run = seconds_this_run
-    report.books = {"closed": closing.closed, **closing.counts, "orphan_audio_removed": closing.orphans_removed}
+    report.books = {"closed": closing.closed, "orphan_audio_removed": 0, **closing.counts}
+    if closing.orphans_removed:
+        report.notes.append(
+            f"removed {closing.counts['orphan_audio_removed']} audio files under {output}/audio that no row names "
+            f"(e.g. {closing.orphans_removed}): left by rows an earlier run superseded"
+        )
     if not closing.closed:
         why = (
             f"{report.redo['gone_kept']} rows whose input is gone were kept because some inputs could not be read "

@@ -4,7 +4,8 @@ Every shard is read as bytes (`pipeline.sources.read_shard`, in a Ray Data task)
 bad line becomes one row with `error` instead of failing the read. Rows have a fixed schema: `id`, `text`, `source`
 ("file:line"), `fields` (JSON of every other input column), `error`, and the row's identity across runs
 (`pipeline.identity`): `key` (its id, or `@source` without a usable one), `input_digest` (what the row says about its
-audio) and `derived` (its id was derived from its content: it had none). Speaker manifests are
+audio) and `derived` (its id was derived from its content: it had none); `unknown_fields` names the fields no
+part of raytts reads (a typo such as `temprature` would otherwise change nothing, silently). Speaker manifests are
 `pipeline.speaker_shards`'.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from actors.requests import KNOWN_FIELDS
 from actors.validation import RequestError, validate_id
 
 from .csvrows import csv_records
@@ -40,6 +42,7 @@ PARSED_SCHEMA = pa.schema(
         ("key", pa.string()),
         ("input_digest", pa.string()),
         ("derived", pa.bool_()),
+        ("unknown_fields", pa.string()),  # the row's fields raytts does not read, one per line (null: none)
     ]
 )
 
@@ -67,6 +70,7 @@ def _row(
 ) -> dict[str, Any]:
     """One parsed row: its columns, its key (its id, or `@source` without one) and its input digest."""
     extra = {k: v for k, v in (fields or {}).items() if k not in ("id", "text")}
+    unknown = "\n".join(sorted(str(k) for k in extra if k not in KNOWN_FIELDS)) or None
     try:
         encoded = _FIELDS.encode(extra)
     except (TypeError, ValueError) as err:
@@ -88,6 +92,7 @@ def _row(
         "key": row_id if row_id else f"@{source}",
         "input_digest": digest,
         "derived": derived and row_id is not None,
+        "unknown_fields": unknown,
     }
 
 

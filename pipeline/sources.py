@@ -73,7 +73,7 @@ def decompress(path: str, data: bytes) -> bytes:
 class Expansion(NamedTuple):
     files: list[str]  # shard files to read
     problems: list[str]  # specs that name nothing readable, files that are no shards
-    excluded: list[str]  # files left out because they lie in the job's output location
+    excluded: list[str]  # files left out because they lie in the job's or another raytts job's output
 
 
 def expand_paths(
@@ -83,7 +83,8 @@ def expand_paths(
     names, each file once even when specs overlap. A spec that names nothing readable is a problem (reported, the
     job goes on with the rest), never an exception; so is each file it names that is no shard, except `companions`
     (files with those extensions, e.g. the audio next to speaker manifests). Files under `exclude` (the job's
-    output) are never read: the job's own parts, manifest and report are not input, even in an input folder."""
+    output) are never read: the job's own parts, manifest and report are not input, even in an input folder; nor
+    are the files of another job's output found in a folder or glob (`_not_outputs`)."""
     files: list[str] = []
     problems: list[str] = []
     excluded: list[str] = []
@@ -122,13 +123,13 @@ def _expand_local(
     # A path that exists is taken literally, glob characters or not (`take [2].jsonl` names that file).
     if not os.path.exists(local) and any(ch in local for ch in "*?["):
         found = sorted(_one_spelling([p for p in glob.glob(local, recursive=True) if os.path.isfile(p)]))
-        found = _outside(found, exclude, excluded)
+        found = _outside(_not_outputs(found, excluded), exclude, excluded)
         return _split_shards(spec, found, extensions, companions, f"the glob matches no {kinds} file")
     if os.path.isdir(local) and not _outside([local], exclude, []):
         return [], [f"{spec}: not read: it lies in the job's output {exclude}; point the input elsewhere"]
     if os.path.isdir(local):
         found, unlisted = _walk(local)
-        found = _outside(found, exclude, excluded)
+        found = _outside(_not_outputs(found, excluded), exclude, excluded)
         shards, problems = _split_shards(spec, found, extensions, companions, f"the folder holds no {kinds} file")
         return shards, unlisted + problems
     if os.path.isfile(local) and not _outside([local], exclude, excluded):
@@ -206,7 +207,7 @@ def _expand_uri(
         for i in listed
         if i.type == pafs.FileType.File and (pattern is None or pattern.fullmatch(i.path))
     )
-    found = _outside(found, exclude, excluded)
+    found = _outside(_not_outputs(found, excluded), exclude, excluded)
     none = f"the {'glob' if pattern else 'prefix'} matches no {kinds} object"
     return _split_shards(spec, found, extensions, companions, none)
 
@@ -220,6 +221,21 @@ def _object_exists(uri: str) -> bool:
         return fs.get_file_info(path).type != pafs.FileType.NotFound
     except (OSError, pa.ArrowException):
         return False
+
+
+OUTPUT_MARKS = ("/parts/", "/_settings/", "/manifest.jsonl")  # beside `_report.json`: a raytts job's output
+
+
+def _not_outputs(files: list[str], excluded: list[str]) -> list[str]:
+    """`files` without those inside a raytts job's output folder (one holding `_report.json` and its parts, settings
+    or manifest), which go to `excluded`: a folder walk must not read another job's parts or manifest as input."""
+    reports = [f.removesuffix("/_report.json") for f in files if f.endswith("/_report.json")]
+    roots = [r for r in reports if any(f.startswith(r + mark) for f in files for mark in OUTPUT_MARKS)]
+    if not roots:
+        return files
+    inside = {f for f in files if any(f.startswith(root + "/") for root in roots)}
+    excluded.extend(sorted(inside))
+    return [f for f in files if f not in inside]
 
 
 def _outside(files: list[str], exclude: str | None, excluded: list[str]) -> list[str]:

@@ -53,8 +53,10 @@ class StoreAudio:
         object cannot be written gets that error instead of audio."""
         from smart_open import open as sopen
 
-        row["error"] = no_audio_error(row["error"], pcm.size, row["source"])
-        if row["error"] is not None:
+        error = no_audio_error(row["error"], pcm.size, row["source"])
+        if error is not None:
+            row["error_kind"] = row.get("error_kind") or "model"  # no kind yet: it produced no samples
+            row["error"] = error
             row.update(FAILED_OUTPUT)
             return
         fields = audio_fields(row["id"], pcm, self.audio_format)
@@ -66,8 +68,9 @@ class StoreAudio:
                 with sopen(path, "wb") as f:
                     f.write(fields["audio"]["bytes"])
             except OSError as err:
-                row["error"] = f"{row['source']}: writing {path} failed ({err})"
+                row["error"], row["error_kind"] = f"{row['source']}: writing {path} failed ({err})", "output"
                 row.update(FAILED_OUTPUT)
                 return
             fields["audio"]["path"] = path
+            row["audio_size"] = len(fields["audio"]["bytes"])  # the books compare it with the file's size
         row.update(fields)

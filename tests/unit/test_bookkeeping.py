@@ -141,6 +141,8 @@ def test_the_plan_matches_the_per_row_definition_and_a_second_plan_has_nothing_l
     for key, digest, job, suffix, failed, part in out:
         row = _out_row(key or "x", digest, job, f"in.jsonl:{key}{suffix}", "in.jsonl: bad" if failed else None)
         row["key"] = key
+        if row["audio"]:  # written under this output (a moved output: test_a_moved_output_...)
+            row["audio"]["path"] = f"{output}/audio/{(key or 'x').lower()}.flac"
         by_part[part].append(row)
     parts = {}
     for index, rows in by_part.items():
@@ -212,15 +214,15 @@ def test_closing_finds_missing_extra_stale_rows_and_missing_audio_and_removes_or
     write_part(_part([_out_row("k1"), _out_row("k2", job="old"), _out_row("x9")]), str(output / "parts"))
     write_part(_part([_out_row("k1", source="again:1")]), str(output / "parts"))
     (output / "audio").mkdir()
-    for name in ("k2.flac", "x9.flac", "orphan.flac"):
+    for name in ("k2.flac", "x9.flac", "orphan.flac", "notes.txt"):  # notes.txt: not the job's, left alone
         (output / "audio" / name).write_bytes(b"\0")
     books = _books([("k1", "d", "in.jsonl:k1"), ("k2", "d", "in.jsonl:k2"), ("k3", "d", "in.jsonl:k3")])
     closing = close_books(str(output), books, "J", audio_files=True)
     assert not closing.closed
-    assert closing.counts == {"missing": 1, "extra": 2, "stale": 1, "missing_audio": 2}
+    assert closing.counts == {"missing": 1, "extra": 2, "stale": 1, "missing_audio": 2, "orphan_audio_removed": 1}
     assert closing.missing == ["k3"] and sorted(closing.extra) == ["k1", "x9"] and closing.stale == ["k2"]
-    assert sorted(closing.missing_audio) == ["k1", "k1"] and closing.orphans_removed == 1
-    assert sorted(p.name for p in (output / "audio").iterdir()) == ["k2.flac", "x9.flac"]
+    assert sorted(closing.missing_audio) == ["k1", "k1"] and closing.orphans_removed == ["orphan.flac"]
+    assert sorted(p.name for p in (output / "audio").iterdir()) == ["k2.flac", "notes.txt", "x9.flac"]
     fine = _books([("k2", "d", "in.jsonl:k2")])
     clean = tmp_path / "clean"
     write_part(_part([_out_row("k2")]), str(clean / "parts"))
@@ -362,3 +364,36 @@ def test_source_names_are_relative_to_the_job_folder_when_inside_it(tmp_path: Pa
     names = source_names([inside, outside, "bucket/c.csv", "s3://bucket/d.csv"], base=str(tmp_path / "job"))
     assert names == {inside: "texts/a.txt"}
     assert source_names([inside], base=None) == {}  # a config built in code, without a YAML: absolute names
+
+
+def test_a_moved_output_gets_its_audio_paths_rewritten_and_nothing_redone(tmp_path):
+    """Rows written under /old/place (the output folder was moved since) keep their audio, with paths under today's
+    folder: a reader of the parts or the manifest finds every file."""
+    output = tmp_path / "out"
+    write_part(_part([_out_row("k1"), _out_row("k2")]), str(output / "parts"))
+    (output / "audio").mkdir()
+    for name in ("k1.flac", "k2.flac"):
+        (output / "audio" / name).write_bytes(b"\0")
+    books = _books([("k1", "d", "in.jsonl:k1"), ("k2", "d", "in.jsonl:k2")])
+    plan = plan_run(str(output), books, "J", retry_failed=False, audio_files=True)
+    assert plan.to_synthesise == 0 and plan.redo.counts["relocated"] == 2 and not plan.audio_to_delete
+    apply_plan(str(output), plan)
+    paths = read_outputs(str(output), ["audio.path"]).column("path").to_pylist()
+    assert paths == [f"{output}/audio/k1.flac", f"{output}/audio/k2.flac"]
+    again = plan_run(str(output), books, "J", retry_failed=False, audio_files=True)
+    assert again.redo.counts["relocated"] == 0 and not again.rewrites
+
+
+def test_a_truncated_audio_file_is_redone(tmp_path):
+    """An ok row whose file has another size than its part recorded (cut short, emptied) is not finished."""
+    output = tmp_path / "out"
+    rows = [{**_out_row(key), "audio_size": 4} for key in ("k1", "k2")]
+    write_part(_part(rows), str(output / "parts"))
+    (output / "audio").mkdir()
+    (output / "audio" / "k1.flac").write_bytes(b"\0" * 4)
+    (output / "audio" / "k2.flac").write_bytes(b"")  # emptied
+    books = _books([("k1", "d", "in.jsonl:k1"), ("k2", "d", "in.jsonl:k2")])
+    closing = close_books(str(output), books, "J", audio_files=True)
+    assert closing.missing_audio == ["k2"] and not closing.closed
+    plan = plan_run(str(output), books, "J", retry_failed=False, audio_files=True)
+    assert plan.todo.to_pylist() == [False, True] and plan.redo.examples["repaired"] == ["k2"]

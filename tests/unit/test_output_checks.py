@@ -84,3 +84,40 @@ def test_a_failed_parts_listing_raises_instead_of_reading_as_empty(s3_env, monke
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     with pytest.raises(OSError, match=r"cannot list the job's finished parts under listed/out/parts"):
         read_outputs("s3://listed/out", ["id"])
+
+
+def test_a_run_that_starts_removes_the_last_runs_manifest(tmp_path):
+    """A manifest left by a finished run listed rows a later, interrupted run had superseded."""
+
+    (tmp_path / "manifest.jsonl").write_text('{"id": "old"}\n')
+    status = mark_running(str(tmp_path))
+    assert status["status"] == "running" and not (tmp_path / "manifest.jsonl").exists()
+    assert json.loads((tmp_path / "_report.json").read_text())["status"] == "running"
+
+
+def test_the_job_digest_records_the_effective_device_and_dtype():
+    """`engine.dtype: float32` said on a CPU job is what the default gives there: one digest, nothing redone."""
+    from pipeline.identity import job_settings
+
+    def settings(**engine):
+        config = JobConfig.model_validate(
+            {"inputs": {"text": "texts/"}, "output": {"path": "out"}, "model": "m", "engine": engine,
+             "actors": {"num_gpus": 0}}
+        )  # fmt: skip
+        return job_settings(config, "sha", "v1")["engine"]
+
+    assert settings() == settings(dtype="float32") == settings(device="cpu")
+    assert settings()["device"] == "cpu" and settings()["dtype"] == "float32"
+    assert settings(dtype="bfloat16")["dtype"] == "bfloat16"
+
+
+def test_unknown_fields_are_named_with_the_field_they_may_misspell():
+    from pipeline.inputs import unknown_fields_note
+
+    note = unknown_fields_note({"temprature": 12, "book": 40})
+    assert (
+        note is not None
+        and "'book' (40 rows)" in note
+        and "'temprature' (12 rows, did you mean 'temperature'?)" in note
+    )
+    assert note.index("book") < note.index("temprature") and unknown_fields_note({}) is None

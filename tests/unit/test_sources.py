@@ -338,3 +338,23 @@ def test_an_id_ending_in_a_newline_is_refused():
         validate_id("x\n")
     rows = parse_text_shard("/d/a.jsonl", b'{"id": "x\\n", "text": "t"}\n')
     assert rows[0]["id"] is None and "not a safe file name" in rows[0]["error"]
+
+
+def test_another_jobs_output_in_an_input_folder_is_not_read(tmp_path):
+    """A folder walk met an earlier job's output (`texts/old-run/`): its parts (with id and text columns) would be
+    synthesised again as input, its manifest and settings read as broken rows."""
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.jsonl").write_text('{"id": "a", "text": "x"}\n')
+    old = tmp_path / "texts" / "old-run"
+    (old / "parts").mkdir(parents=True)
+    (old / "_settings").mkdir()
+    (old / "_report.json").write_text('{"status": "finished"}\n')
+    (old / "_settings" / "abc.json").write_text("{}\n")
+    (old / "parts" / "p.parquet").write_bytes(b"PAR1")
+    (old / "manifest.jsonl").write_text('{"id": "a"}\n')
+    lookalike = tmp_path / "texts" / "notes"  # a `_report.json` alone does not make a folder an output
+    lookalike.mkdir()
+    (lookalike / "_report.json").write_text('{"text": "kept"}\n')
+    files, problems, excluded = expand_paths([str(tmp_path / "texts")], TEXT_EXTENSIONS)
+    assert files == [str(tmp_path / "texts" / "a.jsonl"), str(lookalike / "_report.json")] and problems == []
+    assert sorted(excluded) == sorted(str(p) for p in old.rglob("*") if p.is_file())
