@@ -5,7 +5,7 @@ arithmetic costs next to nothing and a step's time is the engine's host work; `f
 is held to the same length (min = max new tokens), so each timed step carries exactly `rows` live rows. After the
 rows are admitted and prefilled, `--steps` decode steps are timed one by one; the median is reported. For the row
 counts in `--profile-rows`, torch's profiler records a few more steps and the table splits their time into the
-operators' own time by kind (matrix products, attention, sampling, other tensor ops) and what is left: Python,
+operators' own time by kind (weight matrix products, attention with its KV gathers, sampling, other tensor ops) and what is left: Python,
 scheduling and dispatch, the host work that a GPU cannot hide at small model cost. Prints a table, writes JSON.
 
     python benchmarks/step.py [--preset tiny|full] [--rows 1,8,32,64,128,256] [--steps 40]
@@ -39,9 +39,19 @@ from actors.text import decorate  # noqa: E402
 from actors.tokenizer import TextTokenizer  # noqa: E402
 
 # Operator names by kind (torch's profiler names, self CPU time); anything else is "other ops".
+# The GPT's projections and heads run as mm/addmm; attention as bmm and softmax over the KV blocks that
+# index_select gathers (index_select also serves embedding lookups, a small share).
 KINDS = {
-    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm"),
-    "attention": ("aten::_scaled_dot_product", "aten::scaled_dot_product", "aten::_softmax", "aten::softmax"),
+    "weights matmul (mm, addmm)": ("aten::mm", "aten::addmm", "aten::matmul", "aten::linear"),
+    "attention (bmm, softmax, KV gathers)": (
+        "aten::bmm",
+        "aten::baddbmm",
+        "aten::_scaled_dot_product",
+        "aten::scaled_dot_product",
+        "aten::_softmax",
+        "aten::softmax",
+        "aten::index_select",
+    ),  # fmt: skip
     "sampling": ("aten::multinomial", "aten::topk", "aten::sort", "aten::cumsum", "aten::exponential", "aten::argmax"),
 }
 TEXT = "one two three four five six seven eight nine ten eleven twelve."
@@ -153,7 +163,7 @@ def main() -> None:
     for prof in profiled:
         print(f"\n{prof['rows']} rows, profiled ({prof['aten_calls_per_step']} aten calls per step):")
         for kind, ms in prof["ms_per_step_by_kind"].items():
-            print(f"  {kind:<40} {ms:>8} ms/step")
+            print(f"  {kind:<40} {ms:>9} ms/step")
     result = {"preset": args.preset, "dtype": "float32", "machine": _machine(args.threads), "timed": timed,
               "profiled": profiled}  # fmt: skip
     if args.out:
