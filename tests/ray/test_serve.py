@@ -28,6 +28,40 @@ from tests.support.s3 import free_port
 
 pytestmark = pytest.mark.timeout(900)
 
+
+def _load_schemathesis_before_any_thread_starts() -> None:
+    """schemathesis and hypothesis are pytest plugins, so pytest rewrites (ast.parses) each of their modules when it
+    is first imported, and both import most of their modules lazily, on first use. CPython 3.11 keeps the AST
+    builder's recursion counter per interpreter, not per thread (python/cpython#106905, pytest-dev/pytest#10763):
+    a rewrite racing an `ast.parse` on one of the Ray driver's threads fails with "AST constructor recursion depth
+    mismatch". So the test's whole path (load a spec, build strategies, draw positive and negative cases, the
+    requests transport) runs once here, at collection, while the process has one thread."""
+    import hypothesis.internal.conjecture.optimiser  # noqa: F401  (loaded when a run passes 5 examples)
+    import schemathesis
+    import schemathesis.transport.requests
+    from hypothesis import HealthCheck, given, settings
+
+    spec = {
+        "openapi": "3.1.0",
+        "info": {"title": "warm-up", "version": "1"},
+        "paths": {"/t": {"post": {
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["text"],
+                "properties": {"text": {"type": "string"}, "seed": {"type": "integer"}}}}}},
+            "responses": {"200": {"description": "ok"}}}}},
+    }  # fmt: skip
+    for result in schemathesis.openapi.from_dict(spec).get_all_operations():
+
+        @settings(max_examples=5, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(case=result.ok().as_strategy())
+        def draw(case) -> None:
+            case.as_transport_kwargs(base_url="http://127.0.0.1:9")
+
+        draw()
+
+
+_load_schemathesis_before_any_thread_starts()
+
 REPO = Path(__file__).resolve().parents[2]
 NARRATOR = REPO / "jobs" / "examples" / "speakers" / "narrator.flac"
 KEY = "test-key-123"
