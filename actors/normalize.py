@@ -24,17 +24,33 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from typing import Any
+
+from .reading import DATE_ORDERS, DEFAULT_DATE_ORDER, chinese_hyphens, read
+from .reading.tokens import ADDRESS
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _DIGIT = re.compile(r"[0-9０-９]")
 # Sentence ends: CJK and ASCII terminators, newlines, and `.` followed by white space (an abbreviation such as `Dr.`
 # ending a piece is read alone, and the English grammar reads it as the word: "doctor").
-_SENTENCE = re.compile(r"(?<=[。！？；!?;…\n])|(?<=\.)(?=\s)")
+_ABBREVIATIONS = ("Jan", "Feb", "Mar", "Apr", "Jun", "Jul", "Aug", "Sep", "Sept", "Oct", "Nov", "Dec", "No", "no",
+                  "ext", "Ext", "Mr", "Mrs", "Ms", "Dr", "St", "vs", "approx", "Vol", "Fig", "p", "pp", "a.m", "p.m")  # fmt: skip
+_SENTENCE = re.compile(
+    r"(?<=[。！？；!?;…\n])|(?<=\.)" + "".join(rf"(?<!\b{re.escape(a)}\.)" for a in _ABBREVIATIONS) + r"(?=\s)"
+)
 # A stretch of a Chinese sentence without CJK characters or full-width punctuation.
 _NON_CJK_RUN = re.compile(r"[^\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]+")
 _SURROGATE = re.compile(r"([\ud800-\udfff]+)")
-_ENGLISH_WORD = re.compile(r"[A-Za-z]{2,}")
+_ENGLISH_WORD = re.compile(r"(?<![\w.@_/-])[A-Za-z]{2,}(?![\w@_/-]|\.\w)", re.ASCII)  # a word, not part of an address
+_ACCENTED = re.compile(r"[À-ÖØ-öø-ÿĀ-ž]")
+_CLOCK_O = re.compile(r"\bo (?=(?:one|two|three|four|five|six|seven|eight|nine)\b)")
+_ESCAPED = re.compile(r'\\(["\\])')
+# What the reading rules act on: a digit, a symbol they read, a Roman numeral, a Latin letter with a dot (addresses).
+_RULE_TRIGGER = re.compile(
+    r"[0-9０-９@#%&×‰±≈~～$€£¥￥=π*]|\b[IVXL]{2,}\b|[A-Za-z]\.[A-Za-z]|(?<=[^\x00-\x7f])[IVXL]{2,}"
+)
+_MONTH = re.compile(r"\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?\s+\d", re.ASCII)
 _SYMBOL_DIGIT_EDGE = re.compile(r"(?<=[^\w\s])(?=\d)|(?<=\d)(?=[^\w\s.,:/])")
 
 
@@ -66,14 +82,22 @@ def load() -> None:
     _normalizers()
 
 
-def spoken_form(text: str) -> str:
+def spoken_form(text: str, date_order: str = DEFAULT_DATE_ORDER) -> str:
     """`text` with numbers, dates, money, units and symbols written as words; control tags untouched."""
+    return spoken_form_noted(text, date_order)[0]
+
+
+def spoken_form_noted(text: str, date_order: str = DEFAULT_DATE_ORDER) -> tuple[str, list[str]]:
+    """(`spoken_form`, what the reading had to guess: "ambiguous date '12/06/2026' read mdy ...", in order)."""
+    if date_order not in DATE_ORDERS:
+        raise ValueError(f"date_order must be one of {', '.join(DATE_ORDERS)}, got {date_order!r:.40}")
+    notes: list[str] = []
     if not text:
-        return text
+        return text, notes
     out: list[str] = []
     for piece, is_tag in _tags_and_text(text):
-        out.append(piece if is_tag else _normalize_piece(piece))
-    return "".join(out)
+        out.append(piece if is_tag else _normalize_piece(piece, notes, date_order))
+    return "".join(out), notes
 
 
 def _tags_and_text(text: str) -> list[tuple[str, bool]]:
@@ -90,14 +114,14 @@ def _tags_and_text(text: str) -> list[tuple[str, bool]]:
     return pieces
 
 
-def _normalize_piece(piece: str) -> str:
+def _normalize_piece(piece: str, notes: list[str], date_order: str) -> str:
     out = []
     for sentence in _SENTENCE.split(piece):
         # An unpaired surrogate (`"\ud800"` in JSON) is no text a grammar can take: it stays, and the cleaning after
         # this deletes and records it.
         for part in _SURROGATE.split(sentence):
             if part and not _SURROGATE.fullmatch(part):
-                part = _keep_edges(part, _normalize_sentence)
+                part = _keep_edges(part, lambda s: _normalize_sentence(s, notes, date_order))
             out.append(part)
     return "".join(out)
 
@@ -111,25 +135,56 @@ def _keep_edges(text: str, fn: Any) -> str:
     return text[:start] + fn(stripped) + text[start + len(stripped) :]
 
 
-def _normalize_sentence(sentence: str) -> str:
+def _normalize_sentence(sentence: str, notes: list[str], date_order: str) -> str:
     if _CJK.search(sentence):
-        if _DIGIT.search(sentence):
-            sentence = _NON_CJK_RUN.sub(_english_run, sentence)
-        return _normalizers()["zh"].normalize(sentence) if _DIGIT.search(sentence) else sentence
-    return _english(sentence)
+        if not _RULE_TRIGGER.search(sentence):
+            return sentence  # Chinese words and punctuation only: nothing to read
+        sentence = chinese_hyphens(sentence)
+        sentence = _NON_CJK_RUN.sub(lambda m: _english_run(m, notes, date_order), sentence)
+        sentence = read(sentence, "zh", _chinese_grammar, notes, date_order)
+        return _grammar_output(sentence, _chinese_grammar(sentence) if _DIGIT.search(sentence) else sentence)
+    return _english(read(_plain_latin(sentence), "en", _english_grammar, notes, date_order), sentence)
 
 
-def _english_run(match: re.Match[str]) -> str:
+def _plain_latin(text: str) -> str:
+    """Latin letters with accents as the model's tokenizer has them (`café` -> `cafe`): said alike, not deleted."""
+    if text.isascii():
+        return text
+    return _ACCENTED.sub(lambda m: unicodedata.normalize("NFKD", m.group())[0], text)
+
+
+def _english_run(match: re.Match[str], notes: list[str], date_order: str) -> str:
+    """An English stretch of a Chinese sentence is read in English when it has two or more English words and
+    something to read (`I have 3 cats`, `Email me at a@b.com`, `World War II`), or a date (`Dec 7, 2026`)."""
     run = match.group()
-    if len(_ENGLISH_WORD.findall(run)) >= 2 and _DIGIT.search(run):
-        return _keep_edges(run, _english)
+    words = len(_ENGLISH_WORD.findall(ADDRESS.sub(" ", run)))
+    if (words >= 2 and _RULE_TRIGGER.search(run)) or _MONTH.search(run) or (words and ADDRESS.search(run)):
+        return _keep_edges(run, lambda s: _english(read(s, "en", _english_grammar, notes, date_order), s))
     return run
 
 
-def _english(text: str) -> str:
+def _chinese_grammar(text: str) -> str:
+    return _normalizers()["zh"].normalize(text)
+
+
+def _english_grammar(text: str) -> str:
+    """The English grammar on a short piece; where it finds no path, the piece token by token (see `_english`)."""
+    return _english(text, text)
+
+
+def _grammar_output(written: str, output: str) -> str:
+    """The grammars serialise their output with `"` and `\\` escaped, and the English one writes `GPUs` as
+    `GPU's`: undo what the input did not have, so that nothing reaches the cleaning (and `dropped_chars`) that was
+    never in the text."""
+    output = _ESCAPED.sub(r"\1", output)
+    output = _CLOCK_O.sub("oh ", output)  # 8:05 -> "eight o five": the grammar's "o" is the letter, said "oh"
+    return output if "'" in written or "’" in written else output.replace("'", "")
+
+
+def _english(text: str, written: str) -> str:
     grammar = _normalizers()["en"]
     try:
-        return grammar.normalize(text)
+        return _grammar_output(written, grammar.normalize(text))
     except AssertionError:  # wetext's tagger found no path through the text (its only failure mode)
         pass
     out = []
@@ -137,7 +192,7 @@ def _english(text: str) -> str:
         if not token or token.isspace():
             out.append(token)
             continue
-        out.append(_english_token(grammar, token))
+        out.append(_grammar_output(written, _english_token(grammar, token)))
     return "".join(out)
 
 

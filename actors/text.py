@@ -130,20 +130,22 @@ def cleaned_and_dropped(text: str, normalize: str = DEFAULT_NORMALIZE) -> tuple[
         raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {normalize!r:.40}")
     if normalize == "full":
         text = spoken.spoken_form(text)
+    before_maps = text
     if normalize != "off" and detect_language(text) == "zh":
         text = text.translate(_HALF_TO_FULL)
     if not _REJECT.search(CONTROL_TAG.sub("", text)):
         return text, ""
     simplified = text.translate(_SIMPLIFY)
     cleaned = _outside_tags(simplified, lambda piece: _REJECT.sub("", piece))
-    # Cleaning only deletes (the maps above are one character to one), so the cleaned text is a subsequence of the
-    # simplified one: walking both names every deleted character, also those an unclosed `[` swallowed.
+    # Cleaning only deletes and the maps above are one character to one, so the cleaned text is a subsequence of the
+    # simplified one: walking both names every deleted character, also those an unclosed `[` swallowed, and records
+    # it as the text had it (`&`, not the full-width `＆` the Chinese mapping made of it).
     dropped, kept = [], 0
-    for ch in simplified:
+    for index, ch in enumerate(simplified):
         if kept < len(cleaned) and cleaned[kept] == ch:
             kept += 1
         else:
-            dropped.append(ch)
+            dropped.append(before_maps[index])
     return cleaned, "".join(dropped)
 
 

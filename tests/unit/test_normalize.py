@@ -21,20 +21,20 @@ _DIGITS = re.compile(r"[0-9]")
 # (text, words the spoken text must contain): English, Chinese, mixed. Each case is asserted on its own.
 CATALOGUE = [
     # English
-    ("Call me at 555-1234 on March 3rd, 2025.", ["five", "third of march", "twenty twenty five"]),
+    ("Call me at 555-1234 on March 3rd, 2025.", ["five five five, one two three four", "march third", "twenty twenty five"]),
     ("The price is $12.50, about 20% off!", ["twelve", "dollars", "twenty percent"]),
     ("2025", ["twenty twenty five"]),
-    ("I was born on 03/15/1990.", ["fifteenth of march", "nineteen ninety"]),
+    ("I was born on 03/15/1990.", ["march fifteenth", "nineteen ninety"]),
     ("The meeting is at 14:30.", ["fourteen thirty"]),
     ("He weighs 70 kg.", ["seventy kilograms"]),
-    ("It is -5°C outside.", ["negative five degrees celsius"]),
+    ("It is -5°C outside.", ["minus five degrees celsius"]),
     ("Pi is about 3.14159.", ["three point one four one five nine"]),
     ("She ate 3/4 of the cake.", ["three quarters"]),
     ("This is the 21st century.", ["twenty first century"]),
     ("Call 555-123-4567 now.", ["five five five", "four five six seven"]),
     ("It costs €20 or £15.", ["twenty euros", "fifteen pounds"]),
     ("I have 1,000,000 dollars.", ["one million dollars"]),
-    ("Go to room 101.", ["one hundred and one"]),
+    ("Go to room 101.", ["one zero one"]),
     ("He came 1st and she came 2nd.", ["first", "second"]),
     ("Tom & Jerry.", ["tom and jerry"]),
     ("Email me @ home.", ["at home"]),
@@ -43,7 +43,7 @@ CATALOGUE = [
     ("It is 5km away.", ["five kilometers"]),
     ("It's 3:45 pm.", ["three forty five"]),
     ("Dr. Smith is 42 years old.", ["doctor", "forty two"]),
-    ("The flight leaves at 7:00am on 2025-12-01.", ["seven", "first of december", "twenty twenty five"]),
+    ("The flight leaves at 7:00am on 2025-12-01.", ["seven", "december first", "twenty twenty five"]),
     ("The file is 3.5 GB.", ["three point five gigabytes"]),
     ("Add 50 % more and 1/2 cup of sugar.", ["fifty percent", "one half"]),
     ("Mr. Brown paid $1,250 for 12 chairs.", ["mister", "dollars", "twelve chairs"]),
@@ -59,7 +59,7 @@ CATALOGUE = [
     ("第1名是小明。", ["第一名"]),
     ("他跑了100米，用了9.58秒。", ["一百米", "九点五八秒"]),
     ("会议在2024-05-06举行。", ["二零二四年五月六日"]),
-    ("身高1.75m，体重65kg。", ["一点七五米", "六十五千克"]),
+    ("身高1.75m，体重65kg。", ["一点七五米", "六十五公斤"]),
     ("共计1,234,567元。", ["一百二十三万四千五百六十七元"]),
     ("会议在2024年3月15日下午3点开始，电话是13812345678。", ["三月十五日", "下午三点", "幺三八"]),
     # mixed
@@ -105,7 +105,7 @@ def test_control_tags_pass_through_untouched(text, expected):
 def test_an_english_sentence_the_grammar_cannot_parse_is_read_token_by_token():
     """wetext's English grammar has no path through `#1` or `+5` (it raises): the sentence is read token by token,
     a failing token with its symbol and digits apart."""
-    assert spoken_form("#1 @home +5 -3") == "number one at home plus five negative three"
+    assert spoken_form("#1 @home +5 -3") == "number one at home plus five minus three"
 
 
 def test_each_sentence_gets_its_own_language():
