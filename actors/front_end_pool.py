@@ -81,6 +81,7 @@ class FrontEndPool:
             "max_segment_tokens": self.limits.max_segment_tokens,
             "max_chars": self.limits.max_chars,
             "strict": request.strict,
+            "reading": request.reading,
         }
 
     async def prepare(self, request: SynthesisRequest) -> None:

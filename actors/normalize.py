@@ -35,7 +35,8 @@ _DIGIT = re.compile(r"[0-9０-９]")
 # Sentence ends: CJK and ASCII terminators, newlines, and `.` followed by white space (an abbreviation such as `Dr.`
 # ending a piece is read alone, and the English grammar reads it as the word: "doctor").
 _ABBREVIATIONS = ("Jan", "Feb", "Mar", "Apr", "Jun", "Jul", "Aug", "Sep", "Sept", "Oct", "Nov", "Dec", "No", "no",
-                  "ext", "Ext", "Mr", "Mrs", "Ms", "Dr", "St", "vs", "approx", "Vol", "Fig", "p", "pp", "a.m", "p.m")  # fmt: skip
+                  "ext", "Ext", "Mr", "Mrs", "Ms", "Dr", "St", "vs", "approx", "Vol", "Fig", "p", "pp", "a.m", "p.m", "Art",
+                  "Ave", "Sec", "Ch", "Inc", "Ltd", "Co", "Jr", "Sr", "Prof", "Gen", "Rd", "Mt", "Nos")  # fmt: skip
 _SENTENCE = re.compile(
     r"(?<=[。！？；!?;…\n])|(?<=\.)" + "".join(rf"(?<!\b{re.escape(a)}\.)" for a in _ABBREVIATIONS) + r"(?=\s)"
 )
@@ -43,6 +44,14 @@ _SENTENCE = re.compile(
 _NON_CJK_RUN = re.compile(r"[^\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]+")
 _SURROGATE = re.compile(r"([\ud800-\udfff]+)")
 _ENGLISH_WORD = re.compile(r"(?<![\w.@_/-])[A-Za-z]{2,}(?![\w@_/-]|\.\w)", re.ASCII)  # a word, not part of an address
+# Characters that read as their plain forms: no-break and thin spaces, non-breaking and other hyphens, full-width
+# symbols (the Chinese cleaning maps them back to full width where upstream does).
+_CANONICAL = str.maketrans({
+    "\u00a0": " ", "\u202f": " ", "\u2009": " ", "\u2007": " ", "\u2002": " ", "\u2003": " ",
+    "\u2010": "-", "\u2011": "-", "％": "%", "＋": "+", "／": "/", "＃": "#", "＠": "@", "＆": "&", "＄": "$",
+    "～": "~", "＝": "=", "＊": "*", "＜": "<", "＞": ">",
+})  # fmt: skip
+_LEADING_NUMBER = re.compile(r"\s*\d+(?:[.,]\d+)*(?:\s?[-–~]\s?\d+(?:[.,]\d+)*)?\s*")
 _ACCENTED = re.compile(r"[À-ÖØ-öø-ÿĀ-ž]")
 _CLOCK_O = re.compile(r"\bo (?=(?:one|two|three|four|five|six|seven|eight|nine)\b)")
 _ESCAPED = re.compile(r'\\(["\\])')
@@ -101,10 +110,12 @@ def spoken_form_noted(text: str, date_order: str = DEFAULT_DATE_ORDER) -> tuple[
 
 
 def _tags_and_text(text: str) -> list[tuple[str, bool]]:
-    """(piece, is_tag) in order; a tag is `[` ... `]` with no `[` inside; an unclosed `[` starts ordinary text."""
+    """(piece, untouched) in order, as upstream's bracket scanner (`actors.text`) sees the text: from a `[` up to the
+    next `]` is a tag; an unfinished one (another `[` first, or the text ends) is swallowed by the cleaning after
+    this, so it is left as written too (its characters are then recorded as dropped as the input had them)."""
     pieces: list[tuple[str, bool]] = []
     position = 0
-    for match in re.finditer(r"\[[^\[\]]*\]", text):
+    for match in re.finditer(r"\[[^\[\]]*(?:\]|(?=\[)|$)", text):
         if match.start() > position:
             pieces.append((text[position : match.start()], False))
         pieces.append((match.group(), True))
@@ -136,6 +147,7 @@ def _keep_edges(text: str, fn: Any) -> str:
 
 
 def _normalize_sentence(sentence: str, notes: list[str], date_order: str) -> str:
+    sentence = sentence.translate(_CANONICAL)
     if _CJK.search(sentence):
         if not _RULE_TRIGGER.search(sentence):
             return sentence  # Chinese words and punctuation only: nothing to read
@@ -154,9 +166,16 @@ def _plain_latin(text: str) -> str:
 
 
 def _english_run(match: re.Match[str], notes: list[str], date_order: str) -> str:
+    return _english_stretch(match.group(), match.start() > 0, notes, date_order)
+
+
+def _english_stretch(run: str, after_chinese: bool, notes: list[str], date_order: str) -> str:
     """An English stretch of a Chinese sentence is read in English when it has two or more English words and
-    something to read (`I have 3 cats`, `Email me at a@b.com`, `World War II`), or a date (`Dec 7, 2026`)."""
-    run = match.group()
+    something to read (`I have 3 cats`, `Email me at a@b.com`, `World War II`), or a date (`Dec 7, 2026`). A number
+    that follows a Chinese word and is not followed by an English one stays Chinese (`满 300 减 50 & free shipping`)."""
+    lead = _LEADING_NUMBER.match(run)
+    if lead and after_chinese and not _ENGLISH_WORD.match(run, lead.end()):
+        return run[: lead.end()] + _english_stretch(run[lead.end() :], False, notes, date_order)
     words = len(_ENGLISH_WORD.findall(ADDRESS.sub(" ", run)))
     if (words >= 2 and _RULE_TRIGGER.search(run)) or _MONTH.search(run) or (words and ADDRESS.search(run)):
         return _keep_edges(run, lambda s: _english(read(s, "en", _english_grammar, notes, date_order), s))

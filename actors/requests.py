@@ -15,7 +15,7 @@ import numpy as np
 
 from .engine.params import REFINE_PARAMS, SamplingParams
 from .model.config import NUM_VQ, SAMPLE_RATE
-from .text import DEFAULT_NORMALIZE, DEFAULT_PROMPT, FrontEnd
+from .text import DEFAULT_NORMALIZE, DEFAULT_PROMPT, FrontEnd, Reading
 from .validation import RequestError
 
 if TYPE_CHECKING:
@@ -87,6 +87,7 @@ class SynthesisRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     normalize: str = DEFAULT_NORMALIZE  # the text front end's mode: full, upstream or off (actors/text.py)
     strict: bool = False  # text with characters the model cannot say fails instead of losing them
+    reading: Reading = field(default_factory=Reading)  # date order and the user's replacements (actors/text.py)
     refine: RefineOptions = field(default_factory=RefineOptions)  # the refine-text stage before the code stage
     prompt: str = DEFAULT_PROMPT  # control tags placed before the text, e.g. "[speed_3][oral_2]"
     # What a CPU stage's `text_front_end` made of `text` (the offline job): each segment's token ids, the spoken text
@@ -107,6 +108,7 @@ class SynthesisResult:
     # the text the model was asked to say (after the front end and, when it ran, the refine-text stage), None on error
     spoken_text: str | None = None
     dropped: str | None = None  # characters the front end deleted because it cannot speak them ("" when none)
+    notes: str | None = None  # what the reading replaced or had to guess ("" when nothing; `FrontEnd.notes`)
     refine_only: bool = False  # the refined text is the result: no audio, no codes
     error_kind: str | None = None  # with `error`: input, model, engine or output (`actors.rows.ERROR_KINDS`)
 
@@ -124,6 +126,7 @@ def request_from_fields(
     normalize: str,
     strict: bool = False,
     refine: RefineOptions | None = None,
+    reading: Reading | None = None,
 ) -> SynthesisRequest:
     """A row's fields (text, speaker, seed, prompt, reference_text, sampling overrides) -> a request, with the job's
     `defaults` and default `speaker`; raises RequestError naming `source` (the row's file:line)."""
@@ -160,6 +163,7 @@ def request_from_fields(
         params=params,
         normalize=normalize,
         strict=strict,
+        reading=reading or Reading(),
         prompt=prompt,
     )
 

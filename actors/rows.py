@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from .requests import RefineOptions, SynthesisRequest, SynthesisResult, request_from_fields, with_source
 from .speaker import SpeakerError
+from .text import Reading
 from .validation import RequestError
 from .voices import RowVoices
 
@@ -37,6 +38,7 @@ class RowDefaults:
     strict: bool
     refine: RefineOptions
     refine_only_allowed: bool = True  # False where audio must be written (the offline job)
+    reading: Reading = Reading()  # date order and the user's replacements
 
 
 def request_for_row(
@@ -47,7 +49,7 @@ def request_for_row(
     try:
         request = request_from_fields(
             source, row_id, fields, defaults.sampling, defaults.speaker, defaults.normalize, defaults.strict,
-            defaults.refine,
+            defaults.refine, defaults.reading,
         )  # fmt: skip
         if not defaults.refine_only_allowed and request.refine.enabled and request.refine.only:
             raise RequestError(REFINE_ONLY_WRITES_NO_AUDIO)
@@ -81,4 +83,5 @@ def result_columns(
         "error_kind": result.error_kind if not ok else None,
         "spoken_text": result.spoken_text if ok else None,
         "dropped_chars": result.dropped if ok else None,
+        "reading_notes": result.notes if ok else None,
     }

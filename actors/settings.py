@@ -16,7 +16,8 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .engine.params import REFINE_PARAMS, SamplingParams
-from .text import normalize_mode
+from .reading import DEFAULT_DATE_ORDER
+from .text import Reading, normalize_mode
 
 if TYPE_CHECKING:
     from .requests import RefineOptions
@@ -40,6 +41,15 @@ NORMALIZE_HELP = (
     "sentence), then upstream's cleaning; upstream: upstream ChatTTS without a normaliser (digits deleted); off: no "
     "number reading or punctuation mapping. true/false mean full/off."
 )
+DateOrder = Literal["mdy", "dmy"]
+DATE_ORDER_HELP = (
+    "How an ambiguous numeric date is read (12/06/2026): mdy = December 6 (US), dmy = 12 June. Dates whose order is "
+    "plain (25/11/2026) are read as written; a row that had to choose records it in reading_notes."
+)
+REPLACEMENTS_HELP = (
+    "Your own readings, applied before anything else, longest first, whole words where a key starts or ends with a "
+    'letter or digit: {"K8s": "Kubernetes", "Dr.": "Doctor"}. Each replacement is recorded in reading_notes.'
+)
 STRICT_TEXT_HELP = "A row whose text has characters the model cannot say (which would be deleted) fails instead."
 
 
@@ -57,7 +67,13 @@ class RowTextFields(BaseModel):
     )
     normalize: NormalizeMode = Field("full", description=NORMALIZE_HELP)
     strict_text: bool = Field(False, description=STRICT_TEXT_HELP)
+    date_order: DateOrder = Field(DEFAULT_DATE_ORDER, description=DATE_ORDER_HELP)
+    replacements: dict[str, str] = Field(default_factory=dict, description=REPLACEMENTS_HELP)
     max_chars: int = Field(10_000, ge=1, description="Rows with longer text fail with an error.")
+
+    def reading(self) -> Reading:
+        """The date order and replacements as the text front end takes them."""
+        return Reading.of(self.date_order, self.replacements)
 
 
 class ActorFields(BaseModel):

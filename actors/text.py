@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import normalize as spoken
+from .reading import DATE_ORDERS, DEFAULT_DATE_ORDER
 from .validation import RequestError
 
 # How the front end normalises text (module docstring): the default first.
@@ -109,8 +110,50 @@ def normalize_mode(value: Any) -> str:
 
 
 # Bumped whenever the front end's own rules change what a text is spoken as: the offline job's books then redo the
-# rows made before (`pipeline.identity`).
-FRONT_END_RULES = 1
+# rows made before (`pipeline.identity`). 2: the reading rules before the grammars (`actors.reading`).
+FRONT_END_RULES = 2
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A job's or request's choices in how text is read: the order of an ambiguous numeric date (`12/06/2026`:
+    `mdy` December 6, `dmy` 12 June) and the user's own replacements, applied before anything else, longest first,
+    whole words where a key starts or ends with a letter or digit (`{"K8s": "Kubernetes", "Dr.": "Doctor"}`)."""
+
+    date_order: str = DEFAULT_DATE_ORDER
+    replacements: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, date_order: str = DEFAULT_DATE_ORDER, replacements: dict[str, str] | None = None) -> Reading:
+        if date_order not in DATE_ORDERS:
+            raise ValueError(f"date_order must be one of {', '.join(DATE_ORDERS)}, got {date_order!r:.40}")
+        pairs = tuple(sorted((replacements or {}).items(), key=lambda kv: (-len(kv[0]), kv[0])))
+        for key, value in pairs:
+            if not isinstance(key, str) or not key.strip() or not isinstance(value, str):
+                raise ValueError(f"replacements map non-empty strings to strings, got {key!r:.40}: {value!r:.40}")
+        return cls(date_order, pairs)
+
+    def replace(self, text: str, notes: list[str]) -> str:
+        """`text` with the user's replacements (each recorded in notes), outside control tags."""
+        if not self.replacements:
+            return text
+        table = dict(self.replacements)
+        alternatives = "|".join(
+            (r"(?<![A-Za-z0-9])" if k[0].isalnum() else "")
+            + re.escape(k)
+            + (r"(?![A-Za-z0-9])" if k[-1].isalnum() else "")
+            for k, _ in self.replacements
+        )
+        found = re.compile(alternatives)
+
+        def one(match: re.Match[str]) -> str:
+            notes.append(f"replaced {match.group()!r} with {table[match.group()]!r}")
+            return table[match.group()]
+
+        return _outside_tags(text, lambda piece: found.sub(one, piece))
+
+
+DEFAULT_READING = Reading()
 
 
 def front_end_version(normalize: Any) -> str:
@@ -126,15 +169,27 @@ def clean_text(text: str, normalize: str = DEFAULT_NORMALIZE) -> str:
 
 def cleaned_and_dropped(text: str, normalize: str = DEFAULT_NORMALIZE) -> tuple[str, str]:
     """(`clean_text`, the characters it deleted because the model cannot speak them, in order; "" when none)."""
+    cleaned, dropped, _ = read_text(text, normalize)
+    return cleaned, dropped
+
+
+def read_text(
+    text: str, normalize: str = DEFAULT_NORMALIZE, reading: Reading = DEFAULT_READING
+) -> tuple[str, str, str]:
+    """(the cleaned text, the characters deleted because the model cannot speak them, what the reading replaced or
+    had to guess, "; "-joined: "" when nothing)."""
     if normalize not in NORMALIZE_MODES:
         raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {normalize!r:.40}")
+    notes: list[str] = []
+    text = reading.replace(text, notes)
     if normalize == "full":
-        text = spoken.spoken_form(text)
+        text, guessed = spoken.spoken_form_noted(text, reading.date_order)
+        notes.extend(guessed)
     before_maps = text
     if normalize != "off" and detect_language(text) == "zh":
         text = text.translate(_HALF_TO_FULL)
     if not _REJECT.search(CONTROL_TAG.sub("", text)):
-        return text, ""
+        return text, "", "; ".join(notes)
     simplified = text.translate(_SIMPLIFY)
     cleaned = _outside_tags(simplified, lambda piece: _REJECT.sub("", piece))
     # Cleaning only deletes and the maps above are one character to one, so the cleaned text is a subsequence of the
@@ -146,7 +201,7 @@ def cleaned_and_dropped(text: str, normalize: str = DEFAULT_NORMALIZE) -> tuple[
             kept += 1
         else:
             dropped.append(before_maps[index])
-    return cleaned, "".join(dropped)
+    return cleaned, "".join(dropped), "; ".join(notes)
 
 
 @dataclass(frozen=True)
@@ -158,6 +213,7 @@ class FrontEnd:
     spoken_text: str  # the row's text after normalisation and cleaning (control tags included), before splitting
     dropped: str  # characters deleted because they cannot be spoken, in order ("" when none)
     segments: list[str] = field(default_factory=list)  # each segment's text (the refine-text stage's input)
+    notes: str = ""  # what the reading replaced (the user's replacements) or had to guess (an ambiguous date)
 
 
 def refine_prompt(text: str, prompt: str = "") -> str:
@@ -236,6 +292,7 @@ def text_front_end(
     max_segment_tokens: int,
     max_chars: int,
     strict: bool = False,
+    reading: Reading = DEFAULT_READING,
 ) -> FrontEnd:
     """A row's text -> the token ids of each segment's decorated prompt, the spoken text and what was dropped; raises
     RequestError for text that cannot be synthesised. Torch-free: the offline job runs it in a CPU stage, the engine
@@ -247,7 +304,7 @@ def text_front_end(
     if len(text) > max_chars:
         raise RequestError(f"text has {len(text)} characters; the limit is {max_chars}: split it into several rows")
     transcript = clean_text(reference_text, normalize) if reference_text else ""
-    cleaned, dropped = cleaned_and_dropped(text, normalize)
+    cleaned, dropped, notes = read_text(text, normalize, reading)
     if strict and dropped:
         raise RequestError(
             f"text {text[:40]!r} has characters the model cannot say, which the front end would delete: {dropped!r:.60}"
@@ -261,4 +318,4 @@ def text_front_end(
         )
     pieces = split_segments(cleaned, max_segment_tokens, tokenizer.count)
     ids = [tokenizer.encode(decorate(piece, prompt, has_speaker, transcript)) for piece in pieces]
-    return FrontEnd(segment_ids=ids, spoken_text=cleaned.strip(), dropped=dropped, segments=pieces)
+    return FrontEnd(segment_ids=ids, spoken_text=cleaned.strip(), dropped=dropped, segments=pieces, notes=notes)

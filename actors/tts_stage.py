@@ -74,6 +74,7 @@ STAGE_SCHEMA = pa.schema(
         ("error_kind", pa.string()),  # actors.rows.ERROR_KINDS
         ("spoken_text", pa.string()),  # the text the model was asked to say (actors.text.FrontEnd)
         ("dropped_chars", pa.string()),  # characters the front end deleted ("" when none)
+        ("reading_notes", pa.string()),  # what the reading replaced or had to guess ("" when nothing)
         ("worker", pa.string()),
         ("engine_occupancy", pa.float64()),
         ("engine", ENGINE_ACCOUNTING),
@@ -103,6 +104,7 @@ class TTSStage:
             sampling=self.settings.sampling.params(), speaker=self.settings.speaker,
             normalize=self.settings.normalize, strict=self.settings.strict_text,
             refine=self.settings.refine.options(), refine_only_allowed=False,
+            reading=self.settings.reading(),
         )  # fmt: skip
         self.worker = f"{_node_id()[:12]}/{os.getpid()}"
         self.model_id = self.synthesizer.checkpoint.model_id  # hashes the files once per actor
@@ -166,10 +168,10 @@ class TTSStage:
         from .text import FrontEnd
 
         batch = {name: table.column(name).to_pylist() for name in ("id", "text", "source", "fields", "error")}
-        columns = ("segment_ids", "spoken_text", "dropped_chars", "segment_texts")
+        columns = ("segment_ids", "spoken_text", "dropped_chars", "segment_texts", "reading_notes")
         front_ends = [
-            None if ids is None else FrontEnd(ids, spoken or "", dropped or "", texts or [])
-            for ids, spoken, dropped, texts in zip(*(table.column(c).to_pylist() for c in columns), strict=True)
+            None if ids is None else FrontEnd(ids, spoken or "", dropped or "", texts or [], notes or "")
+            for ids, spoken, dropped, texts, notes in zip(*(table.column(c).to_pylist() for c in columns), strict=True)
         ]
         results, requests, speakers = self._requests(batch, front_ends)
         positions = [i for i, request in enumerate(requests) if request is not None and results[i] is None]

@@ -28,6 +28,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
 CATALOGUE = HERE / "tests" / "fixtures" / "reading" / "catalogue.jsonl"
+# Written after the rules' first version, by a helper who saw neither them nor the catalogue; one round of fixes
+# came from its errors.
+HELDOUT = HERE / "tests" / "fixtures" / "reading" / "heldout.jsonl"
+# Written later still, by another helper; scored and never looked at: the number to expect on unseen text.
+HELDOUT2 = HERE / "tests" / "fixtures" / "reading" / "heldout2.jsonl"
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _DIGIT = re.compile(r"[0-9０-９]")
 
@@ -39,6 +44,7 @@ def fold(text: str) -> str:
     # café = cafe: the model's tokenizer strips accents (BERT normaliser), so the front end writes them plain
     text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
     text = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text)
+    text = re.sub(r"(?<=[\u3400-\u9fff])(?=[a-z])|(?<=[a-z])(?=[\u3400-\u9fff])", " ", text)  # 五十and: two words
     words = [w for w in text.split() if w != "and"]
     return "".join(words) if _CJK.search(text) else " ".join(words)
 
@@ -105,8 +111,9 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, default=HERE, help="the checkout whose front end is scored")
     parser.add_argument("--out", type=Path, help="write the result (JSON) here")
     parser.add_argument("--show-wrong", default="", help="print the rows read wrongly: a class name or 'all'")
+    parser.add_argument("--catalogue", type=Path, default=CATALOGUE, help="the catalogue (default: the main one)")
     args = parser.parse_args()
-    result = score(load(), front_end(args.repo.resolve()))
+    result = score(load(args.catalogue), front_end(args.repo.resolve()))
     print(table(result))
     for row in result["wrong"]:
         if args.show_wrong in ("all", row["class"]):

@@ -90,6 +90,11 @@ def report_table(summary: dict) -> str:
             f"{summary['dropped_chars_rows']} ok rows lost characters the model cannot say (see their dropped_chars "
             f"and spoken_text columns)"
         )
+    if summary.get("reading_notes_rows"):
+        lines.append(
+            f"{summary['reading_notes_rows']} ok rows were read by a replacement or a guess (an ambiguous date: see "
+            f"their reading_notes column)"
+        )
     workers = summary["workers"]
     if workers:
         width = max(len("worker"), *(len(name) for name in workers))

@@ -24,7 +24,7 @@ from actors.settings import (
     RefineSettings,
     SamplingSettings,
 )
-from actors.text import DEFAULT_NORMALIZE
+from actors.text import DEFAULT_NORMALIZE, Reading
 from actors.validation import RequestError
 from actors.voices import RowVoices, read_reference_audio
 from pipeline.inputs import InputRow, mark_duplicates, read_jsonl, unknown_fields, unknown_fields_note
@@ -47,6 +47,7 @@ class SynthOptions:
     save_codes: bool = False
     normalize: str = DEFAULT_NORMALIZE  # full, upstream or off (actors/text.py)
     strict_text: bool = False  # rows with characters the model cannot say fail instead of losing them
+    reading: Reading = field(default_factory=Reading)  # ambiguous dates' order and the user's replacements
     refine: RefineSettings = field(default_factory=RefineSettings)  # the refine-text stage (rows may override it)
     audio_format: str = "flac"
     chunk_rows: int = 256
@@ -61,6 +62,7 @@ class SynthReport:
     wall_seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)
     dropped_chars_rows: int = 0  # ok rows whose text lost characters the model cannot say (`dropped_chars`)
+    reading_notes_rows: int = 0  # ok rows read by a replacement or a guess (`reading_notes`)
     refine_only_rows: int = 0  # ok rows whose result is their refined text, without audio (refine only)
     output: str = ""
     engine: dict = field(default_factory=dict)  # the replica's plan (slots, blocks, budget and its source), accounting
@@ -78,6 +80,7 @@ class SynthReport:
             "wall_seconds": round(self.wall_seconds, 3),
             "audio_seconds_per_second": round(self.audio_seconds_per_second, 3),
             "dropped_chars_rows": self.dropped_chars_rows,
+            "reading_notes_rows": self.reading_notes_rows,
             "refine_only_rows": self.refine_only_rows,
             "output": self.output,
             "engine": self.engine,
@@ -122,7 +125,10 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
     )
     sampling = options.sampling.params()
     sampling.validate(synthesizer.config.gpt.num_vq)
-    defaults = RowDefaults(sampling, options.speaker, options.normalize, options.strict_text, options.refine.options())
+    defaults = RowDefaults(
+        sampling, options.speaker, options.normalize, options.strict_text, options.refine.options(),
+        reading=options.reading,
+    )  # fmt: skip
     references = _References(synthesizer, options.input.parent)
     voices = RowVoices(options.speaker, {}, encode_file=references.codes)
     plan = synthesizer.plan
@@ -159,6 +165,7 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
                     report.ok += 1
                     report.audio_seconds += out[-1]["duration_s"] or 0.0
                     report.dropped_chars_rows += bool(out[-1]["dropped_chars"])
+                    report.reading_notes_rows += bool(out[-1]["reading_notes"])
                     report.refine_only_rows += result.refine_only
             sink.write(out)
             log.info("synth: %d/%d rows written", report.rows, len(rows))

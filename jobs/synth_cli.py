@@ -11,8 +11,17 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from actors.audio import AUDIO_FORMATS
-from actors.settings import NORMALIZE_HELP, STRICT_TEXT_HELP, EngineSettings, RefineSettings, SamplingSettings
-from actors.text import DEFAULT_NORMALIZE, NORMALIZE_MODES
+from actors.reading import DATE_ORDERS, DEFAULT_DATE_ORDER
+from actors.settings import (
+    DATE_ORDER_HELP,
+    NORMALIZE_HELP,
+    REPLACEMENTS_HELP,
+    STRICT_TEXT_HELP,
+    EngineSettings,
+    RefineSettings,
+    SamplingSettings,
+)
+from actors.text import DEFAULT_NORMALIZE, NORMALIZE_MODES, Reading
 
 from .common import from_cwd, print_failures
 from .flags import add_settings_flags, given
@@ -37,6 +46,8 @@ def add_synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize", choices=NORMALIZE_MODES, default=DEFAULT_NORMALIZE, help=NORMALIZE_HELP)
     p.add_argument("--no-normalize", dest="normalize", action="store_const", const="off", help="--normalize off")
     p.add_argument("--strict-text", action="store_true", help=STRICT_TEXT_HELP)
+    p.add_argument("--date-order", choices=DATE_ORDERS, default=DEFAULT_DATE_ORDER, help=DATE_ORDER_HELP)
+    p.add_argument("--replacements", type=Path, default=None, metavar="JSON", help="a JSON file: " + REPLACEMENTS_HELP)
     p.add_argument("--audio-format", choices=tuple(AUDIO_FORMATS), default="flac")
     sampling = p.add_argument_group("sampling defaults of rows that do not carry their own")
     add_settings_flags(sampling, SamplingSettings, "sampling")
@@ -45,6 +56,22 @@ def add_synth_parser(sub: argparse._SubParsersAction) -> None:
     engine = p.add_argument_group("engine (the same settings as a job's or Serve config's `engine`)")
     add_settings_flags(engine, EngineSettings, "engine", exclude=SYNTH_EXCLUDED_ENGINE,
                        aliases={"max_slots": ["--max-batch-size"]})  # fmt: skip
+
+
+def _replacements(path: Path | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"--replacements {path}: expected a JSON object of text -> reading, could not read it: {err}"
+        ) from None
+    if not isinstance(table, dict):
+        raise ValueError(
+            f"--replacements {path}: expected a JSON object of text -> reading, got {type(table).__name__}"
+        )
+    return table
 
 
 def synth(args: argparse.Namespace) -> int:
@@ -67,6 +94,7 @@ def synth(args: argparse.Namespace) -> int:
             save_codes=args.save_codes,
             normalize=args.normalize,
             strict_text=args.strict_text,
+            reading=Reading.of(args.date_order, _replacements(args.replacements)),
             refine=RefineSettings(**given(args, "refine")),
             audio_format=args.audio_format,
         )

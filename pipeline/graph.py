@@ -68,6 +68,7 @@ def synthesis_stages(
         "speaker": config.speaker,
         "normalize": config.normalize,
         "strict_text": config.strict_text,
+        "reading": config.reading(),
         "max_segment_tokens": config.engine.max_segment_tokens,
         "max_chars": config.max_chars,
         "references": references,

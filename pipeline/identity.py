@@ -99,6 +99,8 @@ def job_settings(config: Any, model_sha256: str, front_end_version: str) -> dict
         "speaker": config.speaker,
         "normalize": config.normalize,
         "strict_text": config.strict_text,
+        "date_order": config.date_order,
+        "replacements": dict(sorted(config.replacements.items())),
         "max_chars": config.max_chars,
         "sampling": config.sampling.model_dump(),
         "refine": config.refine.model_dump(),

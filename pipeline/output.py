@@ -44,6 +44,7 @@ SCHEMA = pa.schema(
         ("error_kind", pa.string()),  # input, model, engine or output (`actors.rows.ERROR_KINDS`)
         ("spoken_text", pa.string()),
         ("dropped_chars", pa.string()),
+        ("reading_notes", pa.string()),  # what the reading replaced or had to guess ("" when nothing)
     ]
 )
 
@@ -74,7 +75,7 @@ SCHEMA_WITH_METADATA = SCHEMA.with_metadata(hf_metadata(SCHEMA))
 NO_AUDIO = {"audio": None, "sample_rate": None, "num_samples": None, "duration_s": None}
 # A row that failed after synthesis (no audio, or its file could not be written): like every error row, it carries
 # neither audio nor what was spoken.
-FAILED_OUTPUT = {**NO_AUDIO, "spoken_text": None, "dropped_chars": None}
+FAILED_OUTPUT = {**NO_AUDIO, "spoken_text": None, "dropped_chars": None, "reading_notes": None}
 
 
 def audio_fields(row_id: str, pcm: np.ndarray, fmt: str) -> dict:

@@ -146,7 +146,8 @@ def iter_parts(output: str, columns: list[str], clean: bool = False) -> Iterator
 # Columns added after parts were first written: a part from an earlier version reads them as nulls (never as an
 # unreadable part, which a clean start would delete and redo).
 LATER_COLUMNS = {
-    "engine", "spoken_text", "dropped_chars", "key", "input_digest", "job_digest", "error_kind", "audio_size"
+    "engine", "spoken_text", "dropped_chars", "key", "input_digest", "job_digest", "error_kind", "audio_size",
+    "reading_notes",
 }  # fmt: skip
 
 

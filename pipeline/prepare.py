@@ -3,8 +3,8 @@ CPU time on the model only. Torch-free: it runs in plain Ray Data tasks.
 
 Each row gets `segment_ids` (token ids of every segment's decorated prompt, exactly what the engine would compute
 from the text: `actors.text.text_front_end`), `segment_texts` (each segment's text: the refine-text stage's input,
-refined and tokenised in the engine actor), `spoken_text` and `dropped_chars` (what the model is asked to say and
-the characters deleted because it cannot say them), or, for text that cannot be synthesised, an `error`. Rows whose
+refined and tokenised in the engine actor), `spoken_text`, `dropped_chars` and `reading_notes` (what the model is
+asked to say, the characters deleted because it cannot say them, what the reading replaced or guessed), or, for text that cannot be synthesised, an `error`. Rows whose
 other fields are malformed keep null ids and reach the TTS stage, which reports the field's problem.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from actors.text import DEFAULT_PROMPT, text_front_end
+from actors.text import DEFAULT_PROMPT, Reading, text_front_end
 from actors.tokenizer import TextTokenizer
 from actors.validation import RequestError
 from actors.voices import row_voice
@@ -52,6 +52,7 @@ def prepare_rows(block: pa.Table, tokenizer: Any, settings: dict[str, Any]) -> p
     ids: list[list[list[int]] | None] = [None] * block.num_rows
     spoken: list[str | None] = [None] * block.num_rows
     dropped: list[str | None] = [None] * block.num_rows
+    notes: list[str | None] = [None] * block.num_rows
     segments: list[list[str] | None] = [None] * block.num_rows
     for i, (text, raw, source) in enumerate(zip(texts, fields_json, sources, strict=True)):
         if errors[i] is not None:
@@ -72,14 +73,17 @@ def prepare_rows(block: pa.Table, tokenizer: Any, settings: dict[str, Any]) -> p
                 max_segment_tokens=settings["max_segment_tokens"],
                 max_chars=settings["max_chars"],
                 strict=settings.get("strict_text", False),
+                reading=settings.get("reading") or Reading(),
             )
         except RequestError as err:
             errors[i] = f"{source}: {err}"
             continue
         ids[i], spoken[i], dropped[i] = front_end.segment_ids, front_end.spoken_text, front_end.dropped
+        notes[i] = front_end.notes
         segments[i] = front_end.segments
     block = block.set_column(block.schema.get_field_index("error"), "error", pa.array(errors, type=pa.string()))
     block = block.append_column("segment_ids", pa.array(ids, type=SEGMENT_IDS))
     block = block.append_column("segment_texts", pa.array(segments, type=pa.list_(pa.string())))
     block = block.append_column("spoken_text", pa.array(spoken, type=pa.string()))
-    return block.append_column("dropped_chars", pa.array(dropped, type=pa.string()))
+    block = block.append_column("dropped_chars", pa.array(dropped, type=pa.string()))
+    return block.append_column("reading_notes", pa.array(notes, type=pa.string()))

@@ -31,6 +31,7 @@ class JobReport:
     problems: list[str] = field(default_factory=list)  # inputs that yielded no rows (missing shards, ...)
     failures: list[dict[str, Any]] = field(default_factory=list)
     dropped_chars_rows: int = 0  # ok rows whose text lost characters the model cannot say (`dropped_chars`)
+    reading_notes_rows: int = 0  # ok rows whose reading replaced or guessed something (`reading_notes`)
     workers: dict[str, dict[str, float]] = field(default_factory=dict)
     output: str = ""
     redo: dict[str, Any] = field(default_factory=dict)  # what this run redid or removed, and why (`books.Redo`)
@@ -68,6 +69,7 @@ class JobReport:
             "books": self.books,
             "notes": self.notes,
             "dropped_chars_rows": self.dropped_chars_rows,
+            "reading_notes_rows": self.reading_notes_rows,
             "workers": self.workers,
             "output": self.output,
             "failures": self.failures,
@@ -79,7 +81,8 @@ def finish_report(report: JobReport, output: str, closing: Closing, seconds_this
     holds every row of a million-row job), with the books' closing check; `seconds_this_run`: audio this run made."""
     # Only the audio's path: reading the `audio` struct would pull every row's encoded bytes back in.
     columns = [
-        "id", "source", "error", "duration_s", "worker", "engine_occupancy", "engine", "dropped_chars", "audio.path"
+        "id", "source", "error", "duration_s", "worker", "engine_occupancy", "engine", "dropped_chars",
+        "reading_notes", "audio.path",
     ]  # fmt: skip
     workers: dict[str, dict[str, Any]] = {}
     fs, base = filesystem(output)
@@ -135,6 +138,9 @@ def _account_part(report: JobReport, table: pa.Table, workers: dict[str, dict[st
     report.audio_seconds += pc.sum(pc.fill_null(ok.column("duration_s"), 0.0)).as_py() or 0.0
     dropped = pc.fill_null(pc.greater(pc.utf8_length(ok.column("dropped_chars")), 0), False)
     report.dropped_chars_rows += pc.sum(dropped).as_py() or 0
+    if "reading_notes" in ok.column_names:  # parts written before the column read it as nulls
+        noted = pc.fill_null(pc.greater(pc.utf8_length(ok.column("reading_notes")), 0), False)
+        report.reading_notes_rows += pc.sum(noted).as_py() or 0
     named = table.filter(pc.fill_null(pc.not_equal(table.column("worker"), ""), False))
     stats = pa.table({
         "worker": named.column("worker"),

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import numbers, tokens
-from .numbers import DATE_ORDERS, DEFAULT_DATE_ORDER
+from . import dates, digits, numbers, tokens
+from .dates import DATE_ORDERS, DEFAULT_DATE_ORDER
 from .words import Speaker
 
 __all__ = ["DATE_ORDERS", "DEFAULT_DATE_ORDER", "chinese_hyphens", "read"]
@@ -42,14 +42,14 @@ def read(sentence: str, lang: str, grammar: Callable[[str], str], notes: list[st
         notes.append(f"{scheme!r} not read (narrators skip a web address's scheme)")
     text = tokens.ADDRESS.sub(lambda m: tokens.read_address(m, say), sentence)
     text = tokens.read_aircraft(text, say)
-    text = numbers.read_scores(text, say)
-    text = numbers.read_dates(text, say, notes.append, date_order)
-    text = numbers.read_month_dates(text, say)
-    text = numbers.read_phones(text, say)
-    text = numbers.read_digit_strings(text, say)
-    text = numbers.read_chinese_times(text, say)
+    text = dates.read_scores(text, say)
+    text = dates.read_dates(text, say, notes.append, date_order)
+    text = dates.read_month_dates(text, say)
+    text = digits.read_phones(text, say)
+    text = digits.read_digit_strings(text, say)
+    text = dates.read_chinese_times(text, say)
     text = numbers.read_sections(text, say)
-    text = numbers.read_money(text, say)
+    text = digits.read_money(text, say)
     text = tokens.HYPHEN_NAME.sub(lambda m: tokens.read_hyphen_name(m, say), text)
     text = numbers.read_signs_and_ranges(text, say)
     text = tokens.read_times_signs(text, say)

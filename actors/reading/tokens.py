@@ -27,7 +27,8 @@ ADDRESS = pattern(
     rf")"
 )
 SCHEME = pattern(r"\bhttps?://")
-_ADDRESS_PART = pattern(r"[A-Za-z]+(?![0-9])|\d+(?![A-Za-z])|[A-Za-z0-9]+|[^A-Za-z0-9]")
+_ADDRESS_PART = pattern(r"[A-Za-z]+(?![A-Za-z0-9])|\d+(?![A-Za-z0-9])|[A-Za-z0-9]+|[^A-Za-z0-9]")
+_LABEL_RUN = pattern(r"[A-Za-z]+|\d+")
 
 
 def read_address(match: re.Match[str], say: Speaker) -> str:
@@ -43,9 +44,21 @@ def read_address(match: re.Match[str], say: Speaker) -> str:
         elif part.isalpha():
             words.append(spell_letters(part.upper()) if _spelled_label(part) else part)
         else:
-            words.extend(ch if ch.isdigit() and say.lang == "zh" else say.digits(ch) if ch.isdigit() else ch.upper()
-                         for ch in part)  # fmt: skip
+            words.extend(_mixed_label(part, say))
     return say.join(*words) if say.lang == "zh" else " ".join(words)
+
+
+def _mixed_label(label: str, say: Speaker) -> list[str]:
+    """`support24` -> "support twenty four"; `3xYz9Q` -> "three X Y Z nine Q" (a word where it is one)."""
+    words = []
+    for run in _LABEL_RUN.findall(label):
+        if run.isdigit():
+            words.append(_digits_in_code(run, say))
+        elif len(run) >= 3 and (run.islower() or run.istitle()) and not _spelled_label(run):
+            words.append(run)
+        else:
+            words.append(" ".join(run.upper()))
+    return words
 
 
 def _spelled_label(label: str) -> bool:
@@ -69,6 +82,8 @@ _NOT_CODES = pattern(r"\d+(?:st|nd|rd|th|s|am|pm|AM|PM|k|K|m|M|bn|x|D)", re.IGNO
 
 def read_code(match: re.Match[str], say: Speaker) -> str:
     code = match.group()
+    if re.fullmatch(r"\d+(?:st|nd|rd|th)-[A-Za-z]+", code):
+        return code.replace("-", " ")  # 3rd-year: an ordinal before a word, the grammar's
     if _NOT_CODES.fullmatch(code):
         return code  # an ordinal, a decade, a time, an amount (`5k`), a dimension: the grammar's or another rule's
     if re.fullmatch(r"[A-Za-z]+\d+s", code) and len(code) <= 5:  # `K8s`: the plural of `K8` -> "K eights"
@@ -80,7 +95,8 @@ def read_code_parts(code: str, say: Speaker) -> str:
     parts = _CODE_PART.findall(code)
     digit_count = sum(len(p) for p in parts if p.isdigit())
     longest = max((len(p) for p in parts if p.isdigit()), default=0)
-    one_by_one = digit_count >= 5 or longest >= (3 if say.lang == "zh" else 4) or len(code) > 6
+    runs = len([p for p in parts if p != "-"])
+    one_by_one = digit_count >= 5 or longest >= (3 if say.lang == "zh" else 4) or len(code) > 6 or runs >= 4
     words = []
     for index, part in enumerate(parts):
         if part == "-":
@@ -159,9 +175,20 @@ def read_unit(match: re.Match[str], say: Speaker) -> str:
     singular, plural, chinese = UNITS[unit]
     if say.lang == "zh":  # digits and the unit's word: the grammar reads them together (两公斤, not 二公斤)
         return f"{say.number(number)}{chinese}" if chinese.isascii() else f"{number.replace(',', '')}{chinese}"
-    before = match.string[max(0, match.start() - 4) : match.start()]
-    attributive = re.search(r"\b(?:a|an)\s$", before, flags=re.I)  # a 2 TB drive, a 16 GB option
+    before, after = match.string[max(0, match.start() - 6) : match.start()], match.string[match.end() :]
+    # A measure between a determiner and a noun is singular: a 2 TB drive, each 5 ml spoonful, the 16 GB model
+    # (not: 250 mg of paracetamol, 30 mph near the school)
+    attributive = re.search(r"\b(?:a|an|each|every|the|this|that|one)\s$", before, flags=re.I) and (
+        _NOUN_AFTER.match(after) or re.match(r" [A-Z]{2,}\b", after)
+    )
     return f"{say.number(number)} {singular if number == '1' or attributive else plural}"
+
+
+_NOUN_AFTER = pattern(
+    r" (?!(?:of|per|in|and|or|to|a|an|the|for|at|on|each|every|from|with|by|than|is|are|was|were|into|over|under|"
+    r"away|long|wide|high|tall|deep|thick|ago|later|more|less|left|behind|before|after|apart|total|daily|a day|max|"
+    r"min|or so|plus|off|up|down|out|per|s|it|this|that|which|you|we|they|he|she|i)\b)[a-z]{3,}\b"
+)
 
 
 # Inches only where `in` cannot be the word: 5 ft 6 in, a 27 in monitor, 12" (the ASCII double quote after a number
@@ -191,9 +218,12 @@ def read_times_signs(text: str, say: Speaker) -> str:
     zh = say.lang == "zh"
     per_mille = (lambda m: f"千分之{m[1]}") if zh else (lambda m: f"{m[1]} per mille")
     text = re.sub(r"(\d+(?:\.\d+)?)\s*‰", per_mille, text, flags=re.A)
+    text = DIMENSION_CHAIN.sub(lambda m: m.group().replace("×", "乘" if zh else " by "), text)
     text = DIMENSION.sub(lambda m: m.group(1) + ("乘" if zh else " by "), text)
     text = re.sub(r"\s*×\s*(?=[\d(])", "乘" if zh else " times ", text, flags=re.A)
-    text = re.sub(r"(?<=\d)\s*[xX]\s*(?=\d)", "乘" if zh else " by ", text, flags=re.A)
+    text = re.sub(
+        r"(?<![A-Za-z\d])(\d+)\s*[xX]\s*(?=\d+(?![A-Za-z\d]))", r"\1乘" if zh else r"\1 by ", text, flags=re.A
+    )
     if zh:
         return text
     text = re.sub(r"(?:#|№|\bNo\.\s?)(?=\d)|#(?=[A-Z]{1,3}\d)", "number ", text, flags=re.A)
@@ -202,6 +232,8 @@ def read_times_signs(text: str, say: Speaker) -> str:
 
 # `×` between measures, or between whole numbers before a noun, is "by" (2 m × 3 m, a 2×4 stud).
 DIMENSION = pattern(r"(\d\s?(?:[a-zA-Z]{1,2}|cm|mm|ft)?\s?)×(?=\s?\d+(?:\s?(?:[a-zA-Z]{1,2}\b)|\s[a-z]{3,}))")
+# A chain of measures ending in a unit (40 × 30 × 15 cm): every `×` in it is "by".
+DIMENSION_CHAIN = pattern(r"\d+(?:\.\d+)?(?:\s?×\s?\d+(?:\.\d+)?)+\s?(?:cm|mm|m|in|ft|km|inches|feet)\b")
 
 
 def read_symbols(text: str, say: Speaker) -> str:
@@ -216,7 +248,17 @@ def read_symbols(text: str, say: Speaker) -> str:
     return re.sub(r"(?<=[A-Za-z])\s*\+\s*(?=[A-Za-z])", "加" if zh else " plus ", text, flags=re.A)
 
 
+_ABBREVIATED = {"Art": "Article", "Sec": "Section", "Ch": "Chapter", "Vol": "Volume", "Fig": "Figure", "p": "page",
+                "pp": "pages", "Ave": "Avenue", "approx": "approximately"}  # fmt: skip
+_ABBREVIATION = pattern(r"\b(Art|Sec|Ch|Vol|Fig|pp|p)\.\s?(?=\d)|\b(approx)\.")
+
+
 def _english_symbols(text: str) -> str:
+    text = _ABBREVIATION.sub(lambda m: _ABBREVIATED[m[1] or m[2]] + (" " if m[1] else ""), text)
+    text = re.sub(r"\b24/7\b", "twenty four seven", text)
+    text = re.sub(r"§§\s*", "sections ", text)
+    text = re.sub(r"§\s*", "section ", text)
+    text = re.sub(r"(?<=[A-Za-z])\s?[–—]\s?(?=[A-Za-z])", " to " if _DAYS.search(text) else ", ", text)
     text = re.sub(r"(?:#|№|\b[Nn]o\.\s?)(?=\d)|#(?=[A-Z]\w*\d)|\b[Nn]o\.\s?(?=[A-Z]{1,3}-?\d)", "number ", text)
     text = re.sub(r"\s*=\s*", " equals ", text).replace("π", "pi")
     text = re.sub(r"(?<=\w)/(?=(?:month|year|hour|day|week|night|person|mo|yr|hr|kg|lb|unit)\b)", " a ", text)
@@ -224,11 +266,16 @@ def _english_symbols(text: str) -> str:
     return re.sub(r"(?<![\w@])@(?=\s)", "at", text, flags=re.A)
 
 
+_DAYS = pattern(r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*\s?[–—]\s?(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)")
+
+
 def _zh_symbols(text: str) -> str:
     """`#3` / `№3` in Chinese -> "3号"; a `#` or `*` key -> 井号 / 星号; `=` -> 等于; `π` -> 派; `/月` -> 每月;
     `&` between Chinese words -> 和; a handle's `@` -> 艾特."""
     text = re.sub(r"(?:#|№)(\d+)", r"\1号", text, flags=re.A)
-    text = re.sub(r"/(?=[月年天日人次晚周])", "每", text)
+    text = re.sub(r"/(?=[月年天日人次晚周克斤件个瓶盒位间]|公斤|千克|平米|平方米|小时|分钟|公里)", "每", text)
+    text = re.sub(r"§\s*", "第", text)
+    text = re.sub(r"(?<=[^\d\s])\s*\+\s*(?=[^\d\s])", "加", text)
     text = text.replace("#", "井号").replace("*", "星号").replace("=", "等于").replace("π", "派")
     return re.sub(r"(?<=[\u4e00-\u9fff])\s*&\s*(?=[\u4e00-\u9fff])", "和", text).replace("@", "艾特")
 
@@ -238,10 +285,12 @@ _TITLES = (
     "Grade|Class|Type|Category|War|Bowl|Rocky|Saturn|Apollo|Gemini|Mark|Mk|Saw|Toy Story|Fantasy|Fighter|Wars|Edition|Series"
 )
 ROMAN_AFTER_TITLE = pattern(rf"\b(?P<t>{_TITLES}) (?P<r>[IVXLCDM]+)\b")
-ROMAN_AFTER_NAME = pattern(r"\b(?P<t>[A-Z][a-z]+) (?P<r>[IVX]{2,5}|V)\b(?!['’-])")
+ROMAN_AFTER_NAME = pattern(r"\b(?P<t>[A-Z][a-z]+) (?P<r>[IVX]{2,5}|V)\b(?!-|['’](?!s\b))")
 ROMAN_AFTER_DI = pattern(r"第(?P<r>[IVXLC]+)(?=[\u4e00-\u9fff])")
 # A numeral between Chinese characters (路易XIV被, 超级碗LVIII在); `XL` is a size, not forty.
-ROMAN_IN_CHINESE = pattern(r"(?<=[\u4e00-\u9fff])(?P<r>(?!XL\b)[IVXL]{2,8})(?=[\u4e00-\u9fff，。、；！？]|$)")
+ROMAN_IN_CHINESE = pattern(
+    r"(?<=[\u4e00-\u9fff])(?P<r>(?!XL\b)[IVXL]{2,8})(?=[\u4e00-\u9fff\u3000-\u303f\uff00-\uffef]|$)"
+)
 
 
 def read_roman(text: str, say: Speaker) -> str:

@@ -54,8 +54,9 @@ def segments(replica: Replica, row: int, request: SynthesisRequest, result: Synt
         max_segment_tokens=replica.engine.max_segment_tokens,
         max_chars=replica.max_chars,
         strict=request.strict,
+        reading=request.reading,
     )
-    result.spoken_text, result.dropped = front_end.spoken_text, front_end.dropped
+    result.spoken_text, result.dropped, result.notes = front_end.spoken_text, front_end.dropped, front_end.notes
     plan = replica.plan
     if request.params.max_new_tokens > plan.max_new_tokens:
         raise RequestError(

@@ -147,6 +147,7 @@ def join(results: list[SynthesisResult], parts: Parts, stats: ReplicaStats) -> N
         failed = [part.error for part in ordered if part.error]
         if failed:
             result.error, result.error_kind, result.spoken_text, result.dropped = failed[0], "engine", None, None
+            result.notes = None
             continue
         if any(part.text is not None for part in ordered):  # refined: what was said is the refined text
             result.spoken_text = " ".join(part.text or "" for part in ordered)

@@ -111,7 +111,7 @@ class Synthesizer:
                 segments.extend(inputs.segments(self, row, request, results[row]))
             except (RequestError, SpeakerError, ValueError) as err:
                 results[row].error, results[row].error_kind = str(err), "input"
-                results[row].spoken_text = results[row].dropped = None
+                results[row].spoken_text = results[row].dropped = results[row].notes = None
         return results, segments
 
     def submit(self, segment: Segment, key: object, stream: bool = False) -> None:

@@ -14,11 +14,21 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import soundfile as sf
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from actors.audio import encode_audio, to_pcm16
 from actors.model.config import SAMPLE_RATE
-from actors.settings import NORMALIZE_HELP, STRICT_TEXT_HELP, NormalizeMode, RefineSettings, SamplingFields
+from actors.reading import DEFAULT_DATE_ORDER
+from actors.settings import (
+    DATE_ORDER_HELP,
+    NORMALIZE_HELP,
+    REPLACEMENTS_HELP,
+    STRICT_TEXT_HELP,
+    DateOrder,
+    NormalizeMode,
+    RefineSettings,
+    SamplingFields,
+)
 from actors.text import CONTROL_TAGS, DEFAULT_PROMPT
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -86,6 +96,10 @@ class SpeechRequest(_Body):
         return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
 
 
+ReplacementKey = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S")]
+ReplacementValue = Annotated[str, StringConstraints(max_length=400)]
+
+
 class NativeRequest(_Body, SamplingFields):
     """raytts `POST /v1/tts`: ChatTTS' controls."""
 
@@ -100,6 +114,10 @@ class NativeRequest(_Body, SamplingFields):
     prompt: str = Field(DEFAULT_PROMPT, max_length=400, description="Control tags placed before the text.")
     normalize: NormalizeMode = Field("full", description=NORMALIZE_HELP)
     strict_text: bool = Field(False, description=STRICT_TEXT_HELP)
+    date_order: DateOrder = Field(DEFAULT_DATE_ORDER, description=DATE_ORDER_HELP)
+    replacements: dict[ReplacementKey, ReplacementValue] = Field(
+        default_factory=dict, max_length=500, description=REPLACEMENTS_HELP
+    )
     refine: bool | RefineSettings | None = Field(
         None,
         description="The refine-text stage: true/false, or its settings (prompt, sampling, seed, only: the refined "

@@ -60,7 +60,7 @@ def sampling(body: NativeRequest, max_new: int) -> dict[str, Any]:
 def refine_only_answer(request_id: str, model: str, result: SynthesisResult, headers: dict) -> JSONResponse:
     return JSONResponse(
         {"id": request_id, "model": model, "segments": result.segments, "spoken_text": result.spoken_text,
-         "dropped_chars": result.dropped},
+         "dropped_chars": result.dropped, "reading_notes": result.notes},
         headers=headers,
     )  # fmt: skip
 
@@ -80,6 +80,7 @@ def codes_answer(
             "truncated_segments": result.truncated_segments,
             "spoken_text": result.spoken_text,
             "dropped_chars": result.dropped,
+            "reading_notes": result.notes,
             "format": fmt,
             "audio": base64.b64encode(audio).decode(),
             "codes": result.codes.tolist(),

@@ -30,6 +30,7 @@ from actors.async_engine import AsyncSynthesizer, SpeechStream
 from actors.engine.params import SamplingParams
 from actors.model.config import NUM_VQ
 from actors.requests import SynthesisRequest, SynthesisResult
+from actors.text import Reading
 from actors.validation import RequestError
 from actors.voices import Voice
 
@@ -66,6 +67,7 @@ def spoken_headers(result: SynthesisResult) -> dict[str, str]:
     return {
         "X-Raytts-Spoken-Text": quote(result.spoken_text or "", safe=" ,.[]_'"),
         "X-Raytts-Dropped-Chars": quote(result.dropped or "", safe=""),
+        "X-Raytts-Reading-Notes": quote(result.notes or "", safe=" ,.'"),
     }
 
 
@@ -295,6 +297,7 @@ class TTSServer:
             self._check_capacity(loaded)
             synth_request = self._request(body.text, voice, body.speaker, prompt, **native.sampling(body, max_new))
             synth_request.normalize, synth_request.strict = body.normalize, body.strict_text
+            synth_request.reading = Reading.of(body.date_order, body.replacements)
             synth_request.refine = refine
             headers = {"X-Raytts-Model": name, "X-Raytts-Voice": voice_name or "speaker"}
             if body.stream:

@@ -187,7 +187,7 @@ def test_responses_say_what_was_spoken_and_what_was_dropped(server):
     assert status == 200, body
     answer = json.loads(body)
     assert (answer["spoken_text"], answer["dropped_chars"]) == (
-        "call five hundred and fifty five now [uv_break] 你好",
+        "call five five five now [uv_break] 你好",
         "?",
     )
     headers = {k.lower(): v for k, v in headers.items()}
@@ -199,6 +199,17 @@ def test_responses_say_what_was_spoken_and_what_was_dropped(server):
     assert (json.loads(body)["spoken_text"], json.loads(body)["dropped_chars"]) == ("call  now [uv_break] 你好", "555?")
     status, _, body = _post(f"{server}/v1/tts", {"text": text, "strict_text": True})
     assert status == 400 and b"strict" in body and b"'?'" in body, body
+    # What the reading replaced or guessed is said too: in the JSON and, percent-encoded, X-Raytts-Reading-Notes.
+    read = {**plain, "text": "Dr. Lee sees you on 12/06/2026.", "date_order": "dmy", "replacements": {"Dr.": "Doctor"}}
+    status, headers, body = _post(f"{server}/v1/tts", read)
+    assert status == 200, body
+    answer = json.loads(body)
+    assert answer["spoken_text"].startswith("Doctor Lee sees you on the twelfth of June"), answer["spoken_text"]
+    assert answer["reading_notes"].startswith("replaced 'Dr.' with 'Doctor'; ambiguous date '12/06/2026' read dmy")
+    assert unquote({k.lower(): v for k, v in headers.items()}["x-raytts-reading-notes"]) == answer["reading_notes"]
+    for bad in ({"date_order": "ymd"}, {"replacements": {"": "x"}}, {"replacements": ["Dr."]}):
+        status, _, body = _post(f"{server}/v1/tts", {**read, **bad})
+        assert status == 400 and next(iter(bad)).encode() in body, body
     # The refine-text stage (on: the server's default) rewrites the text; refine only answers with that text.
     only = {"text": "it costs $5?", "refine": {"only": True, "seed": 4}}
     status, _, body = _post(f"{server}/v1/tts", only)

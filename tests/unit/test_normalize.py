@@ -21,7 +21,10 @@ _DIGITS = re.compile(r"[0-9]")
 # (text, words the spoken text must contain): English, Chinese, mixed. Each case is asserted on its own.
 CATALOGUE = [
     # English
-    ("Call me at 555-1234 on March 3rd, 2025.", ["five five five, one two three four", "march third", "twenty twenty five"]),
+    (
+        "Call me at 555-1234 on March 3rd, 2025.",
+        ["five five five, one two three four", "march third", "twenty twenty five"],
+    ),
     ("The price is $12.50, about 20% off!", ["twelve", "dollars", "twenty percent"]),
     ("2025", ["twenty twenty five"]),
     ("I was born on 03/15/1990.", ["march fifteenth", "nineteen ninety"]),
@@ -206,6 +209,13 @@ def test_the_jobs_prepare_stage_normalises_and_applies_strict(tiny_checkpoint):
         {"spoken_text": "Really", "dropped_chars": "?", "error": None},
     ]
     assert prepared(normalize="upstream")[0] == {"spoken_text": "I owe you .", "dropped_chars": "$20", "error": None}
+    dated = JobConfig.model_validate({"inputs": {"text": ["x"]}, "output": {"path": "out"}, "date_order": "dmy",
+                                      "replacements": {"you": "thee"}})  # fmt: skip
+    notes = prepare_rows(rows.slice(0, 1), tokenizer, {
+        "speaker": None, "normalize": "full", "strict_text": False, "max_segment_tokens": 120, "max_chars": 1000,
+        "references": {}, "reading": dated.reading(),
+    }).select(["spoken_text", "reading_notes"]).to_pylist()  # fmt: skip
+    assert notes == [{"spoken_text": "I owe thee twenty dollars.", "reading_notes": "replaced 'you' with 'thee'"}]
     strict = prepared(strict_text=True)
     assert strict[0]["error"] is None
     assert strict[1]["spoken_text"] is None and strict[1]["error"].startswith("t.jsonl:2: ")
