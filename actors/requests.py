@@ -15,6 +15,7 @@ import numpy as np
 
 from .engine.params import REFINE_PARAMS, SamplingParams
 from .model.config import NUM_VQ, SAMPLE_RATE
+from .quality import QualityMeasures
 from .text import DEFAULT_NORMALIZE, DEFAULT_PROMPT, FrontEnd, Reading
 from .validation import RequestError
 
@@ -109,6 +110,8 @@ class SynthesisResult:
     spoken_text: str | None = None
     dropped: str | None = None  # characters the front end deleted because it cannot speak them ("" when none)
     notes: str | None = None  # what the reading replaced or had to guess ("" when nothing; `FrontEnd.notes`)
+    quality: QualityMeasures | None = None  # the row's quality measures (`actors.quality`), None without audio
+    quality_flags: list[str] | None = None  # the flags its measures raised under the replica's policy
     refine_only: bool = False  # the refined text is the result: no audio, no codes
     error_kind: str | None = None  # with `error`: input, model, engine or output (`actors.rows.ERROR_KINDS`)
 

@@ -19,8 +19,8 @@ from .voices import RowVoices
 # input: the row or request cannot be synthesised as given (fix the row); model: the model made no usable audio
 # (retry with another seed); engine: the engine failed while the row ran (retry as it is); output: the row's audio
 # could not be written (fix the output location, retry).
-ErrorKind = Literal["input", "model", "engine", "output"]
-ERROR_KINDS: tuple[str, ...] = ("input", "model", "engine", "output")
+ErrorKind = Literal["input", "model", "engine", "output", "quality"]
+ERROR_KINDS: tuple[str, ...] = ("input", "model", "engine", "output", "quality")
 
 REFINE_ONLY_WRITES_NO_AUDIO = (
     "refine only (the refined text without audio) is not available in raytts run, which writes audio; use raytts "
@@ -84,4 +84,6 @@ def result_columns(
         "spoken_text": result.spoken_text if ok else None,
         "dropped_chars": result.dropped if ok else None,
         "reading_notes": result.notes if ok else None,
+        "qc": result.quality.as_dict() if result.quality is not None else None,
+        "qc_flags": result.quality_flags,
     }

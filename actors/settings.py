@@ -16,6 +16,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .engine.params import REFINE_PARAMS, SamplingParams
+from .quality import QualityPolicy
 from .reading import DEFAULT_DATE_ORDER
 from .text import Reading, normalize_mode
 
@@ -182,6 +183,27 @@ class OnnxSettings(Strict):
     )
 
 
+class QualitySettings(Strict):
+    """Per-row quality checks (`actors.quality`): the thresholds that raise each flag, and what a flagged row
+    becomes. Measures and flags are written on every row (`qc`, `qc_flags`) whatever `on_fail` says."""
+
+    on_fail: Literal["keep", "error"] = Field(
+        "keep", description="keep: write a flagged row with its flags; error: make it an error row of kind quality."
+    )
+    min_seconds_per_unit: float = Field(0.12, ge=0, description="Faster (s per Chinese char / English word): too_fast.")
+    max_seconds_per_unit: float = Field(1.0, gt=0, description="Slower than this: too_slow (babble, long pauses).")
+    max_lead_silence_s: float = Field(1.0, ge=0, description="More silence before the first sound: lead_silence.")
+    max_trail_silence_s: float = Field(1.5, ge=0, description="More silence after the last sound: trail_silence.")
+    max_pause_s: float = Field(2.0, ge=0, description="A longer silence inside the row: long_pause.")
+    min_rms_dbfs: float = Field(-45.0, description="Quieter speech (RMS of its non-silent frames): too_quiet.")
+    max_clipped_share: float = Field(0.001, ge=0, le=1, description="More samples at full scale: clipped.")
+    max_loop_s: float = Field(2.0, gt=0, description="A repeating code pattern this long or longer: loop.")
+    allow_truncated: bool = Field(False, description="true: a segment that hit max_new_tokens raises no flag.")
+
+    def policy(self) -> QualityPolicy:
+        return QualityPolicy(**self.model_dump())
+
+
 class EngineSettings(Strict):
     """One engine replica: where it runs, how it spends its memory, how it decodes."""
 
@@ -226,6 +248,10 @@ class EngineSettings(Strict):
         "CUDA with onnxruntime-gpu), the same engine around it (engine.onnx says which export).",
     )
     onnx: OnnxSettings = Field(default_factory=OnnxSettings, description="The onnx backend's export.")
+    quality: QualitySettings = Field(
+        default_factory=QualitySettings,
+        description="Per-row quality checks: thresholds and what a flagged row becomes.",
+    )
     compile: Literal["off", "inductor", "cudagraphs"] = Field(
         "off",
         description="torch.compile the decode step (dynamic shapes, compiled once at start-up); 'cudagraphs' also "

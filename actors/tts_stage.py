@@ -23,6 +23,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from .audio import to_pcm16
+from .quality import arrow_type as quality_arrow_type
 from .requests import with_source
 from .settings import ActorFields, EngineSettings, RefineSettings, RowTextFields, SamplingSettings, Strict
 from .validation import RequestError
@@ -75,6 +76,8 @@ STAGE_SCHEMA = pa.schema(
         ("spoken_text", pa.string()),  # the text the model was asked to say (actors.text.FrontEnd)
         ("dropped_chars", pa.string()),  # characters the front end deleted ("" when none)
         ("reading_notes", pa.string()),  # what the reading replaced or had to guess ("" when nothing)
+        ("qc", quality_arrow_type()),  # the row's quality measures (`actors.quality`)
+        ("qc_flags", pa.list_(pa.string())),  # the flags they raised
         ("worker", pa.string()),
         ("engine_occupancy", pa.float64()),
         ("engine", ENGINE_ACCOUNTING),

@@ -90,6 +90,13 @@ def report_table(summary: dict) -> str:
             f"{summary['dropped_chars_rows']} ok rows lost characters the model cannot say (see their dropped_chars "
             f"and spoken_text columns)"
         )
+    qc = summary.get("qc") or {}
+    if qc.get("rows_flagged"):
+        counts = ", ".join(f"{name} {count}" for name, count in qc["flags"].items() if count)
+        lines.append(
+            f"{qc['rows_flagged']} of {qc['rows_measured']} rows raised quality flags ({counts}): see their qc_flags "
+            f"and qc columns"
+        )
     if summary.get("reading_notes_rows"):
         lines.append(
             f"{summary['reading_notes_rows']} ok rows were read by a replacement or a guess (an ambiguous date: see "

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from actors.quality import QualitySummary
 from actors.replica import build_synthesizer
 from actors.requests import SynthesisRequest, SynthesisResult, with_source
 from actors.rows import RowDefaults, failed, request_for_row
@@ -63,6 +64,7 @@ class SynthReport:
     failures: list[dict] = field(default_factory=list)
     dropped_chars_rows: int = 0  # ok rows whose text lost characters the model cannot say (`dropped_chars`)
     reading_notes_rows: int = 0  # ok rows read by a replacement or a guess (`reading_notes`)
+    qc: QualitySummary = field(default_factory=QualitySummary)  # flag counts and distributions of the measures
     refine_only_rows: int = 0  # ok rows whose result is their refined text, without audio (refine only)
     output: str = ""
     engine: dict = field(default_factory=dict)  # the replica's plan (slots, blocks, budget and its source), accounting
@@ -81,6 +83,7 @@ class SynthReport:
             "audio_seconds_per_second": round(self.audio_seconds_per_second, 3),
             "dropped_chars_rows": self.dropped_chars_rows,
             "reading_notes_rows": self.reading_notes_rows,
+            "qc": self.qc.to_dict(),
             "refine_only_rows": self.refine_only_rows,
             "output": self.output,
             "engine": self.engine,
@@ -158,6 +161,7 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
                     result_row(result, row.source, speaker, seed, model_id, options.save_codes, options.audio_format)
                 )
                 report.rows += 1
+                report.qc.add(out[-1]["qc"], out[-1]["qc_flags"])
                 if out[-1]["error"]:
                     report.failed += 1
                     report.failures.append({"id": result.id or None, "error": out[-1]["error"]})

@@ -112,6 +112,7 @@ def job_settings(config: Any, model_sha256: str, front_end_version: str) -> dict
             "backend": engine.backend,
             "onnx_quantize": engine.onnx.quantize if engine.backend == "onnx" else None,
             "max_segment_tokens": engine.max_segment_tokens,
+            "quality": engine.quality.model_dump(),  # a row's qc_flags (and, under on_fail: error, its error)
         },
         "output": {
             "audio_format": config.output.audio_format,

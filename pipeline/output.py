@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from actors.audio import AUDIO_FORMATS, encode_audio, to_pcm16
 from actors.model.config import SAMPLE_RATE
+from actors.quality import arrow_type as quality_arrow_type
 
 if TYPE_CHECKING:  # torch-free at import: the store stage encodes audio without loading the model
     from actors.requests import SynthesisResult
@@ -45,6 +46,8 @@ SCHEMA = pa.schema(
         ("spoken_text", pa.string()),
         ("dropped_chars", pa.string()),
         ("reading_notes", pa.string()),  # what the reading replaced or had to guess ("" when nothing)
+        ("qc", quality_arrow_type()),  # the row's quality measures (`actors.quality`; null without audio)
+        ("qc_flags", pa.list_(pa.string())),  # the flags they raised under engine.quality
     ]
 )
 

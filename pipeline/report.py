@@ -12,6 +12,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from actors.quality import QualitySummary
+
 from .books import Closing
 from .parts import filesystem, iter_outputs
 
@@ -37,6 +39,7 @@ class JobReport:
     redo: dict[str, Any] = field(default_factory=dict)  # what this run redid or removed, and why (`books.Redo`)
     books: dict[str, Any] = field(default_factory=dict)  # the closing check (`books.Closing`)
     notes: list[str] = field(default_factory=list)  # things done that are no failure (output files not read, ...)
+    qc: QualitySummary = field(default_factory=QualitySummary)  # flag counts and distributions of the measures
 
     @property
     def closed(self) -> bool:
@@ -70,6 +73,7 @@ class JobReport:
             "notes": self.notes,
             "dropped_chars_rows": self.dropped_chars_rows,
             "reading_notes_rows": self.reading_notes_rows,
+            "qc": self.qc.to_dict(),
             "workers": self.workers,
             "output": self.output,
             "failures": self.failures,
@@ -82,7 +86,7 @@ def finish_report(report: JobReport, output: str, closing: Closing, seconds_this
     # Only the audio's path: reading the `audio` struct would pull every row's encoded bytes back in.
     columns = [
         "id", "source", "error", "duration_s", "worker", "engine_occupancy", "engine", "dropped_chars",
-        "reading_notes", "audio.path",
+        "reading_notes", "qc", "qc_flags", "audio.path",
     ]  # fmt: skip
     workers: dict[str, dict[str, Any]] = {}
     fs, base = filesystem(output)
@@ -141,6 +145,8 @@ def _account_part(report: JobReport, table: pa.Table, workers: dict[str, dict[st
     if "reading_notes" in ok.column_names:  # parts written before the column read it as nulls
         noted = pc.fill_null(pc.greater(pc.utf8_length(ok.column("reading_notes")), 0), False)
         report.reading_notes_rows += pc.sum(noted).as_py() or 0
+    for measures, flags in zip(table.column("qc").to_pylist(), table.column("qc_flags").to_pylist(), strict=True):
+        report.qc.add(measures, flags)
     named = table.filter(pc.fill_null(pc.not_equal(table.column("worker"), ""), False))
     stats = pa.table({
         "worker": named.column("worker"),

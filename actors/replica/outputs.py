@@ -15,6 +15,7 @@ from ..engine.batcher import FinishedRow, PartialRow
 from ..engine.generate import decode_waveforms
 from ..engine.memory import SlotPlan
 from ..engine.stream import StreamDecoder
+from ..quality import QualityMeasures, QualityPolicy, measure
 from ..requests import SynthesisResult
 
 
@@ -138,8 +139,31 @@ class Outputs:
         return out
 
 
-def join(results: list[SynthesisResult], parts: Parts, stats: ReplicaStats) -> None:
-    """Concatenate each request's segments in order into its result."""
+def judge(result: SynthesisResult, quality: QualityPolicy) -> None:
+    """The result's quality measures and flags; under `on_fail: error` a flagged row becomes an error row."""
+    result.quality = measure(result.audio, result.codes, result.spoken_text or "", result.truncated_segments)
+    result.quality_flags = quality.flags(result.quality)
+    if result.quality_flags and quality.on_fail == "error":
+        result.error = (
+            f"quality checks failed: {', '.join(result.quality_flags)} (measures: "
+            f"{_brief(result.quality, result.quality_flags)}); retry with another seed, or set engine.quality.on_fail: "
+            f"keep to write it flagged"
+        )
+        result.error_kind = "quality"
+        result.audio = result.codes = None  # an error row carries no audio; its measures say why
+
+
+_MEASURE_OF = {"truncated": "truncated_segments", "too_fast": "seconds_per_unit", "too_slow": "seconds_per_unit",
+               "lead_silence": "lead_silence_s", "trail_silence": "trail_silence_s", "long_pause": "longest_pause_s",
+               "too_quiet": "rms_dbfs", "clipped": "clipped_share", "loop": "loop_s"}  # fmt: skip
+
+
+def _brief(measures: QualityMeasures, flags: list[str]) -> str:
+    return ", ".join(f"{_MEASURE_OF[f]}={getattr(measures, _MEASURE_OF[f])}" for f in flags)
+
+
+def join(results: list[SynthesisResult], parts: Parts, stats: ReplicaStats, quality: QualityPolicy) -> None:
+    """Concatenate each request's segments in order into its result, and measure its quality (`actors.quality`)."""
     for row, row_parts in parts.items():
         result = results[row]
         ordered = [row_parts[i] for i in sorted(row_parts)]
@@ -164,5 +188,6 @@ def join(results: list[SynthesisResult], parts: Parts, stats: ReplicaStats) -> N
             continue
         result.audio = np.concatenate([part.audio for part in ordered])
         result.codes = np.concatenate([part.codes for part in ordered]).astype(np.int16)
+        judge(result, quality)
     stats.requests += len(results)
     stats.failed += sum(1 for r in results if r.error)

@@ -154,4 +154,4 @@ class Synthesizer:
 
     def join(self, results: list[SynthesisResult], parts: Parts) -> None:
         """Concatenate each request's segments in order into its result."""
-        join(results, parts, self.stats)
+        join(results, parts, self.stats, self.engine.quality.policy())

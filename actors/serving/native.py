@@ -81,6 +81,8 @@ def codes_answer(
             "spoken_text": result.spoken_text,
             "dropped_chars": result.dropped,
             "reading_notes": result.notes,
+            "qc": result.quality.as_dict() if result.quality is not None else None,
+            "qc_flags": result.quality_flags,
             "format": fmt,
             "audio": base64.b64encode(audio).decode(),
             "codes": result.codes.tolist(),

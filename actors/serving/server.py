@@ -62,12 +62,14 @@ log = logging.getLogger(__name__)
 
 
 def spoken_headers(result: SynthesisResult) -> dict[str, str]:
-    """What the model was asked to say and what the front end deleted, for a whole (not streamed) response: UTF-8,
-    percent-encoded (HTTP header values are Latin-1)."""
+    """What the model was asked to say, what the front end deleted, what the reading guessed (UTF-8,
+    percent-encoded: HTTP header values are Latin-1) and the quality flags the row raised, for a whole (not streamed)
+    response."""
     return {
         "X-Raytts-Spoken-Text": quote(result.spoken_text or "", safe=" ,.[]_'"),
         "X-Raytts-Dropped-Chars": quote(result.dropped or "", safe=""),
         "X-Raytts-Reading-Notes": quote(result.notes or "", safe=" ,.'"),
+        "X-Raytts-QC-Flags": ",".join(result.quality_flags or []),
     }
 
 

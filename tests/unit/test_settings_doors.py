@@ -78,6 +78,10 @@ def test_every_setting_is_a_synth_flag_and_arrives_as_the_yaml_value_would(model
             flags += ["--onnx-path", "/exports/x", "--onnx-quantize", "int8"]
             expected["onnx"] = {"path": "/exports/x", "quantize": "int8"}
             continue
+        if name == "quality":
+            flags += ["--quality-on-fail", "error", "--quality-max-pause-s", "3.5", "--quality-allow-truncated"]
+            expected["quality"] = {"on_fail": "error", "max_pause_s": 3.5, "allow_truncated": True}
+            continue
         assert name in values, f"{model.__name__}.{name} has no test value: add one"
         value = values[name]
         if name == "enabled" and dest == "refine":

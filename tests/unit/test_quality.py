@@ -1,0 +1,140 @@
+"""Per-row quality checks (actors/quality.py): each detector on constructed rows with its fault and on clean rows
+(benchmarks/quality_faults.py: speech-like audio, not a model's, since no real weights run here), the loop detector's
+edges, the policy's settings, and the measures on real rows of the replica and of `raytts synth`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from actors.model.config import SAMPLE_RATE
+from actors.quality import FLAGS, QualityPolicy, QualitySummary, _longest_loop, measure, spoken_units
+from actors.settings import QualitySettings
+from benchmarks.quality_faults import FAULTS, clean, speech
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_each_fault_raises_its_flag(fault):
+    """At least 80% of 30 rows (the measured rates, over 300 rows each, are in benchmarks/RESULTS.md: a squeeze
+    to 1/4 of an already quick row stays above the too_fast threshold now and then)."""
+    flag, make = FAULTS[fault]
+    rng = np.random.default_rng(hash(fault) % 2**32)
+    policy = QualityPolicy()
+    hits = sum(flag in policy.flags(measure(*make(clean(rng), rng))) for _ in range(30))
+    assert hits >= 24, f"{fault}: {hits}/30 rows raised {flag}"
+
+
+def test_clean_rows_raise_no_flag():
+    rng = np.random.default_rng(1)
+    policy = QualityPolicy()
+    flagged = [policy.flags(measure(*clean(rng))) for _ in range(60)]
+    assert flagged == [[]] * 60
+
+
+def test_the_loop_detector_needs_three_periods_and_sees_all_codebooks():
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 626, size=(200, 4))
+    assert _longest_loop(noise) == 0
+    pattern = rng.integers(0, 626, size=(5, 4))
+    looped = np.concatenate([noise[:50], np.tile(pattern, (20, 1)), noise[:50]])
+    assert _longest_loop(looped) == 100  # 20 copies of a 5-frame period
+    twice = np.concatenate([noise[:50], np.tile(pattern, (2, 1)), noise[50:100]])
+    assert _longest_loop(twice) == 0  # a phrase said twice is no loop
+    one_codebook = looped.copy()
+    one_codebook[50:150, 3] = rng.integers(0, 626, size=100)
+    assert _longest_loop(one_codebook) == 0
+
+
+def test_units_count_chinese_characters_and_english_words_without_tags():
+    assert spoken_units("[uv_break]Hello world, 你好 [laugh] it's fine") == 2 + 2 + 2
+    assert spoken_units("[speed_5]") == 0
+    row = measure(speech(1.0, np.random.default_rng(0)), None, "[speed_5]", 0)
+    assert row.seconds_per_unit is None and row.loop_s == 0.0
+
+
+def test_the_settings_are_the_policy_and_refuse_what_they_do_not_know():
+    strict = QualitySettings(max_pause_s=0.5, on_fail="error").policy()
+    assert strict == QualityPolicy(max_pause_s=0.5, on_fail="error")
+    rng = np.random.default_rng(5)
+    audio, codes, text, _ = clean(rng)
+    gap = np.concatenate([audio[: audio.size // 2], np.zeros(SAMPLE_RATE, np.float32), audio[audio.size // 2 :]])
+    assert strict.flags(measure(gap, codes, text, 0)) == ["long_pause"]
+    assert QualityPolicy().flags(measure(gap, codes, text, 0)) == []
+    with pytest.raises(ValueError, match="on_fail"):
+        QualitySettings(on_fail="retry")
+    with pytest.raises(ValueError, match="max_silence"):
+        QualitySettings(max_silence=1)
+
+
+def test_the_summary_counts_flags_and_bins_every_measure():
+    summary = QualitySummary()
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        summary.add(measure(*clean(rng)).as_dict(), [])
+    summary.add(measure(*FAULTS["clipping"][1](clean(rng), rng)).as_dict(), ["clipped"])
+    summary.add(None, None)  # an error row without audio: not measured
+    out = summary.to_dict()
+    assert (out["rows_measured"], out["rows_flagged"], out["flags"]["clipped"]) == (6, 1, 1)
+    assert set(out["flags"]) == set(FLAGS)
+    assert all(sum(h["counts"]) == 6 for h in out["histograms"].values())
+    json.dumps(out)  # the report is JSON
+
+
+def test_replica_rows_carry_measures_and_on_fail_error_makes_quality_error_rows(tiny_checkpoint, tmp_path):
+    """The tiny random model's rows through the replica: measured where the audio is, flags under the policy; with
+    `on_fail: error` and a threshold every row breaks, each row is an error of kind `quality` naming its flag and
+    carries no audio."""
+    from actors.engine.params import SamplingParams
+    from actors.replica import Synthesizer
+    from actors.requests import RefineOptions, SynthesisRequest
+
+    def rows(**quality):
+        synth = Synthesizer(model=str(tiny_checkpoint), device="cpu", cache_dir=tmp_path, max_slots=4,
+                            quality=QualitySettings(**quality))  # fmt: skip
+        params, refine = SamplingParams(max_new_tokens=40, seed=3), RefineOptions(enabled=False)
+        requests = [SynthesisRequest(id=f"r{i}", text=f"row number {i} says hello.", params=params, refine=refine)
+                    for i in range(3)]  # fmt: skip
+        return synth.synthesize(requests)
+
+    for result in rows():
+        assert result.ok and result.quality is not None and result.quality.duration_s > 0
+        assert result.quality_flags == QualityPolicy().flags(result.quality)
+    for result in rows(on_fail="error", max_seconds_per_unit=0.001):
+        assert result.error_kind == "quality" and "too_slow" in result.error and result.audio is None
+        assert result.quality_flags and "too_slow" in result.quality_flags
+
+
+def test_synth_writes_qc_columns_and_the_report_summary(tiny_checkpoint, tmp_path):
+    import pyarrow.parquet as pq
+
+    rows = [{"id": f"r{i}", "text": f"Row {i} of the quality check.", "refine": False} for i in range(3)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cmd = [
+        sys.executable, "-m", "jobs.cli", "synth", "--model", str(tiny_checkpoint), "--input", str(tmp_path / "in.jsonl"),
+        "--output", str(tmp_path / "out"), "--max-new-tokens", "40", "--device", "cpu", "--quality-max-pause-s", "9",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    table = pq.read_table(tmp_path / "out" / "part-00000.parquet").to_pylist()
+    assert [r["id"] for r in table] == ["r0", "r1", "r2"]
+    assert all(set(r["qc"]) >= {"duration_s", "loop_s", "rms_dbfs"} and isinstance(r["qc_flags"], list) for r in table)
+    report = json.loads((tmp_path / "out" / "_report.json").read_text())
+    assert report["qc"]["rows_measured"] == 3
+    assert report["qc"]["rows_flagged"] == sum(bool(r["qc_flags"]) for r in table)
+
+
+def test_the_thresholds_are_part_of_a_jobs_identity():
+    """A re-run with other thresholds gives what a fresh run would: its rows' flags follow the new thresholds."""
+    from pipeline.config import JobConfig
+    from pipeline.identity import job_settings
+
+    def settings_of(**engine):
+        config = JobConfig.model_validate({"inputs": {"text": ["x"]}, "output": {"path": "o"}, "engine": engine})
+        return job_settings(config, "sha", "rules")
+
+    assert settings_of()["engine"]["quality"] == QualitySettings().model_dump()
+    assert settings_of(quality={"max_pause_s": 3}) != settings_of()
