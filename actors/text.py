@@ -20,6 +20,7 @@ with `strict` a row that lost characters is an error row. Lower-casing happens i
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,24 +134,29 @@ class Reading:
                 raise ValueError(f"replacements map non-empty strings to strings, got {key!r:.40}: {value!r:.40}")
         return cls(date_order, pairs)
 
+    @functools.cached_property
+    def _pattern(self) -> re.Pattern[str]:
+        """One pattern of every key, longest first (compiled once per Reading, not per row)."""
+        return re.compile(
+            "|".join(
+                (r"(?<![A-Za-z0-9])" if k[0].isalnum() else "")
+                + re.escape(k)
+                + (r"(?![A-Za-z0-9])" if k[-1].isalnum() else "")
+                for k, _ in self.replacements
+            )
+        )
+
     def replace(self, text: str, notes: list[str]) -> str:
         """`text` with the user's replacements (each recorded in notes), outside control tags."""
         if not self.replacements:
             return text
         table = dict(self.replacements)
-        alternatives = "|".join(
-            (r"(?<![A-Za-z0-9])" if k[0].isalnum() else "")
-            + re.escape(k)
-            + (r"(?![A-Za-z0-9])" if k[-1].isalnum() else "")
-            for k, _ in self.replacements
-        )
-        found = re.compile(alternatives)
 
         def one(match: re.Match[str]) -> str:
             notes.append(f"replaced {match.group()!r} with {table[match.group()]!r}")
             return table[match.group()]
 
-        return _outside_tags(text, lambda piece: found.sub(one, piece))
+        return _outside_tags(text, lambda piece: self._pattern.sub(one, piece))
 
 
 DEFAULT_READING = Reading()
