@@ -71,6 +71,15 @@ class Engine(Protocol):
 
     def join(self, results: list[SynthesisResult], parts: Parts) -> None: ...
 
+    def retake(self, request: SynthesisRequest, best: SynthesisResult, attempts: int) -> SynthesisRequest | None:
+        """The request again with its next seed, when the best of its `attempts` results should be re-taken (its
+        quality policy says so), else None."""
+        ...
+
+    def better(self, result: SynthesisResult, than: SynthesisResult) -> bool:
+        """Whether `result` is a better take of its row than `than` (the quality policy's score)."""
+        ...
+
 
 def admission_order(segments: list[Segment]) -> list[Segment]:
     """Longest text first (stable): a call's rows finish when its longest row does, so starting the long ones first
@@ -96,6 +105,10 @@ class Call:
     # streaming: pieces of later segments wait until every earlier segment has been sent
     next_segment: int = 0
     held: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    # re-takes (quality on_fail: retake): rows in the round now running, attempts per row, the best take so far
+    retaking: list[int] = field(default_factory=list)
+    attempts: dict[int, int] = field(default_factory=dict)
+    best: dict[int, SynthesisResult] = field(default_factory=dict)
 
     def take_pieces(self) -> list[np.ndarray]:
         pieces, self.pieces = self.pieces, []
@@ -180,5 +193,44 @@ class EngineDriver:
             call.pieces.extend(piece for piece in call.held.pop(call.next_segment, []) if piece.size)
 
     def _finish(self, call: Call) -> None:
-        self.engine.join(call.results, call.parts)
+        if call.retaking:  # a re-take round: join only its rows (each attempt counts once in the engine's stats)
+            rows = call.retaking
+            self.engine.join([call.results[r] for r in rows], {i: call.parts[r] for i, r in enumerate(rows)})
+        else:
+            self.engine.join(call.results, call.parts)
+        if not call.stream and self._retake(call):
+            return
+        for row, attempts in call.attempts.items():
+            call.results[row].attempts = attempts
         call.done = True
+
+    def _retake(self, call: Call) -> bool:
+        """Keep each joined row's best take; queue the next seed of the rows whose best take should be re-taken.
+        True when a round was queued (the call goes on)."""
+        rows = call.retaking or list(range(len(call.results)))
+        queued: list[int] = []
+        for row in rows:
+            result, best = call.results[row], call.best.get(row)
+            if best is None or self.engine.better(result, best):
+                call.best[row] = best = result
+            call.results[row] = best
+            attempts = call.attempts.get(row, 1)
+            request = self.engine.retake(call.requests[row], best, attempts)
+            if request is None:
+                continue
+            results, segments = self.engine.prepare([request])
+            if results[0].error:
+                continue  # it was accepted once: a refusal now keeps the best take
+            results[0].seed, call.attempts[row] = request.params.seed, attempts + 1
+            call.results[row] = results[0]
+            call.parts.pop(row, None)
+            for segment in segments:
+                segment.request = row
+                self.engine.submit(segment, (call.id, row, segment.index))
+            call.remaining += len(segments)
+            queued.append(row)
+        call.retaking = queued
+        if not queued:
+            return False
+        self.calls[call.id] = call
+        return True

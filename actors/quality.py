@@ -75,10 +75,12 @@ def arrow_type() -> Any:
 
 @dataclass(frozen=True)
 class QualityPolicy:
-    """Which measures raise which flag (`FLAGS`), and what a flagged row becomes: `keep` (written, flagged) or
-    `error` (an error row of kind `quality`, naming its flags; a re-run with other seeds can redo it)."""
+    """Which measures raise which flag (`FLAGS`), and what a flagged row becomes: `keep` (written, flagged), `retake`
+    (synthesised again with the next seed, seed + 1, + 2, ..., up to `max_attempts` takes in all; the best take by
+    `score` is kept, flagged if no take was clean) or `error` (an error row of kind `quality`, naming its flags)."""
 
     on_fail: str = "keep"
+    max_attempts: int = 3
     min_seconds_per_unit: float = 0.12
     max_seconds_per_unit: float = 1.0
     max_lead_silence_s: float = 1.0
@@ -103,6 +105,14 @@ class QualityPolicy:
             "loop": m.loop_s >= self.max_loop_s,
         }
         return [name for name in FLAGS if raised[name]]
+
+    def score(self, measures: QualityMeasures | None, flags: list[str] | None) -> tuple[float, ...]:
+        """A take's badness, compared in order: flags raised, truncated segments, seconds of code loop, the longest
+        pause beyond the allowed one; a take without measures (it failed) is worst."""
+        if measures is None:
+            return (math.inf,)
+        excess_pause = max(0.0, measures.longest_pause_s - self.max_pause_s)
+        return (len(flags or ()), measures.truncated_segments, measures.loop_s, excess_pause)
 
 
 POLICY_FIELDS = tuple(f.name for f in fields(QualityPolicy))
@@ -204,10 +214,14 @@ class QualitySummary:
     def __init__(self) -> None:
         self.measured = 0
         self.flagged = 0
+        self.retaken = 0  # rows taken more than once (on_fail: retake)
+        self.extra_takes = 0
         self.flags: dict[str, int] = dict.fromkeys(FLAGS, 0)
         self.counts = {name: [0] * (len(edges) - 1) for name, edges in HISTOGRAMS.items()}
 
-    def add(self, measures: dict[str, Any] | None, flags: list[str] | None) -> None:
+    def add(self, measures: dict[str, Any] | None, flags: list[str] | None, attempts: int | None = 1) -> None:
+        self.retaken += bool(attempts and attempts > 1)
+        self.extra_takes += max(0, (attempts or 1) - 1)
         if measures is None:
             return
         self.measured += 1
@@ -224,6 +238,8 @@ class QualitySummary:
         return {
             "rows_measured": self.measured,
             "rows_flagged": self.flagged,
+            "rows_retaken": self.retaken,
+            "extra_takes": self.extra_takes,
             "flags": self.flags,
             "histograms": {
                 name: {"edges": [_edge(e) for e in HISTOGRAMS[name]], "counts": counts}

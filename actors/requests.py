@@ -112,6 +112,8 @@ class SynthesisResult:
     notes: str | None = None  # what the reading replaced or had to guess ("" when nothing; `FrontEnd.notes`)
     quality: QualityMeasures | None = None  # the row's quality measures (`actors.quality`), None without audio
     quality_flags: list[str] | None = None  # the flags its measures raised under the replica's policy
+    attempts: int = 1  # takes made of this row (quality on_fail: retake); the result is the best of them
+    seed: int | None = None  # the kept take's seed when a re-take was kept (None: the request's own seed)
     refine_only: bool = False  # the refined text is the result: no audio, no codes
     error_kind: str | None = None  # with `error`: input, model, engine or output (`actors.rows.ERROR_KINDS`)
 

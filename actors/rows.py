@@ -74,7 +74,7 @@ def result_columns(
         "text": result.text,
         "source": source,
         "speaker": speaker,
-        "seed": seed,
+        "seed": result.seed if result.seed is not None else seed,  # a kept re-take's own seed
         "segments": result.segments if ok else None,
         "truncated_segments": result.truncated_segments if ok else None,
         "codes": result.codes.tolist() if ok and save_codes and result.codes is not None else None,
@@ -86,4 +86,5 @@ def result_columns(
         "reading_notes": result.notes if ok else None,
         "qc": result.quality.as_dict() if result.quality is not None else None,
         "qc_flags": result.quality_flags,
+        "qc_attempts": result.attempts,
     }

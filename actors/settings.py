@@ -187,9 +187,12 @@ class QualitySettings(Strict):
     """Per-row quality checks (`actors.quality`): the thresholds that raise each flag, and what a flagged row
     becomes. Measures and flags are written on every row (`qc`, `qc_flags`) whatever `on_fail` says."""
 
-    on_fail: Literal["keep", "error"] = Field(
-        "keep", description="keep: write a flagged row with its flags; error: make it an error row of kind quality."
+    on_fail: Literal["keep", "retake", "error"] = Field(
+        "keep",
+        description="keep: write a flagged row with its flags; retake: synthesise it again with the next seed (up to "
+        "max_attempts takes, the best kept, flagged if none was clean); error: make it an error row of kind quality.",
     )
+    max_attempts: int = Field(3, ge=1, le=10, description="Takes of a flagged row in all under on_fail: retake.")
     min_seconds_per_unit: float = Field(0.12, ge=0, description="Faster (s per Chinese char / English word): too_fast.")
     max_seconds_per_unit: float = Field(1.0, gt=0, description="Slower than this: too_slow (babble, long pauses).")
     max_lead_silence_s: float = Field(1.0, ge=0, description="More silence before the first sound: lead_silence.")

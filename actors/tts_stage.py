@@ -78,6 +78,7 @@ STAGE_SCHEMA = pa.schema(
         ("reading_notes", pa.string()),  # what the reading replaced or had to guess ("" when nothing)
         ("qc", quality_arrow_type()),  # the row's quality measures (`actors.quality`)
         ("qc_flags", pa.list_(pa.string())),  # the flags they raised
+        ("qc_attempts", pa.int32()),  # takes made of the row (quality on_fail: retake)
         ("worker", pa.string()),
         ("engine_occupancy", pa.float64()),
         ("engine", ENGINE_ACCOUNTING),

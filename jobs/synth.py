@@ -161,7 +161,7 @@ def run_synth(options: SynthOptions) -> tuple[int, SynthReport]:
                     result_row(result, row.source, speaker, seed, model_id, options.save_codes, options.audio_format)
                 )
                 report.rows += 1
-                report.qc.add(out[-1]["qc"], out[-1]["qc_flags"])
+                report.qc.add(out[-1]["qc"], out[-1]["qc_flags"], out[-1]["qc_attempts"])
                 if out[-1]["error"]:
                     report.failed += 1
                     report.failures.append({"id": result.id or None, "error": out[-1]["error"]})

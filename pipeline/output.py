@@ -48,6 +48,7 @@ SCHEMA = pa.schema(
         ("reading_notes", pa.string()),  # what the reading replaced or had to guess ("" when nothing)
         ("qc", quality_arrow_type()),  # the row's quality measures (`actors.quality`; null without audio)
         ("qc_flags", pa.list_(pa.string())),  # the flags they raised under engine.quality
+        ("qc_attempts", pa.int32()),  # takes made of the row (engine.quality.on_fail: retake); the best was kept
     ]
 )
 

@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,20 @@ class Synthesizer:
     @property
     def busy(self) -> bool:
         return self.batcher.busy
+
+    def retake(self, request: SynthesisRequest, best: SynthesisResult, attempts: int) -> SynthesisRequest | None:
+        """The request with its next seed when the quality policy re-takes flagged rows and attempts are left."""
+        policy = self.engine.quality.policy()
+        if policy.on_fail != "retake" or not best.ok or not best.quality_flags or attempts >= policy.max_attempts:
+            return None
+        params = replace(request.params, seed=(request.params.seed + attempts) % 2**63)
+        return replace(request, params=params)
+
+    def better(self, result: SynthesisResult, than: SynthesisResult) -> bool:
+        policy = self.engine.quality.policy()
+        mine = policy.score(result.quality, result.quality_flags) if result.ok else (math.inf,)
+        theirs = policy.score(than.quality, than.quality_flags) if than.ok else (math.inf,)
+        return mine < theirs
 
     def join(self, results: list[SynthesisResult], parts: Parts) -> None:
         """Concatenate each request's segments in order into its result."""

@@ -69,6 +69,12 @@ class FakeEngine:
             results[row].segments = len(ordered)
             results[row].audio = np.concatenate([part.audio for part in ordered])
 
+    def retake(self, request: SynthesisRequest, best: SynthesisResult, attempts: int) -> SynthesisRequest | None:
+        return None  # no quality policy: one take per row
+
+    def better(self, result: SynthesisResult, than: SynthesisResult) -> bool:
+        return False
+
 
 def test_whole_calls_go_longest_first_and_join_segments_in_order():
     engine = FakeEngine()

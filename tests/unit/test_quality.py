@@ -138,3 +138,47 @@ def test_the_thresholds_are_part_of_a_jobs_identity():
 
     assert settings_of()["engine"]["quality"] == QualitySettings().model_dump()
     assert settings_of(quality={"max_pause_s": 3}) != settings_of()
+
+
+def test_retakes_end_every_faulty_row_clean_and_the_kept_seed_reproduces_its_audio(tiny_checkpoint, tmp_path):
+    """Faults are injected for chosen seeds (the tiny random model makes no real ones): this replica's join flags
+    every take whose seed is in `bad`, as a loop. Under on_fail: retake each affected row is taken again with the
+    next seed until a clean take, within max_attempts; rows that were clean keep their one take; the kept seed,
+    synthesised again, gives the kept audio exactly. A row whose every take is bad keeps its best take, flagged."""
+    from actors.audio import to_pcm16
+    from actors.engine.params import SamplingParams
+    from actors.replica import Synthesizer
+    from actors.requests import RefineOptions, SynthesisRequest
+
+    bad = {3, 4, 10}
+
+    class Faulty(Synthesizer):
+        def join(self, results, parts):
+            super().join(results, parts)
+            for result in results:
+                seed = result.seed if result.seed is not None else int(result.id.split("-")[1])
+                if result.ok and seed in bad:
+                    result.quality_flags = [*result.quality_flags, "loop"]
+
+    def synth(on_fail: str, max_attempts: int = 3) -> Synthesizer:
+        # thresholds no take of the tiny random model breaks: only the injected loops flag a take
+        lenient = QualitySettings(
+            on_fail=on_fail, max_attempts=max_attempts, allow_truncated=True, min_seconds_per_unit=0,
+            max_seconds_per_unit=1e6, max_lead_silence_s=1e6, max_trail_silence_s=1e6, max_pause_s=1e6,
+            min_rms_dbfs=-1e6, max_clipped_share=1, max_loop_s=1e6,
+        )  # fmt: skip
+        return Faulty(model=str(tiny_checkpoint), device="cpu", cache_dir=tmp_path, max_slots=4, quality=lenient)
+
+    def requests(seeds):
+        refine = RefineOptions(enabled=False)
+        return [SynthesisRequest(id=f"s-{s}", text="a row to check.", refine=refine,
+                                 params=SamplingParams(max_new_tokens=30, seed=s)) for s in seeds]  # fmt: skip
+
+    results = synth("retake").synthesize(requests([1, 3, 10]))
+    assert [(r.attempts, r.seed, r.quality_flags) for r in results] == [(1, None, []), (3, 5, []), (2, 11, [])]
+    again = synth("keep").synthesize(requests([5, 11]))
+    for replay, kept in zip(again, results[1:], strict=True):  # the same codes, the audio to one PCM16 step
+        np.testing.assert_array_equal(replay.codes, kept.codes)
+        assert np.max(np.abs(to_pcm16(replay.audio).astype(int) - to_pcm16(kept.audio).astype(int))) <= 1
+    worst = synth("retake", max_attempts=2).synthesize(requests([3]))[0]  # seeds 3 and 4 both bad
+    assert worst.ok and worst.attempts == 2 and worst.quality_flags == ["loop"]
