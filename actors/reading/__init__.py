@@ -37,7 +37,7 @@ def chinese_hyphens(sentence: str) -> str:
 
 def read(sentence: str, lang: str, grammar: Callable[[str], str], notes: list[str], date_order: str) -> str:
     """`sentence` with every rule applied, for `lang`'s grammar to finish; what a rule guessed is appended to notes."""
-    say = Speaker(lang, grammar)
+    say = Speaker(lang, grammar, notes)
     for scheme in tokens.SCHEME.findall(sentence):
         notes.append(f"{scheme!r} not read (narrators skip a web address's scheme)")
     text = tokens.ADDRESS.sub(lambda m: tokens.read_address(m, say), sentence)

@@ -77,6 +77,8 @@ CODE = pattern(r"(?<![\w.-])(?=[A-Za-z-]*\d)(?=[\d-]*[A-Za-z])[A-Za-z0-9]+(?:-[A
 # part of it (`Boeing 737-800` is a range rule's business, not this one's).
 HYPHEN_NAME = pattern(r"(?<![\w-])([A-Za-z]{1,10})-(\d{1,6})(?![\d.]*\d)(?![\w-])")
 _CODE_PART = pattern(r"[A-Za-z]+|\d+|-")
+# A number and lower-case letters that are no unit raytts knows (`5qz`): read as a code, and noted.
+_UNKNOWN_UNIT = pattern(r"\d+[a-z]{1,4}")
 _NOT_CODES = pattern(r"\d+(?:st|nd|rd|th|s|am|pm|AM|PM|k|K|m|M|bn|x|D)", re.IGNORECASE)
 
 
@@ -84,6 +86,8 @@ def read_code(match: re.Match[str], say: Speaker) -> str:
     code = match.group()
     if re.fullmatch(r"\d+(?:st|nd|rd|th)-[A-Za-z]+", code):
         return code.replace("-", " ")  # 3rd-year: an ordinal before a word, the grammar's
+    if _UNKNOWN_UNIT.fullmatch(code) and not _NOT_CODES.fullmatch(code):
+        say.notes.append(f"unknown unit {code!r}: read letter by letter")
     if _NOT_CODES.fullmatch(code):
         return code  # an ordinal, a decade, a time, an amount (`5k`), a dimension: the grammar's or another rule's
     if re.fullmatch(r"[A-Za-z]+\d+s", code) and len(code) <= 5:  # `K8s`: the plural of `K8` -> "K eights"

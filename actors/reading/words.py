@@ -15,11 +15,13 @@ _ROMAN_VALUES = {"M": 1000, "D": 500, "C": 100, "L": 50, "X": 10, "V": 5, "I": 1
 
 
 class Speaker:
-    """Says numbers in one language: `grammar(text)` is the language's wetext normaliser on a short piece."""
+    """Says numbers in one language: `grammar(text)` is the language's wetext normaliser on a short piece; `notes`
+    collects what a rule had to guess (the row's `reading_notes`)."""
 
-    def __init__(self, lang: str, grammar: Callable[[str], str]) -> None:
+    def __init__(self, lang: str, grammar: Callable[[str], str], notes: list[str] | None = None) -> None:
         self.lang = lang
         self._grammar = grammar
+        self.notes = notes if notes is not None else []
 
     def number(self, digits: str) -> str:
         """A whole number or decimal (`"250"`, `"3.2"`, `"1984"`) read as a quantity, never as a year."""

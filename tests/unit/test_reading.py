@@ -120,3 +120,10 @@ def test_the_date_order_and_replacements_are_part_of_a_jobs_identity():
     assert settings_of(replacements={"K8s": "Kubernetes"})["replacements"] == {"K8s": "Kubernetes"}
     with pytest.raises(ValidationError, match="date_order"):
         settings_of(date_order="ymd")
+
+
+def test_an_unknown_unit_is_read_letter_by_letter_and_noted():
+    spoken, _, notes = read_text("Add 5qz of flour and 200 g of sugar.", "full")
+    assert spoken == "Add five q z of flour and two hundred grams of sugar."
+    assert notes == "unknown unit '5qz': read letter by letter"
+    assert read_text("Order 2 A4 sheets and a 5k run.", "full")[2] == ""  # codes and known suffixes: no guess
