@@ -195,7 +195,9 @@ class EngineDriver:
     def _finish(self, call: Call) -> None:
         if call.retaking:  # a re-take round: join only its rows (each attempt counts once in the engine's stats)
             rows = call.retaking
-            self.engine.join([call.results[r] for r in rows], {i: call.parts[r] for i, r in enumerate(rows)})
+            self.engine.join(
+                [call.results[r] for r in rows], {i: call.parts[r] for i, r in enumerate(rows) if r in call.parts}
+            )
         else:
             self.engine.join(call.results, call.parts)
         if not call.stream and self._retake(call):
