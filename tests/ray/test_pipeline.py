@@ -478,12 +478,26 @@ def test_the_prepare_stage_tokenises_exactly_as_the_engine_does(local_ray, tiny_
     config.sampling.min_new_tokens = 8  # a random checkpoint may otherwise end a segment at its first step
     report = run_job(config)
     assert report.failed == 0, report.failures
-    columns = ["id", "codes", "segments", "spoken_text", "dropped_chars", "reading_notes"]
+    columns = [
+        "id",
+        "codes",
+        "segments",
+        "spoken_text",
+        "dropped_chars",
+        "reading_notes",
+        "qc",
+        "qc_flags",
+        "qc_attempts",
+    ]
     job = {r["id"]: r for r in read_outputs(str(tmp_path / "out"), columns).to_pylist()}
     assert job["long"]["segments"] > 2
     spoken = ("call five five five now [uv_break] please", "?", "")  # digits read, `?` deleted, nothing guessed
     assert (job["digits"]["spoken_text"], job["digits"]["dropped_chars"], job["digits"]["reading_notes"]) == spoken
     assert report.dropped_chars_rows == 1
+    assert all(
+        r["qc"]["duration_s"] > 0 and r["qc_attempts"] == 1 and isinstance(r["qc_flags"], list) for r in job.values()
+    )
+    assert report.qc.measured == len(job)
 
     engine = config.engine
     synth = Synthesizer(model=config.model, device="cpu", max_slots=engine.max_slots,

@@ -193,6 +193,10 @@ def test_responses_say_what_was_spoken_and_what_was_dropped(server):
     headers = {k.lower(): v for k, v in headers.items()}
     assert unquote(headers["x-raytts-spoken-text"]) == answer["spoken_text"]
     assert unquote(headers["x-raytts-dropped-chars"]) == "?"
+    # The row's quality measures and flags (actors/quality.py) come with it: in the JSON and, for whole answers, the
+    # X-Raytts-QC-Flags header.
+    assert answer["qc"]["duration_s"] > 0 and set(answer["qc"]) >= {"seconds_per_unit", "rms_dbfs", "loop_s"}
+    assert isinstance(answer["qc_flags"], list) and headers["x-raytts-qc-flags"] == ",".join(answer["qc_flags"])
     upstream = {**plain, "normalize": "upstream"}
     status, _, body = _post(f"{server}/v1/tts", upstream)
     assert status == 200, body
