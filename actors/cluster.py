@@ -41,11 +41,28 @@ def joined_ray(address: str | None, local_cpus: int, quiet: bool = False) -> Ite
             ray.init(address="local", num_cpus=max(local_cpus, os.cpu_count() or 1), **options)
     if quiet:  # the LoggingConfig is for the workers; on this driver it would print every warning twice
         _restore_root_logger(*driver_logging)
+    disarm_ray_data_usage_poller()
     try:
         yield RayConnection(owned=owned, local=local)
     finally:
         if owned:
             ray.shutdown()
+
+
+def disarm_ray_data_usage_poller() -> None:
+    """Ray Data 2.60 starts, with a process's first dataset, a daemon thread that polls cluster metrics every 10 s
+    for the life of the process (`ray.data._internal.usage.poller`); a poll after `ray.shutdown()` reaches the core
+    worker, and Ray then ends the whole process with status 1 ("The core worker has already been shutdown ... The
+    process will exit"): a driver that prints its report after shutting Ray down, or a test process that starts
+    Ray again, dies at random. The poller only feeds Ray's own usage statistics: give it nothing to poll."""
+    from ray.data._internal.usage import poller
+
+    with poller._poller_lock:
+        if poller._poller is None:
+            poller._poller = poller.ClusterMetricsPoller({})
+        else:
+            with poller._poller._lock:
+                poller._poller._metrics = {}
 
 
 def _quiet_ray_data_console() -> None:

@@ -13,6 +13,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Ray Data's usage poller would end this process at random after a test's `ray.shutdown()`
+    (`actors.cluster.disarm_ray_data_usage_poller`): disarm it before any test runs a dataset."""
+    from actors.cluster import disarm_ray_data_usage_poller
+
+    disarm_ray_data_usage_poller()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return
