@@ -143,8 +143,9 @@ _MONTH_DATE = pattern(
 
 
 _DAY_RANGE = pattern(
-    r"(?<![\d.])(?P<a>\d{1,2})(?:st|nd|rd|th)?\s?[-–]\s?(?P<b>\d{1,2})(?:st|nd|rd|th)? (?P<m>(?:January|February|March|"
-    r"April|May|June|July|August|September|October|November|December))\b"
+    r"(?<![\d.])(?P<a>\d{1,2})(?:st|nd|rd|th)?\s?[-–]\s?(?P<b>\d{1,2})(?:st|nd|rd|th)? (?P<m>"
+    + "|".join(EN_MONTHS)
+    + r")\b"
 )
 
 
