@@ -45,6 +45,18 @@ _TAG = re.compile(r"\[\w+\]")
 FLAGS = (
     "truncated", "too_fast", "too_slow", "lead_silence", "trail_silence", "long_pause", "too_quiet", "clipped", "loop",
 )  # fmt: skip
+# What each flag means to a listener (the listening page's legend; docs/quality.md has the thresholds).
+FLAG_MEANINGS = {
+    "truncated": "a segment ran to max_new_tokens without its end token: usually babble at the end",
+    "too_fast": "far more text than audio: words skipped or swallowed",
+    "too_slow": "far more audio than text: words invented, babble or long noise",
+    "lead_silence": "a long silence before the first sound",
+    "trail_silence": "a long silence after the last sound",
+    "long_pause": "a long silence inside the row",
+    "too_quiet": "speech near silence",
+    "clipped": "samples at full scale: audible distortion",
+    "loop": "the same few codes repeating: a stutter or drone",
+}
 
 
 @dataclass

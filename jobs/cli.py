@@ -10,6 +10,7 @@ from pathlib import Path
 from actors.checkpoint import CheckpointError
 
 from .common import failure_line, overrides_from, print_failures
+from .report_cli import add_report_parser, report
 from .run_cli import add_run_parser, report_table, run
 from .synth_cli import add_synth_parser, synth
 
@@ -114,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
     _checkpoint_parser(sub)
     _stage_parser(sub)
     _export_parser(sub)
+    add_report_parser(sub)
     return root
 
 
@@ -144,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             return run(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "report":
+            return report(args)
     except (CheckpointError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
         print(f"raytts {args.command}: {err}", file=sys.stderr)
         return 2

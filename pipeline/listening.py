@@ -1,0 +1,244 @@
+"""The listening page: `{output}/report.html`, a static page next to a job's output (local folder or object storage,
+no server) for the rows a listener should hear first. `raytts report OUTPUT` writes it, and so does the end of every
+`raytts run`.
+
+What it holds: the rows' totals and flag counts, histograms of the quality measures (matplotlib, as SVG images in the
+page), and a table of chosen rows with audio players: the worst `per_flag` rows of each flag (by that flag's own
+measure, e.g. the longest loop for `loop`), a fixed sample of clean rows to compare them with (the rows whose id
+hashes lowest, so the sample is the same on every run), and the first failed rows with their errors. Filters by
+flag, speaker and language (Chinese, English or mixed, from `spoken_text`) show and hide table rows.
+
+The parts are read one at a time, a few columns each, and only the chosen rows are kept: the page costs the same
+memory for ten rows and for a hundred million. Players link `audio/{id}.{format}` relatively where the job wrote
+audio files (the page works wherever the folder is served or copied whole); rows whose audio lives only in the
+Parquet `audio.bytes` (`output.audio_files: false`) are embedded in the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import io
+import posixpath
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from actors.quality import FLAG_MEANINGS, FLAGS, HISTOGRAMS, QualitySummary
+
+from .parts import filesystem, iter_outputs
+
+PAGE = "report.html"
+PER_FLAG = 12  # worst rows shown per flag, clean rows sampled, failed rows listed
+_COLUMNS = [
+    "id", "spoken_text", "speaker", "seed", "duration_s", "error", "error_kind", "source", "qc", "qc_flags",
+    "qc_attempts", "audio.path", "audio_size",
+]  # fmt: skip
+# Each flag's own measure, and whether a larger value is worse (+1) or a smaller one (-1).
+SEVERITY: dict[str, tuple[str, int]] = {
+    "truncated": ("truncated_segments", 1),
+    "too_fast": ("seconds_per_unit", -1),
+    "too_slow": ("seconds_per_unit", 1),
+    "lead_silence": ("lead_silence_s", 1),
+    "trail_silence": ("trail_silence_s", 1),
+    "long_pause": ("longest_pause_s", 1),
+    "too_quiet": ("rms_dbfs", -1),
+    "clipped": ("clipped_share", 1),
+    "loop": ("loop_s", 1),
+}
+HISTOGRAM_TITLES = {
+    "duration_s": "duration (s)",
+    "seconds_per_unit": "seconds per word / character",
+    "longest_pause_s": "longest pause (s)",
+    "lead_silence_s": "leading silence (s)",
+    "trail_silence_s": "trailing silence (s)",
+    "rms_dbfs": "loudness (dBFS)",
+    "loop_s": "longest code loop (s)",
+}
+MIME = {"flac": "audio/flac", "wav": "audio/wav", "ogg": "audio/ogg", "opus": "audio/ogg"}
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+_LATIN = re.compile(r"[A-Za-z]{2,}")
+_TAG = re.compile(r"\[\w+\]")
+
+
+def language(text: str | None) -> str:
+    """zh, en, mixed or other: what `spoken_text` is written in (the page's language filter)."""
+    plain = _TAG.sub(" ", text or "")  # control tags ([laugh], [uv_break]) are no language
+    zh, en = bool(_CJK.search(plain)), bool(_LATIN.search(plain))
+    return "mixed" if zh and en else "zh" if zh else "en" if en else "other"
+
+
+@dataclass
+class Listening:
+    """What the page shows, gathered part by part (`gather`)."""
+
+    output: str
+    per_flag: int = PER_FLAG
+    rows: int = 0
+    ok: int = 0
+    failed: int = 0
+    summary: QualitySummary = field(default_factory=QualitySummary)
+    worst: dict[str, list[tuple[float, str, dict[str, Any]]]] = field(default_factory=dict)  # flag -> min-heap
+    clean: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)  # max-heap by -hash
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    error_kinds: dict[str, int] = field(default_factory=dict)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows += 1
+        if row.get("error"):
+            self.failed += 1
+            kind = row.get("error_kind") or "unknown"
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
+            if len(self.failures) < self.per_flag:
+                self.failures.append(row)
+            return
+        self.ok += 1
+        qc, flags = row.get("qc"), row.get("qc_flags") or []
+        self.summary.add(qc, flags, row.get("qc_attempts"))
+        if qc is None:
+            return
+        for flag in flags:
+            measure, sign = SEVERITY.get(flag, ("duration_s", 1))
+            value = qc.get(measure)
+            _push(self.worst.setdefault(flag, []), (sign * (value or 0.0), row["id"], row), self.per_flag)
+        if not flags:
+            digest = int.from_bytes(hashlib.blake2b(row["id"].encode(), digest_size=8).digest(), "big")
+            _push(self.clean, (-digest, row["id"], row), self.per_flag)
+
+    def shown(self) -> list[dict[str, Any]]:
+        """The table's rows: each flag's worst (worst first), then the clean sample, each row once."""
+        seen: dict[str, dict[str, Any]] = {}
+        for flag in FLAGS:
+            for _, row_id, row in sorted(self.worst.get(flag, []), reverse=True):
+                seen.setdefault(row_id, row)
+        for _, row_id, row in sorted(self.clean, reverse=True):
+            seen.setdefault(row_id, row)
+        return list(seen.values())
+
+
+def _push(heap: list, item: tuple, size: int) -> None:
+    """Keep the `size` largest items of a stream in a min-heap (ties broken by id, so the choice is stable)."""
+    if len(heap) < size:
+        heapq.heappush(heap, item)
+    elif item[:2] > heap[0][:2]:
+        heapq.heapreplace(heap, item)
+
+
+def gather(output: str, per_flag: int = PER_FLAG) -> Listening:
+    """Read the output's parts one at a time and keep what the page shows."""
+    listening = Listening(output=output, per_flag=per_flag)
+    for table in iter_outputs(output, _COLUMNS):
+        for row in table.to_pylist():
+            row["audio_path"] = row.pop("path")  # the parts reader names the nested 'audio.path' column `path`
+            listening.add(row)
+    return listening
+
+
+def _players(listening: Listening, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """id -> the player's source: `audio/{file}` relative to the page, or a data: URI of the Parquet bytes for rows
+    with no audio file (read in one more pass over the parts, the chosen rows' bytes only)."""
+    sources: dict[str, str] = {}
+    embed: set[str] = set()
+    for row in rows:
+        if row.get("audio_size") is not None and row.get("audio_path"):
+            sources[row["id"]] = "audio/" + posixpath.basename(row["audio_path"])
+        else:
+            embed.add(row["id"])
+    if embed:
+        wanted = pa.array(sorted(embed), pa.string())
+        for table in iter_outputs(listening.output, ["id", "audio"]):
+            table = table.filter(pc.is_in(table["id"], value_set=wanted))
+            for row in table.to_pylist():
+                audio = row["audio"] or {}
+                if audio.get("bytes"):
+                    mime = MIME.get(posixpath.splitext(audio.get("path") or "")[1].lstrip("."), "audio/flac")
+                    sources[row["id"]] = f"data:{mime};base64," + base64.b64encode(audio["bytes"]).decode()
+    return sources
+
+
+def _histogram(name: str, counts: list[int]) -> str:
+    """One measure's histogram as a data: URI of an SVG image."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    edges = HISTOGRAMS[name]
+    labels = [_bin_label(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    figure = Figure(figsize=(4.6, 2.6), layout="constrained")
+    axes = figure.subplots()
+    axes.bar(range(len(counts)), counts, color="#4c72b0")
+    axes.set_xticks(range(len(counts)), labels, rotation=45, ha="right", fontsize=7)
+    axes.set_title(HISTOGRAM_TITLES.get(name, name), fontsize=9)
+    axes.set_ylabel("rows", fontsize=8)
+    axes.tick_params(axis="y", labelsize=7)
+    buffer = io.BytesIO()
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text as text, not glyph outlines: 5x smaller
+        figure.savefig(buffer, format="svg", metadata={"Date": None})
+    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _bin_label(lo: float, hi: float) -> str:
+    if hi == float("inf"):
+        return f"{lo:g}+"
+    if lo == float("-inf"):
+        return f"< {hi:g}"
+    return f"{lo:g}-{hi:g}"
+
+
+def render(listening: Listening) -> str:
+    """The page's HTML."""
+    import jinja2
+
+    rows = listening.shown()
+    sources = _players(listening, rows)
+    table = [
+        {
+            "id": row["id"],
+            "flags": row.get("qc_flags") or [],
+            "speaker": row.get("speaker") or "",
+            "language": language(row.get("spoken_text")),
+            "text": row.get("spoken_text") or "",
+            "qc": row.get("qc") or {},
+            "attempts": row.get("qc_attempts") or 1,
+            "seed": row.get("seed"),
+            "src": sources.get(row["id"]),
+        }
+        for row in rows
+    ]
+    summary = listening.summary.to_dict()
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
+    return environment.get_template("report.html.j2").render(
+        output=listening.output,
+        totals={"rows": listening.rows, "ok": listening.ok, "failed": listening.failed},
+        summary=summary,
+        flags=[(flag, FLAG_MEANINGS[flag], summary["flags"].get(flag, 0)) for flag in FLAGS],
+        histograms=[
+            (HISTOGRAM_TITLES[name], _histogram(name, hist["counts"])) for name, hist in summary["histograms"].items()
+        ],
+        rows=table,
+        speakers=sorted({r["speaker"] for r in table}),
+        languages=sorted({r["language"] for r in table}),
+        failures=listening.failures,
+        error_kinds=listening.error_kinds,
+        per_flag=listening.per_flag,
+    )
+
+
+def write_page(output: str, per_flag: int = PER_FLAG) -> tuple[str, Listening]:
+    """Write {output}/report.html; returns its location and what it shows."""
+    listening = gather(output, per_flag)
+    html = render(listening).encode()
+    fs, base = filesystem(output)
+    with fs.open_output_stream(f"{base}/{PAGE}", metadata={"Content-Type": "text/html; charset=utf-8"}) as sink:
+        sink.write(html)
+    return f"{output.rstrip('/')}/{PAGE}", listening
