@@ -15,7 +15,7 @@ import numpy as np
 
 from .engine.params import REFINE_PARAMS, SamplingParams
 from .model.config import NUM_VQ, SAMPLE_RATE
-from .quality import QualityMeasures
+from .quality import QualityMeasures, QualityPolicy
 from .text import DEFAULT_NORMALIZE, DEFAULT_PROMPT, FrontEnd, Reading
 from .validation import RequestError
 
@@ -94,6 +94,7 @@ class SynthesisRequest:
     # What a CPU stage's `text_front_end` made of `text` (the offline job): each segment's token ids, the spoken text
     # and the characters dropped; None: the engine cleans, splits and tokenises `text` itself.
     front_end: FrontEnd | None = None
+    quality: QualityPolicy | None = None  # this request's quality policy (Serve's `qc`); None: the replica's
 
 
 @dataclass
@@ -116,6 +117,7 @@ class SynthesisResult:
     seed: int | None = None  # the kept take's seed when a re-take was kept (None: the request's own seed)
     refine_only: bool = False  # the refined text is the result: no audio, no codes
     error_kind: str | None = None  # with `error`: input, model, engine or output (`actors.rows.ERROR_KINDS`)
+    quality_policy: QualityPolicy | None = field(default=None, repr=False)  # its request's `quality`, if any
 
     @property
     def ok(self) -> bool:

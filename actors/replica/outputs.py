@@ -163,7 +163,8 @@ def _brief(measures: QualityMeasures, flags: list[str]) -> str:
 
 
 def join(results: list[SynthesisResult], parts: Parts, stats: ReplicaStats, quality: QualityPolicy) -> None:
-    """Concatenate each request's segments in order into its result, and measure its quality (`actors.quality`)."""
+    """Concatenate each request's segments in order into its result, and measure its quality (`actors.quality`)
+    under its request's own policy, else `quality` (the replica's)."""
     for row, row_parts in parts.items():
         result = results[row]
         ordered = [row_parts[i] for i in sorted(row_parts)]
@@ -188,6 +189,6 @@ def join(results: list[SynthesisResult], parts: Parts, stats: ReplicaStats, qual
             continue
         result.audio = np.concatenate([part.audio for part in ordered])
         result.codes = np.concatenate([part.codes for part in ordered]).astype(np.int16)
-        judge(result, quality)
+        judge(result, result.quality_policy or quality)
     stats.requests += len(results)
     stats.failed += sum(1 for r in results if r.error)

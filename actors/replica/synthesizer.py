@@ -106,7 +106,10 @@ class Synthesizer:
 
     def prepare(self, requests: list[SynthesisRequest]) -> tuple[list[SynthesisResult], list[Segment]]:
         """Validate and segment requests: a result per request (errors filled in) and the segments to run."""
-        results = [SynthesisResult(id=r.id, text=r.text if isinstance(r.text, str) else "") for r in requests]
+        results = [
+            SynthesisResult(id=r.id, text=r.text if isinstance(r.text, str) else "", quality_policy=r.quality)
+            for r in requests
+        ]
         segments: list[Segment] = []
         for row, request in enumerate(requests):
             try:
@@ -156,14 +159,14 @@ class Synthesizer:
 
     def retake(self, request: SynthesisRequest, best: SynthesisResult, attempts: int) -> SynthesisRequest | None:
         """The request with its next seed when the quality policy re-takes flagged rows and attempts are left."""
-        policy = self.engine.quality.policy()
+        policy = request.quality or self.engine.quality.policy()
         if policy.on_fail != "retake" or not best.ok or not best.quality_flags or attempts >= policy.max_attempts:
             return None
         params = replace(request.params, seed=(request.params.seed + attempts) % 2**63)
         return replace(request, params=params)
 
     def better(self, result: SynthesisResult, than: SynthesisResult) -> bool:
-        policy = self.engine.quality.policy()
+        policy = result.quality_policy or self.engine.quality.policy()
         mine = policy.score(result.quality, result.quality_flags) if result.ok else (math.inf,)
         theirs = policy.score(than.quality, than.quality_flags) if than.ok else (math.inf,)
         return mine < theirs

@@ -26,6 +26,7 @@ from actors.settings import (
     STRICT_TEXT_HELP,
     DateOrder,
     NormalizeMode,
+    QualitySettings,
     RefineSettings,
     SamplingFields,
 )
@@ -122,6 +123,12 @@ class NativeRequest(_Body, SamplingFields):
         None,
         description="The refine-text stage: true/false, or its settings (prompt, sampling, seed, only: the refined "
         "text as JSON without audio); default: the server's (`refine` in the serve config).",
+    )
+    qc: QualitySettings | None = Field(
+        None,
+        description="This request's quality checks: the fields given replace the server's (`engine.quality` in the "
+        'serve config), e.g. {"on_fail": "retake", "max_attempts": 2} or {"max_pause_s": 1.0}; on_fail error '
+        "answers 422 naming the flags. Needs stream=false (a streamed answer is sent before it can be measured).",
     )
     response_format: ResponseFormat = Field("wav")
     stream: bool = Field(False, description="Send audio while it is generated (pcm, wav, opus).")

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from actors.quality import QualityPolicy
 from actors.requests import RefineOptions, SynthesisResult
 
 from .api import STREAMABLE, ApiError, AudioEncoder, NativeRequest, check_tags
@@ -20,6 +21,8 @@ def checked(body: NativeRequest, config: ServeConfig, encoder: AudioEncoder) -> 
     make, in the order a client meets them; raises ApiError 400 naming the field."""
     if body.voice is not None and body.speaker is not None:
         raise ApiError(400, "give either voice or speaker, not both", param="speaker")
+    if body.stream and body.qc is not None:
+        raise ApiError(400, "qc needs stream=false (a streamed answer is sent before it can be measured)", param="qc")
     if body.stream and body.return_codes:
         raise ApiError(400, "return_codes needs stream=false (codes are complete only at the end)", param="stream")
     if body.stream and encoder.format not in STREAMABLE:
@@ -41,6 +44,14 @@ def checked(body: NativeRequest, config: ServeConfig, encoder: AudioEncoder) -> 
     if body.min_new_tokens > max_new:
         raise ApiError(400, f"min_new_tokens {body.min_new_tokens} > max_new_tokens {max_new}", param="min_new_tokens")
     return prompt, refine, max_new
+
+
+def quality(body: NativeRequest, config: ServeConfig) -> QualityPolicy | None:
+    """The request's quality policy: the fields its `qc` gives over the server's `engine.quality` (None: no `qc`)."""
+    if body.qc is None:
+        return None
+    given = {name: getattr(body.qc, name) for name in body.qc.model_fields_set}
+    return config.engine.quality.model_copy(update=given).policy()
 
 
 def sampling(body: NativeRequest, max_new: int) -> dict[str, Any]:
@@ -83,6 +94,8 @@ def codes_answer(
             "reading_notes": result.notes,
             "qc": result.quality.as_dict() if result.quality is not None else None,
             "qc_flags": result.quality_flags,
+            "qc_attempts": result.attempts,
+            "seed": result.seed,  # the kept take's seed when a re-take was kept, else null (the request's seed)
             "format": fmt,
             "audio": base64.b64encode(audio).decode(),
             "codes": result.codes.tolist(),

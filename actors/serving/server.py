@@ -63,13 +63,16 @@ log = logging.getLogger(__name__)
 
 def spoken_headers(result: SynthesisResult) -> dict[str, str]:
     """What the model was asked to say, what the front end deleted, what the reading guessed (UTF-8,
-    percent-encoded: HTTP header values are Latin-1) and the quality flags the row raised, for a whole (not streamed)
-    response."""
+    percent-encoded: HTTP header values are Latin-1), the quality measures and flags, the takes made and the kept
+    take's seed (a re-take kept), for a whole (not streamed) response."""
     return {
         "X-Raytts-Spoken-Text": quote(result.spoken_text or "", safe=" ,.[]_'"),
         "X-Raytts-Dropped-Chars": quote(result.dropped or "", safe=""),
         "X-Raytts-Reading-Notes": quote(result.notes or "", safe=" ,.'"),
         "X-Raytts-QC-Flags": ",".join(result.quality_flags or []),
+        "X-Raytts-QC": ", ".join(f"{k}={v}" for k, v in (result.quality.as_dict() if result.quality else {}).items()),
+        "X-Raytts-QC-Attempts": str(result.attempts),
+        **({"X-Raytts-Seed": str(result.seed)} if result.seed is not None else {}),
     }
 
 
@@ -300,7 +303,7 @@ class TTSServer:
             synth_request = self._request(body.text, voice, body.speaker, prompt, **native.sampling(body, max_new))
             synth_request.normalize, synth_request.strict = body.normalize, body.strict_text
             synth_request.reading = Reading.of(body.date_order, body.replacements)
-            synth_request.refine = refine
+            synth_request.refine, synth_request.quality = refine, native.quality(body, self.config)
             headers = {"X-Raytts-Model": name, "X-Raytts-Voice": voice_name or "speaker"}
             if body.stream:
                 stream = await self._open(loaded, synth_request)

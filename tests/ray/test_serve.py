@@ -231,6 +231,34 @@ def test_responses_say_what_was_spoken_and_what_was_dropped(server):
     assert status == 400 and b"refine only" in body
 
 
+def test_quality_options_per_request(server):
+    """`qc` in a /v1/tts body replaces the server's engine.quality for that request only: the tiny model's rows are
+    flagged too_fast by the defaults; a request's own threshold clears them, on_fail error answers 422 naming the
+    flag, on_fail retake takes the row again (X-Raytts-QC-Attempts), and the next request gets the defaults again."""
+    base = {"text": "one two three four five six seven eight.", "return_codes": True, "max_new_tokens": 12,
+            "refine": False, "seed": 11}  # fmt: skip
+
+    def ask(**extra):
+        status, headers, body = _post(f"{server}/v1/tts", {**base, **extra})
+        return status, {k.lower(): v for k, v in headers.items()}, body
+
+    status, headers, body = ask()
+    assert status == 200 and "too_fast" in json.loads(body)["qc_flags"], body
+    assert headers["x-raytts-qc-attempts"] == "1" and "seconds_per_unit=" in headers["x-raytts-qc"]
+    status, headers, body = ask(qc={"min_seconds_per_unit": 0, "allow_truncated": True})
+    assert status == 200 and json.loads(body)["qc_flags"] == [] and headers["x-raytts-qc-flags"] == "", body
+    status, _, body = ask(qc={"on_fail": "error"})
+    assert status == 422 and b"too_fast" in body, body
+    status, headers, body = ask(qc={"on_fail": "retake", "max_attempts": 2})
+    assert status == 200 and json.loads(body)["qc_attempts"] == 2 and headers["x-raytts-qc-attempts"] == "2", body
+    status, _, body = ask()
+    assert status == 200 and "too_fast" in json.loads(body)["qc_flags"], body
+    for bad in ({"qc": {"on_fail": "shrug"}}, {"qc": {"max_attempts": 0}}, {"qc": {"nope": 1}}, {"qc": [1]},
+                {"qc": {"max_pause_s": 1}, "stream": True, "return_codes": False, "response_format": "pcm"}):  # fmt: skip
+        status, _, body = ask(**bad)
+        assert status == 400 and b"qc" in body, (bad, body)
+
+
 def test_openai_sdk_speech_create_returns_playable_audio_in_every_format(server):
     client = _client(server)
     text = "Hello from raytts, the speech server."
