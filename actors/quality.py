@@ -44,6 +44,7 @@ _TAG = re.compile(r"\[\w+\]")
 
 FLAGS = (
     "truncated", "too_fast", "too_slow", "lead_silence", "trail_silence", "long_pause", "too_quiet", "clipped", "loop",
+    "asr_mismatch",  # raised by the ASR round trip (`actors.asr`), not by the signal measures below
 )  # fmt: skip
 # What each flag means to a listener (the listening page's legend; docs/quality.md has the thresholds).
 FLAG_MEANINGS = {
@@ -56,6 +57,7 @@ FLAG_MEANINGS = {
     "too_quiet": "speech near silence",
     "clipped": "samples at full scale: audible distortion",
     "loop": "the same few codes repeating: a stutter or drone",
+    "asr_mismatch": "a recogniser heard other words than the text: skipped, wrong or invented words",
 }
 
 
@@ -116,7 +118,7 @@ class QualityPolicy:
             "clipped": m.clipped_share > self.max_clipped_share,
             "loop": m.loop_s >= self.max_loop_s,
         }
-        return [name for name in FLAGS if raised[name]]
+        return [name for name in FLAGS if raised.get(name)]
 
     def score(self, measures: QualityMeasures | None, flags: list[str] | None) -> tuple[float, ...]:
         """A take's badness, compared in order: flags raised, truncated segments, seconds of code loop, the longest
@@ -217,6 +219,7 @@ HISTOGRAMS: dict[str, tuple[float, ...]] = {
     "trail_silence_s": (0, 0.1, 0.25, 0.5, 1, 1.5, 3, math.inf),
     "rms_dbfs": (-math.inf, -60, -45, -35, -30, -25, -20, -15, -10, math.inf),
     "loop_s": (0, 0.25, 0.5, 1, 2, 4, math.inf),
+    "asr_error_rate": (0, 0.05, 0.1, 0.2, 0.35, 0.5, 1, math.inf),  # rows the ASR round trip scored
 }
 
 
@@ -231,11 +234,18 @@ class QualitySummary:
         self.flags: dict[str, int] = dict.fromkeys(FLAGS, 0)
         self.counts = {name: [0] * (len(edges) - 1) for name, edges in HISTOGRAMS.items()}
 
-    def add(self, measures: dict[str, Any] | None, flags: list[str] | None, attempts: int | None = 1) -> None:
+    def add(
+        self,
+        measures: dict[str, Any] | None,
+        flags: list[str] | None,
+        attempts: int | None = 1,
+        asr_error_rate: float | None = None,
+    ) -> None:
         self.retaken += bool(attempts and attempts > 1)
         self.extra_takes += max(0, (attempts or 1) - 1)
         if measures is None:
             return
+        measures = {**measures, "asr_error_rate": asr_error_rate}
         self.measured += 1
         self.flagged += bool(flags)
         for flag in flags or ():

@@ -207,6 +207,28 @@ class QualitySettings(Strict):
         return QualityPolicy(**self.model_dump())
 
 
+class AsrSettings(Strict):
+    """The optional ASR round trip (`actors.asr`): a speech recogniser transcribes each row's audio, and the row
+    records the transcript (`asr_text`) and its error rate against `spoken_text` (`asr_error_rate`: characters for
+    Chinese, words otherwise); a rate over `max_error_rate` raises the `asr_mismatch` flag. Off by default: it runs
+    a second model over every row."""
+
+    enabled: bool = Field(False, description="Transcribe every row with audio and score it against spoken_text.")
+    model: str = Field(
+        "openai/whisper-large-v3-turbo",
+        description="A transformers speech-recognition model (safetensors weights only): a Hugging Face hub id, "
+        "fetched into the hub cache once, or a local folder. Whisper models are told each row's language.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when the ASR actor has a GPU.")
+    batch_size: int = Field(8, ge=1, le=256, description="Rows per ASR call.")
+    actors: int = Field(1, ge=1, description="ASR actors (each holds one recogniser).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per ASR actor (0: CPU; fractional shares a GPU).")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per ASR actor.")
+    max_error_rate: float = Field(
+        0.35, ge=0, description="A higher word / character error rate raises asr_mismatch (skipped or wrong words)."
+    )
+
+
 class EngineSettings(Strict):
     """One engine replica: where it runs, how it spends its memory, how it decodes."""
 

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from actors.settings import (
     ActorFields,
+    AsrSettings,
     EngineSettings,
     RefineSettings,
     RowTextFields,
@@ -115,6 +116,9 @@ class JobConfig(Strict, RowTextFields):
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     actors: ActorsConfig = Field(default_factory=ActorsConfig)
+    asr: AsrSettings = Field(
+        default_factory=AsrSettings, description="The optional ASR round trip: transcripts and their error rates."
+    )
     retry_failed: bool = Field(False, description="On a re-run, redo rows whose earlier outcome was an error.")
 
     @field_validator("refine")

@@ -74,7 +74,7 @@ def synthesis_stages(
         "references": references,
     }
     output = config.output
-    return (
+    synthesised = (
         pending.repartition(target_num_rows_per_block=actors.batch_size)
         .map_batches(
             prepare_rows,
@@ -98,18 +98,37 @@ def synthesis_stages(
             num_cpus=actors.num_cpus,
             batch_format="pyarrow",
         )
-        .map_batches(
-            StoreAudio,
-            fn_constructor_kwargs={
-                "output": output.path.rstrip("/"),
-                "audio_format": output.audio_format,
-                "audio_files": output.audio_files,
-                "job_digest": job_digest,
-                "lease": lease,
-            },
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=output.writers),
-            batch_size=actors.batch_size,
-            num_cpus=STORE_ACTOR_CPUS,
-            batch_format="pyarrow",
-        )
+    )
+    synthesised = _asr_stage(synthesised, config) if config.asr.enabled else synthesised
+    return synthesised.map_batches(
+        StoreAudio,
+        fn_constructor_kwargs={
+            "output": output.path.rstrip("/"),
+            "audio_format": output.audio_format,
+            "audio_files": output.audio_files,
+            "job_digest": job_digest,
+            "lease": lease,
+        },
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=output.writers),
+        batch_size=actors.batch_size,
+        num_cpus=STORE_ACTOR_CPUS,
+        batch_format="pyarrow",
+    )
+
+
+def _asr_stage(synthesised: Any, config: JobConfig) -> Any:
+    """The ASR round trip's actors (`actors.asr.AsrStage`) between the engine and the store."""
+    from ray.data import ActorPoolStrategy
+
+    from actors.asr import AsrStage
+
+    asr = config.asr
+    return synthesised.map_batches(
+        AsrStage,
+        fn_constructor_kwargs={"settings": asr.model_dump()},
+        compute=ActorPoolStrategy(size=asr.actors),
+        batch_size=asr.batch_size,
+        num_gpus=asr.num_gpus,
+        num_cpus=asr.num_cpus,
+        batch_format="pyarrow",
     )

@@ -119,6 +119,8 @@ def job_settings(config: Any, model_sha256: str, front_end_version: str) -> dict
             "audio_files": config.output.audio_files,
             "save_codes": config.output.save_codes,
         },
+        # the ASR round trip's transcripts, rates and flags; absent while it is off (every earlier digest holds)
+        **({"asr": config.asr.model_dump(exclude={"actors", "num_cpus"})} if config.asr.enabled else {}),
     }
 
 

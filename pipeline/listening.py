@@ -37,7 +37,7 @@ PAGE = "report.html"
 PER_FLAG = 12  # worst rows shown per flag, clean rows sampled, failed rows listed
 _COLUMNS = [
     "id", "spoken_text", "speaker", "seed", "duration_s", "error", "error_kind", "source", "qc", "qc_flags",
-    "qc_attempts", "audio.path", "audio_size",
+    "qc_attempts", "asr_text", "asr_error_rate", "audio.path", "audio_size",
 ]  # fmt: skip
 # Each flag's own measure, and whether a larger value is worse (+1) or a smaller one (-1).
 SEVERITY: dict[str, tuple[str, int]] = {
@@ -50,6 +50,7 @@ SEVERITY: dict[str, tuple[str, int]] = {
     "too_quiet": ("rms_dbfs", -1),
     "clipped": ("clipped_share", 1),
     "loop": ("loop_s", 1),
+    "asr_mismatch": ("asr_error_rate", 1),
 }
 HISTOGRAM_TITLES = {
     "duration_s": "duration (s)",
@@ -59,6 +60,7 @@ HISTOGRAM_TITLES = {
     "trail_silence_s": "trailing silence (s)",
     "rms_dbfs": "loudness (dBFS)",
     "loop_s": "longest code loop (s)",
+    "asr_error_rate": "ASR error rate",
 }
 MIME = {"flac": "audio/flac", "wav": "audio/wav", "ogg": "audio/ogg", "opus": "audio/ogg"}
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
@@ -99,12 +101,12 @@ class Listening:
             return
         self.ok += 1
         qc, flags = row.get("qc"), row.get("qc_flags") or []
-        self.summary.add(qc, flags, row.get("qc_attempts"))
+        self.summary.add(qc, flags, row.get("qc_attempts"), row.get("asr_error_rate"))
         if qc is None:
             return
         for flag in flags:
             measure, sign = SEVERITY.get(flag, ("duration_s", 1))
-            value = qc.get(measure)
+            value = qc.get(measure, row.get(measure))
             _push(self.worst.setdefault(flag, []), (sign * (value or 0.0), row["id"], row), self.per_flag)
         if not flags:
             digest = int.from_bytes(hashlib.blake2b(row["id"].encode(), digest_size=8).digest(), "big")
@@ -204,6 +206,8 @@ def render(listening: Listening) -> str:
             "speaker": row.get("speaker") or "",
             "language": language(row.get("spoken_text")),
             "text": row.get("spoken_text") or "",
+            "heard": row.get("asr_text"),
+            "asr_error_rate": row.get("asr_error_rate"),
             "qc": row.get("qc") or {},
             "attempts": row.get("qc_attempts") or 1,
             "seed": row.get("seed"),
@@ -223,7 +227,9 @@ def render(listening: Listening) -> str:
         summary=summary,
         flags=[(flag, FLAG_MEANINGS[flag], summary["flags"].get(flag, 0)) for flag in FLAGS],
         histograms=[
-            (HISTOGRAM_TITLES[name], _histogram(name, hist["counts"])) for name, hist in summary["histograms"].items()
+            (HISTOGRAM_TITLES[name], _histogram(name, hist["counts"]))
+            for name, hist in summary["histograms"].items()
+            if name != "asr_error_rate" or any(hist["counts"])  # the ASR round trip is off by default
         ],
         rows=table,
         speakers=sorted({r["speaker"] for r in table}),

@@ -49,6 +49,8 @@ SCHEMA = pa.schema(
         ("qc", quality_arrow_type()),  # the row's quality measures (`actors.quality`; null without audio)
         ("qc_flags", pa.list_(pa.string())),  # the flags they raised under engine.quality
         ("qc_attempts", pa.int32()),  # takes made of the row (engine.quality.on_fail: retake); the best was kept
+        ("asr_text", pa.string()),  # what the ASR round trip heard (`asr.enabled`; null when it did not run)
+        ("asr_error_rate", pa.float64()),  # its word (character, for Chinese) error rate against spoken_text
     ]
 )
 

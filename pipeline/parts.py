@@ -147,7 +147,7 @@ def iter_parts(output: str, columns: list[str], clean: bool = False) -> Iterator
 # unreadable part, which a clean start would delete and redo).
 LATER_COLUMNS = {
     "engine", "spoken_text", "dropped_chars", "key", "input_digest", "job_digest", "error_kind", "audio_size",
-    "reading_notes", "qc", "qc_flags", "qc_attempts",
+    "reading_notes", "qc", "qc_flags", "qc_attempts", "asr_text", "asr_error_rate",
 }  # fmt: skip
 
 

@@ -555,3 +555,36 @@ def test_an_onnx_export_of_another_checkpoint_stops_the_job_before_any_actor(loc
     config.engine.onnx.path = str(tiny_onnx)
     with pytest.raises(ModelUnusable, match="was made from checkpoint sha256"):
         run_job(config)
+
+
+def test_the_asr_round_trip_scores_every_row_of_a_job(local_ray, tiny_checkpoint, tmp_path):
+    """asr.enabled puts the recogniser's own actors between the engine and the store: every ok row carries what was
+    heard and its error rate (a random-weight CTC recogniser in the transformers layout: no real one can be fetched
+    here), asr_mismatch is counted in the report and the page shows the rate's histogram; a re-run changes nothing,
+    and turning the round trip on is a change of settings (the rows are redone)."""
+    from actors.asr import error_rate, write_tiny_recogniser
+    from pipeline.listening import gather
+
+    recogniser = write_tiny_recogniser(str(tmp_path / "asr"))
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    lines = [
+        {"id": f"r{i}", "text": t} for i, t in enumerate(["hello there.", "good morning, everyone.", "你好世界", ""])
+    ]
+    (texts / "t.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    config = _config(tiny_checkpoint, [str(texts)], str(tmp_path / "out"))
+    assert run_job(config).ok == 3
+    on = config.model_copy(update={"asr": config.asr.model_copy(update={"enabled": True, "model": recogniser})})
+    report = run_job(on)
+    assert report.redo["changed_settings"] == 4 and report.to_dict()["qc"]["flags"]["asr_mismatch"] >= 1, report.redo
+    rows = {r["id"]: r for r in read_outputs(str(tmp_path / "out"), ["id", "spoken_text", "error", "asr_text",
+                                                                       "asr_error_rate", "qc_flags"]).to_pylist()}  # fmt: skip
+    assert rows["r3"]["error"] and rows["r3"]["asr_text"] is None
+    for row_id in ("r0", "r1", "r2"):
+        row = rows[row_id]
+        assert isinstance(row["asr_text"], str)
+        assert row["asr_error_rate"] == pytest.approx(error_rate(row["spoken_text"], row["asr_text"]))
+        assert ("asr_mismatch" in row["qc_flags"]) == (row["asr_error_rate"] > on.asr.max_error_rate)
+    assert sum(gather(str(tmp_path / "out")).summary.counts["asr_error_rate"]) == 3
+    again = run_job(on)
+    assert again.this_run == 0 and again.skipped_finished == 4

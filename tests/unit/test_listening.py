@@ -129,7 +129,7 @@ def test_page_on_object_storage(s3_server, tmp_path: Path) -> None:
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    assert page == "s3://listening/out/report.html" and listening.rows == len(FLAGS) + 2 + 2
+    assert page == "s3://listening/out/report.html" and listening.rows == len(FAULTS) + 2 + 2
     head = client.head_object(Bucket="listening", Key="out/report.html")
     assert head["ContentType"].startswith("text/html")
     body = client.get_object(Bucket="listening", Key="out/report.html")["Body"].read().decode()

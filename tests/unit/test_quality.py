@@ -80,7 +80,13 @@ def test_the_summary_counts_flags_and_bins_every_measure():
     out = summary.to_dict()
     assert (out["rows_measured"], out["rows_flagged"], out["flags"]["clipped"]) == (6, 1, 1)
     assert set(out["flags"]) == set(FLAGS)
-    assert all(sum(h["counts"]) == 6 for h in out["histograms"].values())
+    signal = {name: h for name, h in out["histograms"].items() if name != "asr_error_rate"}
+    assert all(sum(h["counts"]) == 6 for h in signal.values())
+    assert sum(out["histograms"]["asr_error_rate"]["counts"]) == 0  # no row went through the ASR round trip
+    summary.add(measure(*clean(rng)).as_dict(), ["asr_mismatch"], 1, 0.6)
+    out = summary.to_dict()
+    assert out["histograms"]["asr_error_rate"]["counts"] == [0, 0, 0, 0, 0, 1, 0]  # 0.5 <= 0.6 < 1
+    assert out["flags"]["asr_mismatch"] == 1
     json.dumps(out)  # the report is JSON
 
 
