@@ -78,16 +78,18 @@ def process_logits(
     scores = logits / params.temperature.unsqueeze(-1)
     alpha = torch.pow(params.penalty.view(-1, 1, 1), counts)
     scores = torch.where(scores < 0, scores * alpha, scores / alpha)
-    # top-p, as transformers' TopPLogitsWarper: drop the low tail whose total mass is <= 1 - top_p.
+    # top-p, as transformers' TopPLogitsWarper: drop the low tail whose total mass is <= 1 - top_p. One ascending
+    # sort serves both filters: the tail top-p drops is a run at the sorted front (the cumulative mass only grows).
     sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
     cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
     drop_sorted = cumulative <= (1 - params.top_p).view(-1, 1, 1)
     drop_sorted[..., -MIN_TOKENS_TO_KEEP:] = False
     scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-    # top-k, as TopKLogitsWarper: drop everything below the k-th largest score.
-    descending = torch.sort(scores, dim=-1, descending=True).values
-    kth = descending.gather(-1, (params.top_k - 1).view(-1, 1, 1).expand(-1, scores.shape[1], 1))
-    scores = scores.masked_fill(scores < kth, float("-inf"))
+    # top-k, as TopKLogitsWarper: drop everything below the k-th largest score left. The scores left are the sorted
+    # ones after the dropped run, so that is sorted_scores[C - k]; where top-p left fewer than k, that position was
+    # dropped and its score is no larger than any left, so nothing more goes: what a second sort would give.
+    position = (scores.shape[-1] - params.top_k).view(-1, 1, 1).expand(-1, scores.shape[1], 1)
+    scores = scores.masked_fill(scores < sorted_scores.gather(-1, position), float("-inf"))
     before_min = (steps < params.min_new_tokens).view(-1, 1, 1)
     is_eos = torch.arange(scores.shape[-1], device=scores.device) == eos
     return scores.masked_fill(before_min & is_eos, float("-inf"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actors.engine.generate import decode_waveforms, generate
 from actors.engine.prompt import CodePrompt, prompt_embeddings
@@ -103,6 +105,39 @@ def test_sampling_chain_filters_like_upstream():
     logits = torch.tensor([[[4.0, 3.0, 2.0, 1.0, 0.5, -1.0, -2.0, -3.0, -4.0, -5.0]]])
     scores = process_logits(logits, torch.zeros(1, 1, 10), torch.tensor([0]), plain, eos=9)
     assert torch.isfinite(scores[0, 0]).nonzero().flatten().tolist() == [0, 1, 2, 3]
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    rows=st.lists(
+        st.tuples(st.floats(0.05, 1.0), st.integers(0, 40), st.integers(0, 2**31 - 1), st.sampled_from([0, 1, 2])),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_top_p_then_top_k_match_transformers_warpers(rows):
+    """Upstream filters with transformers' TopPLogitsWarper then TopKLogitsWarper (min_tokens_to_keep 3); the
+    engine's one-sort chain keeps exactly the same codes per row and codebook, ties included (scores drawn from a
+    few levels, so most rows are full of ties), whatever top_p and top_k each row has."""
+    from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+    num_vq, num_codes = 2, 30
+    params = [SamplingParams(temperature=1.0, top_p=p, top_k=k, repetition_penalty=1.0) for p, k, _, _ in rows]
+    batch = SamplingBatch.build(params, num_vq, num_codes, torch.device("cpu"))
+    generator = [torch.Generator().manual_seed(seed) for _, _, seed, _ in rows]
+    logits = torch.stack([
+        (torch.randint(0, 4 + 20 * ties, (num_vq, num_codes), generator=g) / 2.0) if ties < 2
+        else torch.randn(num_vq, num_codes, generator=g)
+        for g, (_, _, _, ties) in zip(generator, rows, strict=True)
+    ])  # fmt: skip
+    steps = torch.full((len(rows),), 100)
+    got = process_logits(logits, torch.zeros(len(rows), num_vq, num_codes), steps, batch, eos=num_codes - 1)
+    for row, p in enumerate(params):
+        top_k = num_codes if p.top_k == 0 else max(p.top_k, 3)
+        expected = TopPLogitsWarper(p.top_p, min_tokens_to_keep=3)(None, logits[row].clone())
+        if top_k < num_codes:
+            expected = TopKLogitsWarper(top_k, min_tokens_to_keep=3)(None, expected)
+        assert torch.equal(torch.isfinite(got[row]), torch.isfinite(expected)), (row, p)
 
 
 def test_kv_cached_decode_equals_full_recompute(tiny_model, tiny_tokenizer):
