@@ -135,14 +135,31 @@ class AsrStage:
         return table.append_column("asr_error_rate", pa.array(rates, pa.float64()))
 
 
-def write_tiny_recogniser(folder: str, seed: int = 0) -> str:
-    """A random-weight CTC recogniser in the transformers layout (config, safetensors weights, feature extractor,
-    character tokenizer): the plumbing's test model, since no real one can be downloaded here. It hears random
-    letters; its transcripts are deterministic for a seed."""
-    import json
+def write_tiny_recogniser(folder: str, seed: int = 0, kind: str = "ctc") -> str:
+    """A random-weight recogniser in the transformers layout (config, safetensors weights, feature extractor,
+    tokenizer): the plumbing's test model, since no real one can be downloaded here. `ctc`: a wav2vec2 CTC model with
+    a character vocabulary; `whisper`: a Whisper encoder-decoder with a byte-level vocabulary, the zh and en language
+    tokens and the task tokens, generated like a real multilingual Whisper. Each hears random characters,
+    deterministically for a seed."""
     from pathlib import Path
 
     import torch
+
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    if kind == "whisper":
+        _write_tiny_whisper(path)
+    elif kind == "ctc":
+        _write_tiny_ctc(path)
+    else:
+        raise ValueError(f"kind must be ctc or whisper, got {kind!r}")
+    return str(path)
+
+
+def _write_tiny_ctc(path: Any) -> None:
+    import json
+
     from transformers import (
         Wav2Vec2Config,
         Wav2Vec2CTCTokenizer,
@@ -151,13 +168,10 @@ def write_tiny_recogniser(folder: str, seed: int = 0) -> str:
         Wav2Vec2Processor,
     )
 
-    path = Path(folder)
-    path.mkdir(parents=True, exist_ok=True)
     vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{c: i + 3 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz'")}}
     (path / "vocab.json").write_text(json.dumps(vocab))
     tokenizer = Wav2Vec2CTCTokenizer(str(path / "vocab.json"), unk_token="<unk>", pad_token="<pad>")
     extractor = Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True, return_attention_mask=True)
-    torch.manual_seed(seed)
     config = Wav2Vec2Config(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         conv_dim=(32, 32, 32), conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4), num_conv_pos_embeddings=16,
@@ -165,4 +179,50 @@ def write_tiny_recogniser(folder: str, seed: int = 0) -> str:
     )  # fmt: skip
     Wav2Vec2ForCTC(config).eval().save_pretrained(path)
     Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(path)
-    return str(path)
+
+
+WHISPER_SPECIALS = (
+    "<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|zh|>", "<|translate|>", "<|transcribe|>", "<|startoflm|>",
+    "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>",
+)  # fmt: skip
+
+
+def _write_tiny_whisper(path: Any) -> None:
+    import json
+
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_chars = bytes_to_unicode()
+    vocab = {byte_chars[b]: b for b in range(256)}
+    ids = {token: 256 + i for i, token in enumerate(WHISPER_SPECIALS)}
+    (path / "vocab.json").write_text(json.dumps({**vocab, **ids}))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    end = ids["<|endoftext|>"]
+    tokenizer = WhisperTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), unk_token="<|endoftext|>",
+                                 bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")  # fmt: skip
+    tokens = {"pad_token_id": end, "bos_token_id": end, "eos_token_id": end,
+              "decoder_start_token_id": ids["<|startoftranscript|>"]}  # fmt: skip
+    config = WhisperConfig(
+        vocab_size=256 + len(ids), num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_source_positions=1500, max_target_positions=64, suppress_tokens=[], begin_suppress_tokens=[], **tokens,
+    )  # fmt: skip
+    model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        **tokens, max_length=48, is_multilingual=True, suppress_tokens=[], begin_suppress_tokens=[],
+        lang_to_id={"<|en|>": ids["<|en|>"], "<|zh|>": ids["<|zh|>"]},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+    )  # fmt: skip
+    model.save_pretrained(path)
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer).save_pretrained(
+        path
+    )

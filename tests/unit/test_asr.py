@@ -111,3 +111,18 @@ def test_a_folder_without_safetensors_weights_is_refused(recogniser_folder: str,
     (folder / "model.safetensors").unlink()
     with pytest.raises((OSError, ValueError), match="safetensors"):
         Recogniser(AsrSettings(model=str(folder), device="cpu"))
+
+
+def test_whisper_is_told_each_rows_language(tmp_path: Path) -> None:
+    """The default recogniser is a Whisper model: the rows of one call are grouped by the language of their
+    spoken_text and each group generates with its language token (a random-weight Whisper in the real layout hears
+    the same audio differently under <|zh|> and <|en|>, so a row given the wrong language would show)."""
+    folder = write_tiny_recogniser(str(tmp_path / "whisper"), kind="whisper")
+    recogniser = Recogniser(AsrSettings(model=folder, device="cpu", batch_size=1))
+    assert recogniser.whisper and recogniser.rate == 16000
+    audio = clean(np.random.default_rng(2))[0]
+    as_zh, as_en = recogniser.transcribe([audio], ["你好"]), recogniser.transcribe([audio], ["hello"])
+    assert as_zh != as_en
+    assert recogniser.transcribe([audio, audio, audio], ["hello", "你好", "hi there"]) == [*as_en, *as_zh, *as_en]
+    with pytest.raises(ValueError, match="ctc or whisper"):
+        write_tiny_recogniser(str(tmp_path / "x"), kind="rnnt")
