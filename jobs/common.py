@@ -42,3 +42,16 @@ def overrides_from(command: str, items: list[str]) -> dict | None:
 def from_cwd(path: str) -> str:
     """A path given as a flag: relative to where the command runs (paths in a YAML are relative to the YAML)."""
     return resolve_path(path, Path.cwd())
+
+
+def listening_page(output: str) -> None:
+    """Write the listening page of an output just written (`raytts report`); one that cannot be written is said,
+    not a failed run."""
+    from pipeline.listening import write_page
+
+    try:
+        page, _ = write_page(output)
+    except OSError as err:
+        print(f"listening page not written ({err}); `raytts report {output}` writes it", file=sys.stderr)
+        return
+    print(f"listening page: {page}", file=sys.stderr)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import from_cwd, overrides_from, print_failures
+from .common import from_cwd, listening_page, overrides_from, print_failures
 
 
 def add_run_parser(sub: argparse._SubParsersAction) -> None:
@@ -74,20 +74,8 @@ def run(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(f"INPUT PROBLEM {problem}", file=sys.stderr)
     print_failures(failures, f"{report.output}/_report.json")
-    _listening_page(report.output)
+    listening_page(report.output)
     return report.exit_status
-
-
-def _listening_page(output: str) -> None:
-    """Write the job's listening page (`raytts report`); a page that cannot be written is said, not a failed job."""
-    from pipeline.listening import write_page
-
-    try:
-        page, _ = write_page(output)
-    except OSError as err:
-        print(f"listening page not written ({err}); `raytts report {output}` writes it", file=sys.stderr)
-        return
-    print(f"listening page: {page}", file=sys.stderr)
 
 
 def report_table(summary: dict) -> str:

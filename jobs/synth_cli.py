@@ -23,7 +23,7 @@ from actors.settings import (
 )
 from actors.text import DEFAULT_NORMALIZE, NORMALIZE_MODES, Reading
 
-from .common import from_cwd, print_failures
+from .common import from_cwd, listening_page, print_failures
 from .flags import add_settings_flags, given
 
 # The engine's max_new_tokens is synth's own: it reserves what its rows ask for (`jobs.synth.reserved_new_tokens`).
@@ -106,4 +106,5 @@ def synth(args: argparse.Namespace) -> int:
     failures = summary.pop("failures")
     print(json.dumps(summary, indent=2))
     print_failures(failures, str(args.output / "_report.json"))
+    listening_page(str(args.output))
     return status

@@ -22,12 +22,15 @@ import heapq
 import io
 import posixpath
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from actors.quality import FLAG_MEANINGS, FLAGS, HISTOGRAMS, QualitySummary
 
@@ -131,10 +134,30 @@ def _push(heap: list, item: tuple, size: int) -> None:
         heapq.heapreplace(heap, item)
 
 
+def _tables(output: str, columns: list[str]) -> Iterator[pa.Table]:
+    """The output's rows a part at a time: a job's `parts/` (`raytts run`), else the Parquet files at the top of the
+    folder (`raytts synth`'s part-00000.parquet), their missing columns read as nulls."""
+    fs, base = filesystem(output)
+    if fs.get_file_info(f"{base}/parts").type == pafs.FileType.Directory:
+        yield from iter_outputs(output, columns)
+        return
+    for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
+            continue
+        names = pq.read_schema(info.path, filesystem=fs).names
+        table = pq.read_table(info.path, filesystem=fs, columns=[c for c in columns if c.split(".")[0] in names])
+        table = table.rename_columns([c.split(".")[-1] for c in table.column_names])  # audio.path reads as path
+        for column in columns:
+            name = column.split(".")[-1]
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
+        yield table
+
+
 def gather(output: str, per_flag: int = PER_FLAG) -> Listening:
     """Read the output's parts one at a time and keep what the page shows."""
     listening = Listening(output=output, per_flag=per_flag)
-    for table in iter_outputs(output, _COLUMNS):
+    for table in _tables(output, _COLUMNS):
         for row in table.to_pylist():
             row["audio_path"] = row.pop("path")  # the parts reader names the nested 'audio.path' column `path`
             listening.add(row)
@@ -153,7 +176,7 @@ def _players(listening: Listening, rows: list[dict[str, Any]]) -> dict[str, str]
             embed.add(row["id"])
     if embed:
         wanted = pa.array(sorted(embed), pa.string())
-        for table in iter_outputs(listening.output, ["id", "audio"]):
+        for table in _tables(listening.output, ["id", "audio"]):
             table = table.filter(pc.is_in(table["id"], value_set=wanted))
             for row in table.to_pylist():
                 audio = row["audio"] or {}

@@ -133,6 +133,20 @@ def test_good_rows_hold_playable_flac_of_the_right_length(synth_run):
         assert row["duration_s"] == pytest.approx(row["num_samples"] / 24_000)
 
 
+def test_synth_writes_a_listening_page_with_its_rows_audio_embedded(synth_run):
+    """`raytts synth` ends with OUTPUT/report.html (pipeline.listening): its rows' audio is only in the Parquet,
+    so every row shown plays from the page itself; the failed rows are listed with their errors."""
+    from pathlib import Path
+
+    proc, rows, _ = synth_run
+    said = [line for line in proc.stderr.splitlines() if line.startswith("listening page: ")]
+    assert said, proc.stderr[-2000:]
+    html = Path(said[-1].split(": ", 1)[1]).read_text()
+    good = [r for r in rows if r["error"] is None]
+    assert html.count("data:audio/flac;base64,") == len(good)  # 6 rows: each flagged or in the clean sample
+    assert "punctuation-only" in html and 'id="failures"' in html
+
+
 def test_long_text_is_split_and_joined_per_row(synth_run):
     _, rows, _ = synth_run
     long_row = next(r for r in rows if r["id"] == "long")
