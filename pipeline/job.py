@@ -43,6 +43,7 @@ from .identity import job_digest as digest_of_job
 from .identity import job_settings, speaker_digests
 from .inputs import identity_fixups, unknown_fields_note
 from .lease import LeaseLost, OutputBusy, OutputLease
+from .progress import Progress
 from .report import JobReport, finish_report, write_status
 from .settings_record import record_settings, settings_changes
 from .shards import RowContext, read_text_shard
@@ -165,12 +166,13 @@ def _run(config: JobConfig, started: float, lease: OutputLease, status: dict[str
     if report.this_run:
         pending = _pending(refs, books, plan.todo, fixups)
         summaries = synthesis_stages(pending, config, model, speakers, job_digest, lease.token_for_workers)
-        stored = 0
+        progress = Progress(report.this_run, publish=lambda state: write_status(output, {**status, "progress": state}))
         for summary in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
-            stored += sum(summary.column("rows").to_pylist())
-            seconds += sum(summary.column("seconds").to_pylist())
+            rows, failed, block_seconds = (sum(summary.column(c).to_pylist()) for c in ("rows", "failed", "seconds"))
+            progress.add(rows, failed, block_seconds)
+            seconds += block_seconds
             lease.check()
-        log.info("synthesis stages stored %d rows at %.1f s", stored, time.perf_counter() - started)
+        progress.say()
     lease.check()
     closing = close_books(output, books, job_digest, config.output.audio_files)
     report.wall_seconds = time.perf_counter() - started

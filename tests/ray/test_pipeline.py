@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 from collections import Counter
 from pathlib import Path
@@ -557,7 +558,7 @@ def test_an_onnx_export_of_another_checkpoint_stops_the_job_before_any_actor(loc
         run_job(config)
 
 
-def test_the_asr_round_trip_scores_every_row_of_a_job(local_ray, tiny_checkpoint, tmp_path):
+def test_the_asr_round_trip_scores_every_row_of_a_job(local_ray, tiny_checkpoint, tmp_path, caplog):
     """asr.enabled puts the recogniser's own actors between the engine and the store: every ok row carries what was
     heard and its error rate (a random-weight CTC recogniser in the transformers layout: no real one can be fetched
     here), asr_mismatch is counted in the report and the page shows the rate's histogram; a re-run changes nothing,
@@ -573,7 +574,9 @@ def test_the_asr_round_trip_scores_every_row_of_a_job(local_ray, tiny_checkpoint
     ]
     (texts / "t.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     config = _config(tiny_checkpoint, [str(texts)], str(tmp_path / "out"))
+    caplog.set_level(logging.INFO, logger="pipeline.progress")
     assert run_job(config).ok == 3
+    assert "progress: 4 / 4 rows (100.0%)" in caplog.text and "1 failed, done" in caplog.text  # the job's last line
     on = config.model_copy(update={"asr": config.asr.model_copy(update={"enabled": True, "model": recogniser})})
     report = run_job(on)
     assert report.redo["changed_settings"] == 4 and report.to_dict()["qc"]["flags"]["asr_mismatch"] >= 1, report.redo
