@@ -6,7 +6,6 @@ makes the one host sync of a block of steps. The model is reached through `Model
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
 
 import torch
 
@@ -76,7 +75,7 @@ class ModelRunner:
 
     def row_state(self) -> tuple[torch.Tensor, ...]:
         """Every per-slot tensor indexed by slot alone (codes and hidden_out also have a time axis)."""
-        sampling = (getattr(self.sampling, f.name) for f in fields(self.sampling))
+        sampling = self.sampling.tensors()
         return (
             self.recent, self.hidden, self.position, self.produced, self.live, self.eos, self.max_new, self.text_row,
             *sampling,
@@ -92,6 +91,8 @@ class ModelRunner:
         )
         for name in ("temperature", "top_p", "top_k", "penalty", "min_new_tokens", "seed_lo", "seed_hi"):
             getattr(self.sampling, name)[index] = getattr(update, name)
+        # an upper bound of the slots' top_k (`sample` checks the kept counts, so a stale larger bound is only slower)
+        self.sampling.max_kept = max(self.sampling.max_kept, update.max_kept)
         self.max_new[index] = torch.tensor([r.params.max_new_tokens for r in requests], device=self.device)
         self.text_row[index] = torch.tensor([r.text for r in requests], device=self.device)
         self.produced[index] = 0

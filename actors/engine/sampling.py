@@ -23,6 +23,8 @@ __all__ = ["SamplingParams", "SamplingBatch", "process_logits", "sample"]
 PENALTY_WINDOW = 16
 MIN_TOKENS_TO_KEEP = 3
 _MASK32 = 0xFFFFFFFF
+# Devices whose draw races only the candidates (`sample`): reading the kept counts is a host sync, free on the CPU.
+CANDIDATE_RACE_DEVICES = frozenset({"cpu"})
 
 
 @dataclass
@@ -36,15 +38,22 @@ class SamplingBatch:
     min_new_tokens: torch.Tensor  # [B] int64
     seed_lo: torch.Tensor  # [B] int64, low 32 bits
     seed_hi: torch.Tensor  # [B] int64, high 32 bits
+    # The largest top_k of the rows (known on the host: no sync to read it): the filters keep at most this many codes
+    # of a row, so the draw races only the candidates (`sample`). 0: unknown, race every code.
+    max_kept: int = 0
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The per-row parameter tensors (every field but `max_kept`)."""
+        return [getattr(self, f.name) for f in fields(self) if f.name != "max_kept"]
 
     def prefix(self, n: int) -> SamplingBatch:
         """Views of the first `n` rows."""
-        return SamplingBatch(*(getattr(self, f.name)[:n] for f in fields(self)))
+        return SamplingBatch(*(t[:n] for t in self.tensors()), max_kept=self.max_kept)
 
     def text_rows(self, rows: torch.Tensor) -> SamplingBatch:
         """The parameters of `rows` for sampling one token from the text head (one 'codebook': the first's
         temperature)."""
-        picked = SamplingBatch(*(getattr(self, f.name).index_select(0, rows) for f in fields(self)))
+        picked = SamplingBatch(*(t.index_select(0, rows) for t in self.tensors()), max_kept=self.max_kept)
         picked.temperature = picked.temperature[:, :1]
         return picked
 
@@ -59,6 +68,7 @@ class SamplingBatch:
             min_new_tokens=torch.tensor([p.min_new_tokens for p in params], dtype=torch.int64, device=device),
             seed_lo=torch.tensor([p.seed & _MASK32 for p in params], dtype=torch.int64, device=device),
             seed_hi=torch.tensor([(p.seed >> 32) & _MASK32 for p in params], dtype=torch.int64, device=device),
+            max_kept=max(top_k, default=0),
         )
 
 
@@ -104,14 +114,32 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 
 def row_uniforms(params: SamplingBatch, steps: torch.Tensor, num_vq: int, num_codes: int) -> torch.Tensor:
     """Uniforms in (0, 1) [B, V, C], a pure function of (seed, step, codebook, code) per row."""
-    key = _mix(_mix(params.seed_lo ^ _mix(params.seed_hi)) ^ (steps & _MASK32))  # [B]
     lanes = torch.arange(num_vq * num_codes, device=steps.device, dtype=torch.int64).view(1, num_vq, num_codes)
+    return _uniforms(params, steps, lanes)
+
+
+def _uniforms(params: SamplingBatch, steps: torch.Tensor, lanes: torch.Tensor) -> torch.Tensor:
+    """The uniforms of `lanes` ([1 or B, V, n] int64: codebook * C + code) of each row."""
+    key = _mix(_mix(params.seed_lo ^ _mix(params.seed_hi)) ^ (steps & _MASK32))  # [B]
     bits = _mix(_mix(key.view(-1, 1, 1) ^ lanes) + lanes)
     return (bits.double() + 0.5) / 2**32
 
 
 def sample(scores: torch.Tensor, params: SamplingBatch, steps: torch.Tensor) -> torch.Tensor:
-    """scores [B, V, C] -> codes [B, V]: the argmax of p / Exp(1), i.e. a categorical draw from softmax(scores)."""
+    """scores [B, V, C] -> codes [B, V]: the argmax of p / Exp(1), i.e. a categorical draw from softmax(scores).
+
+    On the CPU, where the hash over every lane is most of a small model's step: codes the filters dropped have p = 0
+    and cannot win, and top-k keeps at most `params.max_kept` codes a row (more only when scores tie at its cut), so
+    when no row kept more, the race runs over the `max_kept` highest scores alone, in code order so that a tie breaks
+    as over every code: the same draw, hashing ~20 lanes a codebook instead of 626 (21,178 for the text head). On a
+    GPU the full race is a few cheap kernels, and checking the kept counts would cost a host sync per step."""
     probs = scores.softmax(dim=-1).double()
-    exponential = -torch.log(row_uniforms(params, steps, scores.shape[1], scores.shape[2]))
-    return (probs / exponential).argmax(dim=-1)
+    num_vq, num_codes = scores.shape[1], scores.shape[2]
+    few = scores.device.type in CANDIDATE_RACE_DEVICES and 0 < params.max_kept < num_codes
+    if not few or int(torch.isfinite(scores).sum(dim=-1).max()) > params.max_kept:
+        exponential = -torch.log(row_uniforms(params, steps, num_vq, num_codes))
+        return (probs / exponential).argmax(dim=-1)
+    candidates = scores.topk(params.max_kept, dim=-1, sorted=False).indices.sort(dim=-1).values  # [B, V, k]
+    lanes = torch.arange(num_vq, device=scores.device, dtype=torch.int64).view(1, num_vq, 1) * num_codes + candidates
+    race = probs.gather(-1, candidates) / -torch.log(_uniforms(params, steps, lanes))
+    return candidates.gather(-1, race.argmax(dim=-1, keepdim=True)).squeeze(-1)

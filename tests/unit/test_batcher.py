@@ -420,16 +420,29 @@ def _count_decode_steps(model, tokenizer) -> _OpCounter:
     return counter
 
 
-def test_decode_steps_make_no_clones_no_host_syncs_and_no_device_copies(tiny_model, tiny_tokenizer):
+def test_decode_steps_make_no_clones_no_host_syncs_and_no_device_copies(tiny_model, tiny_tokenizer, monkeypatch):
     """On CPU a device<->host copy cannot happen, so the CPU run checks clones and host syncs (.item(), bool()).
+    The draw runs as on a GPU (every code raced: the CPU's candidate race reads the kept counts, a sync that costs
+    nothing on the CPU; the test below counts it).
 
     Cross-device copies are counted too; they can only be non-zero on a CUDA run (see the gpu-marked twin).
     """
+    from actors.engine import sampling
+
+    monkeypatch.setattr(sampling, "CANDIDATE_RACE_DEVICES", frozenset())
     counter = _count_decode_steps(tiny_model, tiny_tokenizer)
     assert counter.ops > 100, "the counter must see the decode step's ops"
     assert counter.clones == 0
     assert counter.syncs == 0
     assert counter.cross_device == 0
+
+
+def test_the_cpu_draw_reads_the_kept_counts_once_a_step(tiny_model, tiny_tokenizer):
+    """The CPU's candidate race (`actors.engine.sampling.sample`) costs one read of the kept counts per decode step
+    and nothing else: no clones, no other sync."""
+    counter = _count_decode_steps(tiny_model, tiny_tokenizer)
+    assert counter.ops > 100 and counter.clones == 0
+    assert counter.syncs == 8  # 8 decode steps
 
 
 @pytest.mark.gpu
@@ -455,7 +468,11 @@ class _Handoff:
 def _count_handoff(synth: Synthesizer, monkeypatch: pytest.MonkeyPatch) -> _Handoff:
     """Ops of every `Synthesizer.pump` after the one that admits all rows, until the pool drains. Rows end in three
     waves of 3, 2 and 3 (also on CUDA, which checks for finished rows every 8 steps), so finished rows go to the
-    decoder in groups."""
+    decoder in groups. The draw runs as on a GPU (every code raced), so a host sync counted is one the GPU would pay
+    (the CPU's candidate race reads the kept counts each step: free there, counted in its own test)."""
+    from actors.engine import sampling
+
+    monkeypatch.setattr(sampling, "CANDIDATE_RACE_DEVICES", frozenset())
     lengths = [12, 12, 12, 20, 20, 28, 28, 28]
     requests = [
         SynthesisRequest(id=f"r{i}", text=f"Sentence number {i} for the handoff.", params=SamplingParams(max_new_tokens=n, min_new_tokens=n, seed=i), refine=NO_REFINE)

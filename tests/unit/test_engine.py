@@ -140,6 +140,59 @@ def test_top_p_then_top_k_match_transformers_warpers(rows):
         assert torch.equal(torch.isfinite(got[row]), torch.isfinite(expected)), (row, p)
 
 
+def _full_race(scores, batch, steps):
+    """The draw over every code: argmax of p / Exp(1) with each lane's own uniform."""
+    from actors.engine.sampling import row_uniforms
+
+    probs = scores.softmax(dim=-1).double()
+    return (probs / -torch.log(row_uniforms(batch, steps, scores.shape[1], scores.shape[2]))).argmax(dim=-1)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    rows=st.lists(
+        st.tuples(st.floats(0.05, 1.0), st.sampled_from([0, 1, 3, 5, 20, 40]), st.integers(0, 2**31 - 1),
+                  st.sampled_from([0, 1, 2]), st.sampled_from([1e-6, 0.3, 1.0, 3.0])),
+        min_size=1, max_size=6,
+    )
+)  # fmt: skip
+def test_the_draw_over_the_kept_candidates_is_the_draw_over_every_code(rows):
+    """`sample` races only the max_kept highest scores on the CPU; it must pick what the race over all 626 codes
+    picks, row for row, for any top-k / top-p / temperature mix in one batch, ties at the top-k cut included (scores
+    from a few levels keep more than k codes: the full race then runs)."""
+    num_vq, num_codes = 4, 626
+    params = [SamplingParams(temperature=t, top_p=p, top_k=k, seed=s) for p, k, s, _, t in rows]
+    batch = SamplingBatch.build(params, num_vq, num_codes, torch.device("cpu"))
+    generator = [torch.Generator().manual_seed(seed) for _, _, seed, _, _ in rows]
+    logits = torch.stack([
+        (torch.randint(0, 3 + 30 * ties, (num_vq, num_codes), generator=g) / 4.0) if ties < 2
+        else 3 * torch.randn(num_vq, num_codes, generator=g)
+        for g, (_, _, _, ties, _) in zip(generator, rows, strict=True)
+    ])  # fmt: skip
+    for step in (0, 7, 123):
+        steps = torch.full((len(rows),), step)
+        scores = process_logits(logits, torch.zeros(len(rows), num_vq, num_codes), steps, batch, eos=625)
+        assert torch.equal(sample(scores, batch, steps), _full_race(scores, batch, steps))
+
+
+def test_the_draw_races_only_the_candidates_when_no_row_kept_more(monkeypatch):
+    """The fast path is the one taken in the ordinary case (distinct scores, top_k 20): the full race's uniforms over
+    every lane are never computed."""
+    from actors.engine import sampling
+
+    params = [SamplingParams(temperature=0.3, top_p=0.7, top_k=20, seed=i) for i in range(8)]
+    batch = SamplingBatch.build(params, 4, 626, torch.device("cpu"))
+    steps = torch.full((8,), 3)
+    scores = process_logits(torch.randn(8, 4, 626), torch.zeros(8, 4, 626), steps, batch, eos=625)
+    expected = _full_race(scores, batch, steps)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the full race ran")
+
+    monkeypatch.setattr(sampling, "row_uniforms", refuse)
+    assert batch.max_kept == 20 and torch.equal(sample(scores, batch, steps), expected)
+
+
 def test_kv_cached_decode_equals_full_recompute(tiny_model, tiny_tokenizer):
     prompt = _prompt(tiny_tokenizer, TEXTS[2], speaker_seed=3)
     out = generate(tiny_model, [prompt], [_params(9, min_new_tokens=10)], tiny_tokenizer.spk_emb_id)[0]
