@@ -256,6 +256,32 @@ class QualitySummary:
                 index = int(np.searchsorted(edges, value, side="right")) - 1
                 self.counts[name][min(max(index, 0), len(edges) - 2)] += 1
 
+    def add_columns(self, measures: Any, flags: Any, attempts: Any, asr_error_rate: Any = None) -> None:
+        """`add` for every row of Arrow columns at once (a part of a job's output: `qc`, `qc_flags`, `qc_attempts`,
+        `asr_error_rate`), in Arrow and numpy kernels: the same counts, without a Python object per row."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        takes = pc.fill_null(attempts, 1).to_numpy(zero_copy_only=False) if len(attempts) else np.zeros(0)
+        self.retaken += int(np.count_nonzero(takes > 1))
+        self.extra_takes += int(np.maximum(takes - 1, 0).sum())
+        measured = pc.is_valid(measures)
+        measures, flags = measures.filter(measured), flags.filter(measured)
+        self.measured += len(measures)
+        if not len(measures):
+            return
+        lengths = pc.fill_null(pc.list_value_length(flags), 0)
+        self.flagged += int(pc.sum(pc.greater(lengths, 0)).as_py() or 0)
+        for entry in pc.value_counts(pc.list_flatten(flags)).to_pylist():
+            self.flags[entry["values"]] = self.flags.get(entry["values"], 0) + entry["counts"]
+        rates = asr_error_rate.filter(measured) if asr_error_rate is not None else pa.nulls(len(measures), pa.float64())
+        for name, edges in HISTOGRAMS.items():
+            column = rates if name == "asr_error_rate" else pc.struct_field(measures, name)
+            values = pc.drop_null(column).to_numpy(zero_copy_only=False).astype(np.float64)
+            index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+            for bin_index, count in enumerate(np.bincount(index, minlength=len(edges) - 1)):
+                self.counts[name][bin_index] += int(count)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "rows_measured": self.measured,

@@ -4,12 +4,14 @@ no server) for the rows a listener should hear first. `raytts report OUTPUT` wri
 
 What it holds: the rows' totals and flag counts, histograms of the quality measures (matplotlib, as SVG images in the
 page), and a table of chosen rows with audio players: the worst `per_flag` rows of each flag (by that flag's own
-measure, e.g. the longest loop for `loop`), a fixed sample of clean rows to compare them with (the rows whose id
-hashes lowest, so the sample is the same on every run), and the first failed rows with their errors. Filters by
-flag, speaker and language (Chinese, English or mixed, from `spoken_text`) show and hide table rows.
+measure, e.g. the longest loop for `loop`), a fixed sample of clean rows to compare them with (of each part's first
+`per_flag` clean rows, those whose ids hash lowest: spread over the parts, the same on every run), and the first
+failed rows with their errors. Filters by flag, speaker and language (Chinese, English or mixed, from
+`spoken_text`) show and hide table rows.
 
-The parts are read one at a time, a few columns each, and only the chosen rows are kept: the page costs the same
-memory for ten rows and for a hundred million. Players link `audio/{id}.{format}` relatively where the job wrote
+The parts are read one at a time, a few columns each, counted in Arrow kernels, and only the rows the page may show
+become Python objects: the page costs the same memory for ten rows and for a hundred million, and ~12 us a row
+(200,000 rows in 2.4 s, matplotlib's import included). Players link `audio/{id}.{format}` relatively where the job wrote
 audio files (the page works wherever the folder is served or copied whole); rows whose audio lives only in the
 Parquet `audio.bytes` (`output.audio_files: false`) are embedded in the page.
 """
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -93,27 +96,44 @@ class Listening:
     failures: list[dict[str, Any]] = field(default_factory=list)
     error_kinds: dict[str, int] = field(default_factory=dict)
 
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows += 1
-        if row.get("error"):
-            self.failed += 1
-            kind = row.get("error_kind") or "unknown"
-            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
-            if len(self.failures) < self.per_flag:
-                self.failures.append(row)
-            return
-        self.ok += 1
-        qc, flags = row.get("qc"), row.get("qc_flags") or []
-        self.summary.add(qc, flags, row.get("qc_attempts"), row.get("asr_error_rate"))
-        if qc is None:
-            return
-        for flag in flags:
-            measure, sign = SEVERITY.get(flag, ("duration_s", 1))
-            value = qc.get(measure, row.get(measure))
-            _push(self.worst.setdefault(flag, []), (sign * (value or 0.0), row["id"], row), self.per_flag)
-        if not flags:
+    def add_table(self, table: pa.Table) -> None:
+        """One part's rows: counts and histograms in Arrow kernels; Python objects only for the rows the page may
+        show (each flag's worst candidates, the part's first clean rows, the first failed rows)."""
+        table = table.combine_chunks()
+        self.rows += table.num_rows
+        failed = pc.is_valid(table.column("error"))
+        errors = table.filter(failed)
+        self.failed += errors.num_rows
+        for entry in pc.value_counts(pc.fill_null(errors.column("error_kind"), "unknown")).to_pylist():
+            self.error_kinds[entry["values"]] = self.error_kinds.get(entry["values"], 0) + entry["counts"]
+        self.failures.extend(errors.slice(0, max(0, self.per_flag - len(self.failures))).to_pylist())
+        ok = table.filter(pc.invert(failed))
+        self.ok += ok.num_rows
+        columns = ("qc", "qc_flags", "qc_attempts", "asr_error_rate")
+        self.summary.add_columns(*(ok.column(c) for c in columns))
+        measured = ok.filter(pc.is_valid(ok.column("qc")))
+        flags = measured.column("qc_flags")
+        flat, parents = pc.list_flatten(flags), pc.list_parent_indices(flags)
+        for flag in pc.unique(flat).to_pylist():
+            self._worst(flag, measured.take(parents.filter(pc.equal(flat, flag))))
+        lengths = pc.fill_null(pc.list_value_length(flags), 0)
+        for row in measured.filter(pc.equal(lengths, 0)).slice(0, self.per_flag).to_pylist():
             digest = int.from_bytes(hashlib.blake2b(row["id"].encode(), digest_size=8).digest(), "big")
             _push(self.clean, (-digest, row["id"], row), self.per_flag)
+
+    def _worst(self, flag: str, rows: pa.Table) -> None:
+        """Keep the flag's `per_flag` worst rows: the part's candidates (values at or past its per_flag-th worst,
+        ties included) become Python rows, the heap picks among them."""
+        measure, sign = SEVERITY.get(flag, ("duration_s", 1))
+        column = rows.column(measure) if measure in rows.column_names else pc.struct_field(rows.column("qc"), measure)
+        values = sign * pc.fill_null(column, 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
+        if values.size > self.per_flag:
+            cut = np.partition(values, values.size - self.per_flag)[values.size - self.per_flag]
+            rows = rows.filter(pa.array(values >= cut))
+        heap = self.worst.setdefault(flag, [])
+        for row in rows.to_pylist():
+            value = row["qc"].get(measure, row.get(measure)) if row.get("qc") else row.get(measure)
+            _push(heap, (sign * (value or 0.0), row["id"], row), self.per_flag)
 
     def shown(self) -> list[dict[str, Any]]:
         """The table's rows: each flag's worst (worst first), then the clean sample, each row once."""
@@ -158,9 +178,7 @@ def gather(output: str, per_flag: int = PER_FLAG) -> Listening:
     """Read the output's parts one at a time and keep what the page shows."""
     listening = Listening(output=output, per_flag=per_flag)
     for table in _tables(output, _COLUMNS):
-        for row in table.to_pylist():
-            row["audio_path"] = row.pop("path")  # the parts reader names the nested 'audio.path' column `path`
-            listening.add(row)
+        listening.add_table(table.rename_columns([c if c != "path" else "audio_path" for c in table.column_names]))
     return listening
 
 

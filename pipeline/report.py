@@ -145,9 +145,9 @@ def _account_part(report: JobReport, table: pa.Table, workers: dict[str, dict[st
     if "reading_notes" in ok.column_names:  # parts written before the column read it as nulls
         noted = pc.fill_null(pc.greater(pc.utf8_length(ok.column("reading_notes")), 0), False)
         report.reading_notes_rows += pc.sum(noted).as_py() or 0
-    qc = (table.column(c).to_pylist() for c in ("qc", "qc_flags", "qc_attempts", "asr_error_rate"))
-    for measures, flags, attempts, asr_error_rate in zip(*qc, strict=True):
-        report.qc.add(measures, flags, attempts, asr_error_rate)
+    report.qc.add_columns(
+        *(table.column(c).combine_chunks() for c in ("qc", "qc_flags", "qc_attempts", "asr_error_rate"))
+    )
     named = table.filter(pc.fill_null(pc.not_equal(table.column("worker"), ""), False))
     stats = pa.table({
         "worker": named.column("worker"),

@@ -188,3 +188,35 @@ def test_retakes_end_every_faulty_row_clean_and_the_kept_seed_reproduces_its_aud
         assert np.max(np.abs(to_pcm16(replay.audio).astype(int) - to_pcm16(kept.audio).astype(int))) <= 1
     worst = synth("retake", max_attempts=2).synthesize(requests([3]))[0]  # seeds 3 and 4 both bad
     assert worst.ok and worst.attempts == 2 and worst.quality_flags == ["loop"]
+
+
+def test_the_summary_of_whole_columns_equals_the_row_by_row_summary():
+    """`QualitySummary.add_columns` (Arrow kernels over a part) counts exactly what `add` counts row by row: rows
+    without measures, null flags and attempts, ASR rates on some rows, values on the histogram edges."""
+    import pyarrow as pa
+
+    from actors.quality import arrow_type
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for i in range(400):
+        made = FAULTS[list(FAULTS)[i % len(FAULTS)]][1](clean(rng), rng) if i % 3 else clean(rng)
+        measures = measure(*made).as_dict() if i % 7 else None
+        if measures and i % 11 == 0:
+            measures["loop_s"] = 2.0  # exactly on an edge
+        flags = (
+            None if i % 13 == 0 else QualityPolicy().flags(measure(*made)) + (["asr_mismatch"] if i % 5 == 0 else [])
+        )
+        attempts = None if i % 17 == 0 else int(rng.integers(1, 4))
+        rate = float(rng.choice([0.0, 0.35, 0.5, 2.0])) if i % 4 == 0 else None
+        rows.append((measures, flags, attempts, rate))
+    by_row, by_columns = QualitySummary(), QualitySummary()
+    for row in rows:
+        by_row.add(*row)
+    columns = list(zip(*rows, strict=True))
+    types = (arrow_type(), pa.list_(pa.string()), pa.int32(), pa.float64())
+    by_columns.add_columns(*(pa.array(list(values), kind) for values, kind in zip(columns, types, strict=True)))
+    assert by_columns.to_dict() == by_row.to_dict()
+    empty = QualitySummary()
+    empty.add_columns(pa.array([], arrow_type()), pa.array([], pa.list_(pa.string())), pa.array([], pa.int32()))
+    assert empty.to_dict() == QualitySummary().to_dict()
