@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from actors.quality import FLAG_MEANINGS, FLAGS, HISTOGRAMS, QualitySummary
 
-from .parts import filesystem, iter_outputs
+from .parts import RUN_SCHEMA, filesystem, iter_outputs
 
 PAGE = "report.html"
 PER_FLAG = 12  # worst rows shown per flag, clean rows sampled, failed rows listed
@@ -167,10 +167,11 @@ def _tables(output: str, columns: list[str]) -> Iterator[pa.Table]:
         names = pq.read_schema(info.path, filesystem=fs).names
         table = pq.read_table(info.path, filesystem=fs, columns=[c for c in columns if c.split(".")[0] in names])
         table = table.rename_columns([c.split(".")[-1] for c in table.column_names])  # audio.path reads as path
-        for column in columns:
+        for column in columns:  # a column an older file lacks reads as nulls of its type
             name = column.split(".")[-1]
             if name not in table.column_names:
-                table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
+                kind = RUN_SCHEMA.field(name).type if name in RUN_SCHEMA.names else pa.string()
+                table = table.append_column(name, pa.nulls(table.num_rows, kind))
         yield table
 
 

@@ -148,3 +148,20 @@ def test_histogram_bins_are_labelled_with_open_ends() -> None:
     from pipeline.listening import _bin_label
 
     assert _bin_label(60, math.inf) == "60+" and _bin_label(-math.inf, -60) == "< -60" and _bin_label(0, 1) == "0-1"
+
+
+def test_a_synth_file_from_before_the_quality_columns_still_gets_a_page(tmp_path: Path) -> None:
+    """`raytts report` on a `raytts synth` folder whose Parquet predates qc, qc_flags, qc_attempts and the ASR
+    columns: its rows are counted (as unmeasured) and their audio embedded; nothing fails."""
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(1)
+    audio = clean(rng)[0]
+    data = encode_audio(audio, SAMPLE_RATE, "flac")
+    old = pa.table({"id": ["a", "b"], "text": ["hello.", "x"], "spoken_text": ["hello", None],
+                    "audio": [{"bytes": data, "path": "a.flac"}, None], "error": [None, "row 2: text is empty"],
+                    "error_kind": [None, "input"], "speaker": ["seed:1", None], "duration_s": [audio.size / SAMPLE_RATE, None]})  # fmt: skip
+    pq.write_table(old, tmp_path / "part-00000.parquet")
+    page, listening = write_page(str(tmp_path))
+    assert (listening.rows, listening.ok, listening.failed, listening.summary.measured) == (2, 1, 1, 0)
+    assert "text is empty" in (tmp_path / "report.html").read_text()
