@@ -46,6 +46,47 @@ def _status_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
+class _Sampler:
+    """Peaks of the driver's private (RssAnon), file-backed (RssFile) and shared (RssShmem: object-store pages it
+    touched, which the object store owns and bounds) resident memory, sampled every 20 ms on a thread."""
+
+    FIELDS = ("RssAnon", "RssFile", "RssShmem")
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peaks = dict.fromkeys(self.FIELDS, 0)
+        self.disk_peak = 0  # bytes
+        self.before = {f: _status_kib(f) for f in self.FIELDS}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            for f in self.FIELDS:
+                self.peaks[f] = max(self.peaks[f], _status_kib(f))
+            self.disk_peak = max(self.disk_peak, _books_disk())
+
+    def stop(self) -> dict[str, float]:
+        """Peak growth above the start, MiB, per field."""
+        self._stop.set()
+        self._thread.join()
+        return {f: round(max(0, self.peaks[f] - self.before[f]) / 1024) for f in self.FIELDS}
+
+
+def _books_disk() -> int:
+    """Bytes in the ledgers' database folders (`pipeline.ledger`: raytts-books-* in the temporary folder)."""
+    total = 0
+    for folder in Path(tempfile.gettempdir()).glob("raytts-books-*"):
+        for path in folder.rglob("*"):
+            try:
+                total += path.stat().st_size if path.is_file() else 0
+            except FileNotFoundError:
+                continue
+    return total
+
+
 def _reset_peak() -> None:
     """Linux: writing 5 to clear_refs resets VmHWM (the peak resident set) to the current resident set."""
     with open("/proc/self/clear_refs", "w") as f:
@@ -142,10 +183,12 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     before_kib = _status_kib("VmRSS")
     _reset_peak()
+    sampler = _Sampler()
     started = time.perf_counter()
     report = run_job(config)
     wall = time.perf_counter() - started
     peak_kib = _status_kib("VmHWM")
+    growth_by_kind = sampler.stop()
     ray.shutdown()
 
     expected_failed = len(range(0, args.rows, 100))
@@ -169,12 +212,14 @@ def main() -> None:
         "driver_peak_growth_mib": round(growth_mib),
         "wall_s_per_million_rows": round(wall / args.rows * 1e6, 2),
         "driver_mib_per_million_rows": round(growth_mib / args.rows * 1e6),
+        "driver_peak_growth_mib_by_kind": growth_by_kind,
+        "books_disk_peak_mib": round(sampler.disk_peak / 2**20),
         "manifest_bytes": manifest,
     }
-    print(f"{'rows':>10} {'re-run wall s':>14} {'driver peak growth MiB':>23} {'MiB per 1M rows':>16}")
+    print(f"{'rows':>10} {'re-run wall s':>14} {'driver peak growth MiB':>23} {'MiB per 1M rows':>16}  by kind")
     print(
         f"{args.rows:>10} {record['rerun_wall_s']:>14} {record['driver_peak_growth_mib']:>23}"
-        f" {record['driver_mib_per_million_rows']:>16}"
+        f" {record['driver_mib_per_million_rows']:>16}  {growth_by_kind}, books on disk {record['books_disk_peak_mib']} MiB"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

@@ -6,21 +6,23 @@ and, when the output keeps audio files, its file exists. Everything else in the 
 synthesis: rows whose input or settings changed (redone), rows whose input line is gone, extra copies, rows written
 by an earlier raytts, failed rows with `retry_failed`; finished rows read from a renamed or moved shard only get
 their `source` rewritten. So after any sequence of edits and re-runs the output is what a fresh run on today's
-inputs would write. Everything is Arrow columns: the driver holds a few bytes per row, never Python objects per row.
+inputs would write. The books are tables of the job's DuckDB ledger (`pipeline.ledger`): the driver's memory does
+not grow with the rows; Python sees only counts, a few example keys, and one batch of rows at a time.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .audio_files import audio_listing, delete_audio, is_audio_name
+from .ledger import BATCH, Ledger
 from .parts import audio_prefix, iter_parts, rewrite_part
 
 log = logging.getLogger(__name__)
@@ -31,16 +33,6 @@ REASONS = ("new", "changed_input", "changed_settings", "retried", "moved", "relo
 
 
 @dataclass
-class InputBooks:
-    """Every input row's key, input digest and source, in the order of the parsed blocks (`sizes` rows each)."""
-
-    keys: pa.ChunkedArray
-    digests: pa.ChunkedArray
-    sources: pa.ChunkedArray
-    sizes: list[int]
-
-
-@dataclass
 class Redo:
     """What a run redoes or removes, and why: counts and a few keys per reason (`REASONS`)."""
 
@@ -48,11 +40,11 @@ class Redo:
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     settings: list[str] = field(default_factory=list)  # the settings whose change redid rows
 
-    def add(self, reason: str, keys: pa.Array | pa.ChunkedArray) -> None:
-        self.counts[reason] += len(keys)
+    def add(self, reason: str, count: int, examples: list[str]) -> None:
+        self.counts[reason] += count
         room = EXAMPLES - len(self.examples[reason])
-        if room > 0 and len(keys):
-            self.examples[reason].extend(keys.slice(0, room).to_pylist())
+        if room > 0:
+            self.examples[reason].extend(examples[:room])
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.counts, "settings_changed": self.settings,
@@ -61,9 +53,11 @@ class Redo:
 
 @dataclass
 class RunPlan:
-    todo: pa.ChunkedArray  # one flag per input row (the books' order): synthesise it in this run
-    rewrites: dict[str, tuple[list[int], dict[int, str]]]  # part -> (rows kept, new sources of moved rows)
-    audio_to_delete: list[str]  # audio file names of rows removed
+    """What a run does: `todo` one flag per input row (the ledger's order), what it supersedes (the ledger's `plan`
+    table, read a part at a time by `rewrites()` and `deletions()`), and why (`redo`)."""
+
+    ledger: Ledger
+    todo: pa.ChunkedArray
     redo: Redo
     old_job_digests: list[str]  # job digests of rows redone because the settings changed
 
@@ -71,159 +65,209 @@ class RunPlan:
     def to_synthesise(self) -> int:
         return pc.sum(self.todo).as_py() or 0
 
+    def rewrites(self) -> Iterator[tuple[str, list[int], dict[int, str]]]:
+        """(part path, rows kept, new sources of moved rows) for every part that loses a row, has a row to relabel
+        or a row whose audio path names another folder (`rewrite_part` puts every kept row's audio under today's
+        output), one part at a time."""
+        query = (
+            "SELECT p.part, p.row, p.taken, p.relabel, p.in_source FROM plan p JOIN (SELECT DISTINCT part FROM plan "
+            "WHERE taken OR relabel OR relocated_kept) t USING (part) ORDER BY p.part, p.row"
+        )
+        paths = dict(self.ledger.rows("SELECT part, path FROM parts"))
+        current, keep, sources = None, [], {}
+        for batch in self.ledger.batches(query):
+            for part, row, taken, relabel, source in zip(*(c.to_pylist() for c in batch.columns), strict=True):
+                if part != current:
+                    if current is not None:
+                        yield paths[current], keep, sources
+                    current, keep, sources = part, [], {}
+                if not taken:
+                    keep.append(row)
+                    if relabel:
+                        sources[row] = source
+        if current is not None:
+            yield paths[current], keep, sources
 
-@dataclass
-class OutputIndex:
-    """Every output row's key, digests, source, error, audio file name and size, whether its audio path names
-    another folder than today's output (`relocated`: the output was moved), with its part (an index into `parts`,
-    not a path per row) and its row number in that part."""
+    def deletions(self) -> Iterator[list[str]]:
+        """Audio file names of removed ok rows that no kept row uses (an extra copy shares its file with the kept
+        row), in batches, sorted."""
+        query = (
+            "SELECT DISTINCT audio FROM plan WHERE taken AND error IS NULL AND audio IS NOT NULL AND audio_folded NOT "
+            "IN (SELECT audio_folded FROM plan WHERE NOT taken AND error IS NULL AND audio IS NOT NULL) ORDER BY audio"
+        )
+        for batch in self.ledger.batches(query):
+            yield batch.column(0).to_pylist()
 
-    rows: pa.Table
-    parts: list[str]  # part paths
-    sizes: list[int]  # rows per part
+    @property
+    def audio_to_delete(self) -> list[str]:
+        return [name for batch in self.deletions() for name in batch]
 
 
-def read_index(output: str, clean: bool) -> OutputIndex:
-    tables, parts, sizes = [], [], []
+def load_index(ledger: Ledger, output: str, clean: bool) -> None:
+    """The ledger's `outputs` (every output row's key, digests, source, error, audio file name and its case-folded
+    form, size, whether its audio path names another folder than today's output, part number and row in the part)
+    and `parts` (number, path, rows), read one part at a time."""
+    ledger.db.execute("DROP TABLE IF EXISTS outputs; DROP TABLE IF EXISTS parts")
+    ledger.db.execute(
+        "CREATE TABLE outputs (key VARCHAR, input_digest VARCHAR, job_digest VARCHAR, source VARCHAR, error VARCHAR, "
+        "audio_size BIGINT, audio VARCHAR, audio_folded VARCHAR, relocated BOOLEAN, part INTEGER, row BIGINT)"
+    )
+    ledger.db.execute("CREATE TABLE parts (part INTEGER, path VARCHAR, size BIGINT)")
     prefix = audio_prefix(output)
-    for path, table in iter_parts(output, INDEX_COLUMNS, clean):
-        # the audio file's name, whatever folder the output was in when it was written
-        paths = table.column("path")
-        names = pc.replace_substring_regex(paths, pattern=r"^.*/", replacement="")
-        elsewhere = pc.and_(pc.match_substring(paths, "/"), pc.invert(pc.starts_with(paths, prefix)))
-        tables.append(
-            table.drop_columns(["path"]).append_column("audio", names)
-            .append_column("relocated", pc.fill_null(elsewhere, False))
-            .append_column("part", pa.array([len(parts)] * table.num_rows, pa.int32()))
-            .append_column("row", pa.array(range(table.num_rows), pa.int64()))
-        )  # fmt: skip
-        parts.append(path)
-        sizes.append(table.num_rows)
-    if not tables:
-        schema = [(c, pa.string()) for c in ("key", "input_digest", "job_digest", "source", "error")]
-        schema += [("audio_size", pa.int64()), ("audio", pa.string()), ("relocated", pa.bool_())]
-        return OutputIndex(pa.schema([*schema, ("part", pa.int32()), ("row", pa.int64())]).empty_table(), [], [])
-    return OutputIndex(pa.concat_tables(tables, promote_options="permissive"), parts, sizes)
+    pending: list[pa.Table] = []  # parts' index rows not yet inserted: one insert per ~BATCH rows, not per part
+    paths = []
+    for number, (path, table) in enumerate(iter_parts(output, INDEX_COLUMNS, clean)):
+        pending.append(_part_index(table, number, prefix))
+        paths.append((number, path, table.num_rows))
+        if sum(t.num_rows for t in pending) >= BATCH:
+            _insert(ledger, "outputs", pending)
+    _insert(ledger, "outputs", pending)
+    parts = pa.table({"part": pa.array([p[0] for p in paths], pa.int32()), "path": pa.array([p[1] for p in paths], pa.string()),
+                      "size": pa.array([p[2] for p in paths], pa.int64())})  # fmt: skip
+    _insert(ledger, "parts", [parts])
+    # the first copy in read order of each key with several (a crash mid-rewrite, two old drivers): usually none
+    ledger.db.execute(
+        "CREATE OR REPLACE TABLE repeats AS SELECT key, min((part::BIGINT << 32) + row) AS position FROM outputs "
+        "WHERE key IS NOT NULL GROUP BY key HAVING count(*) > 1"
+    )
+
+
+def _part_index(table: pa.Table, number: int, prefix: str) -> pa.Table:
+    """A part's rows as `outputs` rows."""
+    paths = table.column("path")  # the audio file's name, whatever folder the output was in when it was written
+    names = pc.replace_substring_regex(paths, pattern=r"^.*/", replacement="")
+    elsewhere = pc.and_(pc.match_substring(paths, "/"), pc.invert(pc.starts_with(paths, prefix)))
+    rows = table.num_rows
+    return pa.table({
+        **{c: table.column(c).cast(pa.string()) for c in ("key", "input_digest", "job_digest", "source", "error")},
+        "audio_size": table.column("audio_size").cast(pa.int64()), "audio": names,
+        "audio_folded": pc.utf8_lower(names), "relocated": pc.fill_null(elsewhere, False),
+        "part": pa.repeat(pa.scalar(number, pa.int32()), rows), "row": pa.array(range(rows), pa.int64()),
+    })  # fmt: skip
+
+
+def _insert(ledger: Ledger, name: str, tables: list[pa.Table]) -> None:
+    """Append `tables` to the ledger's table `name` and empty the list."""
+    if tables:
+        ledger.db.register("incoming", pa.concat_tables(tables))
+        ledger.db.execute(f"INSERT INTO {name} SELECT * FROM incoming")
+        ledger.db.unregister("incoming")
+        tables.clear()
+
+
+def load_listing(ledger: Ledger, output: str) -> None:
+    """The ledger's `listing`: the output's audio files (name, its case-folded form, size, a job's audio name?)."""
+    listing = audio_listing(output)
+    names = listing.column("name")
+    table = pa.table({"name": names, "folded": pc.utf8_lower(names), "size": listing.column("size"),
+                      "is_audio": is_audio_name(names)})  # fmt: skip
+    ledger.db.execute("DROP TABLE IF EXISTS listing")
+    ledger.db.register("files", table)
+    ledger.db.execute("CREATE TABLE listing AS SELECT * FROM files")
+    ledger.db.unregister("files")
+
+
+# An output row's input (`book_keys`: one per key), whether it is the first copy of its key in read order, whether
+# its audio file is bad: missing, or another size than was written (parts from before sizes were recorded only need
+# the file); rows without an audio name (error rows) have none to check.
+def _match(ledger: Ledger, audio_files: bool) -> str:
+    """A query of each output row with its input (`book_keys`: one per key), whether it is the first copy of its
+    key in read order (`repeats`: keys with several copies, usually none), and whether its audio file is bad
+    (missing, or another size than was written; parts from before sizes were recorded only need the file). With
+    audio files, the listing's join is a statement of its own (table `matched`): each big join spills to disk on
+    its own, two in one statement need both hash tables in memory at once."""
+    first = "o.key IS NULL OR r.position IS NULL OR r.position = (o.part::BIGINT << 32) + o.row"
+    query = (
+        f"SELECT o.*, b.input_digest AS in_digest, b.source AS in_source, b.key IS NOT NULL AS known, "
+        f"{first} AS first_copy, false AS bad_audio FROM outputs o LEFT JOIN book_keys b ON o.key = b.key "
+        f"LEFT JOIN repeats r ON o.key = r.key"
+    )
+    if not audio_files:
+        return f"({query})"
+    bad = "m.error IS NULL AND (l.name IS NULL OR coalesce(l.size <> m.audio_size, false))"
+    ledger.db.execute(f"CREATE OR REPLACE TABLE matched AS {query}")
+    ledger.db.execute(
+        f"CREATE OR REPLACE TABLE matched AS SELECT m.* REPLACE ({bad} AS bad_audio) FROM matched m "
+        f"LEFT JOIN listing l ON m.audio = l.name"
+    )
+    return "matched"
+
+
+# The first reason that applies to each output row (`REASONS`), NULL when the row is kept; after the third, rows
+# are only compared with their input when they have one (a gone row kept stays as it is).
+_STEPS = ["outdated", "NOT first_copy", "gone AND NOT {keep_gone}", "gone OR outdated",
+          "coalesce(input_digest <> in_digest, false)", "coalesce(job_digest <> $job, true)",
+          "error IS NOT NULL AND {retry}", "error IS NOT NULL AND coalesce(source <> in_source, false)", "bad_audio"]  # fmt: skip
+_STEP_REASONS = ["repaired", "repaired", "gone", None, "changed_input", "changed_settings", "retried", "moved",
+                 "repaired"]  # fmt: skip
 
 
 def plan_run(
-    output: str, books: InputBooks, job_digest: str, retry_failed: bool, audio_files: bool, keep_gone: bool = False
+    output: str, books: Ledger, job_digest: str, retry_failed: bool, audio_files: bool, keep_gone: bool = False
 ) -> RunPlan:
     """Classify every output row against the input (module docstring) and the input rows still to synthesise. With
     `keep_gone` (some input could not be read this run: a missing path, an unreadable shard) rows whose input line
     is gone are kept, not removed: a typo in a path must not delete a finished job's output; the closing check then
-    reports them. Column operations only: no join, no Python object per row."""
-    found = read_index(output, clean=True)
-    index, count = found.rows, found.rows.num_rows
-    keys, error, source = index.column("key"), index.column("error"), index.column("source")
-    outdated = pc.is_null(keys)  # parts written by a raytts before keys were recorded
-    in_digest, in_source = _lookup(keys, books)
-    ok = pc.is_null(error)
-    gone = pc.and_(pc.is_null(in_digest), pc.invert(outdated))
-    bad_audio = _bad_audio(index, audio_listing(output)) if audio_files else pa.repeat(False, count)
-    reasons = [
-        ("repaired", outdated),
-        ("repaired", pc.invert(_first_of_each_key(keys))),  # extra copies (a crash mid-rewrite, two old drivers)
-        ("gone", pc.and_(gone, pa.repeat(not keep_gone, count))),
-        ("changed_input", pc.not_equal(index.column("input_digest"), in_digest)),
-        ("changed_settings", pc.fill_null(pc.not_equal(index.column("job_digest"), job_digest), True)),
-        ("retried", pc.and_(pc.invert(ok), pa.repeat(retry_failed, count))),
-        ("moved", pc.and_(pc.invert(ok), pc.not_equal(source, in_source))),  # an error names its old source
-        ("repaired", bad_audio),  # an ok row whose audio file is gone, or not whole
-    ]  # fmt: skip
+    reports them. All in the ledger's tables: the `plan` table holds the verdict of every output row."""
+    load_index(books, output, clean=True)
+    if audio_files:
+        load_listing(books, output)
+    matched = _match(books, audio_files)
+    steps = [s.format(keep_gone=str(keep_gone).lower(), retry=str(retry_failed).lower()) for s in _STEPS]
+    step = "CASE " + " ".join(f"WHEN {s} THEN {n}" for n, s in enumerate(steps)) + " ELSE NULL END"
+    books.db.execute(
+        f"CREATE OR REPLACE TABLE plan AS SELECT *, NOT taken AND relocated AND NOT relabel AS relocated_kept FROM ("
+        f"SELECT *, step IS NOT NULL AND step <> 3 AS taken, "
+        f"(step IS NULL OR step = 3) AND coalesce(source <> in_source, false) AS relabel FROM ("
+        f"SELECT *, {step} AS step FROM (SELECT *, key IS NULL AS outdated, in_digest IS NULL AND key IS NOT NULL "
+        f"AS gone FROM {matched})))",
+        {"job": job_digest},
+    )
+    books.db.execute("DROP TABLE IF EXISTS matched")
     redo = Redo()
-    taken = pa.repeat(False, count)
-    settings_changed = pa.repeat(False, count)
-    for number, (reason, mask) in enumerate(reasons):  # the first reason that applies to a row
-        if number > 2:  # rows only compared with their input when they have one (a gone row kept stays as it is)
-            mask = pc.and_(mask, pc.invert(pc.or_(gone, outdated)))
-        mask = pc.and_(pc.fill_null(mask, False), pc.invert(taken))
-        redo.add(reason, (source if number == 0 else keys).filter(mask))
-        taken = pc.or_(taken, mask)
-        settings_changed = mask if reason == "changed_settings" else settings_changed
-    kept = pc.invert(taken)
+    for number, reason in enumerate(_STEP_REASONS):
+        if reason is not None:
+            _count(books, redo, reason, f"step = {number}", "source" if number == 0 else "key")
     if keep_gone:
-        redo.counts["gone_kept"] = pc.sum(pc.and_(kept, gone)).as_py() or 0
-    relabel = pc.and_(kept, pc.fill_null(pc.not_equal(source, in_source), False))
-    redo.add("moved", keys.filter(relabel))
-    relocated = pc.and_(pc.and_(kept, index.column("relocated")), pc.invert(relabel))
-    redo.add("relocated", keys.filter(relocated))
-
-    todo = pc.invert(pc.is_in(books.keys, value_set=keys.filter(kept)))
-    redo.add("new", books.keys.filter(pc.and_(todo, pc.invert(pc.is_in(books.keys, value_set=keys)))))
-    old_digests = [d for d in pc.unique(index.column("job_digest").filter(settings_changed)).to_pylist() if d]
-    rewrites = _rewrites(found, taken, relabel, relocated, in_source)
-    return RunPlan(todo, rewrites, _deletions(index, taken, kept), redo, old_digests)
-
-
-def _lookup(keys: pa.ChunkedArray, books: InputBooks) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
-    """The input digest and source of each output row's key (null where the input has no such key)."""
-    position = pc.index_in(keys, value_set=books.keys.combine_chunks())
-    return pc.take(books.digests, position), pc.take(books.sources, position)
+        redo.counts["gone_kept"] = books.value("SELECT count(*) FROM plan WHERE NOT taken AND gone")
+    _count(books, redo, "moved", "relabel", "key")
+    _count(books, redo, "relocated", "relocated_kept", "key")
+    books.db.execute("DROP TABLE IF EXISTS todo")
+    books.db.execute(
+        "CREATE TABLE todo AS SELECT b.block, b.row, b.key, k.key IS NULL AS todo, o.key IS NULL AS new FROM books b "
+        "LEFT JOIN (SELECT DISTINCT key FROM plan WHERE NOT taken) k ON b.key = k.key "
+        "LEFT JOIN (SELECT DISTINCT key FROM outputs) o ON b.key = o.key"
+    )
+    _count(books, redo, "new", "todo AND new", "key", table="todo", order="block, row")
+    todo = books.column("SELECT todo FROM todo ORDER BY block, row")
+    query = "SELECT DISTINCT job_digest FROM plan WHERE step = 5 AND job_digest <> '' ORDER BY job_digest"
+    old_digests = [digest for (digest,) in books.rows(query)]
+    return RunPlan(books, todo, redo, old_digests)
 
 
-def _bad_audio(index: pa.Table, listing: pa.Table) -> pa.ChunkedArray:
-    """Ok rows whose audio file is not there, or has another size than was written (a truncated or emptied file;
-    parts from before sizes were recorded only need the file)."""
-    position = pc.index_in(index.column("audio"), value_set=listing.column("name").combine_chunks())
-    size = pc.take(listing.column("size"), position)
-    wrong = pc.fill_null(pc.not_equal(size, index.column("audio_size")), False)
-    return pc.and_(pc.is_null(index.column("error")), pc.or_(pc.is_null(position), wrong))
-
-
-def _first_of_each_key(keys: pa.ChunkedArray) -> pa.Array:
-    """True for the first row of each key in read order (rows without a key count as firsts)."""
-    groups = pc.index_in(keys, value_set=pc.unique(keys)).to_numpy(zero_copy_only=False)
-    first = np.zeros(len(groups), dtype=bool)
-    first[np.unique(groups, return_index=True)[1]] = True
-    return pa.array(first | pc.is_null(keys).to_numpy(zero_copy_only=False))
-
-
-def _rewrites(
-    found: OutputIndex,
-    removed: pa.ChunkedArray,
-    relabel: pa.ChunkedArray,
-    relocated: pa.ChunkedArray,
-    in_source: pa.ChunkedArray,
-) -> dict[str, tuple[list[int], dict[int, str]]]:
-    """part path -> (rows to keep, new sources) for every part that loses a row, has a row to relabel or a row
-    whose audio path names another folder (`rewrite_part` puts every kept row's audio under today's output)."""
-    dropped: dict[int, set[int]] = defaultdict(set)
-    rows = found.rows
-    for part, row in zip(*(rows.column(c).filter(removed).to_pylist() for c in ("part", "row")), strict=True):
-        dropped[part].add(row)
-    sources: dict[int, dict[int, str]] = defaultdict(dict)
-    moved = (rows.column("part").filter(relabel), rows.column("row").filter(relabel), in_source.filter(relabel))
-    for part, row, source in zip(*(c.to_pylist() for c in moved), strict=True):
-        sources[part][row] = source
-    touched = set(dropped) | set(sources) | set(pc.unique(rows.column("part").filter(relocated)).to_pylist())
-    plans = {}
-    for part in touched:
-        keep = [row for row in range(found.sizes[part]) if row not in dropped[part]]
-        plans[found.parts[part]] = (keep, {row: s for row, s in sources[part].items() if row not in dropped[part]})
-    return plans
-
-
-def _deletions(index: pa.Table, removed: pa.ChunkedArray, kept: pa.ChunkedArray) -> list[str]:
-    """Audio files of removed ok rows that no kept row uses (an extra copy shares its file with the kept row)."""
-    ok = pc.is_null(index.column("error"))
-    names = index.column("audio").filter(pc.and_(removed, ok)).drop_null()
-    if len(names) == 0:
-        return []
-    used = pc.utf8_lower(index.column("audio").filter(pc.and_(kept, ok)).drop_null())
-    names = names.filter(pc.invert(pc.is_in(pc.utf8_lower(names), value_set=used)))
-    return sorted(set(names.to_pylist()))
+def _count(
+    ledger: Ledger, redo: Redo, reason: str, where: str, name: str, table: str = "plan", order: str = "part, row"
+) -> None:
+    """Add the rows of `table` matching `where` to `redo` under `reason`, naming the first few by `name`."""
+    count = ledger.value(f"SELECT count(*) FROM {table} WHERE {where}")
+    if count:
+        query = f"SELECT {name} FROM {table} WHERE {where} ORDER BY {order} LIMIT {EXAMPLES}"
+        redo.add(reason, count, [value for (value,) in ledger.rows(query)])
 
 
 def apply_plan(output: str, plan: RunPlan) -> None:
     """Supersede what the plan removes: audio files first (a crash then leaves parts naming rows that the next run
     still removes), then each affected part rewritten with the rows it keeps."""
-    if plan.audio_to_delete:
-        delete_audio(output, plan.audio_to_delete)
-    for part, (keep, sources) in sorted(plan.rewrites.items()):
+    deleted = 0
+    for names in plan.deletions():
+        delete_audio(output, names)
+        deleted += len(names)
+    rewritten = 0
+    for part, keep, sources in plan.rewrites():
         rewrite_part(output, part, keep, sources)
-    if plan.rewrites:
-        log.info("superseded rows in %d parts; %d audio files removed", len(plan.rewrites), len(plan.audio_to_delete))
+        rewritten += 1
+    if rewritten:
+        log.info("superseded rows in %d parts; %d audio files removed", rewritten, deleted)
 
 
 @dataclass
@@ -247,36 +291,46 @@ class Closing:
         return "; ".join(parts)
 
 
-def close_books(output: str, books: InputBooks, job_digest: str, audio_files: bool) -> Closing:
+def close_books(output: str, books: Ledger, job_digest: str, audio_files: bool) -> Closing:
     """The check before `finished` (see `Closing`); audio files (`{id}.{format}` names) that no ok row names are
     removed (a row superseded by a crashed run leaves one); other files in the folder are left alone."""
-    index = read_index(output, clean=False).rows
-    closing = Closing()
-    keys = index.column("key")
-    extra = pc.or_(pc.invert(_first_of_each_key(keys)), pc.invert(pc.is_in(keys, value_set=books.keys)))
-    missing = books.keys.filter(pc.invert(pc.is_in(books.keys, value_set=keys)))
-    in_digest, _ = _lookup(keys, books)
-    stale = pc.fill_null(
-        pc.or_(
-            pc.not_equal(index.column("input_digest"), in_digest),
-            pc.fill_null(pc.not_equal(index.column("job_digest"), job_digest), True),
-        ),
-        False,
-    )
-    ok = index.filter(pc.is_null(index.column("error")))
-    found: list[tuple[str, Any]] = [("missing", missing), ("extra", keys.filter(extra)), ("stale", keys.filter(stale))]
+    load_index(books, output, clean=False)
     if audio_files:
-        listing = audio_listing(output)
-        found.append(("missing_audio", index.column("key").filter(_bad_audio(index, listing))))
-        present = listing.column("name")
-        named = pc.utf8_lower(ok.column("audio")) if ok.num_rows else pa.array([], pa.string())
-        orphans = pc.filter(present, pc.and_(is_audio_name(present),
-                                             pc.invert(pc.is_in(pc.utf8_lower(present), value_set=named))))  # fmt: skip
-        if len(orphans):
-            delete_audio(output, orphans.to_pylist())
-            closing.orphans_removed = orphans.slice(0, EXAMPLES).to_pylist()
-            closing.counts["orphan_audio_removed"] = len(orphans)
-    for name, listed in found:
-        closing.counts[name] = len(listed)
-        setattr(closing, name, listed.slice(0, EXAMPLES).to_pylist())
+        load_listing(books, output)
+    books.db.execute("DROP TABLE IF EXISTS plan; DROP TABLE IF EXISTS todo")  # the plan is done: free its pages
+    matched = _match(books, audio_files)
+    # stale: a row whose input digest cannot be compared (no such input key) is extra, not stale
+    books.db.execute(
+        "CREATE OR REPLACE TABLE closing AS SELECT *, NOT first_copy OR NOT known AS extra, CASE WHEN input_digest "
+        "IS NULL OR in_digest IS NULL THEN false ELSE input_digest <> in_digest OR coalesce(job_digest <> $job, true) "
+        f"END AS stale FROM {matched}",
+        {"job": job_digest},
+    )
+    books.db.execute("DROP TABLE IF EXISTS matched")
+    closing = Closing()
+    checks = [("missing", "SELECT key, block, row FROM books b WHERE NOT EXISTS (SELECT 1 FROM outputs o WHERE o.key = b.key)",
+               "block, row"),
+              ("extra", "SELECT key, part, row FROM closing WHERE extra", "part, row"),
+              ("stale", "SELECT key, part, row FROM closing WHERE stale", "part, row")]  # fmt: skip
+    if audio_files:
+        checks.append(("missing_audio", "SELECT key, part, row FROM closing WHERE bad_audio", "part, row"))
+        _remove_orphans(books, output, closing)
+    for name, query, order in checks:
+        closing.counts[name] = books.value(f"SELECT count(*) FROM ({query})")
+        examples = books.rows(f"SELECT key FROM ({query}) ORDER BY {order} LIMIT {EXAMPLES}")
+        setattr(closing, name, [key for (key,) in examples])
     return closing
+
+
+def _remove_orphans(ledger: Ledger, output: str, closing: Closing) -> None:
+    """Delete the audio files (job audio names only) that no ok row names, ignoring case."""
+    query = (
+        "SELECT name FROM listing WHERE is_audio AND folded NOT IN (SELECT audio_folded FROM outputs WHERE error IS "
+        "NULL AND audio_folded IS NOT NULL) ORDER BY name"
+    )
+    count = ledger.value(f"SELECT count(*) FROM ({query})")
+    if count:
+        for batch in ledger.batches(query):
+            delete_audio(output, batch.column(0).to_pylist())
+        closing.orphans_removed = [name for (name,) in ledger.rows(f"{query} LIMIT {EXAMPLES}")]
+        closing.counts["orphan_audio_removed"] = count

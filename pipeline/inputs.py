@@ -11,20 +11,19 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import re
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from actors.requests import KNOWN_FIELDS
 from actors.validation import RequestError, validate_id
 
-from .identity import derived_id, error_digest, repeat_id
+from .identity import derived_id
+from .ledger import identity_fixups
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ def _valid_id(data: dict[str, Any]) -> str | None:
 
 
 def mark_duplicates(rows: list[InputRow]) -> None:
-    """`identity_fixups` over in-memory rows (`raytts synth`): repeated rows without ids get `-2`, `-3`, ...; later
+    """`pipeline.ledger.identity_fixups` over in-memory rows (`raytts synth`): repeated rows without ids get `-2`, `-3`, ...; later
     rows repeating an id get its error."""
     ids = pa.chunked_array([pa.array([row.id for row in rows], type=pa.string())])
     sources = pa.chunked_array([pa.array([row.source for row in rows], type=pa.string())])
@@ -133,68 +132,6 @@ def mark_duplicates(rows: list[InputRow]) -> None:
             row.id = fix.get("id", row.id)
             if row.error is None and fix.get("error"):
                 row.error = fix["error"]
-
-
-def identity_fixups(ids: pa.ChunkedArray, sources: pa.ChunkedArray, derived: pa.ChunkedArray) -> dict[str, dict]:
-    """source -> the changes to a parsed row's identity that only the whole input decides, for the few rows that
-    need one: a row without an id whose content repeats an earlier such row's gets `{id, key}` with `-2`, `-3`, ...
-    (in source order); a row repeating an earlier row's id gets `{error, key: "@source", input_digest}` (the id
-    belongs to the first row)."""
-    ids = ids.cast(pa.string())
-    renamed = _repeat_ids(ids, sources, derived)
-    fixups: dict[str, dict] = {source: {"id": new, "key": new} for source, new in renamed.items()}
-    if renamed:  # duplicates are looked for among the ids rows end up with
-        names = pa.array(list(renamed), type=pa.string())
-        position = pc.index_in(sources, value_set=names)
-        ids = pc.coalesce(pc.take(pa.array(list(renamed.values()), type=pa.string()), position), ids)
-    for source, error in find_duplicates(ids, sources).items():
-        fixups.setdefault(source, {})
-        fixups[source].update({"error": error, "key": f"@{source}", "input_digest": error_digest(error)})
-    return fixups
-
-
-def _repeat_ids(ids: pa.ChunkedArray, sources: pa.ChunkedArray, derived: pa.ChunkedArray) -> dict[str, str]:
-    rows = pa.table({"id": ids, "source": sources.cast(pa.string())}).filter(pc.fill_null(derived, False))
-    counts = rows.group_by("id").aggregate([("source", "count")])
-    repeated = counts.filter(pc.greater(counts.column("source_count"), 1)).column("id")
-    if len(repeated) == 0:
-        return {}
-    by_id: dict[str, list[str]] = defaultdict(list)
-    for row in rows.filter(pc.is_in(rows.column("id"), value_set=repeated.combine_chunks())).to_pylist():
-        by_id[row["id"]].append(row["source"])
-    renamed = {}
-    for first, row_sources in by_id.items():
-        for occurrence, source in enumerate(sorted(row_sources, key=_source_order)[1:], start=2):
-            renamed[source] = repeat_id(first, occurrence)
-    return renamed
-
-
-def _source_order(source: str) -> tuple[str, int]:
-    match = re.fullmatch(r"(.*):(?:row)?(\d+)", source)
-    return (match.group(1), int(match.group(2))) if match else (source, 0)
-
-
-def find_duplicates(ids: pa.ChunkedArray, sources: pa.ChunkedArray) -> dict[str, str]:
-    """source -> error for every row whose id an earlier (file, line) already used, or differs from one only in
-    case (ids name audio files). Rows that failed to parse but have an id keep it (their output row carries it), so
-    a later row with that id is the duplicate. Counting happens in Arrow; only the rows of repeated ids (usually
-    none) become Python objects."""
-    rows = pa.table({"id": ids.cast(pa.string()), "source": sources.cast(pa.string())})
-    rows = rows.filter(pc.fill_null(pc.not_equal(rows.column("id"), ""), False))
-    rows = rows.append_column("folded", pc.utf8_lower(rows.column("id")))
-    counts = rows.group_by("folded").aggregate([("source", "count")])
-    repeated = counts.filter(pc.greater(counts.column("source_count"), 1)).column("folded")
-    if len(repeated) == 0:
-        return {}
-    by_id: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for row in rows.filter(pc.is_in(rows.column("folded"), value_set=repeated.combine_chunks())).to_pylist():
-        by_id[row["folded"]].append((row["source"], row["id"]))
-    duplicates = {}
-    for rows_of_id in by_id.values():
-        (first_source, first_id), *rest = sorted(rows_of_id, key=lambda r: _source_order(r[0]))
-        for source, row_id in rest:
-            duplicates[source] = duplicate_id_error(source, row_id, first_id, first_source)
-    return duplicates
 
 
 def duplicate_id_error(source: str, row_id: str, first_id: str, first_source: str) -> str:

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from actors.cluster import joined_ray
 from actors.text import front_end_version
 
-from .books import InputBooks, apply_plan, close_books, plan_run
+from .books import apply_plan, close_books, plan_run
 from .checks import (
     ModelUnusable,
     OutputUnusable,
@@ -41,8 +41,9 @@ from .config import JobConfig
 from .graph import synthesis_stages
 from .identity import job_digest as digest_of_job
 from .identity import job_settings, speaker_digests
-from .inputs import identity_fixups, unknown_fields_note
+from .inputs import unknown_fields_note
 from .lease import LeaseLost, OutputBusy, OutputLease
+from .ledger import Ledger, books_folder, remove_books_folders, write_block_books
 from .progress import Progress
 from .report import JobReport, finish_report, write_status
 from .settings_record import record_settings, settings_changes
@@ -144,99 +145,91 @@ def _run(config: JobConfig, started: float, lease: OutputLease, status: dict[str
     onnx_path = config.engine.onnx.path if config.engine.backend == "onnx" else None
     model_ref = ray.remote(num_cpus=1)(tokenizer_of).remote(config.model, config.engine.verify, onnx_path)
     context = RowContext(digests, config.speaker)
-    refs, books, fixups = _parse(config, text_files, context, started, report)
-    try:
-        model = ray.get(model_ref)
-    except ray.exceptions.RayTaskError as err:  # the model cannot be resolved: stop before any actor starts
-        raise ModelUnusable(f"model {config.model!r}: {err.cause}") from err
-    settings = job_settings(config, model["sha256"], front_end_version(config.normalize))
-    job_digest = digest_of_job(settings, digests.get(config.speaker) if config.speaker else None)
-    record_settings(output, job_digest, settings)
-    keep_gone = bool(report.problems) or _unread_files(books)
-    plan = plan_run(output, books, job_digest, config.retry_failed, config.output.audio_files, keep_gone)
-    plan.redo.settings = settings_changes(output, plan.old_job_digests, settings)
-    report.redo = plan.redo.to_dict()
-    report.this_run = plan.to_synthesise
-    report.skipped_finished = len(books.keys) - report.this_run
-    status.update(this_run=report.this_run, skipped_finished=report.skipped_finished, redo=report.redo)
-    write_status(output, status)  # what this run redoes, and why, survives a run that dies
-    lease.check()
-    apply_plan(output, plan)
-    seconds = 0.0
-    if report.this_run:
-        pending = _pending(refs, books, plan.todo, fixups)
-        summaries = synthesis_stages(pending, config, model, speakers, job_digest, lease.token_for_workers)
-        progress = Progress(report.this_run, publish=lambda state: write_status(output, {**status, "progress": state}))
-        for summary in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
-            rows, failed, block_seconds = (sum(summary.column(c).to_pylist()) for c in ("rows", "failed", "seconds"))
-            progress.add(rows, failed, block_seconds)
-            seconds += block_seconds
-            lease.check()
-        progress.say()
-    lease.check()
-    closing = close_books(output, books, job_digest, config.output.audio_files)
+    with Ledger() as books:
+        refs = _parse(config, text_files, context, started, report, books)
+        try:
+            model = ray.get(model_ref)
+        except ray.exceptions.RayTaskError as err:  # the model cannot be resolved: stop before any actor starts
+            raise ModelUnusable(f"model {config.model!r}: {err.cause}") from err
+        settings = job_settings(config, model["sha256"], front_end_version(config.normalize))
+        job_digest = digest_of_job(settings, digests.get(config.speaker) if config.speaker else None)
+        record_settings(output, job_digest, settings)
+        keep_gone = bool(report.problems) or books.has_unread_files()
+        plan = plan_run(output, books, job_digest, config.retry_failed, config.output.audio_files, keep_gone)
+        plan.redo.settings = settings_changes(output, plan.old_job_digests, settings)
+        report.redo = plan.redo.to_dict()
+        report.this_run = plan.to_synthesise
+        report.skipped_finished = books.count - report.this_run
+        status.update(this_run=report.this_run, skipped_finished=report.skipped_finished, redo=report.redo)
+        write_status(output, status)  # what this run redoes, and why, survives a run that dies
+        lease.check()
+        apply_plan(output, plan)
+        seconds = 0.0
+        if report.this_run:
+            pending = _pending(refs, books, plan.todo)
+            seconds = _synthesise(pending, config, model, speakers, job_digest, lease, status, report.this_run)
+        lease.check()
+        closing = close_books(output, books, job_digest, config.output.audio_files)
     report.wall_seconds = time.perf_counter() - started
     return finish_report(report, output, closing, seconds)
 
 
+def _synthesise(
+    pending: Any,
+    config: JobConfig,
+    model: dict[str, Any],
+    speakers: dict[str, dict[str, Any]],
+    job_digest: str,
+    lease: OutputLease,
+    status: dict[str, Any],
+    rows: int,
+) -> float:
+    """Run the synthesis stages over `pending`, saying progress; returns the engine seconds the blocks reported."""
+    output = config.output.path.rstrip("/")
+    summaries = synthesis_stages(pending, config, model, speakers, job_digest, lease.token_for_workers)
+    progress = Progress(rows, publish=lambda state: write_status(output, {**status, "progress": state}))
+    seconds = 0.0
+    for summary in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
+        block_rows, failed, block_seconds = (sum(summary.column(c).to_pylist()) for c in ("rows", "failed", "seconds"))
+        progress.add(block_rows, failed, block_seconds)
+        seconds += block_seconds
+        lease.check()
+    progress.say()
+    return seconds
+
+
 def _parse(
-    config: JobConfig, text_files: list[str], context: RowContext, started: float, report: JobReport
-) -> tuple[list[Any], InputBooks, dict[str, dict]]:
-    """Parse every shard (tasks); returns the parsed blocks' refs, the input books (with the identity fixups only
-    the whole input decides: repeated content, duplicate ids) and those fixups by source. Fields no part of raytts
-    reads are named in the report's notes."""
+    config: JobConfig, text_files: list[str], context: RowContext, started: float, report: JobReport, books: Ledger
+) -> list[Any]:
+    """Parse every shard (tasks) and load the rows' identities into `books` (each block's written by a task to a
+    file under the output, read by the ledger: never through the driver's memory); returns the parsed blocks' refs.
+    Fields no part of raytts reads are named in the report's notes."""
     import ray
 
     if not text_files:
-        empty = pa.chunked_array([], type=pa.string())
-        return [], InputBooks(empty, empty, empty, []), {}
+        books.finish_inputs()
+        return []
     parsed = (
         shard_paths(text_files)
         .flat_map(_parse_text, fn_kwargs={"names": source_names(text_files, config.inputs.base), "context": context})
         .materialize()
     )
-    # Keys straight from the parsed blocks (zero-copy reads of the object store), not through another Ray Data op;
-    # the books stay in Arrow, so the driver holds a few bytes per row, not Python objects.
     refs = parsed.to_arrow_refs()
-    blocks = [ray.get(ref) for ref in refs]
-    sizes = [b.num_rows for b in blocks]
-    full = [b for b in blocks if b.num_rows]  # a shard with no rows gives a block with no columns
-    columns = {
-        name: pa.chunked_array([b.column(name).cast(kind) for b in full], type=kind)
-        for name, kind in (("id", pa.string()), ("source", pa.string()), ("key", pa.string()),
-                           ("input_digest", pa.string()), ("derived", pa.bool_()), ("unknown_fields", pa.string()))
-    }  # fmt: skip
-    del blocks, full
-    log.info("parsed %d input rows in %.1f s", len(columns["key"]), time.perf_counter() - started)
-    note = unknown_fields_note(_field_counts(columns["unknown_fields"]))
+    output = config.output.path.rstrip("/")
+    folder = books_folder(output)
+    try:
+        write = ray.remote(num_cpus=1)(write_block_books)
+        sizes = ray.get([write.remote(ref, number, folder) for number, ref in enumerate(refs)])
+        books.load_blocks(folder, sizes)
+    finally:
+        remove_books_folders(output)
+    books.finish_inputs()
+    log.info("parsed %d input rows in %.1f s", books.count, time.perf_counter() - started)
+    note = unknown_fields_note(books.unknown_field_counts())
     if note:
         log.warning("%s", note)
         report.notes.append(note)
-    fixups = identity_fixups(columns["id"], columns["source"], columns["derived"])
-    keys, digests = columns["key"], columns["input_digest"]
-    if fixups:
-        position = pc.index_in(columns["source"], value_set=pa.array(list(fixups), pa.string()))
-        for name, column in (("key", keys), ("input_digest", digests)):
-            values = pa.array([fix.get(name) for fix in fixups.values()], pa.string())
-            fixed = pc.coalesce(pc.take(values, position), column)
-            keys, digests = (fixed, digests) if name == "key" else (keys, fixed)
-    return refs, InputBooks(keys, digests, columns["source"], sizes), fixups
-
-
-def _field_counts(unknown: pa.ChunkedArray) -> dict[str, int]:
-    """Rows per unknown field name, from the parsed rows' `unknown_fields` (names one per line)."""
-    counts: dict[str, int] = {}
-    for entry in pc.value_counts(unknown.drop_null()).to_pylist():
-        for name in entry["values"].split("\n"):
-            counts[name] = counts.get(name, 0) + entry["counts"]
-    return counts
-
-
-def _unread_files(books: InputBooks) -> bool:
-    """Whether a shard could not be read or parsed at all (its one error row is keyed by the file, not a line): its
-    rows' earlier output must not count as gone."""
-    lines = pc.match_substring_regex(books.keys, r"^@.*:(row)?\d+$")
-    return bool(pc.any(pc.and_(pc.starts_with(books.keys, "@"), pc.invert(lines))).as_py())
+    return refs
 
 
 def amend_block(block: pa.Table, keep: pa.Array | None, fixups: dict[str, dict]) -> pa.Table:
@@ -252,7 +245,7 @@ def amend_block(block: pa.Table, keep: pa.Array | None, fixups: dict[str, dict])
     return block
 
 
-def _pending(refs: list[Any], books: InputBooks, todo: pa.ChunkedArray, fixups: dict[str, dict]) -> Any:
+def _pending(refs: list[Any], books: Ledger, todo: pa.ChunkedArray) -> Any:
     """A dataset of the parsed rows to synthesise: blocks with nothing to change pass as they are, the others are
     filtered and amended by a task with the block's mask and fixups; blocks with nothing to do are left out."""
     import ray
@@ -260,18 +253,14 @@ def _pending(refs: list[Any], books: InputBooks, todo: pa.ChunkedArray, fixups: 
     amend = ray.remote(amend_block)
     pending = []
     offset = 0
-    fixed = set(fixups)
-    for ref, size in zip(refs, books.sizes, strict=True):
+    fixed = books.blocks_with_fixups()
+    for number, (ref, size) in enumerate(zip(refs, books.sizes, strict=True)):
         flags = todo.slice(offset, size)
-        block_sources = books.sources.slice(offset, size)
         offset += size
         count = pc.sum(flags).as_py() or 0
         if count == 0:
             continue
-        mine = {}
-        if fixed:
-            listed = pc.filter(block_sources, pc.is_in(block_sources, value_set=pa.array(list(fixed), pa.string())))
-            mine = {source: fixups[source] for source in listed.to_pylist()}
+        mine = books.fixups_of(number) if number in fixed else {}
         if count == size and not mine:
             pending.append(ref)
         else:

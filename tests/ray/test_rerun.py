@@ -174,8 +174,12 @@ def test_a_killed_driver_is_taken_over_and_the_rerun_equals_a_fresh_run(local_ra
     finally:
         first.kill()
     assert lease_holder(job.output) == first.pid  # the dead driver's lease is still there
+    stale = job.output / "_books" / "dead"  # as a driver killed while its parse tasks wrote the books leaves it
+    stale.mkdir(parents=True, exist_ok=True)
+    (stale / "block-0000000.parquet").write_bytes(b"half a file")
     report = run_job(job.config())
     assert report.books["closed"] and report.rows == 24 and report.skipped_finished >= 4
+    assert not (job.output / "_books").exists()
     assert_fresh(job)
 
 

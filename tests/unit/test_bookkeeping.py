@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.books import InputBooks, apply_plan, close_books, plan_run
+from pipeline.books import apply_plan, close_books, plan_run
 from pipeline.inputs import identity_fixups
+from pipeline.ledger import Ledger
 from pipeline.parts import RUN_SCHEMA, read_outputs, rewrite_part, write_part
 from pipeline.report import JobReport, finish_report
 
@@ -79,9 +80,9 @@ def _out_row(key: str, digest: str = "d", job: str = "J", source: str | None = N
     }  # fmt: skip
 
 
-def _books(rows: list[tuple[str, str, str]]) -> InputBooks:
-    keys, digests, sources = (pa.chunked_array([[r[i] for r in rows]], pa.string()) for i in range(3))
-    return InputBooks(keys, digests, sources, [len(rows)])
+def _books(rows: list[tuple[str, str, str]]) -> Ledger:
+    keys, digests, sources = ([r[i] for r in rows] for i in range(3))
+    return Ledger.from_books(keys, digests, sources)
 
 
 OUTPUT_ROWS = st.lists(
@@ -167,9 +168,10 @@ def test_the_plan_matches_the_per_row_definition_and_a_second_plan_has_nothing_l
 
     removed, finished, relabel = _reference(read, unique, retry, keep_gone, present)
     sizes = {parts[i]: len(rows) for i, rows in by_part.items()}
-    got_removed = {(p, r) for p, (keep, _) in plan.rewrites.items() for r in range(sizes[p]) if r not in keep}
+    rewrites = {p: (keep, sources) for p, keep, sources in plan.rewrites()}
+    got_removed = {(p, r) for p, (keep, _) in rewrites.items() for r in range(sizes[p]) if r not in keep}
     assert got_removed == set(removed), (out, inputs, retry, keep_gone, present)
-    assert {(p, r): s for p, (_, sources) in plan.rewrites.items() for r, s in sources.items()} == relabel
+    assert {(p, r): s for p, (_, sources) in rewrites.items() for r, s in sources.items()} == relabel
     assert plan.todo.to_pylist() == [k not in finished for k in unique]
     counts = defaultdict(int)
     for reason in removed.values():
@@ -180,7 +182,7 @@ def test_the_plan_matches_the_per_row_definition_and_a_second_plan_has_nothing_l
 
     apply_plan(str(output), plan)
     again = plan_run(str(output), books, "J", retry, audio_files=True, keep_gone=keep_gone)
-    assert again.rewrites == {} and again.audio_to_delete == []
+    assert list(again.rewrites()) == [] and again.audio_to_delete == []
     assert again.todo.to_pylist() == plan.todo.to_pylist()
     kept_audio = {r["path"] for r in read_outputs(str(output), ["error", "audio.path"]).to_pylist() if r["path"]}
     assert set(plan.audio_to_delete).isdisjoint({p.rsplit("/", 1)[1] for p in kept_audio})
@@ -381,7 +383,7 @@ def test_a_moved_output_gets_its_audio_paths_rewritten_and_nothing_redone(tmp_pa
     paths = read_outputs(str(output), ["audio.path"]).column("path").to_pylist()
     assert paths == [f"{output}/audio/k1.flac", f"{output}/audio/k2.flac"]
     again = plan_run(str(output), books, "J", retry_failed=False, audio_files=True)
-    assert again.redo.counts["relocated"] == 0 and not again.rewrites
+    assert again.redo.counts["relocated"] == 0 and not list(again.rewrites())
 
 
 def test_a_truncated_audio_file_is_redone(tmp_path):

@@ -252,11 +252,11 @@ def test_rows_without_ids_get_ids_from_their_content_stable_across_files_and_lin
 
 def test_ids_that_differ_only_in_case_are_duplicates():
     """`A` and `a` name one audio file on a case-insensitive store: the later row is a duplicate-id error."""
-    from pipeline.inputs import find_duplicates
+    from pipeline.inputs import identity_fixups
 
     ids = pa.chunked_array([["A", "b", "a", "B", "c"]])
     sources = pa.chunked_array([["f:1", "f:2", "f:3", "g:1", "g:2"]])
-    duplicates = find_duplicates(ids, sources)
+    duplicates = {s: f["error"] for s, f in identity_fixups(ids, sources, pa.chunked_array([[False] * 5])).items()}
     assert sorted(duplicates) == ["f:3", "g:1"]
     assert "differs from id 'A' (first seen at f:1) only in case" in duplicates["f:3"]
     assert "differs from id 'b' (first seen at f:2) only in case" in duplicates["g:1"]
