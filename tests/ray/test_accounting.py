@@ -270,7 +270,7 @@ def test_every_input_line_is_one_row_or_one_problem(local_ray, data):
 
 @pytest.mark.slow
 @seed(SEED)  # replayable: the same inputs every run; RAYTTS_HYPOTHESIS_SEED picks other ones
-@settings(max_examples=max(24, EXAMPLES), deadline=None, database=None,
+@settings(max_examples=max(14, EXAMPLES), deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
 @given(data=inputs())
 def test_every_input_line_is_one_row_or_one_problem_many_inputs(local_ray, data):
