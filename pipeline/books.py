@@ -170,27 +170,26 @@ def load_listing(ledger: Ledger, output: str) -> None:
 # An output row's input (`book_keys`: one per key), whether it is the first copy of its key in read order, whether
 # its audio file is bad: missing, or another size than was written (parts from before sizes were recorded only need
 # the file); rows without an audio name (error rows) have none to check.
-def _match(ledger: Ledger, audio_files: bool) -> str:
-    """A query of each output row with its input (`book_keys`: one per key), whether it is the first copy of its
-    key in read order (`repeats`: keys with several copies, usually none), and whether its audio file is bad
-    (missing, or another size than was written; parts from before sizes were recorded only need the file). With
-    audio files, the listing's join is a statement of its own (table `matched`): each big join spills to disk on
-    its own, two in one statement need both hash tables in memory at once."""
+def _match(ledger: Ledger, audio_files: bool) -> None:
+    """The ledger's `matched`: each output row with its input (`book_keys`: one per key), whether it is the first
+    copy of its key in read order (`repeats`: keys with several copies, usually none), and whether its audio file
+    is bad (missing, or another size than was written; parts from before sizes were recorded only need the file).
+    One big join per statement, each by key partition (`Ledger.partitioned`)."""
     first = "o.key IS NULL OR r.position IS NULL OR r.position = (o.part::BIGINT << 32) + o.row"
-    query = (
+    ledger.partitioned("matched", lambda part: (
         f"SELECT o.*, b.input_digest AS in_digest, b.source AS in_source, b.key IS NOT NULL AS known, "
-        f"{first} AS first_copy, false AS bad_audio FROM outputs o LEFT JOIN book_keys b ON o.key = b.key "
+        f"{first} AS first_copy, false AS bad_audio FROM (SELECT * FROM outputs WHERE {part('key')}) o "
+        f"LEFT JOIN (SELECT * FROM book_keys WHERE {part('key')}) b ON o.key = b.key "
         f"LEFT JOIN repeats r ON o.key = r.key"
-    )
-    if not audio_files:
-        return f"({query})"
-    bad = "m.error IS NULL AND (l.name IS NULL OR coalesce(l.size <> m.audio_size, false))"
-    ledger.db.execute(f"CREATE OR REPLACE TABLE matched AS {query}")
-    ledger.db.execute(
-        f"CREATE OR REPLACE TABLE matched AS SELECT m.* REPLACE ({bad} AS bad_audio) FROM matched m "
-        f"LEFT JOIN listing l ON m.audio = l.name"
-    )
-    return "matched"
+    ))  # fmt: skip
+    if audio_files:
+        bad = "m.error IS NULL AND (l.name IS NULL OR coalesce(l.size <> m.audio_size, false))"
+        ledger.db.execute("ALTER TABLE matched RENAME TO unlistened")
+        ledger.partitioned("matched", lambda part: (
+            f"SELECT m.* REPLACE ({bad} AS bad_audio) FROM (SELECT * FROM unlistened WHERE {part('audio')}) m "
+            f"LEFT JOIN (SELECT * FROM listing WHERE {part('name')}) l ON m.audio = l.name"
+        ))  # fmt: skip
+        ledger.db.execute("DROP TABLE unlistened")
 
 
 # The first reason that applies to each output row (`REASONS`), NULL when the row is kept; after the third, rows
@@ -212,7 +211,7 @@ def plan_run(
     load_index(books, output, clean=True)
     if audio_files:
         load_listing(books, output)
-    matched = _match(books, audio_files)
+    _match(books, audio_files)
     steps = [s.format(keep_gone=str(keep_gone).lower(), retry=str(retry_failed).lower()) for s in _STEPS]
     step = "CASE " + " ".join(f"WHEN {s} THEN {n}" for n, s in enumerate(steps)) + " ELSE NULL END"
     books.db.execute(
@@ -220,10 +219,10 @@ def plan_run(
         f"SELECT *, step IS NOT NULL AND step <> 3 AS taken, "
         f"(step IS NULL OR step = 3) AND coalesce(source <> in_source, false) AS relabel FROM ("
         f"SELECT *, {step} AS step FROM (SELECT *, key IS NULL AS outdated, in_digest IS NULL AND key IS NOT NULL "
-        f"AS gone FROM {matched})))",
+        f"AS gone FROM matched)))",
         {"job": job_digest},
     )
-    books.db.execute("DROP TABLE IF EXISTS matched")
+    books.db.execute("DROP TABLE matched")
     redo = Redo()
     for number, reason in enumerate(_STEP_REASONS):
         if reason is not None:
@@ -232,12 +231,12 @@ def plan_run(
         redo.counts["gone_kept"] = books.value("SELECT count(*) FROM plan WHERE NOT taken AND gone")
     _count(books, redo, "moved", "relabel", "key")
     _count(books, redo, "relocated", "relocated_kept", "key")
-    books.db.execute("DROP TABLE IF EXISTS todo")
-    books.db.execute(
-        "CREATE TABLE todo AS SELECT b.block, b.row, b.key, k.key IS NULL AS todo, o.key IS NULL AS new FROM books b "
-        "LEFT JOIN (SELECT DISTINCT key FROM plan WHERE NOT taken) k ON b.key = k.key "
-        "LEFT JOIN (SELECT DISTINCT key FROM outputs) o ON b.key = o.key"
-    )
+    books.partitioned("todo", lambda part: (
+        f"SELECT b.block, b.row, b.key, k.key IS NULL AS todo, o.key IS NULL AS new FROM "
+        f"(SELECT * FROM books WHERE {part('key')}) b "
+        f"LEFT JOIN (SELECT DISTINCT key FROM plan WHERE NOT taken AND {part('key')}) k ON b.key = k.key "
+        f"LEFT JOIN (SELECT DISTINCT key FROM outputs WHERE {part('key')}) o ON b.key = o.key"
+    ))  # fmt: skip
     _count(books, redo, "new", "todo AND new", "key", table="todo", order="block, row")
     todo = books.column("SELECT todo FROM todo ORDER BY block, row")
     query = "SELECT DISTINCT job_digest FROM plan WHERE step = 5 AND job_digest <> '' ORDER BY job_digest"
@@ -298,18 +297,21 @@ def close_books(output: str, books: Ledger, job_digest: str, audio_files: bool) 
     if audio_files:
         load_listing(books, output)
     books.db.execute("DROP TABLE IF EXISTS plan; DROP TABLE IF EXISTS todo")  # the plan is done: free its pages
-    matched = _match(books, audio_files)
+    _match(books, audio_files)
     # stale: a row whose input digest cannot be compared (no such input key) is extra, not stale
     books.db.execute(
         "CREATE OR REPLACE TABLE closing AS SELECT *, NOT first_copy OR NOT known AS extra, CASE WHEN input_digest "
         "IS NULL OR in_digest IS NULL THEN false ELSE input_digest <> in_digest OR coalesce(job_digest <> $job, true) "
-        f"END AS stale FROM {matched}",
+        "END AS stale FROM matched",
         {"job": job_digest},
     )
-    books.db.execute("DROP TABLE IF EXISTS matched")
+    books.db.execute("DROP TABLE matched")
+    books.partitioned("missing", lambda part: (
+        f"SELECT b.key, b.block, b.row FROM (SELECT * FROM books WHERE {part('key')}) b LEFT JOIN "
+        f"(SELECT DISTINCT key FROM outputs WHERE {part('key')}) o ON b.key = o.key WHERE o.key IS NULL"
+    ))  # fmt: skip
     closing = Closing()
-    checks = [("missing", "SELECT key, block, row FROM books b WHERE NOT EXISTS (SELECT 1 FROM outputs o WHERE o.key = b.key)",
-               "block, row"),
+    checks = [("missing", "SELECT key, block, row FROM missing", "block, row"),
               ("extra", "SELECT key, part, row FROM closing WHERE extra", "part, row"),
               ("stale", "SELECT key, part, row FROM closing WHERE stale", "part, row")]  # fmt: skip
     if audio_files:

@@ -16,11 +16,12 @@ Row order among the input is (file, line) of each row's source (`source_order`),
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from .identity import error_digest, repeat_id
 MEMORY_LIMIT = "96MB"  # the database's buffer: beyond it, tables and joins spill to its folder
 BOOKS_FOLDER = "_books"  # {output}/_books/{run}/block-*.parquet: the parsed blocks' identities, removed after the run
 BATCH = 65_536  # rows fetched from the database into Python at a time
+PARTITION_ROWS = 2_000_000  # rows per key partition of a big join: at 96 MB one join of 3M x 3M rows fits, 10M does not
+LEDGER_PREFIX = "raytts-books-"  # {tmp}/raytts-books-{pid}-{random}: a ledger's database folder
 
 INPUT_COLUMNS = pa.schema([
     ("block", pa.int32()), ("row", pa.int32()), ("id", pa.string()), ("folded", pa.string()),
@@ -81,7 +84,8 @@ class Ledger:
     def __init__(self, memory_limit: str = MEMORY_LIMIT) -> None:
         import duckdb
 
-        self.folder = Path(tempfile.mkdtemp(prefix="raytts-books-"))
+        _remove_dead_ledgers()
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{LEDGER_PREFIX}{os.getpid()}-"))
         config = {"memory_limit": memory_limit, "temp_directory": str(self.folder / "spill"), "threads": 2,
                   "preserve_insertion_order": False}  # fmt: skip
         self.db = duckdb.connect(str(self.folder / "books.duckdb"), config=config)
@@ -216,6 +220,22 @@ class Ledger:
         self.db.execute(statement)
         self.db.unregister("fixed")
 
+    def partitioned(self, table: str, query: Callable[[Callable[[str], str]], str], parameters: Any = None) -> None:
+        """`CREATE OR REPLACE TABLE table AS query`, one key partition at a time: `query(part)` is the statement for
+        one partition, where `part(column)` is the predicate keeping that partition's rows of a big table (filter
+        every big table of a join by its join key). DuckDB spills one big join to disk, but at a few million rows
+        a join's partitions no longer fit a 96 MB buffer; split by key hash, each join is at most ~`PARTITION_ROWS`
+        rows a side, so the memory stays the same at any row count."""
+        rows = max(self.count, self.value("SELECT count(*) FROM outputs") if self._has("outputs") else 0)
+        count = max(1, -(-rows // PARTITION_ROWS))
+        for number in range(count):
+            part = lambda column: f"coalesce(hash({column}) % {count}, 0) = {number}"  # noqa: E731,B023
+            verb = f"CREATE OR REPLACE TABLE {table} AS" if number == 0 else f"INSERT INTO {table}"
+            self.db.execute(f"{verb} {query(part)}", parameters)
+
+    def _has(self, table: str) -> bool:
+        return bool(self.value("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]))
+
     # ----------------------------------------------------------------------------------------------- reading
 
     def batches(self, query: str, parameters: list[Any] | None = None) -> Iterator[pa.RecordBatch]:
@@ -277,6 +297,21 @@ class Ledger:
         line): its rows' earlier output must not count as gone."""
         query = r"SELECT count(*) FROM books WHERE key LIKE '@%' AND NOT regexp_matches(key, '^@.*:(row)?\d+$')"
         return bool(self.value(query))
+
+
+def _remove_dead_ledgers() -> None:
+    """Remove the database folders of ledgers whose process is gone (a driver killed by SIGKILL or out of memory
+    cannot remove its own; at a million rows one holds ~0.45 GB)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{LEDGER_PREFIX}*-*"):
+        pid = folder.name.removeprefix(LEDGER_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            continue
 
 
 def identity_fixups(ids: pa.ChunkedArray, sources: pa.ChunkedArray, derived: pa.ChunkedArray) -> dict[str, dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
+from unittest.mock import patch
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline import ledger
 from pipeline.books import apply_plan, close_books, plan_run
 from pipeline.inputs import identity_fixups
 from pipeline.ledger import Ledger
@@ -133,10 +135,18 @@ def _reference(out: list[dict], inputs: dict[str, tuple[str, str]], retry: bool,
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
-@given(out=OUTPUT_ROWS, inputs=INPUT_ROWS, retry=st.booleans(), keep_gone=st.booleans())
+@given(
+    out=OUTPUT_ROWS, inputs=INPUT_ROWS, retry=st.booleans(), keep_gone=st.booleans(), split=st.sampled_from([0, 1, 3])
+)
 def test_the_plan_matches_the_per_row_definition_and_a_second_plan_has_nothing_left(
-    tmp_path_factory, out, inputs, retry, keep_gone
+    tmp_path_factory, out, inputs, retry, keep_gone, split
 ):
+    """`split`: rows per key partition of the ledger's joins (0: the default, one partition at this size)."""
+    with patch.object(ledger, "PARTITION_ROWS", split or ledger.PARTITION_ROWS):
+        _check_plan(tmp_path_factory, out, inputs, retry, keep_gone)
+
+
+def _check_plan(tmp_path_factory, out, inputs, retry, keep_gone) -> None:
     output = tmp_path_factory.mktemp("books")
     by_part: dict[int, list[dict]] = defaultdict(list)
     for key, digest, job, suffix, failed, part in out:
@@ -211,7 +221,14 @@ def test_rewrite_part_relabels_in_place(tmp_path):
     assert read_outputs(str(output), ["source"]).column("source").to_pylist() == ["in.jsonl:k1", "renamed.jsonl:7"]
 
 
-def test_closing_finds_missing_extra_stale_rows_and_missing_audio_and_removes_orphan_audio(tmp_path):
+@pytest.mark.parametrize("split", [0, 1, 2])
+def test_closing_finds_missing_extra_stale_rows_and_missing_audio_and_removes_orphan_audio(tmp_path, split):
+    """`split`: rows per key partition of the ledger's joins (0: the default, one partition at this size)."""
+    with patch.object(ledger, "PARTITION_ROWS", split or ledger.PARTITION_ROWS):
+        _check_closing(tmp_path)
+
+
+def _check_closing(tmp_path: Path) -> None:
     output = tmp_path / "out"
     write_part(_part([_out_row("k1"), _out_row("k2", job="old"), _out_row("x9")]), str(output / "parts"))
     write_part(_part([_out_row("k1", source="again:1")]), str(output / "parts"))

@@ -4,6 +4,7 @@ over generated inputs (hypothesis). No Ray: the files are written by the same fu
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -117,3 +118,28 @@ def test_a_killed_runs_books_folder_is_removed_and_the_ledger_removes_its_databa
     dropped.db.close()
     del dropped
     assert not folder.exists()
+
+
+def test_a_ledger_removes_the_database_folders_of_killed_drivers(tmp_path: Path):
+    """A driver killed by SIGKILL leaves its database folder: the next ledger on the machine removes it, and leaves
+    the folders of live processes alone."""
+    import subprocess
+    import sys
+    import tempfile
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    left = Path(tempfile.gettempdir()) / f"raytts-books-{pid}-killed"
+    left.mkdir()
+    (left / "books.duckdb").write_bytes(b"\0" * 1024)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    busy = Path(tempfile.gettempdir()) / f"raytts-books-{alive.pid}-running"
+    busy.mkdir()
+    try:
+        with Ledger():
+            assert not left.exists() and busy.exists()
+    finally:
+        alive.kill()
+        alive.wait()
+        shutil.rmtree(busy, ignore_errors=True)
+        shutil.rmtree(left, ignore_errors=True)
