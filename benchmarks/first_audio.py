@@ -70,6 +70,8 @@ def measure(rows: int, timeout: float) -> dict[str, float | int | None]:
         log.close()
     text = (root / "driver.log").read_text(errors="replace")
     parsed = re.search(r"parsed (\d+) input rows in ([0-9.]+) s", text)
+    if first is None:
+        print(f"no part within {timeout:.0f} s at {rows} rows; the driver's log ends:\n{text[-3000:]}")
     subprocess.run(["rm", "-rf", str(root)], check=False)
     return {"rows": rows, "first_part_s": None if first is None else round(first, 1),
             "parsed_s": float(parsed.group(2)) if parsed else None}  # fmt: skip

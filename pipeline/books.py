@@ -157,19 +157,14 @@ def _insert(ledger: Ledger, name: str, tables: list[pa.Table]) -> None:
 
 def load_listing(ledger: Ledger, output: str) -> None:
     """The ledger's `listing`: the output's audio files (name, its case-folded form, size, a job's audio name?)."""
-    listing = audio_listing(output)
-    names = listing.column("name")
-    table = pa.table({"name": names, "folded": pc.utf8_lower(names), "size": listing.column("size"),
-                      "is_audio": is_audio_name(names)})  # fmt: skip
-    ledger.db.execute("DROP TABLE IF EXISTS listing")
-    ledger.db.register("files", table)
-    ledger.db.execute("CREATE TABLE listing AS SELECT * FROM files")
-    ledger.db.unregister("files")
+    ledger.db.execute("CREATE OR REPLACE TABLE listing (name VARCHAR, folded VARCHAR, size BIGINT, is_audio BOOLEAN)")
+    for files in audio_listing(output):
+        names = files.column("name")
+        table = pa.table({"name": names, "folded": pc.utf8_lower(names), "size": files.column("size"),
+                          "is_audio": is_audio_name(names)})  # fmt: skip
+        _insert(ledger, "listing", [table])
 
 
-# An output row's input (`book_keys`: one per key), whether it is the first copy of its key in read order, whether
-# its audio file is bad: missing, or another size than was written (parts from before sizes were recorded only need
-# the file); rows without an audio name (error rows) have none to check.
 def _match(ledger: Ledger, audio_files: bool) -> None:
     """The ledger's `matched`: each output row with its input (`book_keys`: one per key), whether it is the first
     copy of its key in read order (`repeats`: keys with several copies, usually none), and whether its audio file

@@ -31,10 +31,10 @@ import pyarrow.parquet as pq
 
 from .identity import error_digest, repeat_id
 
-MEMORY_LIMIT = "96MB"  # the database's buffer: beyond it, tables and joins spill to its folder
+MEMORY_LIMIT = "128MB"  # the database's buffer: beyond it, tables and joins spill to its folder
 BOOKS_FOLDER = "_books"  # {output}/_books/{run}/block-*.parquet: the parsed blocks' identities, removed after the run
 BATCH = 65_536  # rows fetched from the database into Python at a time
-PARTITION_ROWS = 2_000_000  # rows per key partition of a big join: at 96 MB one join of 3M x 3M rows fits, 10M does not
+PARTITION_ROWS = 1_000_000  # rows per key partition of a big join or aggregate: at 96 MB, 10M x 10M keys failed
 LEDGER_PREFIX = "raytts-books-"  # {tmp}/raytts-books-{pid}-{random}: a ledger's database folder
 
 INPUT_COLUMNS = pa.schema([
@@ -158,19 +158,21 @@ class Ledger:
             "max(input_digest) AS input_digest FROM fixups GROUP BY block, row) f USING (block, row)"
         )
         # one entry per key (the first in input order: keys are unique unless an id looks like "@file:line")
-        self.db.execute(
-            "CREATE TABLE book_keys AS SELECT key, arg_min(input_digest, (block, row)) AS input_digest, "
-            "arg_min(source, (block, row)) AS source FROM books GROUP BY key"
-        )
+        first = "(block::BIGINT << 32) + row"
+        self.partitioned("book_keys", lambda part: (
+            f"SELECT key, arg_min(input_digest, {first}) AS input_digest, arg_min(source, {first}) AS source "
+            f"FROM books WHERE {part('key')} GROUP BY key"
+        ))  # fmt: skip
 
     def _rename_repeats(self) -> None:
         """Rows without an id whose content repeats an earlier such row's get `{id}-2`, `-3`, ... in source order."""
-        self.db.execute(
-            f"CREATE TABLE repeats AS WITH repeated AS (SELECT id FROM inputs WHERE derived GROUP BY id "
+        self.partitioned("repeats", lambda part: (
+            f"WITH repeated AS (SELECT id FROM inputs WHERE derived AND {part('id')} GROUP BY id "
             f"HAVING count(*) > 1) SELECT block, row, source, id, occurrence FROM (SELECT block, row, source, id, "
             f"row_number() OVER (PARTITION BY id ORDER BY {_FILE}, {_LINE}, block, row) AS occurrence FROM inputs "
             f"SEMI JOIN repeated USING (id) WHERE derived) WHERE occurrence > 1"
-        )  # the window runs over repeated ids only (usually none): aggregates spill to disk, windows need memory
+        ))  # fmt: skip
+        # the window runs over repeated ids only (usually none): aggregates spill to disk, windows need memory
         for batch in self.batches("SELECT * FROM repeats"):
             new = [
                 repeat_id(i, n)
@@ -185,17 +187,19 @@ class Ledger:
         already has is a duplicate: its error names the first row, its key is `@source`."""
         from .inputs import duplicate_id_error
 
-        self.db.execute(
-            f"CREATE TABLE duplicates AS WITH ids AS (SELECT i.block, i.row, i.source, coalesce(f.id, i.id) AS id, "
+        self.partitioned("duplicates", lambda part: (
+            f"WITH ids AS (SELECT * FROM (SELECT i.block, i.row, i.source, coalesce(f.id, i.id) AS id, "
             f"CASE WHEN f.id IS NULL THEN i.folded ELSE lower(f.id) END AS folded "
-            f"FROM inputs i LEFT JOIN fixups f USING (block, row) WHERE coalesce(f.id, i.id) <> ''), "
+            f"FROM inputs i LEFT JOIN fixups f USING (block, row) WHERE coalesce(f.id, i.id) <> '') "
+            f"WHERE {part('folded')}), "
             f"repeated AS (SELECT folded FROM ids GROUP BY folded HAVING count(*) > 1), "
             f"ranked AS (SELECT *, {_FILE} AS file, {_LINE} AS line, row_number() OVER w AS n, "
             f"first_value(id) OVER w AS first_id, first_value(source) OVER w AS first_source "
             f"FROM ids SEMI JOIN repeated USING (folded) "
             f"WINDOW w AS (PARTITION BY folded ORDER BY file, line, block, row)) "
             f"SELECT block, row, source, id, first_id, first_source FROM ranked WHERE n > 1"
-        )  # renamed ids are a slug and digits: lower() folds them as Arrow's utf8_lower does
+        ))  # fmt: skip
+        # renamed ids are a slug and digits: lower() folds them as Arrow's utf8_lower does
         for batch in self.batches("SELECT * FROM duplicates"):
             errors = [
                 duplicate_id_error(*values)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from unittest.mock import patch
 
 import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline import ledger as ledger_module
 from pipeline.inputs import duplicate_id_error
 from pipeline.ledger import Ledger, remove_books_folders, write_block_books
 
@@ -67,10 +69,18 @@ def _blocks(rows: list[dict], cuts: list[int]) -> list[pa.Table]:
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
-@given(drawn=st.lists(ROW, max_size=14), cuts=st.lists(st.integers(0, 20), max_size=3))
-def test_the_identity_rule_over_blocks_matches_the_per_row_definition(tmp_path_factory, drawn, cuts):
-    """Fixups (renamed repeats, duplicates ignoring case) are the same whatever blocks the rows arrive in; the final
-    keys are the fixups' keys, every other row keeps its own; loading goes through the job's block files."""
+@given(
+    drawn=st.lists(ROW, max_size=14), cuts=st.lists(st.integers(0, 20), max_size=3), split=st.sampled_from([0, 1, 4])
+)
+def test_the_identity_rule_over_blocks_matches_the_per_row_definition(tmp_path_factory, drawn, cuts, split):
+    """Fixups (renamed repeats, duplicates ignoring case) are the same whatever blocks the rows arrive in and however
+    the ledger splits its statements by key (`split` rows per partition; 0: the default, one partition here); the
+    final keys are the fixups' keys, every other row keeps its own; loading goes through the job's block files."""
+    with patch.object(ledger_module, "PARTITION_ROWS", split or ledger_module.PARTITION_ROWS):
+        _check_identity_rule(tmp_path_factory, drawn, cuts)
+
+
+def _check_identity_rule(tmp_path_factory, drawn, cuts) -> None:
     rows, sources = [], set()
     for position, (row_id, derived, file, line, csv) in enumerate(drawn):
         source = f"{file}:{'row' if csv else ''}{line}"
