@@ -7,11 +7,13 @@ Tables:
   (`write_block_books`), never through the driver's memory or the object store;
 - `fixups`: the identity changes only the whole input decides (`identity_fixups`'s rule: repeated derived ids get
   -2, -3, ...; a repeated id makes the later rows duplicates keyed by their source);
-- `books`: the rows' final keys, digests and sources (`inputs` with `fixups` applied), the one input order
-  (block, row);
-- `outputs` / `parts` / `listing`: the output's index, one part at a time, and its audio files (`pipeline.books`).
+- `books`: the rows' final keys, digests and sources (`inputs` with `fixups` applied), in the one input order
+  (block, row); `book_keys`: one entry per key;
+- `outputs` / `parts` / `listing`, `plan`, `todo`, `closing`: the output's index (one part at a time), its audio
+  files, and the verdicts computed from them (`pipeline.books`).
 
-Row order among the input is (file, line) of each row's source (`source_order`), as in the Arrow rule it replaced.
+Which of two rows with one id comes first is decided by (file, line) of their sources (`_FILE`, `_LINE`), never by
+the order Ray delivers blocks in.
 """
 
 from __future__ import annotations
@@ -219,7 +221,7 @@ class Ledger:
             )
 
     def _insert(self, statement: str, table: pa.Table) -> None:
-        """Run an INSERT reading the Arrow `table` as `fixed` (on the writer connection: `_batches` reads on its own)."""
+        """Run an INSERT reading the Arrow `table` as `fixed` (on the writer connection: `batches` reads on its own)."""
         self.db.register("fixed", table)
         self.db.execute(statement)
         self.db.unregister("fixed")
