@@ -75,6 +75,17 @@ def input_digest(
     return _sha(_canonical(spoken))[:DIGEST_CHARS]
 
 
+def duplicate_id_error(source: str, row_id: str, first_id: str, first_source: str) -> str:
+    """The error of a row whose id repeats an earlier row's id, or differs from it only in case (the audio files
+    `A.flac` and `a.flac` are one file on case-insensitive stores: macOS and Windows file systems, SMB mounts)."""
+    if first_id == row_id:
+        return f"{source}: duplicate id {row_id!r} (first seen at {first_source}); ids must be unique"
+    return (
+        f"{source}: duplicate id {row_id!r}: it differs from id {first_id!r} (first seen at {first_source}) only in "
+        f"case, and both would be one audio file on a case-insensitive store; ids must be unique ignoring case"
+    )
+
+
 def error_digest(error: str) -> str:
     """The digest of a row that is an error before synthesis (unreadable line, duplicate id): its message, which
     names its source, so a row whose error would read differently today is redone."""

@@ -134,17 +134,6 @@ def mark_duplicates(rows: list[InputRow]) -> None:
                 row.error = fix["error"]
 
 
-def duplicate_id_error(source: str, row_id: str, first_id: str, first_source: str) -> str:
-    """The error of a row whose id repeats an earlier row's id, or differs from it only in case (the audio files
-    `A.flac` and `a.flac` are one file on case-insensitive stores: macOS and Windows file systems, SMB mounts)."""
-    if first_id == row_id:
-        return f"{source}: duplicate id {row_id!r} (first seen at {first_source}); ids must be unique"
-    return (
-        f"{source}: duplicate id {row_id!r}: it differs from id {first_id!r} (first seen at {first_source}) only in "
-        f"case, and both would be one audio file on a case-insensitive store; ids must be unique ignoring case"
-    )
-
-
 def unknown_fields(rows: list[InputRow]) -> dict[str, int]:
     """How many rows have each field raytts does not read."""
     return dict(Counter(key for row in rows for key in row.fields if key not in KNOWN_FIELDS))

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .identity import error_digest, repeat_id
+from .identity import duplicate_id_error, error_digest, repeat_id
 
 MEMORY_LIMIT = "128MB"  # the database's buffer: beyond it, tables and joins spill to its folder
 BOOKS_FOLDER = "_books"  # {output}/_books/{run}/block-*.parquet: the parsed blocks' identities, removed after the run
@@ -187,8 +187,6 @@ class Ledger:
     def _mark_duplicates(self) -> None:
         """A row whose id (after renames; ignoring case: ids name audio files) an earlier row in source order
         already has is a duplicate: its error names the first row, its key is `@source`."""
-        from .inputs import duplicate_id_error
-
         self.partitioned("duplicates", lambda part: (
             f"WITH ids AS (SELECT * FROM (SELECT i.block, i.row, i.source, coalesce(f.id, i.id) AS id, "
             f"CASE WHEN f.id IS NULL THEN i.folded ELSE lower(f.id) END AS folded "

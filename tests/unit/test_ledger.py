@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import ledger as ledger_module
-from pipeline.inputs import duplicate_id_error
+from pipeline.identity import duplicate_id_error
 from pipeline.ledger import Ledger, remove_books_folders, write_block_books
 
 # ids from a small alphabet so that repeats, case variants and empty ids are common
