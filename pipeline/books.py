@@ -149,9 +149,7 @@ def _part_index(table: pa.Table, number: int, prefix: str) -> pa.Table:
 def _insert(ledger: Ledger, name: str, tables: list[pa.Table]) -> None:
     """Append `tables` to the ledger's table `name` and empty the list."""
     if tables:
-        ledger.db.register("incoming", pa.concat_tables(tables))
-        ledger.db.execute(f"INSERT INTO {name} SELECT * FROM incoming")
-        ledger.db.unregister("incoming")
+        ledger.insert(f"INSERT INTO {name} SELECT * FROM incoming", pa.concat_tables(tables))
         tables.clear()
 
 

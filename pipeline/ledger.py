@@ -128,9 +128,7 @@ class Ledger:
 
     def add(self, table: pa.Table) -> None:
         """Append rows of `INPUT_COLUMNS` (an Arrow table)."""
-        self.db.register("incoming", table)
-        self.db.execute("INSERT INTO inputs SELECT * FROM incoming")
-        self.db.unregister("incoming")
+        self.insert("INSERT INTO inputs SELECT * FROM incoming", table)
 
     def load_blocks(self, folder: str, sizes: list[int]) -> None:
         """Load the block files `write_block_books` wrote under `folder` (`sizes` rows per block, in order)."""
@@ -182,7 +180,7 @@ class Ledger:
             ]
             fixed = pa.table({"block": batch.column("block"), "row": batch.column("row"),
                               "source": batch.column("source"), "id": pa.array(new, pa.string())})  # fmt: skip
-            self._insert("INSERT INTO fixups SELECT block, row, source, id, id, NULL, NULL FROM fixed", fixed)
+            self.insert("INSERT INTO fixups SELECT block, row, source, id, id, NULL, NULL FROM incoming", fixed)
 
     def _mark_duplicates(self) -> None:
         """A row whose id (after renames; ignoring case: ids name audio files) an earlier row in source order
@@ -214,15 +212,16 @@ class Ledger:
                 "error": pa.array(errors, pa.string()),
             })  # fmt: skip
             # a renamed row that is also a duplicate gets a second fixups row: `fixups_of` merges them
-            self._insert(
-                "INSERT INTO fixups SELECT block, row, source, NULL, key, input_digest, error FROM fixed", fixed
+            self.insert(
+                "INSERT INTO fixups SELECT block, row, source, NULL, key, input_digest, error FROM incoming", fixed
             )
 
-    def _insert(self, statement: str, table: pa.Table) -> None:
-        """Run an INSERT reading the Arrow `table` as `fixed` (on the writer connection: `batches` reads on its own)."""
-        self.db.register("fixed", table)
+    def insert(self, statement: str, table: pa.Table) -> None:
+        """Run `statement` (an INSERT) reading the Arrow `table` as `incoming`, on the writer connection (`batches`
+        reads on a cursor of its own)."""
+        self.db.register("incoming", table)
         self.db.execute(statement)
-        self.db.unregister("fixed")
+        self.db.unregister("incoming")
 
     def partitioned(self, table: str, query: Callable[[Callable[[str], str]], str], parameters: Any = None) -> None:
         """`CREATE OR REPLACE TABLE table AS query`, one key partition at a time: `query(part)` is the statement for
