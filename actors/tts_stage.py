@@ -126,7 +126,16 @@ class TTSStage:
         from .async_engine import AsyncSynthesizer
         from .placement import assigned_gpu_share
         from .replica import build_synthesizer
+        from .replica.standin import StandInSynthesizer, rows_per_s_from_env
 
+        standin = rows_per_s_from_env()
+        if standin is not None:  # benchmarks of the CPU stages only (`actors.replica.standin`)
+            log.warning("TTS stage: the stand-in engine at %g rows/s, no model: its audio is not speech", standin)
+            self.synthesizer = StandInSynthesizer(
+                self.settings.model, standin, engine=self.settings.engine, max_chars=self.settings.max_chars
+            )
+            self.engine = AsyncSynthesizer(self.synthesizer)
+            return
         self.synthesizer = build_synthesizer(
             self.settings.model,
             self.settings.engine,
