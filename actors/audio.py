@@ -26,6 +26,28 @@ def to_pcm16(audio: np.ndarray) -> np.ndarray:
     return np.round(np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
+def pcm16_flat(audios: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's float audio (None: no audio) quantised exactly as `to_pcm16` does, into one flat int16 buffer:
+    (offsets [n + 1] int32, samples). One allocation for the batch and one reused scratch row: `to_pcm16`'s four
+    temporaries per row, each a fresh multi-MB allocation that page-faults, were most of the engine actor's host
+    time per row (benchmarks/RESULTS.md, "The CPU stages around an engine")."""
+    sizes = [0 if audio is None else int(np.size(audio)) for audio in audios]
+    offsets = np.zeros(len(audios) + 1, dtype=np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    flat = np.empty(int(offsets[-1]), dtype=np.int16)
+    scratch = np.empty(max(sizes, default=0), dtype=np.float32)
+    for audio, start, end in zip(audios, offsets[:-1], offsets[1:], strict=True):
+        if audio is None or start == end:
+            continue
+        work = scratch[: end - start]
+        # clip-then-scale equals scale-then-clip at +-32767 (a monotonic scale by a positive constant)
+        np.multiply(np.asarray(audio, dtype=np.float32).reshape(-1), np.float32(32767.0), out=work)
+        np.clip(work, -32767.0, 32767.0, out=work)
+        np.rint(work, out=work)  # half to even, as np.round
+        flat[start:end] = work  # whole numbers within int16: the cast is exact
+    return offsets, flat
+
+
 def encode_audio(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, fmt: str = "flac") -> bytes:
     """float32 mono or int16 PCM -> an encoded file. Float audio bound for a 16-bit format is quantised by
     `to_pcm16` first (libsndfile's own float conversion rounds differently), so every 16-bit file raytts writes

@@ -18,11 +18,10 @@ import os
 import time
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from .audio import to_pcm16
+from .audio import pcm16_flat
 from .quality import arrow_type as quality_arrow_type
 from .requests import with_source
 from .settings import ActorFields, EngineSettings, RefineSettings, RowTextFields, SamplingSettings, Strict
@@ -248,11 +247,8 @@ class TTSStage:
             **identity,
         )
         # One flat int16 buffer plus offsets: no per-sample Python objects on the way to Arrow, and the samples
-        # are quantised exactly as the 16-bit FLAC/WAV writers would (`actors.audio.to_pcm16`).
-        pcm = [to_pcm16(r.audio) if r.audio is not None else np.zeros(0, np.int16) for r in results]
-        offsets = np.zeros(len(pcm) + 1, dtype=np.int32)
-        np.cumsum([p.size for p in pcm], out=offsets[1:])
-        flat = np.concatenate(pcm) if pcm else np.zeros(0, np.int16)
+        # are quantised exactly as the 16-bit FLAC/WAV writers would (`actors.audio.pcm16_flat`).
+        offsets, flat = pcm16_flat([r.audio for r in results])
         columns["pcm"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
         return pa.Table.from_pydict(columns, schema=STAGE_SCHEMA)
 

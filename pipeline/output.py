@@ -8,9 +8,10 @@ keep their id and text, carry `error`, and have null audio.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +24,7 @@ from actors.quality import arrow_type as quality_arrow_type
 if TYPE_CHECKING:  # torch-free at import: the store stage encodes audio without loading the model
     from actors.requests import SynthesisResult
 
-__all__ = ["AUDIO_FORMATS", "SCHEMA", "ParquetSink", "audio_fields", "hf_metadata", "result_row"]
+__all__ = ["AUDIO_FORMATS", "SCHEMA", "ParquetSink", "audio_fields", "hf_metadata", "parquet_options", "result_row"]
 
 AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SCHEMA = pa.schema(
@@ -128,13 +129,31 @@ def result_row(
     return {**row, **audio_fields(result.id, pcm, fmt)}
 
 
+AUDIO_BYTES = "audio.bytes"  # the encoded files' column (its Parquet path)
+
+
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """`pq.write_table` / `pq.ParquetWriter` keywords for tables of `schema`: Parquet's defaults (dictionary, snappy)
+    on every column but the encoded audio's bytes, which never repeat and do not compress: trying both cost the store
+    stage ~2 ms of a 17-second row for nothing (benchmarks/RESULTS.md, "The CPU stages around an engine")."""
+    buffer = io.BytesIO()
+    pq.write_table(schema.empty_table(), buffer)
+    buffer.seek(0)
+    layout = pq.ParquetFile(buffer).schema
+    paths = [layout.column(i).path for i in range(len(layout))]
+    return {
+        "use_dictionary": [path for path in paths if path != AUDIO_BYTES],
+        "compression": {path: "none" if path == AUDIO_BYTES else "snappy" for path in paths},
+    }
+
+
 class ParquetSink:
     """Append row dicts to one Parquet file, a row group per call."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = pq.ParquetWriter(str(self.path), SCHEMA_WITH_METADATA)
+        self._writer = pq.ParquetWriter(str(self.path), SCHEMA_WITH_METADATA, **parquet_options(SCHEMA_WITH_METADATA))
         self.rows = 0
 
     def write(self, rows: list[dict]) -> None:

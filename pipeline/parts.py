@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from actors.tts_stage import ENGINE_ACCOUNTING
 
-from .output import SCHEMA, hf_metadata
+from .output import SCHEMA, hf_metadata, parquet_options
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ _RUN_FIELDS = pa.schema(
     ]
 )
 RUN_SCHEMA = _RUN_FIELDS.with_metadata(hf_metadata(_RUN_FIELDS))
+_WRITE_OPTIONS = parquet_options(RUN_SCHEMA)
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -66,10 +67,10 @@ def write_part(table: pa.Table, parts: str) -> str:
     if isinstance(fs, pafs.LocalFileSystem):
         fs.create_dir(base, recursive=True)
         temporary = f"{base}/.{uuid.uuid4().hex}.tmp"
-        pq.write_table(table, temporary, filesystem=fs)
+        pq.write_table(table, temporary, filesystem=fs, **_WRITE_OPTIONS)
         fs.move(temporary, path)  # atomic rename: readers never see half a part
     else:
-        pq.write_table(table, path, filesystem=fs)  # the object appears when its upload completes
+        pq.write_table(table, path, filesystem=fs, **_WRITE_OPTIONS)  # the object appears when its upload completes
     return path if "://" not in parts else f"{parts.split('://', 1)[0]}://{path}"
 
 
