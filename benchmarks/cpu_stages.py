@@ -35,6 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.jobmeter import PartsMonitor  # noqa: E402  (after the path: run as a script)
+
 # Process title (its start) -> stage. Ray Data names a map task or actor after its function or class.
 STAGES = (
     ("FlatMap(_parse_text)", "parse (read + parse shards)"),
@@ -64,15 +66,21 @@ def stage_of(title: str) -> str:
     return next((stage for name, stage in SYSTEM if name in title), "Ray agents and other tasks")
 
 
+DRIVER = "driver (executor, books, progress, report)"
+
+
 class CpuSampler(threading.Thread):
-    """CPU-seconds per stage, charged by process title (see the module docstring); the driver's peak RSS."""
+    """CPU-seconds per stage, charged by process title (see the module docstring); the driver's peak resident
+    memory, private (anonymous + file-backed) and shared (object-store pages it mapped). It runs in the driver's
+    process: its own CPU (`own_cpu_s`) is taken out of the driver's by `run`."""
 
     def __init__(self, interval: float = 0.25) -> None:
         super().__init__(daemon=True)
         self.interval = interval
         self.last: dict[int, tuple[float, str]] = {}  # pid -> (CPU-seconds, stage charged last)
         self.by_stage: dict[str, float] = defaultdict(float)
-        self.driver_peak_rss_mib = 0.0
+        self.driver_peak_private_mib = self.driver_peak_shared_mib = 0.0
+        self.own_cpu_s = 0.0
         self.stopped = threading.Event()
         self.tick = os.sysconf("SC_CLK_TCK")
 
@@ -80,6 +88,7 @@ class CpuSampler(threading.Thread):
         while not self.stopped.wait(self.interval):
             self.sample()
         self.sample()
+        self.own_cpu_s = time.thread_time()
 
     def sample(self) -> None:
         me = os.getpid()
@@ -95,7 +104,7 @@ class CpuSampler(threading.Thread):
             except OSError:  # ended between listing and reading
                 continue
             if pid == me:
-                stage = "driver (books, plan, progress, report)"
+                stage = DRIVER
             elif (
                 title.startswith("ray::")
                 or any(name in title for name, _ in SYSTEM)
@@ -111,8 +120,18 @@ class CpuSampler(threading.Thread):
             self.by_stage[stage] += cpu - before
             self.last[pid] = (cpu, stage)
         with open("/proc/self/status") as f:
-            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-        self.driver_peak_rss_mib = max(self.driver_peak_rss_mib, rss)
+            kib = {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in f) if k.startswith("Rss")}
+        private = (kib.get("RssAnon", 0) + kib.get("RssFile", 0)) / 1024
+        self.driver_peak_private_mib = max(self.driver_peak_private_mib, private)
+        self.driver_peak_shared_mib = max(self.driver_peak_shared_mib, kib.get("RssShmem", 0) / 1024)
+
+
+class _Parts(PartsMonitor):
+    """The stored rows over time (`benchmarks.jobmeter`), and this thread's own CPU, which is not the driver's."""
+
+    def run(self) -> None:
+        super().run()
+        self.own_cpu_s = time.thread_time()
 
 
 def write_inputs(folder: Path, rows: int, shards: int) -> None:
@@ -130,7 +149,6 @@ def write_inputs(folder: Path, rows: int, shards: int) -> None:
 def run(rows: int, shards: int, rate: float, batch_size: int, work: Path) -> dict:
     import ray
 
-    from benchmarks.jobmeter import PartsMonitor
     from pipeline.config import JobConfig
     from pipeline.job import run_job
 
@@ -147,7 +165,7 @@ def run(rows: int, shards: int, rate: float, batch_size: int, work: Path) -> dic
     )
     os.environ["RAYTTS_STANDIN_ROWS_PER_S"] = "inf" if math.isinf(rate) else str(rate)
     ray.init(num_cpus=os.cpu_count(), num_gpus=1, include_dashboard=False)
-    sampler, parts = CpuSampler(), PartsMonitor(output / "parts")
+    sampler, parts = CpuSampler(), _Parts(output / "parts")
     sampler.sample()  # Ray's start-up is not the job's
     baseline = dict(sampler.by_stage)
     sampler.start()
@@ -163,6 +181,7 @@ def run(rows: int, shards: int, rate: float, batch_size: int, work: Path) -> dic
         parts.join()
         ray.shutdown()
     stages = {k: v - baseline.get(k, 0.0) for k, v in sampler.by_stage.items()}
+    stages[DRIVER] -= sampler.own_cpu_s + parts.own_cpu_s  # the benchmark's own threads
     return {
         "rows": report.rows,
         "failed": report.failed,
@@ -172,7 +191,9 @@ def run(rows: int, shards: int, rate: float, batch_size: int, work: Path) -> dic
         "rows_per_s": round(report.rows / wall, 1),
         "steady_rows_per_s": parts.steady_rows_per_s(),
         **{k: round(v, 2) for k, v in parts.phases(started).items()},
-        "driver_peak_rss_mib": round(sampler.driver_peak_rss_mib, 1),
+        "driver_peak_private_mib": round(sampler.driver_peak_private_mib, 1),
+        "driver_peak_shared_mib": round(sampler.driver_peak_shared_mib, 1),
+        "benchmark_threads_cpu_s": round(sampler.own_cpu_s + parts.own_cpu_s, 1),
         "cpu_s_by_stage": {k: round(v, 2) for k, v in sorted(stages.items(), key=lambda kv: -kv[1]) if v > 0.05},
     }
 
